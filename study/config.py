@@ -1,0 +1,233 @@
+"""Typed, frozen study configuration: one dataclass per concern, resolved once per run.
+
+Each stage takes the narrowest section it needs. Values are checked in ``__post_init__`` so a bad
+value fails at load time with the key's dotted path in the message (see ``study.config_load``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from study.errors import ConfigError
+
+SPLIT_NAMES = ("target", "reference", "public", "holdout", "shared")
+
+
+def _check(ok: bool, key: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}: {message}")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where records come from. ``synthetic`` generates scenes; ``parquet`` reads record shards."""
+
+    source: str = "synthetic"
+    path: str | None = None
+    num_images: int = 3500
+    image_size: int = 32
+    num_classes: int = 10
+    objects_per_image: tuple[int, int] = (1, 1)
+    object_scale: tuple[float, float] = (0.25, 0.35)
+    background: str = "texture_color"
+    correlation: float = 0.0
+    seed: int = 0
+    shard_size: int = 1000
+
+    def __post_init__(self) -> None:
+        _check(self.source in ("synthetic", "parquet"), "data.source", "must be 'synthetic' or 'parquet'")
+        _check(self.source != "parquet" or bool(self.path), "data.path", "is required when data.source is 'parquet'")
+        _check(self.num_images >= 10, "data.num_images", "must be at least 10")
+        _check(16 <= self.image_size <= 1024, "data.image_size", "must be in [16, 1024]")
+        _check(2 <= self.num_classes <= 100, "data.num_classes", "must be in [2, 100]")
+        lo, hi = self.objects_per_image
+        _check(1 <= lo <= hi <= 8, "data.objects_per_image", "must be [min, max] with 1 <= min <= max <= 8")
+        s_lo, s_hi = self.object_scale
+        _check(0.05 <= s_lo <= s_hi <= 0.9, "data.object_scale", "must be [min, max] within [0.05, 0.9]")
+        _check(0.0 <= self.correlation <= 1.0, "data.correlation", "must be in [0, 1]")
+        _check(self.shard_size >= 1, "data.shard_size", "must be positive")
+
+
+@dataclass(frozen=True)
+class SplitConfig:
+    """Keyed-hash split plan: fractions of records per split (the rest stays unused)."""
+
+    seed: int = 0
+    fractions: Mapping[str, float] = field(
+        default_factory=lambda: {"target": 0.14, "reference": 0.14, "public": 0.57, "holdout": 0.14, "shared": 0.0}
+    )
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.fractions) - set(SPLIT_NAMES))
+        _check(not unknown, "splits.fractions", f"unknown split(s) {unknown}; expected {list(SPLIT_NAMES)}")
+        full = {name: float(self.fractions.get(name, 0.0)) for name in SPLIT_NAMES}
+        _check(all(v >= 0 for v in full.values()), "splits.fractions", "fractions must be >= 0")
+        _check(sum(full.values()) <= 1.0 + 1e-9, "splits.fractions", "fractions must sum to at most 1")
+        for name in ("target", "reference", "public"):
+            _check(full[name] > 0, f"splits.fractions.{name}", "must be > 0")
+        object.__setattr__(self, "fractions", full)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Backbone and projector. For the supervised method the projector is the classifier head."""
+
+    backbone: str = "small_cnn"
+    projector_dims: tuple[int, ...] = (256, 128)
+
+    def __post_init__(self) -> None:
+        _check(len(self.projector_dims) >= 1, "model.projector_dims", "needs at least one size")
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Training views: random-resized crop (scale drawn log-uniformly) and colour jitter."""
+
+    scale: tuple[float, float] = (0.04, 1.0)
+    ratio: tuple[float, float] = (0.75, 1.3333)
+    brightness: float = 0.4
+    contrast: float = 0.4
+    saturation: float = 0.0
+    grayscale_prob: float = 0.0
+    flip: bool = True
+
+    def __post_init__(self) -> None:
+        _check(0 < self.scale[0] <= self.scale[1] <= 1, "train.augment.scale", "must satisfy 0 < min <= max <= 1")
+        _check(0 < self.ratio[0] <= self.ratio[1], "train.augment.ratio", "must satisfy 0 < min <= max")
+        for key in ("brightness", "contrast", "saturation", "grayscale_prob"):
+            _check(0 <= getattr(self, key) <= 1, f"train.augment.{key}", "must be in [0, 1]")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One recipe for both models of a pair; ``params`` go to the method (see study.train.methods)."""
+
+    method: str = "supervised"
+    params: Mapping[str, Any] = field(default_factory=dict)
+    epochs: int = 150
+    global_batch_size: int = 125
+    lr: float = 2e-3
+    weight_decay: float = 0.05
+    warmup_epochs: int = 0
+    num_workers: int = 1
+    cpus_per_worker: float = 1.0
+    torch_threads: int = 1
+    checkpoint_every: int = 25
+    concurrent: bool = True
+    seed: int = 0
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+    def __post_init__(self) -> None:
+        _check(self.epochs >= 1, "train.epochs", "must be >= 1")
+        _check(self.global_batch_size >= 2, "train.global_batch_size", "must be >= 2")
+        _check(self.lr > 0, "train.lr", "must be > 0")
+        _check(self.weight_decay >= 0, "train.weight_decay", "must be >= 0")
+        _check(0 <= self.warmup_epochs < self.epochs, "train.warmup_epochs", "must be in [0, epochs)")
+        _check(self.num_workers >= 1, "train.num_workers", "must be >= 1")
+        _check(self.cpus_per_worker > 0, "train.cpus_per_worker", "must be > 0")
+        _check(self.torch_threads >= 1, "train.torch_threads", "must be >= 1")
+        _check(self.checkpoint_every >= 1, "train.checkpoint_every", "must be >= 1")
+
+
+@dataclass(frozen=True)
+class CropConfig:
+    """Which region of a target/reference/holdout image is shown to the model (DESIGN §2.1)."""
+
+    rule: str = "background"
+    min_side: int = 8
+    corner_fraction: float = 0.4
+
+    def __post_init__(self) -> None:
+        _check(self.min_side >= 1, "embed.crop.min_side", "must be >= 1 pixel")
+        _check(0 < self.corner_fraction <= 1, "embed.crop.corner_fraction", "must be in (0, 1]")
+
+
+@dataclass(frozen=True)
+class EmbedConfig:
+    batch_size: int = 256
+    actors: int = 0
+    cpus_per_actor: float = 0.0
+    rows_per_file: int = 100_000
+    crop: CropConfig = field(default_factory=CropConfig)
+
+    def __post_init__(self) -> None:
+        _check(self.batch_size >= 1, "embed.batch_size", "must be >= 1")
+        _check(self.actors >= 0, "embed.actors", "must be >= 0 (0 = size from the CPUs left)")
+        _check(self.cpus_per_actor >= 0, "embed.cpus_per_actor", "must be >= 0 (0 = size from the CPUs left)")
+        _check(self.rows_per_file >= 1, "embed.rows_per_file", "must be >= 1")
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    k: int = 50
+    shards: int = 2
+    metric: str = "l2_normalized"
+    query_batch_size: int = 1024
+    cpus_per_shard: float = 0.5
+    representations: tuple[str, ...] = ("projector", "backbone")
+
+    def __post_init__(self) -> None:
+        _check(self.k >= 1, "search.k", "must be >= 1")
+        _check(self.shards >= 1, "search.shards", "must be >= 1")
+        _check(self.metric in ("l2", "l2_normalized"), "search.metric", "must be 'l2' or 'l2_normalized'")
+        _check(self.query_batch_size >= 1, "search.query_batch_size", "must be >= 1")
+        _check(self.cpus_per_shard > 0, "search.cpus_per_shard", "must be > 0")
+        bad = sorted(set(self.representations) - {"projector", "backbone"})
+        _check(not bad and self.representations, "search.representations", "use 'projector' and/or 'backbone'")
+
+
+@dataclass(frozen=True)
+class MeasureConfig:
+    quantiles: tuple[float, ...] = (0.05, 0.2, 1.0)
+    curve_points: int = 20
+    bootstrap: int = 1000
+    permutations: int = 2000
+    confidence_level: float = 0.95
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check(all(0 < q <= 1 for q in self.quantiles) and self.quantiles, "measure.quantiles", "must be in (0, 1]")
+        _check(self.curve_points >= 2, "measure.curve_points", "must be >= 2")
+        _check(self.bootstrap >= 10, "measure.bootstrap", "must be >= 10")
+        _check(self.permutations >= 10, "measure.permutations", "must be >= 10")
+        _check(0.5 < self.confidence_level < 1, "measure.confidence_level", "must be in (0.5, 1)")
+
+
+@dataclass(frozen=True)
+class ReportConfig:
+    gallery_size: int = 8
+    neighbors_shown: int = 5
+
+    def __post_init__(self) -> None:
+        _check(self.gallery_size >= 0, "report.gallery_size", "must be >= 0")
+        _check(self.neighbors_shown >= 0, "report.neighbors_shown", "must be >= 0")
+
+
+@dataclass(frozen=True)
+class RayConfig:
+    """How to reach Ray: ``address`` None starts a local instance (or joins the job's cluster)."""
+
+    address: str | None = None
+    num_cpus: int | None = None
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    name: str = "study"
+    study: str = "ssl_dejavu"
+    run_id: str = "auto"
+    output: str = "runs"
+    ray: RayConfig = field(default_factory=RayConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    splits: SplitConfig = field(default_factory=SplitConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    embed: EmbedConfig = field(default_factory=EmbedConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
+    measure: MeasureConfig = field(default_factory=MeasureConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
+
+    def __post_init__(self) -> None:
+        _check(self.study == "ssl_dejavu", "study", "only 'ssl_dejavu' is available in this version")
+        _check(bool(self.name) and "/" not in self.name, "name", "must be a non-empty name without '/'")
+        _check(bool(self.run_id) and "/" not in self.run_id, "run_id", "must be a non-empty name without '/'")

@@ -1,0 +1,114 @@
+"""Crop geometry for the SSL test (DESIGN §2.1): which part of an image the attack sees.
+
+Boxes and rectangles are (x0, y0, x1, y1) in pixels, half-open: a box covers columns x0..x1-1.
+Two rectangles that only touch along an edge do not intersect. Box edges are rounded outwards to
+whole pixels, so a crop never shows any pixel of an object.
+
+Crop rules live in ``CROP_RULES``; each returns ``(rect, None)`` or ``(None, reason)``.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, Sequence
+
+import numpy as np
+
+Rect = tuple[int, int, int, int]
+
+REASON_NO_BOXES = "no_boxes"
+REASON_COVERED = "fully_covered"
+REASON_TOO_SMALL = "crop_too_small"
+
+
+def pixel_boxes(width: int, height: int, boxes: Sequence[Sequence[float]]) -> list[Rect]:
+    """Round boxes outwards to whole pixels and clip them to the image; drop empty ones."""
+    out = []
+    for x0, y0, x1, y1 in boxes:
+        r = (
+            max(0, math.floor(x0)),
+            max(0, math.floor(y0)),
+            min(width, math.ceil(x1)),
+            min(height, math.ceil(y1)),
+        )
+        if r[2] > r[0] and r[3] > r[1]:
+            out.append(r)
+    return out
+
+
+def largest_free_rect(width: int, height: int, boxes: Sequence[Sequence[float]]) -> Rect | None:
+    """Largest-area axis-aligned rectangle inside the image that intersects no box.
+
+    Coordinates are compressed to the image and box edges (an optimal rectangle's sides lie on
+    them), then the classic maximal-rectangle-in-histogram scan runs over the compressed grid with
+    cell widths and heights as weights: O(n^2) for n boxes. Ties keep the first rectangle found
+    scanning rows top to bottom, columns left to right. None when the boxes cover everything.
+    """
+    pboxes = pixel_boxes(width, height, boxes)
+    xs = sorted({0, width, *[b[0] for b in pboxes], *[b[2] for b in pboxes]})
+    ys = sorted({0, height, *[b[1] for b in pboxes], *[b[3] for b in pboxes]})
+    dx = np.diff(xs)
+    dy = np.diff(ys)
+    # blocked[j, i]: compressed cell (column i, row j) lies inside some box.
+    blocked = np.zeros((len(dy), len(dx)), dtype=bool)
+    for x0, y0, x1, y1 in pboxes:
+        i0, i1 = xs.index(x0), xs.index(x1)
+        j0, j1 = ys.index(y0), ys.index(y1)
+        blocked[j0:j1, i0:i1] = True
+    heights = np.zeros(len(dx), dtype=np.int64)  # free pixels above and including this row, per column
+    best_area, best = 0, None
+    for j in range(len(dy)):
+        heights = np.where(blocked[j], 0, heights + dy[j])
+        area, rect = _max_rect_in_histogram(heights, dx, xs, ys[j + 1])
+        if area > best_area:
+            best_area, best = area, rect
+    return best
+
+
+def _max_rect_in_histogram(heights: np.ndarray, widths: np.ndarray, xs: list[int], bottom: int):
+    """Largest rectangle under a histogram whose bars have the given widths.
+
+    Returns (area, (x0, y0, x1, y1)) with the rectangle resting on y = ``bottom``.
+    """
+    best_area, best = 0, None
+    stack: list[tuple[int, int]] = []  # (start bar index, height), heights strictly increasing
+    for i in range(len(heights) + 1):
+        h = int(heights[i]) if i < len(heights) else 0
+        start = i
+        while stack and stack[-1][1] >= h:
+            s, sh = stack.pop()
+            area = sh * (xs[i] - xs[s])
+            if area > best_area:
+                best_area, best = area, (xs[s], bottom - sh, xs[i], bottom)
+            start = s
+        if h > 0:
+            stack.append((start, h))
+    return best_area, best
+
+
+def background_crop(width: int, height: int, boxes: Sequence[Sequence[float]], min_side: int):
+    """DESIGN §2.1 rule: the largest box-free rectangle, kept only if its shorter side >= min_side."""
+    if len(boxes) == 0:
+        return None, REASON_NO_BOXES
+    rect = largest_free_rect(width, height, boxes)
+    if rect is None:
+        return None, REASON_COVERED
+    if min(rect[2] - rect[0], rect[3] - rect[1]) < min_side:
+        return None, REASON_TOO_SMALL
+    return rect, None
+
+
+def corner_crop(width: int, height: int, fraction: float) -> Rect:
+    """Control crop: the top-left square of side fraction * min(width, height), boxes ignored."""
+    side = max(1, int(round(fraction * min(width, height))))
+    return (0, 0, side, side)
+
+
+def _background_rule(width, height, boxes, crop_cfg):
+    return background_crop(width, height, boxes, crop_cfg.min_side)
+
+
+def _corner_rule(width, height, boxes, crop_cfg):
+    return corner_crop(width, height, crop_cfg.corner_fraction), None
+
+
+CROP_RULES: dict[str, Callable] = {"background": _background_rule, "corner": _corner_rule}

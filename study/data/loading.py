@@ -1,0 +1,42 @@
+"""Load split members and decoded images into memory (small sets: training, galleries)."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from study import storage
+from study.data import records
+
+
+def split_uri(splits_dir: str, split: str) -> str:
+    return storage.join(splits_dir, f"{split}.parquet")
+
+
+def read_split(splits_dir: str, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """(ids, labels) of a split from its member file, sorted by id; label -1 where missing."""
+    with storage.open_read(split_uri(splits_dir, split)) as fh:
+        table = pq.read_table(fh)
+    ids = np.asarray(table.column("id").to_pylist(), dtype=object)
+    labels = np.asarray(table.column("label").fill_null(-1).to_numpy(zero_copy_only=False), dtype=np.int64)
+    order = np.argsort(ids.astype(str), kind="stable")
+    return ids[order], labels[order]
+
+
+def load_images(data_root: str, ids: Sequence[str]) -> dict[str, np.ndarray]:
+    """Decoded (H, W, 3) uint8 images by id."""
+    table = records.read_records(data_root, ids, columns=["id", "image"])
+    return {i: records.decode_image(b) for i, b in zip(table.column("id").to_pylist(), table.column("image").to_pylist())}
+
+
+def load_training_set(data_root: str, splits_dir: str, splits: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Images (n, 3, H, W) uint8 and labels (n,) of the union of splits, in id order."""
+    parts = [read_split(splits_dir, s) for s in splits]
+    ids = np.concatenate([p[0] for p in parts])
+    labels = np.concatenate([p[1] for p in parts])
+    order = np.argsort(ids.astype(str), kind="stable")
+    ids, labels = ids[order], labels[order]
+    images = load_images(data_root, list(ids))
+    stack = np.stack([images[i] for i in ids]).transpose(0, 3, 1, 2)
+    return np.ascontiguousarray(stack), labels

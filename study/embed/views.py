@@ -1,0 +1,95 @@
+"""What the model sees of each record: whole public images, crops of the attacked sets.
+
+``plan_crops`` decides in the driver, from metadata only, which records get a crop and counts
+the skipped ones by reason; ``prepare_batch`` applies the same rule to a batch of records inside
+the Ray Data pipeline. Both call ``crop_for``, so the plan and the pipeline cannot disagree.
+"""
+from __future__ import annotations
+
+from collections import Counter
+from typing import Mapping
+
+import numpy as np
+import pyarrow as pa
+from PIL import Image
+
+from study.config import CropConfig
+from study.core.crops import CROP_RULES
+from study.core.splits import assign_splits
+from study.data import records
+
+REASON_NO_LABEL = "no_label"
+WHOLE, CROP = "whole", "crop"
+
+
+def crop_for(width: int, height: int, boxes, label, crop_cfg: CropConfig):
+    """(rect, None) or (None, reason) for one record under the configured crop rule."""
+    if label is None:
+        return None, REASON_NO_LABEL
+    return CROP_RULES[crop_cfg.rule](width, height, boxes, crop_cfg)
+
+
+def plan_crops(meta: pa.Table, split_of: np.ndarray, crop_sets: tuple[str, ...], crop_cfg: CropConfig):
+    """Rows (id, set, rect or None, reason or None) for records in ``crop_sets``, and skip counts.
+
+    Returns (plan rows, {set: {"embedded": n, "skipped": {reason: n}}}).
+    """
+    rows, counts = [], {s: Counter() for s in crop_sets}
+    labels = meta.column("label").to_pylist()
+    widths = meta.column("width").to_pylist()
+    heights = meta.column("height").to_pylist()
+    for i, (rid, boxes) in enumerate(zip(meta.column("id").to_pylist(), records.iter_boxes(meta.column("boxes")))):
+        s = split_of[i]
+        if s not in counts:
+            continue
+        rect, reason = crop_for(widths[i], heights[i], boxes, labels[i], crop_cfg)
+        rows.append({"id": rid, "set": s, "rect": rect, "reason": reason})
+        counts[s][reason or "embedded"] += 1
+    summary = {
+        s: {"embedded": c.pop("embedded", 0), "skipped": dict(sorted(c.items()))} for s, c in counts.items()
+    }
+    return rows, summary
+
+
+def resize(image: np.ndarray, size: int) -> np.ndarray:
+    if image.shape[0] == size and image.shape[1] == size:
+        return image
+    return np.asarray(Image.fromarray(image).resize((size, size), Image.BILINEAR))
+
+
+def prepare_batch(
+    batch: pa.Table,
+    split_seed: int,
+    fractions: Mapping[str, float],
+    modes: Mapping[str, str],
+    crop_cfg: CropConfig,
+    image_size: int,
+) -> dict[str, np.ndarray]:
+    """Records -> model inputs: {"id", "set", "pixels" (n, S, S, 3) uint8} for wanted sets only."""
+    ids = batch.column("id").to_pylist()
+    split_of = assign_splits(ids, fractions, split_seed)
+    images = batch.column("image").to_pylist()
+    widths = batch.column("width").to_pylist()
+    heights = batch.column("height").to_pylist()
+    labels = batch.column("label").to_pylist()
+    out_ids, out_sets, pixels = [], [], []
+    for i, boxes in enumerate(records.iter_boxes(batch.column("boxes"))):
+        mode = modes.get(split_of[i])
+        if mode is None:
+            continue
+        image = records.decode_image(images[i])
+        if mode == CROP:
+            rect, _ = crop_for(widths[i], heights[i], boxes, labels[i], crop_cfg)
+            if rect is None:
+                continue
+            x0, y0, x1, y1 = rect
+            image = image[y0:y1, x0:x1]
+        out_ids.append(ids[i])
+        out_sets.append(split_of[i])
+        pixels.append(resize(image, image_size))
+    empty = np.zeros((0, image_size, image_size, 3), dtype=np.uint8)
+    return {
+        "id": np.asarray(out_ids, dtype=object),
+        "set": np.asarray(out_sets, dtype=object),
+        "pixels": np.stack(pixels) if pixels else empty,
+    }

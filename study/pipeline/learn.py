@@ -1,0 +1,56 @@
+"""Stage ``train``: model A on the target split, model B on the reference split (DESIGN §2.1).
+
+Both use the same recipe and seed policy; with a ``shared`` split, both also train on it. A model
+whose own marker matches is reused, so an interrupted stage retrains only what is missing, and a
+model interrupted mid-training resumes from its last Ray Train checkpoint.
+"""
+from __future__ import annotations
+
+import json
+import time
+
+from study import storage
+from study.config_load import config_hash
+from study.pipeline.context import RunContext, is_complete, write_marker
+from study.pipeline.prepare import verify_splits
+from study.train.driver import TrainJob, fit_all
+
+MODELS = {"model_a": "target", "model_b": "reference"}
+
+
+def model_uri(ctx: RunContext, model: str) -> str:
+    return ctx.stage_dir("train", model, "model.pt")
+
+
+def run_train(ctx: RunContext, upstream: str) -> dict:
+    cfg = ctx.cfg
+    manifest = verify_splits(ctx.splits_dir)
+    shared = ("shared",) if manifest["counts"].get("shared", 0) > 0 else ()
+    digest = config_hash(cfg.model, cfg.train, upstream)
+    jobs, summary = [], {}
+    for model, split in MODELS.items():
+        out_dir = ctx.stage_dir("train", model)
+        done = is_complete(out_dir, digest)
+        if done:
+            ctx.log("train", f"{model}: reusing finished model ({done['seconds']:.0f} s when trained)")
+            summary[model] = done["summary"]
+            continue
+        jobs.append(TrainJob(model, (split, *shared), out_dir))
+    if jobs:
+        names = ", ".join(f"{j.name} on {'+'.join(j.splits)}" for j in jobs)
+        mode = "concurrently" if cfg.train.concurrent and len(jobs) > 1 else "one after the other"
+        ctx.log("train", f"fitting {names} {mode}: {cfg.train.method}, {cfg.train.epochs} epochs")
+        start = time.perf_counter()
+        context = {
+            "data_root": ctx.data_root,
+            "splits_dir": ctx.splits_dir,
+            "num_classes": manifest["num_classes"],
+            "image_size": cfg.data.image_size,
+        }
+        fit_all(jobs, cfg.train, cfg.model, context)
+        seconds = time.perf_counter() - start
+        for job in jobs:
+            history = storage.read_bytes(storage.join(job.out_dir, "metrics.jsonl")).decode().splitlines()
+            summary[job.name] = {"splits": list(job.splits), "epochs": len(history), "final": json.loads(history[-1])}
+            write_marker(job.out_dir, digest, summary[job.name], seconds)
+    return summary

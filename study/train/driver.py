@@ -1,0 +1,164 @@
+"""Ray Train edge: fit each model of the study with a ``TorchTrainer``.
+
+``train_func`` runs on every worker: it loads the model's training splits, restores the last
+checkpoint if Ray Train hands one back (a rerun with the same ``RunConfig(name, storage_path)``
+resumes), and runs the plain-PyTorch epochs of ``study.train.loop``. Rank 0 keeps the per-epoch
+metrics in ``metrics.jsonl`` and writes the final ``model.pt`` beside it.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import threading
+from dataclasses import dataclass
+
+import ray.train
+import torch
+from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchTrainer
+
+from study import storage
+from study.config import ModelConfig, TrainConfig
+from study.config_load import config_to_dict
+from study.data.loading import load_training_set
+from study.train import loop
+from study.train.methods import METHODS, method_params
+from study.train.models import build_encoder, save_model
+
+
+@dataclass(frozen=True)
+class TrainJob:
+    """One model to fit: its name, the splits it trains on and where its outputs go."""
+
+    name: str
+    splits: tuple[str, ...]
+    out_dir: str
+
+
+def train_func(config: dict) -> None:
+    cfg: TrainConfig = config["train"]
+    torch.set_num_threads(cfg.torch_threads)
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    torch.manual_seed(cfg.seed)  # same initial weights on every worker and for every rerun
+    method = METHODS[cfg.method]
+    params = method_params(cfg.method, cfg.params)
+    images, labels = load_training_set(config["data_root"], config["splits_dir"], config["splits"])
+    images = torch.from_numpy(images[rank::world])
+    labels = torch.from_numpy(labels[rank::world])
+    batch_size_per_worker = max(2, cfg.global_batch_size // world)
+
+    encoder = build_encoder(config["model"], cfg.method, params, config["num_classes"])
+    if world > 1:
+        encoder = ray.train.torch.prepare_model(encoder)
+    optimizer = loop.make_optimizer(encoder, cfg)
+    scheduler = loop.make_scheduler(optimizer, cfg, loop.steps_per_epoch(len(images), batch_size_per_worker))
+
+    # Restore: weights, optimiser, schedule and metrics history of the last finished epoch.
+    start_epoch, history = 0, []
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint:
+        with checkpoint.as_directory() as d:
+            state = torch.load(os.path.join(d, "state.pt"), weights_only=False)
+        _unwrap(encoder).load_state_dict(state["encoder"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        start_epoch, history = state["epoch"], state["history"]
+        if rank == 0:
+            print(f"[train {config['name']}] resuming after epoch {start_epoch}/{cfg.epochs}", flush=True)
+
+    out_dir = config["out_dir"]
+    for epoch in range(start_epoch, cfg.epochs):
+        # Per-epoch seeding makes a resumed run draw the same views as an uninterrupted one.
+        gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch * 101 + rank)
+        metrics = loop.train_epoch(
+            encoder, method, params, images, labels, optimizer, scheduler, cfg, batch_size_per_worker, gen
+        )
+        history.append({"epoch": epoch + 1, **metrics})
+        done = epoch + 1 == cfg.epochs
+        if (epoch + 1) % cfg.checkpoint_every and not done:
+            continue
+        # Checkpoint phase: state for resuming, metrics so far, and at the end the model itself.
+        with tempfile.TemporaryDirectory() as d:
+            state = {
+                "encoder": _unwrap(encoder).state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "epoch": epoch + 1,
+                "history": history,
+            }
+            torch.save(state, os.path.join(d, "state.pt"))
+            if rank == 0:
+                lines = "".join(json.dumps(h) + "\n" for h in history)
+                storage.write_bytes(storage.join(out_dir, "metrics.jsonl"), lines.encode())
+                if done:
+                    meta = {
+                        "method": cfg.method,
+                        "params": dict(cfg.params),
+                        "model": config_to_dict(config["model"]),
+                        "num_classes": config["num_classes"],
+                        "image_size": config["image_size"],
+                        "trained_on": list(config["splits"]),
+                    }
+                    storage.write_bytes(storage.join(out_dir, "model.pt"), save_model(_unwrap(encoder), meta))
+                print(
+                    f"[train {config['name']}] epoch {epoch + 1}/{cfg.epochs} loss {metrics['loss']:.4f} "
+                    f"({metrics['seconds']:.2f} s/epoch)",
+                    flush=True,
+                )
+            ray.train.report({"epoch": epoch + 1, "loss": metrics["loss"]}, checkpoint=Checkpoint.from_directory(d))
+
+
+def _unwrap(module: torch.nn.Module) -> torch.nn.Module:
+    return getattr(module, "module", module)
+
+
+def fit(job: TrainJob, cfg: TrainConfig, model_cfg: ModelConfig, context: dict) -> None:
+    """Fit one model; rerunning with the same ``job.out_dir`` resumes from its last checkpoint."""
+    trainer = TorchTrainer(
+        train_func,
+        train_loop_config={
+            "name": job.name,
+            "train": cfg,
+            "model": model_cfg,
+            "splits": list(job.splits),
+            "out_dir": job.out_dir,
+            **context,
+        },
+        scaling_config=ScalingConfig(
+            num_workers=cfg.num_workers,
+            use_gpu=torch.cuda.is_available(),
+            resources_per_worker={"CPU": cfg.cpus_per_worker},
+        ),
+        run_config=RunConfig(
+            name=job.name,
+            storage_path=storage.join(job.out_dir, "ray_train"),
+            checkpoint_config=CheckpointConfig(num_to_keep=2),
+            failure_config=FailureConfig(max_failures=2),
+        ),
+    )
+    trainer.fit()
+
+
+def fit_all(jobs: list[TrainJob], cfg: TrainConfig, model_cfg: ModelConfig, context: dict) -> None:
+    """Fit the jobs, concurrently when ``cfg.concurrent`` (each trainer holds its own workers)."""
+    if not cfg.concurrent or len(jobs) == 1:
+        for job in jobs:
+            fit(job, cfg, model_cfg, context)
+        return
+    errors: list[BaseException] = []
+
+    def run(job: TrainJob) -> None:
+        try:
+            fit(job, cfg, model_cfg, context)
+        except BaseException as exc:  # re-raised below, in the caller's thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(job,), name=f"fit-{job.name}") for job in jobs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]

@@ -1,0 +1,68 @@
+"""The training recipe in plain PyTorch: optimiser, schedule, one epoch. Knows nothing of Ray."""
+from __future__ import annotations
+
+import math
+import time
+
+import torch
+
+from study.config import TrainConfig
+from study.train.augment import random_view
+from study.train.methods import Method
+from study.train.models import Encoder, normalize
+
+
+def make_optimizer(encoder: Encoder, cfg: TrainConfig) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(encoder.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int):
+    """Linear warm-up, then cosine decay to zero, stepped once per batch."""
+    total = cfg.epochs * steps_per_epoch
+    warm = cfg.warmup_epochs * steps_per_epoch
+
+    def factor(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1, total - warm))))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def steps_per_epoch(n_local: int, batch_size_per_worker: int) -> int:
+    # Drop the ragged last batch: a batch of one breaks BatchNorm and the contrastive losses.
+    return max(1, n_local // batch_size_per_worker)
+
+
+def train_epoch(
+    encoder: torch.nn.Module,
+    method: Method,
+    params,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    optimizer: torch.optim.Optimizer,
+    scheduler,
+    cfg: TrainConfig,
+    batch_size_per_worker: int,
+    gen: torch.Generator,
+) -> dict:
+    """One pass over this worker's records (images (n, 3, H, W) uint8, labels (n,)).
+
+    Returns the epoch's mean loss and its wall time.
+    """
+    encoder.train()
+    start = time.perf_counter()
+    order = torch.randperm(len(images), generator=gen)
+    total, count = 0.0, 0
+    for step in range(steps_per_epoch(len(images), batch_size_per_worker)):
+        idx = order[step * batch_size_per_worker : (step + 1) * batch_size_per_worker]
+        x = normalize(images[idx])
+        views = [random_view(x, cfg.augment, gen) for _ in range(method.num_views)]
+        loss = method.loss(encoder, views, labels[idx], params)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        total += float(loss.detach())
+        count += 1
+    return {"loss": total / max(1, count), "seconds": time.perf_counter() - start, "lr": scheduler.get_last_lr()[0]}

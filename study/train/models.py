@@ -1,0 +1,89 @@
+"""Encoders: a backbone from ``BACKBONES`` plus a method's projector, and their saved form.
+
+Plain PyTorch, no Ray: the same classes train under Ray Train and embed under Ray Data.
+"""
+from __future__ import annotations
+
+import io
+from typing import Callable
+
+import torch
+import torchvision
+from torch import nn
+
+from study.config import ModelConfig
+
+
+def small_cnn() -> tuple[nn.Module, int]:
+    """CPU-sized CNN: 4x4 stride-4 stem, a 3x3 and a stride-2 3x3 conv (64/128/256), global pool."""
+
+    def block(cin, cout, k, s, p):
+        return [nn.Conv2d(cin, cout, k, s, p, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+
+    net = nn.Sequential(
+        *block(3, 64, 4, 4, 0),
+        *block(64, 128, 3, 1, 1),
+        *block(128, 256, 3, 2, 1),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+    )
+    return net, 256
+
+
+def resnet18() -> tuple[nn.Module, int]:
+    """torchvision ResNet-18 with a 3x3 stride-1 stem and no max-pool (small images)."""
+    net = torchvision.models.resnet18(weights=None)
+    net.conv1 = nn.Conv2d(3, 64, 3, 1, 1, bias=False)
+    net.maxpool = nn.Identity()
+    net.fc = nn.Identity()
+    return net, 512
+
+
+BACKBONES: dict[str, Callable[[], tuple[nn.Module, int]]] = {"small_cnn": small_cnn, "resnet18": resnet18}
+
+
+class Encoder(nn.Module):
+    """backbone -> h (N, dim_h); projector(h) -> z (N, dim_z). Both are embedding representations."""
+
+    def __init__(self, backbone: nn.Module, projector: nn.Module):
+        super().__init__()
+        self.backbone = backbone
+        self.projector = projector
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.backbone(x)
+        return h, self.projector(h)
+
+
+def build_encoder(model_cfg: ModelConfig, method_name: str, params, num_classes: int) -> Encoder:
+    from study.train.methods import METHODS  # methods build projectors from this module's parts
+
+    if model_cfg.backbone not in BACKBONES:
+        raise KeyError(model_cfg.backbone)
+    backbone, dim = BACKBONES[model_cfg.backbone]()
+    projector = METHODS[method_name].build_projector(dim, model_cfg.projector_dims, num_classes, params)
+    return Encoder(backbone, projector)
+
+
+def normalize(images_uint8: torch.Tensor) -> torch.Tensor:
+    """(N, 3, H, W) uint8 -> float in roughly [-2, 2]; the one input scaling for train and embed."""
+    return (images_uint8.float() / 255.0 - 0.5) / 0.25
+
+
+def save_model(encoder: Encoder, meta: dict) -> bytes:
+    """Serialise weights and the metadata needed to rebuild the encoder elsewhere."""
+    buf = io.BytesIO()
+    state = {k: v.detach().cpu() for k, v in encoder.state_dict().items()}
+    torch.save({"state_dict": state, "meta": meta}, buf)
+    return buf.getvalue()
+
+
+def load_model(data: bytes) -> tuple[Encoder, dict]:
+    from study.train.methods import method_params
+
+    blob = torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
+    meta = blob["meta"]
+    params = method_params(meta["method"], meta["params"])
+    encoder = build_encoder(ModelConfig(**meta["model"]), meta["method"], params, meta["num_classes"])
+    encoder.load_state_dict(blob["state_dict"])
+    return encoder.eval(), meta
