@@ -5,6 +5,7 @@ the dotted key, so the command line can print it as one line.
 """
 from __future__ import annotations
 
+import collections.abc
 import dataclasses
 import difflib
 import hashlib
@@ -127,7 +128,7 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
         if len(value) != len(args):
             raise ConfigError(f"{key}: expected a list of {len(args)} values, got {len(value)}")
         return tuple(_coerce(a, v, f"{key}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
-    if origin in (Mapping, dict) or tp in (dict, Mapping):
+    if origin in (collections.abc.Mapping, dict) or tp in (dict, Mapping):
         if not isinstance(value, Mapping):
             raise ConfigError(f"{key}: expected a mapping, got {value!r}")
         val_tp = args[1] if len(args) == 2 else Any
