@@ -35,6 +35,12 @@ def run_train(ctx: RunContext, upstream: str) -> dict:
             ctx.log("train", f"{model}: reusing finished model ({done['seconds']:.0f} s when trained)")
             summary[model] = done["summary"]
             continue
+        # Checkpoints from a different recipe must not be resumed: start that model afresh.
+        started = storage.join(out_dir, "_STARTED.json")
+        if storage.exists(started) and storage.read_json(started).get("hash") != digest:
+            ctx.log("train", f"{model}: config changed since its last attempt; discarding its checkpoints")
+            storage.remove(out_dir)
+        storage.write_json(started, {"hash": digest})
         jobs.append(TrainJob(model, (split, *shared), out_dir))
     if jobs:
         names = ", ".join(f"{j.name} on {'+'.join(j.splits)}" for j in jobs)

@@ -68,7 +68,8 @@ def train_func(config: dict) -> None:
         if rank == 0:
             print(f"[train {config['name']}] resuming after epoch {start_epoch}/{cfg.epochs}", flush=True)
 
-    out_dir = config["out_dir"]
+    if start_epoch >= cfg.epochs and rank == 0:  # finished before; only the export was lost
+        _export(config, cfg, encoder, history, final=True)
     for epoch in range(start_epoch, cfg.epochs):
         # Per-epoch seeding makes a resumed run draw the same views as an uninterrupted one.
         gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch * 101 + rank)
@@ -90,24 +91,30 @@ def train_func(config: dict) -> None:
             }
             torch.save(state, os.path.join(d, "state.pt"))
             if rank == 0:
-                lines = "".join(json.dumps(h) + "\n" for h in history)
-                storage.write_bytes(storage.join(out_dir, "metrics.jsonl"), lines.encode())
-                if done:
-                    meta = {
-                        "method": cfg.method,
-                        "params": dict(cfg.params),
-                        "model": config_to_dict(config["model"]),
-                        "num_classes": config["num_classes"],
-                        "image_size": config["image_size"],
-                        "trained_on": list(config["splits"]),
-                    }
-                    storage.write_bytes(storage.join(out_dir, "model.pt"), save_model(_unwrap(encoder), meta))
+                _export(config, cfg, encoder, history, final=done)
                 print(
                     f"[train {config['name']}] epoch {epoch + 1}/{cfg.epochs} loss {metrics['loss']:.4f} "
                     f"({metrics['seconds']:.2f} s/epoch)",
                     flush=True,
                 )
             ray.train.report({"epoch": epoch + 1, "loss": metrics["loss"]}, checkpoint=Checkpoint.from_directory(d))
+
+
+def _export(config: dict, cfg: TrainConfig, encoder: torch.nn.Module, history: list, final: bool) -> None:
+    """Rank 0: metrics so far to ``metrics.jsonl``; at the end also the model to ``model.pt``."""
+    out_dir = config["out_dir"]
+    lines = "".join(json.dumps(h) + "\n" for h in history)
+    storage.write_bytes(storage.join(out_dir, "metrics.jsonl"), lines.encode())
+    if final:
+        meta = {
+            "method": cfg.method,
+            "params": dict(cfg.params),
+            "model": config_to_dict(config["model"]),
+            "num_classes": config["num_classes"],
+            "image_size": config["image_size"],
+            "trained_on": list(config["splits"]),
+        }
+        storage.write_bytes(storage.join(out_dir, "model.pt"), save_model(_unwrap(encoder), meta))
 
 
 def _unwrap(module: torch.nn.Module) -> torch.nn.Module:

@@ -79,11 +79,12 @@ def save_model(encoder: Encoder, meta: dict) -> bytes:
 
 
 def load_model(data: bytes) -> tuple[Encoder, dict]:
+    from study.config_load import build
     from study.train.methods import method_params
 
     blob = torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
     meta = blob["meta"]
     params = method_params(meta["method"], meta["params"])
-    encoder = build_encoder(ModelConfig(**meta["model"]), meta["method"], params, meta["num_classes"])
+    encoder = build_encoder(build(ModelConfig, meta["model"], "model"), meta["method"], params, meta["num_classes"])
     encoder.load_state_dict(blob["state_dict"])
     return encoder.eval(), meta

@@ -1,0 +1,69 @@
+"""User mistakes end with one clear ``error:`` line and exit status 2, never a traceback."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def dejavu(*args: str, tmp_path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "study.cli", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": ROOT},
+    )
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess, *fragments: str) -> None:
+    assert proc.returncode == 2, proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("error: ")
+    assert "Traceback" not in proc.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+@pytest.mark.parametrize(
+    "args,fragments",
+    [
+        (["--set", "train.epoch=3"], ["unknown config key 'train.epoch'", "did you mean 'train.epochs'"]),
+        (["--set", "train.epochs=many"], ["train.epochs", "integer"]),
+        (["--set", "search.k=0"], ["search.k"]),
+        (["--set", "train.method=dino"], ["train.method", "simclr"]),
+        (["--set", "model.backbone=vit"], ["model.backbone", "small_cnn"]),
+        (["--set", "splits.fractions={target: 0.9, reference: 0.2, public: 0.1}"], ["splits.fractions", "sum"]),
+        (["--set", "data.source=parquet", "--set", "data.path=/nonexistent/records"], ["input path does not exist", "/nonexistent/records"]),
+    ],
+)
+def test_bad_config_gives_one_error_line(tmp_path, args, fragments):
+    proc = dejavu("run", "configs/tiny.yaml", "--output", str(tmp_path), *args, tmp_path=tmp_path)
+    assert_one_line_error(proc, *fragments)
+
+
+def test_missing_config_file(tmp_path):
+    assert_one_line_error(dejavu("run", str(tmp_path / "nope.yaml"), tmp_path=tmp_path), "config file not found")
+
+
+def test_report_of_missing_run(tmp_path):
+    assert_one_line_error(dejavu("report", str(tmp_path / "no-run"), tmp_path=tmp_path), "no report.json found")
+
+
+def test_parquet_without_required_columns(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    (tmp_path / "bad").mkdir()
+    pq.write_table(pa.table({"id": ["a"], "caption": ["x"]}), tmp_path / "bad" / "part-0.parquet")
+    proc = dejavu(
+        "run", "configs/tiny.yaml", "--output", str(tmp_path / "out"),
+        "--set", "data.source=parquet", "--set", f"data.path={tmp_path / 'bad'}", tmp_path=tmp_path,
+    )
+    assert_one_line_error(proc, "lack required column")

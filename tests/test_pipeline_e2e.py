@@ -1,0 +1,142 @@
+"""The whole study end to end on a reduced config, on the local Ray instance.
+
+One run serves every assertion: report structure, counts that add up, the positive control's
+direction, streamed embeddings vs an in-memory forward pass, persisted search vs brute force,
+and reuse/resumption of finished stages.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from study import storage
+from study.cli import main
+from study.config_load import load_config
+from study.core.topk import brute_force_knn, l2_normalize
+from study.data.loading import load_images, read_split
+from study.pipeline.context import RunContext
+from study.pipeline.neighbours import read_embeddings
+from study.train.models import load_model, normalize
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Quickstart recipe, shrunk: ~200 records per attacked split, 800 public.
+OVERRIDES = [
+    "name=e2e",
+    "data.num_images=1400",
+    "data.shard_size=500",
+    "train.epochs=100",
+    "train.global_batch_size=100",
+    "train.checkpoint_every=50",
+    "search.k=20",
+    "measure.bootstrap=300",
+    "measure.permutations=300",
+]
+
+
+@pytest.fixture(scope="module")
+def study_run(ray_local, tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("runs"))
+    args = ["run", os.path.join(ROOT, "configs/quickstart.yaml"), "--output", out]
+    for o in OVERRIDES:
+        args += ["--set", o]
+    assert main(args) == 0
+    cfg = load_config(os.path.join(ROOT, "configs/quickstart.yaml"), OVERRIDES, out)
+    ctx = RunContext.create(cfg)
+    report = storage.read_json(ctx.stage_dir("report", "report.json"))
+    return args, ctx, report
+
+
+def test_report_structure(study_run):
+    _, ctx, report = study_run
+    for key in ("headline", "results", "splits", "crops", "k", "crop_rule", "config", "versions", "stage_seconds"):
+        assert key in report
+    assert report["config"]["name"] == "e2e" and report["k"] == 20
+    for rep in ("projector", "backbone"):
+        for control in ("positive", "null"):
+            res = report["results"][rep][control]
+            for metric in ("top1", "top5"):
+                by_q = res[metric]["by_q"]
+                assert [e["q"] for e in by_q] == [0.05, 0.2, 1.0]
+                for e in by_q:
+                    lo, hi = e["gap"]["ci"]
+                    assert lo <= e["gap"]["value"] <= hi and 0 < e["gap"]["p_value"] <= 1
+            assert set(res["top1"]["quadrants"]) == {"memorized", "correlated", "forgotten", "misclassified"}
+            assert len(res["curve"]["q"]) == len(res["curve"]["target"])
+    assert os.path.getsize(ctx.stage_dir("report", "report.html")) > 10_000
+
+
+def test_counts_add_up(study_run):
+    _, ctx, report = study_run
+    counts = report["splits"]["counts"]
+    assert sum(counts.values()) + report["splits"]["unassigned"] == 1400
+    sets = report["crops"]["sets"]
+    for split in ("target", "reference", "holdout"):
+        assert sets[split]["embedded"] + sum(sets[split]["skipped"].values()) == counts[split]
+    for model in ("model_a", "model_b"):
+        ids, _ = read_embeddings(ctx.stage_dir("embed", model, "public", "projector"))
+        assert len(ids) == counts["public"]
+    positive = report["results"]["projector"]["positive"]["top1"]
+    assert positive["n"] == [sets["target"]["embedded"], sets["reference"]["embedded"]]
+    null = report["results"]["projector"]["null"]["top1"]
+    assert sum(null["n"]) == sets["holdout"]["embedded"]
+
+
+def test_positive_control_direction(study_run):
+    _, _, report = study_run
+    head = report["headline"]["projector/positive"]
+    assert head["gap"] > 0 and head["ci"][0] > 0, head
+    assert head["target"] > head["reference"]
+
+
+def test_streamed_embeddings_equal_in_memory_forward(study_run):
+    _, ctx, _ = study_run
+    encoder, _ = load_model(storage.read_bytes(ctx.stage_dir("train", "model_a", "model.pt")))
+    ids, emb = read_embeddings(ctx.stage_dir("embed", "model_a", "public", "backbone"))
+    pick = list(ids[:64])
+    images = load_images(ctx.data_root, pick)
+    x = torch.from_numpy(np.stack([images[i] for i in pick])).permute(0, 3, 1, 2)
+    with torch.inference_mode():
+        h, _ = encoder(normalize(x))
+    np.testing.assert_allclose(emb[:64], h.numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_persisted_search_equals_brute_force(study_run):
+    _, ctx, _ = study_run
+    import pyarrow.parquet as pq
+
+    pub_ids, xb = read_embeddings(ctx.stage_dir("embed", "model_b", "public", "projector"))
+    q_ids, xq = read_embeddings(ctx.stage_dir("embed", "model_b", "target", "projector"))
+    _, I = brute_force_knn(l2_normalize(xq), l2_normalize(xb), 20)
+    table = pq.read_table(ctx.stage_dir("search", "model_b", "target", "projector", "part-00000.parquet"))
+    assert table.column("query_id").to_pylist() == list(q_ids)
+    got = table.column("neighbor_ids").to_pylist()
+    agree = np.mean([g == list(pub_ids[row]) for g, row in zip(got, I)])
+    assert agree > 0.99  # float32 vs float64 may swap exact near-ties only
+    labels = dict(zip(*read_split(ctx.splits_dir, "public")))
+    assert all(n in labels for row in got for n in row)
+
+
+def test_rerun_reuses_and_resumes(study_run, capsys):
+    args, ctx, report = study_run
+    capsys.readouterr()
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    for stage in ("data", "splits", "train", "embed", "search", "measure", "report"):
+        assert f"{stage:<8} reusing finished stage" in out
+    # An interrupted run: model B's export and the later stages' markers are lost.
+    before = torch.load(ctx.stage_dir("train", "model_b", "model.pt"), weights_only=False)["state_dict"]
+    for path in (ctx.stage_dir("train", "model_b", "model.pt"), ctx.stage_dir("train", "model_b", "_COMPLETE.json"),
+                 ctx.stage_dir("train", "_COMPLETE.json"), ctx.stage_dir("search", "_COMPLETE.json")):
+        os.remove(path)
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "model_a: reusing finished model" in out
+    assert "splits   reusing finished stage" in out
+    after = torch.load(ctx.stage_dir("train", "model_b", "model.pt"), weights_only=False)["state_dict"]
+    assert all(torch.equal(before[k], after[k]) for k in before)  # resumed from the last checkpoint
+    again = storage.read_json(ctx.stage_dir("report", "report.json"))
+    assert json.dumps(again["results"], sort_keys=True) == json.dumps(report["results"], sort_keys=True)
