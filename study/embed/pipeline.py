@@ -115,8 +115,8 @@ def embed_all(
     actors, cpus = pool_size(cfg)
     log(f"embedding with {actors} replica(s) x {cpus:g} CPU, batch {cfg.batch_size}")
     fs, paths = storage.arrow_fs_paths(records.shard_uris(data_root))
-    ds = ray.data.read_parquet(
-        paths, filesystem=fs, columns=["id", "image", "width", "height", "label", "boxes"]
+    ds = ray.data.read_parquet(paths, filesystem=fs).select_columns(
+        ["id", "image", "width", "height", "label", "boxes"]
     )
     prepare = partial(
         prepare_batch,
