@@ -81,6 +81,12 @@ def _glyph(rng, label: int, size: int, cfg: DataConfig):
     mask = np.asarray(
         Image.fromarray(GLYPH_MASKS[label % 10].astype(np.uint8) * 255).resize((w, h), Image.NEAREST)
     ) > 127
+    # Bold strokes (one pixel wider to the right and down): a one-pixel stroke all but vanishes
+    # under a CPU-sized model's stride-4 stem.
+    bold = mask.copy()
+    bold[:, 1:] |= mask[:, :-1]
+    bold[1:, :] |= mask[:-1, :]
+    mask = bold
     x0 = int(rng.integers(0, size - w + 1))
     y0 = int(rng.integers(0, size - h + 1))
     return mask, x0, y0
