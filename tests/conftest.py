@@ -1,4 +1,4 @@
-"""Shared fixtures: one local Ray instance of pinned size for every test that needs Ray."""
+"""Shared fixtures: a local Ray instance of pinned size, shared by the tests of a module."""
 from __future__ import annotations
 
 import os
@@ -6,7 +6,7 @@ import os
 import pytest
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def ray_local():
     import ray
 
