@@ -44,16 +44,24 @@ def _stages() -> list[Stage]:
     ]
 
 
+STAGE_NAMES = ("data", "splits", "train", "embed", "search", "measure", "report")
+
+
 def ensure_ray(cfg: StudyConfig) -> None:
     """Join the cluster of a Ray job (or ``ray.address``), else start a local instance."""
+    import logging
+
     import ray
 
     if ray.is_initialized():
         return
+    # The stages print their own progress; Ray Data's per-operator progress lines would drown it.
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    ray.data.DataContext.get_current().enable_progress_bars = False
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
     address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
     kwargs: dict[str, Any] = {"address": address} if address else {"num_cpus": cfg.ray.num_cpus}
-    ray.init(log_to_driver=True, include_dashboard=False if not address else None, **kwargs)
+    ray.init(log_to_driver=True, logging_level=logging.WARNING, **kwargs)
 
 
 def run_study(cfg: StudyConfig) -> RunContext:

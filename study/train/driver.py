@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import ray.train
 import torch
-from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train import Checkpoint, CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
 from study import storage
@@ -143,6 +143,7 @@ def fit(job: TrainJob, cfg: TrainConfig, model_cfg: ModelConfig, context: dict) 
             storage_path=storage.join(job.out_dir, "ray_train"),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
             failure_config=FailureConfig(max_failures=2),
+            logging_config=LoggingConfig(log_level="WARNING"),  # the study prints its own progress
         ),
     )
     trainer.fit()
