@@ -1,0 +1,80 @@
+"""Backbones and training methods: shapes, a learning step, and the saved form."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from study.config import ModelConfig, TrainConfig
+from study.errors import ConfigError
+from study.train import loop
+from study.train.methods import METHODS, method_params
+from study.train.models import BACKBONES, build_encoder, load_model, normalize, save_model
+
+
+@pytest.mark.parametrize("backbone,dim", [("small_cnn", 256), ("resnet18", 512)])
+def test_backbones_embed_small_images(backbone, dim):
+    enc = build_encoder(ModelConfig(backbone=backbone, projector_dims=(32, 16)), "simclr", method_params("simclr", {}), 10)
+    h, z = enc.eval()(torch.randn(3, 3, 32, 32))
+    assert h.shape == (3, dim) and z.shape == (3, 16)
+    assert set(BACKBONES) >= {"small_cnn", "resnet18"}
+
+
+def test_supervised_projector_is_the_classifier():
+    enc = build_encoder(ModelConfig(), "supervised", method_params("supervised", {}), 7)
+    _, z = enc.eval()(torch.randn(2, 3, 32, 32))
+    assert z.shape == (2, 7)
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_each_method_lowers_its_loss_on_a_fixed_batch(method):
+    torch.manual_seed(0)
+    cfg = TrainConfig(method=method, epochs=1, lr=1e-3, weight_decay=0.0)
+    params = method_params(method, {})
+    enc = build_encoder(ModelConfig(projector_dims=(64, 32)), method, params, 4)
+    opt = loop.make_optimizer(enc, cfg)
+    x = normalize(torch.randint(0, 256, (16, 3, 32, 32), dtype=torch.uint8))
+    y = torch.arange(16) % 4
+    views = [x + 0.05 * torch.randn_like(x) for _ in range(METHODS[method].num_views)]
+    enc.train()
+    losses = []
+    for _ in range(15):
+        loss = METHODS[method].loss(enc, views, y, params)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0]
+
+
+def test_method_params_are_checked():
+    assert method_params("simclr", {"temperature": 0.5}).temperature == 0.5
+    with pytest.raises(ConfigError, match="train.params"):
+        method_params("simclr", {"temprature": 0.5})
+    with pytest.raises(ConfigError, match="unknown method"):
+        method_params("dino", {})
+
+
+def test_saved_model_round_trips():
+    enc = build_encoder(ModelConfig(), "vicreg", method_params("vicreg", {}), 10).eval()
+    meta = {"method": "vicreg", "params": {}, "model": {"backbone": "small_cnn", "projector_dims": [256, 128]},
+            "num_classes": 10, "image_size": 32}
+    again, meta2 = load_model(save_model(enc, meta))
+    x = torch.randn(4, 3, 32, 32)
+    with torch.inference_mode():
+        for a, b in zip(enc(x), again(x)):
+            torch.testing.assert_close(a, b)
+    assert meta2 == meta
+
+
+def test_schedule_warms_up_then_decays_to_zero():
+    enc = torch.nn.Linear(2, 2)
+    cfg = TrainConfig(epochs=10, warmup_epochs=2, lr=1.0)
+    opt = loop.make_optimizer(enc, cfg)
+    sched = loop.make_scheduler(opt, cfg, steps_per_epoch=3)
+    lrs = []
+    for _ in range(30):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[0] < lrs[5] and max(lrs) == pytest.approx(1.0)
+    assert lrs[-1] < 0.01 and all(a >= b for a, b in zip(lrs[6:], lrs[7:]))
