@@ -8,7 +8,9 @@ metrics in ``metrics.jsonl`` and writes the final ``model.pt`` beside it.
 from __future__ import annotations
 
 import json
+import logging
 import os
+import sys
 import tempfile
 import threading
 from dataclasses import dataclass
@@ -36,8 +38,23 @@ class TrainJob:
     out_dir: str
 
 
+def _progress(message: str) -> None:
+    # Ray Train tees print() into its logger as well, so each line would show twice.
+    sys.stdout.write(message + "\n")
+    sys.stdout.flush()
+
+
+def _quiet_checkpoint_logs() -> None:
+    """Ray Train narrates every checkpoint at INFO from loggers that LoggingConfig misses."""
+    from ray.train.v2._internal.execution import context, storage as train_storage
+
+    for name in (context.__file__, train_storage.__name__):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
 def train_func(config: dict) -> None:
     cfg: TrainConfig = config["train"]
+    _quiet_checkpoint_logs()
     torch.set_num_threads(cfg.torch_threads)
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
@@ -66,7 +83,7 @@ def train_func(config: dict) -> None:
         scheduler.load_state_dict(state["scheduler"])
         start_epoch, history = state["epoch"], state["history"]
         if rank == 0:
-            print(f"[train {config['name']}] resuming after epoch {start_epoch}/{cfg.epochs}", flush=True)
+            _progress(f"[train {config['name']}] resuming after epoch {start_epoch}/{cfg.epochs}")
 
     if start_epoch >= cfg.epochs and rank == 0:  # finished before; only the export was lost
         _export(config, cfg, encoder, history, final=True)
@@ -92,10 +109,9 @@ def train_func(config: dict) -> None:
             torch.save(state, os.path.join(d, "state.pt"))
             if rank == 0:
                 _export(config, cfg, encoder, history, final=done)
-                print(
+                _progress(
                     f"[train {config['name']}] epoch {epoch + 1}/{cfg.epochs} loss {metrics['loss']:.4f} "
-                    f"({metrics['seconds']:.2f} s/epoch)",
-                    flush=True,
+                    f"({metrics['seconds']:.2f} s/epoch)"
                 )
             ray.train.report({"epoch": epoch + 1, "loss": metrics["loss"]}, checkpoint=Checkpoint.from_directory(d))
 
