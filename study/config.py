@@ -205,10 +205,15 @@ class ReportConfig:
 
 @dataclass(frozen=True)
 class RayConfig:
-    """How to reach Ray: ``address`` None starts a local instance (or joins the job's cluster)."""
+    """How to reach Ray: ``address`` None starts a local instance (or joins the job's cluster).
+
+    ``use_gpu`` gives each training worker and embedding replica one GPU (the driver of a Ray job
+    often runs on a CPU-only head node, so this is a setting, not a guess).
+    """
 
     address: str | None = None
     num_cpus: int | None = None
+    use_gpu: bool = False
 
 
 @dataclass(frozen=True)

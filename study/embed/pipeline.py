@@ -109,6 +109,7 @@ def embed_all(
     cfg: EmbedConfig,
     image_size: int,
     out_root: str,
+    use_gpu: bool = False,
     log: Callable[[str], None] = print,
 ) -> dict[tuple, int]:
     """Embed every record of the sets in ``modes`` with every model; rows written per key."""
@@ -134,10 +135,10 @@ def embed_all(
         batch_format="numpy",
         compute=ActorPoolStrategy(size=actors),
         num_cpus=cpus,
-        num_gpus=1 if torch.cuda.is_available() else 0,
+        num_gpus=1 if use_gpu else 0,
     )
     writers = _Writers(out_root, cfg.rows_per_file)
-    start, done = time.perf_counter(), 0
+    start, done, last_log = time.perf_counter(), 0, 0.0
     for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
         sets = batch["set"].astype(str)
         for name in model_uris:
@@ -147,5 +148,8 @@ def embed_all(
                     m = sets == s
                     writers.write((name, s, rep), batch["id"][m], emb[m])
         done += len(sets)
-        log(f"embedded {done} records ({done / (time.perf_counter() - start):.0f}/s)")
+        if time.perf_counter() - last_log > 10:
+            last_log = time.perf_counter()
+            log(f"embedded {done} records so far ({done / (last_log - start):.0f}/s)")
+    log(f"embedded {done} records ({done / (time.perf_counter() - start):.0f}/s)")
     return writers.close()

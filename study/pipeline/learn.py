@@ -53,7 +53,7 @@ def run_train(ctx: RunContext, upstream: str) -> dict:
             "num_classes": manifest["num_classes"],
             "image_size": cfg.data.image_size,
         }
-        fit_all(jobs, cfg.train, cfg.model, context)
+        fit_all(jobs, cfg.train, cfg.model, context, cfg.ray.use_gpu)
         seconds = time.perf_counter() - start
         for job in jobs:
             history = storage.read_bytes(storage.join(job.out_dir, "metrics.jsonl")).decode().splitlines()

@@ -47,6 +47,7 @@ def run_embed(ctx: RunContext) -> dict:
         cfg.embed,
         cfg.data.image_size,
         out,
+        use_gpu=cfg.ray.use_gpu,
         log=lambda msg: ctx.log("embed", msg),
     )
     expected = {PUBLIC: public_n, **{s: crops[s]["embedded"] for s in attacked}}

@@ -37,6 +37,7 @@ def crop_boxes(n: int, cfg: AugmentConfig, gen: torch.Generator) -> torch.Tensor
 def random_view(x: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator) -> torch.Tensor:
     """One augmented view of a normalised batch (N, 3, H, W), same shape out."""
     n = x.shape[0]
+    # Random draws come from the CPU generator (reproducible on any device), then move to x's.
     box = crop_boxes(n, cfg, gen)
     sx = box[:, 2]
     if cfg.flip:
@@ -46,26 +47,26 @@ def random_view(x: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator) -> to
     theta[:, 0, 2] = box[:, 0]
     theta[:, 1, 1] = box[:, 3]
     theta[:, 1, 2] = box[:, 1]
-    grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)
+    grid = F.affine_grid(theta.to(x.device, x.dtype), list(x.shape), align_corners=False)
     out = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
     return _colour_jitter(out, cfg, gen)
 
 
-def _factor(n: int, strength: float, gen: torch.Generator) -> torch.Tensor:
-    return (1 + (torch.rand(n, generator=gen) * 2 - 1) * strength).view(n, 1, 1, 1)
+def _factor(n: int, strength: float, gen: torch.Generator, device: torch.device) -> torch.Tensor:
+    return (1 + (torch.rand(n, generator=gen) * 2 - 1) * strength).view(n, 1, 1, 1).to(device)
 
 
 def _colour_jitter(x: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator) -> torch.Tensor:
     n = x.shape[0]
     if cfg.brightness > 0:
-        x = x + (_factor(n, cfg.brightness, gen) - 1)  # additive shift on the normalised scale
+        x = x + (_factor(n, cfg.brightness, gen, x.device) - 1)  # additive shift on the normalised scale
     if cfg.contrast > 0:
         mean = x.mean(dim=(1, 2, 3), keepdim=True)
-        x = (x - mean) * _factor(n, cfg.contrast, gen) + mean
+        x = (x - mean) * _factor(n, cfg.contrast, gen, x.device) + mean
     if cfg.saturation > 0:
         gray = x.mean(dim=1, keepdim=True)
-        x = (x - gray) * _factor(n, cfg.saturation, gen) + gray
+        x = (x - gray) * _factor(n, cfg.saturation, gen, x.device) + gray
     if cfg.grayscale_prob > 0:
-        pick = (torch.rand(n, generator=gen) < cfg.grayscale_prob).view(n, 1, 1, 1)
+        pick = (torch.rand(n, generator=gen) < cfg.grayscale_prob).view(n, 1, 1, 1).to(x.device)
         x = torch.where(pick, x.mean(dim=1, keepdim=True).expand_as(x), x)
     return x

@@ -67,8 +67,7 @@ def train_func(config: dict) -> None:
     batch_size_per_worker = max(2, cfg.global_batch_size // world)
 
     encoder = build_encoder(config["model"], cfg.method, params, config["num_classes"])
-    if world > 1:
-        encoder = ray.train.torch.prepare_model(encoder)
+    encoder = ray.train.torch.prepare_model(encoder)  # to this worker's device; DDP when world > 1
     optimizer = loop.make_optimizer(encoder, cfg)
     scheduler = loop.make_scheduler(optimizer, cfg, loop.steps_per_epoch(len(images), batch_size_per_worker))
 
@@ -77,7 +76,7 @@ def train_func(config: dict) -> None:
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:
         with checkpoint.as_directory() as d:
-            state = torch.load(os.path.join(d, "state.pt"), weights_only=False)
+            state = torch.load(os.path.join(d, "state.pt"), map_location="cpu", weights_only=False)
         _unwrap(encoder).load_state_dict(state["encoder"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -137,7 +136,7 @@ def _unwrap(module: torch.nn.Module) -> torch.nn.Module:
     return getattr(module, "module", module)
 
 
-def fit(job: TrainJob, cfg: TrainConfig, model_cfg: ModelConfig, context: dict) -> None:
+def fit(job: TrainJob, cfg: TrainConfig, model_cfg: ModelConfig, context: dict, use_gpu: bool) -> None:
     """Fit one model; rerunning with the same ``job.out_dir`` resumes from its last checkpoint."""
     trainer = TorchTrainer(
         train_func,
@@ -151,7 +150,7 @@ def fit(job: TrainJob, cfg: TrainConfig, model_cfg: ModelConfig, context: dict) 
         },
         scaling_config=ScalingConfig(
             num_workers=cfg.num_workers,
-            use_gpu=torch.cuda.is_available(),
+            use_gpu=use_gpu,
             resources_per_worker={"CPU": cfg.cpus_per_worker},
         ),
         run_config=RunConfig(
@@ -165,17 +164,17 @@ def fit(job: TrainJob, cfg: TrainConfig, model_cfg: ModelConfig, context: dict) 
     trainer.fit()
 
 
-def fit_all(jobs: list[TrainJob], cfg: TrainConfig, model_cfg: ModelConfig, context: dict) -> None:
+def fit_all(jobs: list[TrainJob], cfg: TrainConfig, model_cfg: ModelConfig, context: dict, use_gpu: bool) -> None:
     """Fit the jobs, concurrently when ``cfg.concurrent`` (each trainer holds its own workers)."""
     if not cfg.concurrent or len(jobs) == 1:
         for job in jobs:
-            fit(job, cfg, model_cfg, context)
+            fit(job, cfg, model_cfg, context, use_gpu)
         return
     errors: list[BaseException] = []
 
     def run(job: TrainJob) -> None:
         try:
-            fit(job, cfg, model_cfg, context)
+            fit(job, cfg, model_cfg, context, use_gpu)
         except BaseException as exc:  # re-raised below, in the caller's thread
             errors.append(exc)
 

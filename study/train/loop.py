@@ -51,14 +51,15 @@ def train_epoch(
     Returns the epoch's mean loss and its wall time.
     """
     encoder.train()
+    device = next(encoder.parameters()).device
     start = time.perf_counter()
     order = torch.randperm(len(images), generator=gen)
     total, count = 0.0, 0
     for step in range(steps_per_epoch(len(images), batch_size_per_worker)):
         idx = order[step * batch_size_per_worker : (step + 1) * batch_size_per_worker]
-        x = normalize(images[idx])
+        x = normalize(images[idx].to(device, non_blocking=True))
         views = [random_view(x, cfg.augment, gen) for _ in range(method.num_views)]
-        loss = method.loss(encoder, views, labels[idx], params)
+        loss = method.loss(encoder, views, labels[idx].to(device), params)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
