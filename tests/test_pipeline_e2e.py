@@ -144,3 +144,20 @@ def test_rerun_reuses_and_resumes(study_run, capsys):
     assert all(torch.equal(before[k], after[k]) for k in before)  # resumed from the last checkpoint
     again = storage.read_json(ctx.stage_dir("report", "report.json"))
     assert json.dumps(again["results"], sort_keys=True) == json.dumps(report["results"], sort_keys=True)
+
+
+def test_parquet_source_plans_the_same_splits(study_run, tmp_path):
+    from study.pipeline.prepare import run_data, run_splits
+    from study.pipeline.runner import _inputs
+
+    _, ctx, report = study_run
+    overrides = OVERRIDES + ["data.source=parquet", f"data.path={ctx.data_root}"]
+    cfg = load_config(os.path.join(ROOT, "configs/quickstart.yaml"), overrides, str(tmp_path))
+    other = RunContext.create(cfg)
+    assert run_data(other)["records"] == 800
+    manifest = run_splits(other)
+    assert manifest["digest"] == report["splits"]["digest"]
+    before = _inputs(cfg)
+    with open(os.path.join(ctx.data_root, "part-00000.parquet"), "ab") as fh:
+        fh.write(b"\0")  # a rewritten input file must change the data stage's hash
+    assert _inputs(cfg) != before

@@ -67,6 +67,16 @@ def shard_uris(root: str) -> list[str]:
     return files
 
 
+def fingerprint(root: str) -> list[tuple[str, int]]:
+    """(name, size) of every record shard: changes when input files are added, removed or rewritten
+    with another size, so stages built on them rerun."""
+    out = []
+    for uri in shard_uris(root):
+        fs, path = storage.fs_and_path(uri)
+        out.append((uri.rsplit("/", 1)[-1], int(fs.size(path))))
+    return out
+
+
 def dataset(root: str) -> pads.Dataset:
     """A pyarrow dataset over the record shards, checked against the record schema."""
     uris = shard_uris(root)

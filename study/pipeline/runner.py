@@ -25,6 +25,13 @@ class Stage:
     takes_upstream: bool = False
 
 
+def _inputs(cfg: StudyConfig):
+    """What the data stage reads besides its config: the user's record shards, if any."""
+    from study.data.records import fingerprint
+
+    return fingerprint(storage.absolute(cfg.data.path)) if cfg.data.source == "parquet" else None
+
+
 def _stages() -> list[Stage]:
     # Imported here so that `dejavu report` and config checks do not pay for torch and Ray.
     from study.pipeline.learn import run_train
@@ -34,7 +41,7 @@ def _stages() -> list[Stage]:
     from study.report.stage import run_report
 
     return [
-        Stage("data", lambda c: (c.data,), run_data),
+        Stage("data", lambda c: (c.data, _inputs(c)), run_data),
         Stage("splits", lambda c: (c.splits,), run_splits),
         Stage("train", lambda c: (c.model, c.train), run_train, needs_ray=True, takes_upstream=True),
         Stage("embed", lambda c: (c.embed,), run_embed, needs_ray=True),
