@@ -14,10 +14,23 @@ import types
 import typing
 from typing import Any, Mapping
 
+import re
+
 import yaml
 
 from study.config import StudyConfig
 from study.errors import ConfigError
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML 1.1 reads ``1e-3`` as a string; configs mean the number (learning rates)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)?(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
+)
 
 
 def load_config(path: str | None, overrides: list[str] = (), output: str | None = None) -> StudyConfig:
@@ -27,6 +40,7 @@ def load_config(path: str | None, overrides: list[str] = (), output: str | None 
         raw = _read_yaml(path)
     for item in overrides:
         key, value = _parse_override(item)
+        _seed_mapping_default(raw, key)
         _set_dotted(raw, key, value)
     if output is not None:
         raw["output"] = output
@@ -53,7 +67,7 @@ def config_hash(*parts: Any) -> str:
 def _read_yaml(path: str) -> dict[str, Any]:
     try:
         with open(path) as fh:
-            data = yaml.safe_load(fh)
+            data = yaml.load(fh, Loader=_Loader)
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {path}") from None
     except yaml.YAMLError as exc:
@@ -70,10 +84,31 @@ def _parse_override(item: str) -> tuple[str, Any]:
         raise ConfigError(f"--set expects key=value, got {item!r}")
     key, text = item.split("=", 1)
     try:
-        value = yaml.safe_load(text) if text else ""
+        value = yaml.load(text, Loader=_Loader) if text else ""
     except yaml.YAMLError:
         value = text
     return key.strip(), value
+
+
+def _seed_mapping_default(raw: dict[str, Any], key: str) -> None:
+    """``--set splits.fractions.target=0.2`` changes one entry of a mapping field: start from the
+    field's default mapping when the config file did not give one."""
+    cls, node = StudyConfig, raw
+    parts = key.split(".")
+    for i, part in enumerate(parts[:-1]):
+        fields = {f.name: f for f in dataclasses.fields(cls)} if dataclasses.is_dataclass(cls) else {}
+        if part not in fields:
+            return
+        f = fields[part]
+        tp = typing.get_type_hints(cls)[part]
+        if typing.get_origin(tp) in (collections.abc.Mapping, dict) and i == len(parts) - 2:
+            if part not in node and f.default_factory is not dataclasses.MISSING:
+                node[part] = dict(f.default_factory())
+            return
+        if not dataclasses.is_dataclass(tp):
+            return
+        node = node.setdefault(part, {}) if isinstance(node.get(part, {}), dict) else {}
+        cls = tp
 
 
 def _set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:

@@ -20,8 +20,9 @@ def hash_unit(ids: Iterable[str], seed: int) -> np.ndarray:
     Shapes: ids (n,) -> (n,) float64. The key is the seed, so two seeds give independent plans.
     """
     key = int(seed).to_bytes(8, "little", signed=True)
+    # The top 53 bits fill a double's mantissa exactly, so u < 1 always holds.
     out = [
-        int.from_bytes(hashlib.blake2b(str(i).encode(), digest_size=8, key=key).digest(), "little") / 2.0**64
+        (int.from_bytes(hashlib.blake2b(str(i).encode(), digest_size=8, key=key).digest(), "little") >> 11) / 2.0**53
         for i in ids
     ]
     return np.asarray(out, dtype=np.float64)

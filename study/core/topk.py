@@ -66,7 +66,9 @@ def predict_from_votes(counts: np.ndarray, top: int = 5) -> tuple[np.ndarray, np
     """Prediction, top-``top`` labels and confidence from label counts (DESIGN §2.1).
 
     Returns pred (nq,) = most frequent label (lowest label wins ties), topn (nq, top) labels by
-    count, and confidence (nq,) = minus the entropy (nats) of the normalised counts.
+    count, and confidence (nq,) = minus the entropy (nats) of the normalised counts. A query with
+    no labelled neighbour predicts -1 (never right) with confidence -(ln C + 1), below any
+    entropy of C classes, so it ranks last.
     """
     counts = np.asarray(counts, dtype=np.float64)
     # Stable sort on -count keeps lower labels first among equal counts.
@@ -77,4 +79,8 @@ def predict_from_votes(counts: np.ndarray, top: int = 5) -> tuple[np.ndarray, np
     with np.errstate(divide="ignore", invalid="ignore"):
         plogp = np.where(p > 0, p * np.log(p), 0.0)
     confidence = plogp.sum(1)
-    return order[:, 0], topn, confidence
+    empty = total[:, 0] == 0
+    confidence[empty] = -(np.log(max(counts.shape[1], 1)) + 1.0)
+    pred = np.where(empty, -1, order[:, 0])
+    topn = np.where(empty[:, None], -1, topn)
+    return pred, topn, confidence

@@ -21,9 +21,10 @@ def _log_uniform(lo: float, hi: float, n: int, gen: torch.Generator) -> torch.Te
 
 
 def crop_boxes(n: int, cfg: AugmentConfig, gen: torch.Generator) -> torch.Tensor:
-    """(n, 4) crops as (centre x, centre y, width, height) in [-1, 1] image coordinates.
+    """(n, 4) crops as (centre x, centre y, half-width, half-height) in [-1, 1] coordinates.
 
-    Area fraction ~ log-uniform(scale), aspect ~ log-uniform(ratio); sides clipped to the image.
+    The half-extents are also the side fractions, so the area fraction is w * h:
+    area ~ log-uniform(scale), aspect ~ log-uniform(ratio); sides clipped to the image.
     """
     area = _log_uniform(*cfg.scale, n, gen)
     ratio = _log_uniform(*cfg.ratio, n, gen)

@@ -1,0 +1,202 @@
+"""Config loading: YAML + ``--set`` overrides into checked, frozen dataclasses (study.config_load)."""
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import yaml
+
+from study.config import StudyConfig
+from study.config_load import config_hash, config_to_dict, load_config
+from study.errors import ConfigError
+
+
+def write(tmp_path, text, name="study.yaml"):
+    path = tmp_path / name
+    path.write_text(text)
+    return str(path)
+
+
+def test_defaults_load():
+    cfg = load_config(None)
+    assert cfg == StudyConfig()
+    assert cfg.train.epochs == StudyConfig().train.epochs
+    assert cfg.splits.fractions["public"] > 0
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.train.epochs = 3  # type: ignore[misc]
+
+
+def test_yaml_and_overrides_with_types(tmp_path):
+    path = write(
+        tmp_path,
+        "name: mine\ntrain:\n  epochs: 3\n  lr: 0.01\n  augment:\n    flip: false\nsearch:\n  k: 7\n",
+    )
+    cfg = load_config(
+        path,
+        [
+            "train.epochs=7",
+            "data.objects_per_image=[2, 3]",
+            "model.projector_dims=[64, 32, 16]",
+            "train.augment.scale=[0.1, 1]",
+            "train.params={temperature: 0.2}",
+            "ray.num_cpus=4",
+            "embed.crop.rule=corner",
+            "measure.quantiles=[0.1, 1]",
+        ],
+        output="/tmp/out-root",
+    )
+    assert cfg.name == "mine"
+    assert cfg.train.epochs == 7 and isinstance(cfg.train.epochs, int)
+    assert cfg.train.lr == 0.01
+    assert cfg.train.augment.flip is False
+    assert cfg.train.augment.scale == (0.1, 1.0) and isinstance(cfg.train.augment.scale[1], float)
+    assert cfg.search.k == 7
+    assert cfg.data.objects_per_image == (2, 3)
+    assert cfg.model.projector_dims == (64, 32, 16)
+    assert cfg.train.params == {"temperature": 0.2}
+    assert cfg.ray.num_cpus == 4
+    assert cfg.embed.crop.rule == "corner"
+    assert cfg.measure.quantiles == (0.1, 1.0)
+    assert cfg.output == "/tmp/out-root"
+    # Untouched values keep their defaults.
+    assert cfg.train.global_batch_size == StudyConfig().train.global_batch_size
+
+
+def test_fractions_mapping_override_as_documented():
+    cfg = load_config(None, ["splits.fractions={target: 0.2, reference: 0.2, public: 0.6}"])
+    assert cfg.splits.fractions["target"] == 0.2
+    assert cfg.splits.fractions["public"] == 0.6
+    assert cfg.splits.fractions["holdout"] == 0.0
+
+
+def test_null_for_optional_values():
+    cfg = load_config(None, ["ray.num_cpus=null", "ray.address=auto"])
+    assert cfg.ray.num_cpus is None and cfg.ray.address == "auto"
+
+
+@pytest.mark.parametrize(
+    "override,key,suggestion",
+    [
+        ("train.epocs=3", "train.epocs", "train.epochs"),
+        ("serch.k=3", "serch", "search"),
+        ("train.augment.flipp=true", "train.augment.flipp", "train.augment.flip"),
+    ],
+)
+def test_unknown_key_names_it_and_suggests(override, key, suggestion):
+    with pytest.raises(ConfigError) as err:
+        load_config(None, [override])
+    msg = str(err.value)
+    assert f"'{key}'" in msg
+    assert "did you mean" in msg and suggestion in msg
+
+
+def test_unknown_key_in_yaml(tmp_path):
+    with pytest.raises(ConfigError, match=r"data\.num_imagez.*did you mean 'data\.num_images'"):
+        load_config(write(tmp_path, "data:\n  num_imagez: 50\n"))
+
+
+@pytest.mark.parametrize(
+    "override,key",
+    [
+        ("train.epochs=abc", "train.epochs"),
+        ("train.epochs=1.5", "train.epochs"),
+        ("train.epochs=true", "train.epochs"),
+        ("train.lr=fast", "train.lr"),
+        ("train.augment.flip=1", "train.augment.flip"),
+        ("search.k=[1, 2]", "search.k"),
+        ("data.objects_per_image=[1, 2, 3]", "data.objects_per_image"),
+        ("data.objects_per_image=[1, x]", "data.objects_per_image[1]"),
+        ("train=5", "train"),
+        ("name=3", "name"),
+    ],
+)
+def test_wrong_type_names_the_key(override, key):
+    with pytest.raises(ConfigError) as err:
+        load_config(None, [override])
+    assert str(err.value).startswith(key + ":")
+
+
+@pytest.mark.parametrize(
+    "override,key",
+    [
+        ("splits.fractions={target: 0.5, reference: 0.5, public: 0.5}", "splits.fractions"),
+        ("splits.fractions={target: 0.5, public: 0.5}", "splits.fractions.reference"),
+        ("splits.fractions={target: 0.3, reference: 0.3, public: 0.3, test: 0.1}", "splits.fractions"),
+        ("search.metric=cosine", "search.metric"),
+        ("train.epochs=0", "train.epochs"),
+        ("data.object_scale=[0.5, 0.2]", "data.object_scale"),
+        ("data.correlation=1.5", "data.correlation"),
+        ("train.augment.scale=[0, 1]", "train.augment.scale"),
+        ("embed.crop.min_side=0", "embed.crop.min_side"),
+        ("name=a/b", "name"),
+    ],
+)
+def test_bad_value_names_the_key(override, key):
+    with pytest.raises(ConfigError) as err:
+        load_config(None, [override])
+    assert str(err.value).startswith(key + ":")
+
+
+def test_override_without_equals_sign():
+    with pytest.raises(ConfigError, match="key=value"):
+        load_config(None, ["train.epochs"])
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(str(tmp_path / "nope.yaml"))
+
+
+def test_invalid_yaml(tmp_path):
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(write(tmp_path, "train:\n  epochs: [1, 2\n"))
+
+
+def test_top_level_must_be_a_mapping(tmp_path):
+    with pytest.raises(ConfigError, match="mapping"):
+        load_config(write(tmp_path, "- 1\n- 2\n"))
+
+
+def test_empty_file_gives_defaults(tmp_path):
+    assert load_config(write(tmp_path, "")) == StudyConfig()
+
+
+def test_config_hash_stable_and_sensitive():
+    a = load_config(None, ["train.epochs=7"])
+    b = load_config(None, ["train.epochs=7"])
+    assert config_hash(a) == config_hash(b)
+    assert len(config_hash(a)) == 16
+    assert config_hash(a) != config_hash(load_config(None, ["train.epochs=8"]))
+    assert config_hash(a.train) != config_hash(a.search)
+    assert config_hash(a, "upstream-1") != config_hash(a, "upstream-2")
+
+
+def test_resolved_config_round_trips(tmp_path):
+    cfg = load_config(
+        None,
+        ["train.epochs=7", "data.objects_per_image=[1, 3]", "train.params={beta: 2}", "ray.num_cpus=2"],
+        output="somewhere",
+    )
+    data = config_to_dict(cfg)
+    text = yaml.safe_dump(data)
+    assert "!!python" not in text  # plain data only
+    again = load_config(write(tmp_path, text, "resolved.yaml"))
+    assert again == cfg
+    assert config_hash(again) == config_hash(cfg)
+
+
+def test_exponent_notation_floats_are_numbers(tmp_path):
+    assert load_config(None, ["train.lr=1e-3"]).train.lr == pytest.approx(1e-3)
+    assert load_config(write(tmp_path, "train:\n  weight_decay: 5e-4\n")).train.weight_decay == pytest.approx(5e-4)
+    assert load_config(None, ["measure.quantiles=[5e-2, 1.0]"]).measure.quantiles == (0.05, 1.0)
+
+
+def test_one_entry_of_a_mapping_can_be_overridden(tmp_path):
+    cfg = load_config(None, ["splits.fractions.target=0.1", "splits.fractions.reference=0.1"])
+    defaults = load_config(None).splits.fractions
+    assert cfg.splits.fractions["target"] == 0.1 and cfg.splits.fractions["reference"] == 0.1
+    assert cfg.splits.fractions["public"] == defaults["public"]
+    # a mapping given in the file is the starting point instead of the defaults
+    path = write(tmp_path, "splits:\n  fractions: {target: 0.3, reference: 0.3, public: 0.4}\n")
+    cfg = load_config(path, ["splits.fractions.public=0.3"])
+    assert cfg.splits.fractions["holdout"] == 0.0 and cfg.splits.fractions["public"] == 0.3
