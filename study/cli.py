@@ -49,6 +49,12 @@ def main(argv: list[str] | None = None) -> int:
     except StudyError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except PermissionError as exc:  # an output or input location the user cannot use
+        print(f"error: permission denied: {exc.filename or exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: rerun the same command to resume from the last finished stage", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -67,3 +67,11 @@ def test_parquet_without_required_columns(tmp_path):
         "--set", "data.source=parquet", "--set", f"data.path={tmp_path / 'bad'}", tmp_path=tmp_path,
     )
     assert_one_line_error(proc, "lack required column")
+
+
+
+def test_output_location_that_cannot_be_a_directory(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    proc = dejavu("run", "configs/tiny.yaml", "--output", str(blocker / "runs"), tmp_path=tmp_path)
+    assert_one_line_error(proc, "cannot write to the output location", str(blocker))

@@ -13,6 +13,7 @@ from typing import Any, Callable
 from study import storage
 from study.config import StudyConfig
 from study.config_load import config_hash, config_to_dict
+from study.errors import StudyError
 from study.pipeline.context import RunContext, is_complete, write_marker
 
 
@@ -78,8 +79,11 @@ def run_study(cfg: StudyConfig) -> RunContext:
     check_registries(cfg)
     ctx = RunContext.create(cfg)
     ctx.log("study", f"run directory {ctx.run_dir}")
-    storage.makedirs(ctx.run_dir)
-    storage.write_json(storage.join(ctx.run_dir, "config.json"), config_to_dict(cfg))
+    try:
+        storage.makedirs(ctx.run_dir)
+        storage.write_json(storage.join(ctx.run_dir, "config.json"), config_to_dict(cfg))
+    except OSError as exc:
+        raise StudyError(f"cannot write to the output location {cfg.output}: {exc.strerror or exc}") from None
     upstream = ""
     timings: dict[str, float] = {}
     for stage in _stages():
