@@ -52,9 +52,6 @@ def _stages() -> list[Stage]:
     ]
 
 
-STAGE_NAMES = ("data", "splits", "train", "embed", "search", "measure", "report")
-
-
 def ensure_ray(cfg: StudyConfig) -> None:
     """Join the cluster of a Ray job (or ``ray.address``), else start a local instance."""
     import logging

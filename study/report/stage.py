@@ -89,14 +89,16 @@ def gallery(ctx: RunContext, report: dict) -> list[dict]:
             meta.column("label").to_pylist(), iter_boxes(meta.column("boxes")),
         )
     }
+    tables = {}  # one read per search file, however many gallery rows come from it
     neighbours = {}
     for r in rows:
-        uri = ctx.stage_dir("search", r["target_model"], r["split"], rep, "part-00000.parquet")
-        fs, path = storage.fs_and_path(uri)
-        with fs.open(path, "rb") as fh:
-            table = pq.read_table(fh, columns=["query_id", "neighbor_ids"])
-        hit = table.column("query_id").to_pylist().index(r["id"])
-        neighbours[r["id"]] = [n for n in table.column("neighbor_ids")[hit].as_py()[:shown] if n]
+        key = (r["target_model"], r["split"])
+        if key not in tables:
+            uri = ctx.stage_dir("search", *key, rep, "part-00000.parquet")
+            with storage.open_read(uri) as fh:
+                table = pq.read_table(fh, columns=["query_id", "neighbor_ids"])
+            tables[key] = dict(zip(table.column("query_id").to_pylist(), table.column("neighbor_ids").to_pylist()))
+        neighbours[r["id"]] = [n for n in tables[key][r["id"]][:shown] if n]
     images = load_images(ctx.data_root, [r["id"] for r in rows] + [n for ns in neighbours.values() for n in ns])
     out = []
     for r in rows:
