@@ -109,3 +109,12 @@ def test_find_duplicate_ids():
     assert find_duplicate_ids(["a", "b", "c"]) == []
     assert find_duplicate_ids(["a", "b", "a", "c", "c", "c"]) == ["a", "c"]
     assert len(find_duplicate_ids([f"{i % 8}" for i in range(40)])) == 5
+
+
+def test_shared_split_joins_both_training_sets_only_when_present():
+    from study.pipeline.learn import training_splits
+
+    assert training_splits({"target": 5, "reference": 5, "shared": 0}) == {
+        "model_a": ("target",), "model_b": ("reference",)}
+    assert training_splits({"target": 5, "reference": 5, "shared": 3}) == {
+        "model_a": ("target", "shared"), "model_b": ("reference", "shared")}

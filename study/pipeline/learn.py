@@ -22,13 +22,19 @@ def model_uri(ctx: RunContext, model: str) -> str:
     return ctx.stage_dir("train", model, "model.pt")
 
 
+def training_splits(counts: dict[str, int]) -> dict[str, tuple[str, ...]]:
+    """Splits each model trains on: its own, plus the shared split when that has records."""
+    shared = ("shared",) if counts.get("shared", 0) > 0 else ()
+    return {model: (split, *shared) for model, split in MODELS.items()}
+
+
 def run_train(ctx: RunContext, upstream: str) -> dict:
     cfg = ctx.cfg
     manifest = verify_splits(ctx.splits_dir)
-    shared = ("shared",) if manifest["counts"].get("shared", 0) > 0 else ()
+    splits_of = training_splits(manifest["counts"])
     digest = config_hash(cfg.model, cfg.train, upstream)
     jobs, summary = [], {}
-    for model, split in MODELS.items():
+    for model in MODELS:
         out_dir = ctx.stage_dir("train", model)
         done = is_complete(out_dir, digest)
         if done:
@@ -41,7 +47,7 @@ def run_train(ctx: RunContext, upstream: str) -> dict:
             ctx.log("train", f"{model}: config changed since its last attempt; discarding its checkpoints")
             storage.remove(out_dir)
         storage.write_json(started, {"hash": digest})
-        jobs.append(TrainJob(model, (split, *shared), out_dir))
+        jobs.append(TrainJob(model, splits_of[model], out_dir))
     if jobs:
         names = ", ".join(f"{j.name} on {'+'.join(j.splits)}" for j in jobs)
         mode = "concurrently" if cfg.train.concurrent and len(jobs) > 1 else "one after the other"
