@@ -111,9 +111,7 @@ def test_unknown_key_in_yaml(tmp_path):
     ],
 )
 def test_wrong_type_names_the_key(override, key):
-    with pytest.raises(ConfigError) as err:
-        load_config(None, [override])
-    assert str(err.value).startswith(key + ":")
+    assert_error_names_key(override, key)
 
 
 @pytest.mark.parametrize(
@@ -132,6 +130,10 @@ def test_wrong_type_names_the_key(override, key):
     ],
 )
 def test_bad_value_names_the_key(override, key):
+    assert_error_names_key(override, key)
+
+
+def assert_error_names_key(override: str, key: str) -> None:
     with pytest.raises(ConfigError) as err:
         load_config(None, [override])
     assert str(err.value).startswith(key + ":")

@@ -25,8 +25,7 @@ CONTROLS = {
 
 def knn_outcomes(search_uri: str, public_labels: dict, true_labels: dict, num_classes: int) -> dict:
     """Per query id: (top-1 correct, top-5 correct, confidence, prediction) from its neighbours."""
-    fs, path = storage.fs_and_path(search_uri)
-    with fs.open(path, "rb") as fh:
+    with storage.open_read(search_uri) as fh:
         table = pq.read_table(fh)
     q_ids = table.column("query_id").to_pylist()
     nbrs = table.column("neighbor_ids").to_pylist()
