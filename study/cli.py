@@ -31,7 +31,7 @@ def _run(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config, args.overrides, args.output)
     ctx = run_study(cfg)
-    print_summary(ctx.stage_dir("report", "report.json"))
+    print_summary(ctx.report_json)
     return 0
 
 

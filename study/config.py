@@ -31,6 +31,8 @@ class DataConfig:
     object_scale: tuple[float, float] = (0.25, 0.35)
     background: str = "texture_color"
     correlation: float = 0.0
+    caption_objects: int = 1
+    cooccurrence: float = 0.0
     seed: int = 0
     shard_size: int = 1000
 
@@ -45,6 +47,9 @@ class DataConfig:
         s_lo, s_hi = self.object_scale
         _check(0.05 <= s_lo <= s_hi <= 0.9, "data.object_scale", "must be [min, max] within [0.05, 0.9]")
         _check(0.0 <= self.correlation <= 1.0, "data.correlation", "must be in [0, 1]")
+        _check(hi <= self.num_classes, "data.objects_per_image", "max must not exceed data.num_classes (objects are distinct)")
+        _check(0 <= self.caption_objects <= 8, "data.caption_objects", "must be in [0, 8]")
+        _check(0.0 <= self.cooccurrence <= 1.0, "data.cooccurrence", "must be in [0, 1]")
         _check(self.shard_size >= 1, "data.shard_size", "must be positive")
 
 
@@ -70,10 +75,13 @@ class SplitConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Backbone and projector. For the supervised method the projector is the classifier head."""
+    """SSL: backbone and projector (for the supervised method the projector is the classifier head).
+    VLM: ``clip``, an open_clip model name (the product's own tiny CPU configs or a standard one
+    such as ``ViT-B-32``), always built from scratch."""
 
     backbone: str = "small_cnn"
     projector_dims: tuple[int, ...] = (256, 128)
+    clip: str = "dejavu-tiny"
 
     def __post_init__(self) -> None:
         _check(len(self.projector_dims) >= 1, "model.projector_dims", "needs at least one size")
@@ -98,6 +106,24 @@ class AugmentConfig:
             _check(0 <= getattr(self, key) <= 1, f"train.augment.{key}", "must be in [0, 1]")
 
 
+TEXT_RANDOMIZATION_MODES = ("mask", "shuffle")
+
+
+@dataclass(frozen=True)
+class TextRandomizationConfig:
+    """Training-time caption randomization (VLM mitigation): each caption token is replaced by a
+    mask token (``mask``) or joins a random permutation of the selected tokens (``shuffle``) with
+    probability ``p``; deterministic per seed and epoch, the same for both models of a pair."""
+
+    p: float = 0.0
+    mode: str = "mask"
+
+    def __post_init__(self) -> None:
+        _check(0.0 <= self.p <= 1.0, "train.text_randomization.p", "must be in [0, 1]")
+        _check(self.mode in TEXT_RANDOMIZATION_MODES, "train.text_randomization.mode",
+               f"must be one of {list(TEXT_RANDOMIZATION_MODES)}")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """One recipe for both models of a pair; ``params`` go to the method (see study.train.methods)."""
@@ -116,6 +142,7 @@ class TrainConfig:
     concurrent: bool = True
     seed: int = 0
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    text_randomization: TextRandomizationConfig = field(default_factory=TextRandomizationConfig)
 
     def __post_init__(self) -> None:
         _check(self.epochs >= 1, "train.epochs", "must be >= 1")
@@ -164,7 +191,7 @@ class SearchConfig:
     metric: str = "l2_normalized"
     query_batch_size: int = 1024
     cpus_per_shard: float = 0.5
-    representations: tuple[str, ...] = ("projector", "backbone")
+    representations: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         _check(self.k >= 1, "search.k", "must be >= 1")
@@ -172,13 +199,15 @@ class SearchConfig:
         _check(self.metric in ("l2", "l2_normalized"), "search.metric", "must be 'l2' or 'l2_normalized'")
         _check(self.query_batch_size >= 1, "search.query_batch_size", "must be >= 1")
         _check(self.cpus_per_shard > 0, "search.cpus_per_shard", "must be > 0")
-        bad = sorted(set(self.representations) - {"projector", "backbone"})
-        _check(not bad and self.representations, "search.representations", "use 'projector' and/or 'backbone'")
 
 
 @dataclass(frozen=True)
 class MeasureConfig:
     quantiles: tuple[float, ...] = (0.05, 0.2, 1.0)
+    ks: tuple[int, ...] = (1, 10, 100)
+    top_n: int = 3
+    top_fractions: tuple[float, ...] = (0.001, 0.01, 0.1, 1.0)
+    utility_records: int = 1000
     curve_points: int = 20
     bootstrap: int = 1000
     permutations: int = 2000
@@ -187,6 +216,10 @@ class MeasureConfig:
 
     def __post_init__(self) -> None:
         _check(all(0 < q <= 1 for q in self.quantiles) and self.quantiles, "measure.quantiles", "must be in (0, 1]")
+        _check(all(k >= 1 for k in self.ks) and self.ks, "measure.ks", "must be >= 1")
+        _check(self.top_n >= 1, "measure.top_n", "must be >= 1")
+        _check(all(0 < f <= 1 for f in self.top_fractions) and self.top_fractions, "measure.top_fractions", "must be in (0, 1]")
+        _check(self.utility_records >= 1, "measure.utility_records", "must be >= 1")
         _check(self.curve_points >= 2, "measure.curve_points", "must be >= 2")
         _check(self.bootstrap >= 10, "measure.bootstrap", "must be >= 10")
         _check(self.permutations >= 10, "measure.permutations", "must be >= 10")
@@ -231,8 +264,9 @@ class StudyConfig:
     search: SearchConfig = field(default_factory=SearchConfig)
     measure: MeasureConfig = field(default_factory=MeasureConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
+    sweep: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        _check(self.study == "ssl_dejavu", "study", "only 'ssl_dejavu' is available in this version")
+        # The study kind is checked against the kinds registry (study.pipeline.validate).
         _check(bool(self.name) and "/" not in self.name, "name", "must be a non-empty name without '/'")
         _check(bool(self.run_id) and "/" not in self.run_id, "run_id", "must be a non-empty name without '/'")

@@ -56,7 +56,7 @@ def study_run(ray_local, tmp_path_factory):
 
 def test_report_structure(study_run):
     _, ctx, report = study_run
-    for key in ("headline", "results", "splits", "crops", "k", "crop_rule", "config", "versions", "stage_seconds"):
+    for key in ("headline", "results", "splits", "embedded", "k", "crop_rule", "config", "versions", "stage_seconds"):
         assert key in report
     assert report["config"]["name"] == "e2e" and report["k"] == 20
     for rep in ("projector", "backbone"):
@@ -77,7 +77,7 @@ def test_counts_add_up(study_run):
     _, ctx, report = study_run
     counts = report["splits"]["counts"]
     assert sum(counts.values()) + report["splits"]["unassigned"] == 800
-    sets = report["crops"]["sets"]
+    sets = report["embedded"]["sets"]
     for split in ("target", "reference", "holdout"):
         assert sets[split]["embedded"] + sum(sets[split]["skipped"].values()) == counts[split]
     for model in ("model_a", "model_b"):

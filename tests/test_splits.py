@@ -112,9 +112,10 @@ def test_find_duplicate_ids():
 
 
 def test_shared_split_joins_both_training_sets_only_when_present():
+    from study.pipeline.kinds import MODELS
     from study.pipeline.learn import training_splits
 
-    assert training_splits({"target": 5, "reference": 5, "shared": 0}) == {
+    assert training_splits(MODELS, {"target": 5, "reference": 5, "shared": 0}) == {
         "model_a": ("target",), "model_b": ("reference",)}
-    assert training_splits({"target": 5, "reference": 5, "shared": 3}) == {
+    assert training_splits(MODELS, {"target": 5, "reference": 5, "shared": 3}) == {
         "model_a": ("target", "shared"), "model_b": ("reference", "shared")}

@@ -1,14 +1,16 @@
 """Ray Data edge: stream records through model replicas and write embedding shards.
 
-One pipeline serves every model of the study: read record shards -> ``prepare_batch`` tasks
-(split membership, crop, resize) -> an actor pool whose replicas hold all the models -> the
-driver writes ``<embed dir>/<model>/<set>/<representation>/part-NNNNN.parquet`` with columns
-``id`` and ``embedding`` (fixed-size list of float32), rolling files every ``rows_per_file``.
+One pipeline serves every model and every study kind: read record shards -> a kind's ``prepare``
+tasks (split membership, what the model sees of each record) -> an actor pool whose replicas hold
+all the models (the kind's embedder class) -> the driver writes
+``<embed dir>/<model>/<set>/<view>/part-NNNNN.parquet`` with columns ``id`` and ``embedding``
+(fixed-size list of float32), rolling files every ``rows_per_file``. An embedder returns ``id``,
+``set`` and one ``<model>/<view>`` column per model and view; each set keeps the views listed for
+it in ``views_of_set`` (an image row has no text embedding, so its ``text`` column is ignored).
 """
 from __future__ import annotations
 
 import time
-from functools import partial
 from typing import Callable, Mapping
 
 import numpy as np
@@ -19,16 +21,13 @@ import torch
 from ray.data import ActorPoolStrategy
 
 from study import storage
-from study.config import EmbedConfig, SplitConfig
+from study.config import EmbedConfig
 from study.data import records
-from study.embed.views import prepare_batch
 from study.train.models import load_model, normalize
 
-REPRESENTATIONS = ("backbone", "projector")
-
-
 class Embedder:
-    """Loads every model once per replica; each call embeds one batch with all of them."""
+    """SSL encoders: loads every model once per replica; each call embeds one batch of images
+    with all of them, as ``<model>/backbone`` and ``<model>/projector``."""
 
     def __init__(self, model_uris: Mapping[str, str], threads: int):
         torch.set_num_threads(threads)
@@ -103,34 +102,25 @@ class _Writers:
 
 def embed_all(
     data_root: str,
-    model_uris: Mapping[str, str],
-    modes: Mapping[str, str],
-    split_cfg: SplitConfig,
+    columns: list[str],
+    prepare: Callable,
+    embedder: type,
+    embedder_kwargs: Mapping,
+    views_of_set: Mapping[str, tuple[str, ...]],
     cfg: EmbedConfig,
-    image_size: int,
     out_root: str,
     use_gpu: bool = False,
     log: Callable[[str], None] = print,
 ) -> dict[tuple, int]:
-    """Embed every record of the sets in ``modes`` with every model; rows written per key."""
+    """Embed the records that ``prepare`` keeps with ``embedder``; rows written per (model, set, view)."""
     actors, cpus = pool_size(cfg)
     log(f"embedding with {actors} replica(s) x {cpus:g} CPU, batch {cfg.batch_size}")
     fs, paths = storage.arrow_fs_paths(records.shard_uris(data_root))
-    ds = ray.data.read_parquet(paths, filesystem=fs).select_columns(
-        ["id", "image", "width", "height", "label", "boxes"]
-    )
-    prepare = partial(
-        prepare_batch,
-        split_seed=split_cfg.seed,
-        fractions=split_cfg.fractions,
-        modes=dict(modes),
-        crop_cfg=cfg.crop,
-        image_size=image_size,
-    )
+    ds = ray.data.read_parquet(paths, filesystem=fs).select_columns(columns)
     ds = ds.map_batches(prepare, batch_format="pyarrow", batch_size=cfg.batch_size, num_cpus=0.25)
     ds = ds.map_batches(
-        Embedder,
-        fn_constructor_kwargs={"model_uris": dict(model_uris), "threads": max(1, int(cpus))},
+        embedder,
+        fn_constructor_kwargs={**embedder_kwargs, "threads": max(1, int(cpus))},
         batch_size=cfg.batch_size,
         batch_format="numpy",
         compute=ActorPoolStrategy(size=actors),
@@ -141,12 +131,14 @@ def embed_all(
     start, done, last_log = time.perf_counter(), 0, 0.0
     for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
         sets = batch["set"].astype(str)
-        for name in model_uris:
-            for rep in REPRESENTATIONS:
-                emb = batch[f"{name}/{rep}"]
-                for s in np.unique(sets):
-                    m = sets == s
-                    writers.write((name, s, rep), batch["id"][m], emb[m])
+        for s in np.unique(sets):
+            m = sets == s
+            for column in batch:
+                if "/" not in column:
+                    continue
+                model, view = column.split("/", 1)
+                if view in views_of_set[s]:
+                    writers.write((model, s, view), batch["id"][m], batch[column][m])
         done += len(sets)
         if time.perf_counter() - last_log > 10:
             last_log = time.perf_counter()

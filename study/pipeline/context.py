@@ -1,10 +1,24 @@
-"""The run directory, its stage markers and progress output.
+"""The run directory: every artifact path of a study, its stage markers and progress output.
 
-Layout: ``<output>/<name>/<run id>/<stage>/...``; a stage is finished when its directory holds
-``_COMPLETE.json`` with the hash of its config and of its upstream stages' hashes.
+Layout (all paths are built here and nowhere else)::
+
+    <output>/<name>/<run id>/
+        config.json, timings.json
+        data/records/part-*.parquet           synthetic records (user shards stay where they are)
+        splits/<split>.parquet, manifest.json
+        [settings/<setting>/]train/<model>/model.pt, metrics.jsonl, ray_train/
+        [settings/<setting>/]embed/<model>/<set>/<view>/part-*.parquet
+        [settings/<setting>/]search/<model>/<set>/<space>/part-00000.parquet
+        [settings/<setting>/]measure/results.json
+        report/report.json, report.html
+
+A sweep (``sweep:`` in the config) gives each setting its own ``settings/<setting>/`` for the stages
+that depend on it, while records, splits and the report are shared. A stage is finished when its
+directory holds ``_COMPLETE.json`` with the hash of what it reads.
 """
 from __future__ import annotations
 
+import dataclasses
 import sys
 import time
 from dataclasses import dataclass, field
@@ -15,19 +29,22 @@ from study.config import StudyConfig
 from study.config_load import config_hash
 
 MARKER = "_COMPLETE.json"
+SHARED_STAGES = ("data", "splits", "report")
 
 
 def run_id_for(cfg: StudyConfig) -> str:
     """``run_id: auto`` names the run by its config, so rerunning a config finds its run again."""
     if cfg.run_id != "auto":
         return cfg.run_id
-    return "run-" + config_hash(cfg.data, cfg.splits, cfg.model, cfg.train, cfg.embed, cfg.search, cfg.measure)[:10]
+    parts = (cfg.study, cfg.data, cfg.splits, cfg.model, cfg.train, cfg.embed, cfg.search, cfg.measure, cfg.sweep)
+    return "run-" + config_hash(*parts)[:10]
 
 
 @dataclass
 class RunContext:
     cfg: StudyConfig
     run_dir: str
+    setting: str = ""
     started: float = field(default_factory=time.perf_counter)
 
     @classmethod
@@ -35,9 +52,17 @@ class RunContext:
         root = storage.absolute(cfg.output)
         return cls(cfg, storage.join(root, cfg.name, run_id_for(cfg)))
 
+    def for_setting(self, cfg: StudyConfig, setting: str) -> "RunContext":
+        """The same run seen from one sweep setting (its own config and stage directories)."""
+        return dataclasses.replace(self, cfg=cfg, setting=setting)
+
+    # -- stage directories -------------------------------------------------------------------
     def stage_dir(self, stage: str, *parts: str) -> str:
+        if self.setting and stage not in SHARED_STAGES:
+            return storage.join(self.run_dir, "settings", self.setting, stage, *parts)
         return storage.join(self.run_dir, stage, *parts)
 
+    # -- artifacts -----------------------------------------------------------------------------
     @property
     def data_root(self) -> str:
         if self.cfg.data.source == "parquet":
@@ -48,9 +73,42 @@ class RunContext:
     def splits_dir(self) -> str:
         return self.stage_dir("splits")
 
+    @property
+    def manifest(self) -> str:
+        return self.stage_dir("splits", "manifest.json")
+
+    def model_dir(self, model: str) -> str:
+        return self.stage_dir("train", model)
+
+    def model_file(self, model: str) -> str:
+        return self.stage_dir("train", model, "model.pt")
+
+    @property
+    def embed_dir(self) -> str:
+        return self.stage_dir("embed")
+
+    def embeddings(self, model: str, split: str, view: str) -> str:
+        return self.stage_dir("embed", model, split, view)
+
+    def search_results(self, model: str, split: str, space: str) -> str:
+        return self.stage_dir("search", model, split, space, "part-00000.parquet")
+
+    @property
+    def measure_results(self) -> str:
+        return self.stage_dir("measure", "results.json")
+
+    @property
+    def report_json(self) -> str:
+        return self.stage_dir("report", "report.json")
+
+    @property
+    def report_html(self) -> str:
+        return self.stage_dir("report", "report.html")
+
     def log(self, stage: str, message: str) -> None:
         elapsed = time.perf_counter() - self.started
-        print(f"[{elapsed:7.1f}s] {stage:<8} {message}", file=sys.stdout, flush=True)
+        where = f"[{self.setting}] " if self.setting else ""
+        print(f"[{elapsed:7.1f}s] {stage:<8} {where}{message}", file=sys.stdout, flush=True)
 
 
 def read_marker(uri: str) -> dict[str, Any] | None:

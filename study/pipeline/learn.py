@@ -1,8 +1,9 @@
-"""Stage ``train``: model A on the target split, model B on the reference split (DESIGN §2.1).
+"""Stage ``train``: model A on the target split, model B on the reference split (DESIGN §2).
 
-Both use the same recipe and seed policy; with a ``shared`` split, both also train on it. A model
-whose own marker matches is reused, so an interrupted stage retrains only what is missing, and a
-model interrupted mid-training resumes from its last Ray Train checkpoint.
+Both use the same recipe and seed policy (the kind's recipe: SSL encoders or CLIP-style
+image–text models); with a ``shared`` split, both also train on it. A model whose own marker
+matches is reused, so an interrupted stage retrains only what is missing, and a model interrupted
+mid-training resumes from its last Ray Train checkpoint.
 """
 from __future__ import annotations
 
@@ -10,32 +11,26 @@ import json
 import time
 
 from study import storage
-from study.config_load import config_hash
 from study.pipeline.context import RunContext, is_complete, write_marker
+from study.pipeline.kinds import get_kind
 from study.pipeline.prepare import verify_splits
 from study.train.driver import TrainJob, fit_all
 
-MODELS = {"model_a": "target", "model_b": "reference"}
 
-
-def model_uri(ctx: RunContext, model: str) -> str:
-    return ctx.stage_dir("train", model, "model.pt")
-
-
-def training_splits(counts: dict[str, int]) -> dict[str, tuple[str, ...]]:
+def training_splits(models: dict[str, str], counts: dict[str, int]) -> dict[str, tuple[str, ...]]:
     """Splits each model trains on: its own, plus the shared split when that has records."""
     shared = ("shared",) if counts.get("shared", 0) > 0 else ()
-    return {model: (split, *shared) for model, split in MODELS.items()}
+    return {model: (split, *shared) for model, split in models.items()}
 
 
-def run_train(ctx: RunContext, upstream: str) -> dict:
+def run_train(ctx: RunContext, digest: str) -> dict:
     cfg = ctx.cfg
+    kind = get_kind(cfg.study)
     manifest = verify_splits(ctx.splits_dir)
-    splits_of = training_splits(manifest["counts"])
-    digest = config_hash(cfg.model, cfg.train, upstream)
+    splits_of = training_splits(dict(kind.models), manifest["counts"])
     jobs, summary = [], {}
-    for model in MODELS:
-        out_dir = ctx.stage_dir("train", model)
+    for model in kind.models:
+        out_dir = ctx.model_dir(model)
         done = is_complete(out_dir, digest)
         if done:
             ctx.log("train", f"{model}: reusing finished model ({done['seconds']:.0f} s when trained)")
@@ -54,6 +49,7 @@ def run_train(ctx: RunContext, upstream: str) -> dict:
         ctx.log("train", f"fitting {names} {mode}: {cfg.train.method}, {cfg.train.epochs} epochs")
         start = time.perf_counter()
         context = {
+            "recipe": kind.recipe,
             "data_root": ctx.data_root,
             "splits_dir": ctx.splits_dir,
             "num_classes": manifest["num_classes"],

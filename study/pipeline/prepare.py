@@ -26,7 +26,10 @@ def run_data(ctx: RunContext) -> dict:
         records.write_shard(storage.join(root, f"part-{shard:05d}.parquet"), rows)
         shards += 1
         ctx.log("data", f"wrote shard {shard + 1} ({min((shard + 1) * cfg.shard_size, cfg.num_images)}/{cfg.num_images} records)")
-    return {"source": "synthetic", "path": root, "records": cfg.num_images, "shards": shards}
+    # Class names and a prompt in the captions' words: zero-shot utility of the VLM study uses them.
+    names = [synthetic.class_name(c) for c in range(cfg.num_classes)]
+    return {"source": "synthetic", "path": root, "records": cfg.num_images, "shards": shards,
+            "label_names": names, "prompt": synthetic.PROMPT}
 
 
 def run_splits(ctx: RunContext) -> dict:

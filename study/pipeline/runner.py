@@ -1,7 +1,10 @@
-"""The stage runner: the study's DAG (a chain here), markers, reuse and resumption.
+"""The stage runner: the study's DAG, markers, reuse, resumption and sweeps.
 
-Stage i's hash covers its own config sections and stage i-1's hash, so changing a section
-reruns that stage and everything downstream while earlier stages are reused.
+Every study kind runs the same stages. A stage's hash covers exactly the config sections it
+reads (``reads``) and the hashes of the stages whose outputs it reads (``after``), so changing a
+section reruns the stages that read it and everything downstream of them, and nothing else.
+With a ``sweep`` the stages after ``splits`` run once per setting, each in its own directory,
+and one report covers all settings.
 """
 from __future__ import annotations
 
@@ -14,16 +17,18 @@ from study import storage
 from study.config import StudyConfig
 from study.config_load import config_hash, config_to_dict
 from study.errors import StudyError
-from study.pipeline.context import RunContext, is_complete, write_marker
+from study.pipeline.context import SHARED_STAGES, RunContext, is_complete, write_marker
+from study.pipeline.sweep import settings_of
 
 
 @dataclass(frozen=True)
 class Stage:
     name: str
-    sections: Callable[[StudyConfig], tuple]
+    reads: Callable[[StudyConfig], tuple]
+    after: tuple[str, ...]
     run: Callable[..., dict]
     needs_ray: bool = False
-    takes_upstream: bool = False
+    takes_digest: bool = False  # train keeps a marker per model, keyed by the stage's hash
 
 
 def _inputs(cfg: StudyConfig):
@@ -33,22 +38,31 @@ def _inputs(cfg: StudyConfig):
     return fingerprint(storage.absolute(cfg.data.path)) if cfg.data.source == "parquet" else None
 
 
-def _stages() -> list[Stage]:
-    # Imported here so that `dejavu report` and config checks do not pay for torch and Ray.
+def stages() -> list[Stage]:
+    """The stages in run order. Imported lazily so `dejavu report` does not pay for torch and Ray."""
+    from study.pipeline.kinds import get_kind
     from study.pipeline.learn import run_train
-    from study.pipeline.measure import run_measure
-    from study.pipeline.neighbours import run_embed, run_search
+    from study.pipeline.neighbours import run_search
     from study.pipeline.prepare import run_data, run_splits
-    from study.report.stage import run_report
+    from study.pipeline.reporting import run_report
+
+    def embed(ctx: RunContext) -> dict:
+        return get_kind(ctx.cfg.study).embed(ctx)
+
+    def measure(ctx: RunContext) -> dict:
+        return get_kind(ctx.cfg.study).measure(ctx)
 
     return [
-        Stage("data", lambda c: (c.data, _inputs(c)), run_data),
-        Stage("splits", lambda c: (c.splits,), run_splits),
-        Stage("train", lambda c: (c.model, c.train), run_train, needs_ray=True, takes_upstream=True),
-        Stage("embed", lambda c: (c.embed,), run_embed, needs_ray=True),
-        Stage("search", lambda c: (c.search,), run_search, needs_ray=True),
-        Stage("measure", lambda c: (c.measure, c.report.gallery_size), run_measure),
-        Stage("report", lambda c: (c.report,), run_report),
+        Stage("data", lambda c: (c.data, _inputs(c)), (), run_data),
+        Stage("splits", lambda c: (c.splits,), ("data",), run_splits),
+        Stage("train", lambda c: (c.study, c.model, c.train, c.data.image_size), ("data", "splits"), run_train,
+              needs_ray=True, takes_digest=True),
+        Stage("embed", lambda c: (c.study, c.embed, c.splits, c.data.image_size), ("data", "splits", "train"), embed,
+              needs_ray=True),
+        Stage("search", lambda c: (c.study, c.search, c.splits.fractions), ("embed",), run_search, needs_ray=True),
+        Stage("measure", lambda c: (c.study, c.measure, c.search, c.splits, c.report.gallery_size, c.data.image_size),
+              ("data", "splits", "train", "search"), measure),
+        Stage("report", lambda c: (config_to_dict(c),), ("data", "splits", "measure"), run_report),
     ]
 
 
@@ -69,11 +83,33 @@ def ensure_ray(cfg: StudyConfig) -> None:
     ray.init(log_to_driver=True, logging_level=logging.WARNING, **kwargs)
 
 
+def _run_stage(ctx: RunContext, stage: Stage, digests: dict[str, str], timings: dict[str, float]) -> None:
+    digest = config_hash(*stage.reads(ctx.cfg), [digests[u] for u in stage.after])
+    stage_dir = ctx.stage_dir(stage.name)
+    key = f"{ctx.setting}/{stage.name}" if ctx.setting and stage.name not in SHARED_STAGES else stage.name
+    done = is_complete(stage_dir, digest)
+    if done:
+        ctx.log(stage.name, f"reusing finished stage ({done['seconds']:.1f} s when run)")
+        timings[key] = 0.0
+    else:
+        if stage.needs_ray:
+            ensure_ray(ctx.cfg)
+        ctx.log(stage.name, "starting")
+        start = time.perf_counter()
+        summary = stage.run(ctx, digest) if stage.takes_digest else stage.run(ctx)
+        seconds = time.perf_counter() - start
+        write_marker(stage_dir, digest, summary, seconds)
+        timings[key] = seconds
+        ctx.log(stage.name, f"done in {seconds:.1f} s")
+    digests[stage.name] = digest
+
+
 def run_study(cfg: StudyConfig) -> RunContext:
     """Run (or resume) every stage; returns the run's context (its directory holds the report)."""
     from study.pipeline.validate import check_registries
 
     check_registries(cfg)
+    settings = settings_of(cfg)  # checks the sweep before anything runs
     ctx = RunContext.create(cfg)
     ctx.log("study", f"run directory {ctx.run_dir}")
     try:
@@ -81,25 +117,22 @@ def run_study(cfg: StudyConfig) -> RunContext:
         storage.write_json(storage.join(ctx.run_dir, "config.json"), config_to_dict(cfg))
     except OSError as exc:
         raise StudyError(f"cannot write to the output location {cfg.output}: {exc.strerror or exc}") from None
-    upstream = ""
+    all_stages = stages()
+    shared = {s.name: s for s in all_stages if s.name in ("data", "splits")}
+    per_setting = [s for s in all_stages if s.name not in SHARED_STAGES]
+    report = next(s for s in all_stages if s.name == "report")
+    digests: dict[str, str] = {}
     timings: dict[str, float] = {}
-    for stage in _stages():
-        digest = config_hash(*stage.sections(cfg), upstream)
-        stage_dir = ctx.stage_dir(stage.name)
-        done = is_complete(stage_dir, digest)
-        if done:
-            ctx.log(stage.name, f"reusing finished stage ({done['seconds']:.1f} s when run)")
-            timings[stage.name] = 0.0
-        else:
-            if stage.needs_ray:
-                ensure_ray(cfg)
-            ctx.log(stage.name, "starting")
-            start = time.perf_counter()
-            summary = stage.run(ctx, upstream) if stage.takes_upstream else stage.run(ctx)
-            seconds = time.perf_counter() - start
-            write_marker(stage_dir, digest, summary, seconds)
-            timings[stage.name] = seconds
-            ctx.log(stage.name, f"done in {seconds:.1f} s")
-        upstream = digest
+    for stage in shared.values():
+        _run_stage(ctx, stage, digests, timings)
+    measure_digests = []
+    for name, setting_cfg in settings:
+        sctx = ctx.for_setting(setting_cfg, name) if name else ctx
+        setting_digests = dict(digests)
+        for stage in per_setting:
+            _run_stage(sctx, stage, setting_digests, timings)
+        measure_digests.append(setting_digests["measure"])
+    digests["measure"] = config_hash(measure_digests)
+    _run_stage(ctx, report, digests, timings)
     storage.write_json(storage.join(ctx.run_dir, "timings.json"), timings)
     return ctx

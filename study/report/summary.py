@@ -1,5 +1,10 @@
-"""Print a finished report's summary from any fsspec location (``dejavu report URI``)."""
+"""Print a finished report's summary from any fsspec location (``dejavu report URI``).
+
+Each study kind has its own headline lines (``SUMMARY_LINES``); the rest is shared.
+"""
 from __future__ import annotations
+
+from typing import Callable
 
 from study import storage
 from study.errors import StudyError
@@ -14,11 +19,13 @@ def locate(uri: str) -> str:
     raise StudyError(f"no report.json found at {uri} (give report.json, its directory or a run directory)")
 
 
-def summary_lines(report: dict) -> list[str]:
-    counts = ", ".join(f"{k} {v}" for k, v in report["splits"]["counts"].items() if v)
+def _est(v: dict) -> str:
+    return f"{v['value']:+.3f} [{v['ci'][0]:+.3f}, {v['ci'][1]:+.3f}]  p = {v['p_value']:.4f}"
+
+
+def ssl_lines(report: dict) -> list[str]:
     lines = [
-        f"study {report['name']} ({report['study']}), k = {report['k']}, {report['metric']}, crops: {report['crop_rule']['rule']}",
-        f"splits: {counts}",
+        f"k = {report['k']}, {report['metric']}, crops: {report['crop_rule']['rule']}",
         "gap = target - reference top-1 accuracy at q = 1, 95 % bootstrap interval, paired-test p-value:",
     ]
     for key, v in report["headline"].items():
@@ -27,6 +34,45 @@ def summary_lines(report: dict) -> list[str]:
             f"gap {v['gap']:+.3f} [{v['ci'][0]:+.3f}, {v['ci'][1]:+.3f}]  p = {v['p_value']:.4f}"
         )
     return lines
+
+
+def _vlm_setting_lines(headline: dict, indent: str) -> list[str]:
+    lines = []
+    for key, v in headline.items():
+        lines.append(f"{indent}{key:<30} PPG {_est(v['ppg'])}")
+        lines.append(f"{indent}{'':<30} PRG {_est(v['prg'])}   AUCG {_est(v['aucg'])}")
+    return lines
+
+
+def vlm_lines(report: dict) -> list[str]:
+    lines = [
+        f"k = {report['k']} (of {report['ks']}), caption -> public images, {report['metric']}",
+        "PPG/PRG = share of records where the target beats the reference on precision/recall minus the reverse;",
+        "AUCG = area between the recall curves; 95 % bootstrap interval, paired-test p-value:",
+    ]
+    sweep = report.get("sweep")
+    settings = sweep["settings"] if sweep else [{"name": "", "headline": report["headline"], "utility": report.get("utility")}]
+    for s in settings:
+        indent = "  "
+        if s["name"]:
+            lines.append(f"  {sweep['key']} = {s['value']}:")
+            indent = "    "
+        lines += _vlm_setting_lines(s["headline"], indent)
+        util = s.get("utility") or {}
+        if util:
+            parts = [f"{k} {v:.3f}" for k, v in util.items() if isinstance(v, (int, float))]
+            lines.append(f"{indent}utility: {', '.join(parts)}")
+    return lines
+
+
+SUMMARY_LINES: dict[str, Callable[[dict], list[str]]] = {"ssl_dejavu": ssl_lines, "vlm_dejavu": vlm_lines}
+
+
+def summary_lines(report: dict) -> list[str]:
+    counts = ", ".join(f"{k} {v}" for k, v in report["splits"]["counts"].items() if v)
+    if report.get("study") not in SUMMARY_LINES:
+        raise StudyError(f"report of unknown study kind {report.get('study')!r}")
+    return [f"study {report['name']} ({report['study']})", f"splits: {counts}", *SUMMARY_LINES[report["study"]](report)]
 
 
 def print_summary(uri: str) -> None:

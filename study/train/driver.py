@@ -1,8 +1,9 @@
 """Ray Train edge: fit each model of the study with a ``TorchTrainer``.
 
-``train_func`` runs on every worker: it loads the model's training splits, restores the last
-checkpoint if Ray Train hands one back (a rerun with the same ``RunConfig(name, storage_path)``
-resumes), and runs the plain-PyTorch epochs of ``study.train.loop``. Rank 0 keeps the per-epoch
+``train_func`` runs on every worker: its recipe (``study.train.recipes``) loads this worker's share
+of the training records and builds the model; the driver restores the last checkpoint if Ray Train
+hands one back (a rerun with the same ``RunConfig(name, storage_path)`` resumes) and runs the
+recipe's plain-PyTorch epochs. Rank 0 keeps the per-epoch
 metrics in ``metrics.jsonl`` and writes the final ``model.pt`` beside it.
 """
 from __future__ import annotations
@@ -22,11 +23,7 @@ from ray.train.torch import TorchTrainer
 
 from study import storage
 from study.config import ModelConfig, TrainConfig
-from study.config_load import config_to_dict
-from study.data.loading import load_training_set
-from study.train import loop
-from study.train.methods import METHODS, method_params
-from study.train.models import build_encoder, save_model
+from study.train.recipes import RECIPES, Fit
 
 
 @dataclass(frozen=True)
@@ -59,17 +56,8 @@ def train_func(config: dict) -> None:
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.manual_seed(cfg.seed)  # same initial weights on every worker and for every rerun
-    method = METHODS[cfg.method]
-    params = method_params(cfg.method, cfg.params)
-    images, labels = load_training_set(config["data_root"], config["splits_dir"], config["splits"])
-    images = torch.from_numpy(images[rank::world])
-    labels = torch.from_numpy(labels[rank::world])
-    batch_size_per_worker = max(2, cfg.global_batch_size // world)
-
-    encoder = build_encoder(config["model"], cfg.method, params, config["num_classes"])
-    encoder = ray.train.torch.prepare_model(encoder)  # to this worker's device; DDP when world > 1
-    optimizer = loop.make_optimizer(encoder, cfg)
-    scheduler = loop.make_scheduler(optimizer, cfg, loop.steps_per_epoch(len(images), batch_size_per_worker))
+    fit = RECIPES[config["recipe"]](config, rank, world)
+    model = ray.train.torch.prepare_model(fit.model)  # to this worker's device; DDP when world > 1
 
     # Restore: weights, optimiser, schedule and metrics history of the last finished epoch.
     start_epoch, history = 0, []
@@ -77,21 +65,19 @@ def train_func(config: dict) -> None:
     if checkpoint:
         with checkpoint.as_directory() as d:
             state = torch.load(os.path.join(d, "state.pt"), map_location="cpu", weights_only=False)
-        _unwrap(encoder).load_state_dict(state["encoder"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
+        _unwrap(model).load_state_dict(state["model"])
+        fit.optimizer.load_state_dict(state["optimizer"])
+        fit.scheduler.load_state_dict(state["scheduler"])
         start_epoch, history = state["epoch"], state["history"]
         if rank == 0:
             _progress(f"[train {config['name']}] resuming after epoch {start_epoch}/{cfg.epochs}")
 
     if start_epoch >= cfg.epochs and rank == 0:  # finished before; only the export was lost
-        _export(config, cfg, encoder, history, final=True)
+        _export(config, fit, model, history, final=True)
     for epoch in range(start_epoch, cfg.epochs):
         # Per-epoch seeding makes a resumed run draw the same views as an uninterrupted one.
         gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch * 101 + rank)
-        metrics = loop.train_epoch(
-            encoder, method, params, images, labels, optimizer, scheduler, cfg, batch_size_per_worker, gen
-        )
+        metrics = fit.run_epoch(model, epoch, gen)
         history.append({"epoch": epoch + 1, **metrics})
         done = epoch + 1 == cfg.epochs
         if (epoch + 1) % cfg.checkpoint_every and not done:
@@ -99,15 +85,15 @@ def train_func(config: dict) -> None:
         # Checkpoint phase: state for resuming, metrics so far, and at the end the model itself.
         with tempfile.TemporaryDirectory() as d:
             state = {
-                "encoder": _unwrap(encoder).state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
+                "model": _unwrap(model).state_dict(),
+                "optimizer": fit.optimizer.state_dict(),
+                "scheduler": fit.scheduler.state_dict(),
                 "epoch": epoch + 1,
                 "history": history,
             }
             torch.save(state, os.path.join(d, "state.pt"))
             if rank == 0:
-                _export(config, cfg, encoder, history, final=done)
+                _export(config, fit, model, history, final=done)
                 _progress(
                     f"[train {config['name']}] epoch {epoch + 1}/{cfg.epochs} loss {metrics['loss']:.4f} "
                     f"({metrics['seconds']:.2f} s/epoch)"
@@ -115,21 +101,13 @@ def train_func(config: dict) -> None:
             ray.train.report({"epoch": epoch + 1, "loss": metrics["loss"]}, checkpoint=Checkpoint.from_directory(d))
 
 
-def _export(config: dict, cfg: TrainConfig, encoder: torch.nn.Module, history: list, final: bool) -> None:
+def _export(config: dict, fit: Fit, model: torch.nn.Module, history: list, final: bool) -> None:
     """Rank 0: metrics so far to ``metrics.jsonl``; at the end also the model to ``model.pt``."""
     out_dir = config["out_dir"]
     lines = "".join(json.dumps(h) + "\n" for h in history)
     storage.write_bytes(storage.join(out_dir, "metrics.jsonl"), lines.encode())
     if final:
-        meta = {
-            "method": cfg.method,
-            "params": dict(cfg.params),
-            "model": config_to_dict(config["model"]),
-            "num_classes": config["num_classes"],
-            "image_size": config["image_size"],
-            "trained_on": list(config["splits"]),
-        }
-        storage.write_bytes(storage.join(out_dir, "model.pt"), save_model(_unwrap(encoder), meta))
+        storage.write_bytes(storage.join(out_dir, "model.pt"), fit.export(_unwrap(model), history))
 
 
 def _unwrap(module: torch.nn.Module) -> torch.nn.Module:

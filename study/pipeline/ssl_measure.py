@@ -1,4 +1,4 @@
-"""Stage ``measure``: the four runs of DESIGN §2.1 turned into the population test.
+"""Stage ``measure`` of the SSL study: the four runs of DESIGN §2.1 turned into the population test.
 
 Positive control: side a = target split (A is target, B reference), side b = reference split
 (roles swapped). Null control: the holdout split, split in two halves by a keyed hash, plays the
@@ -7,28 +7,20 @@ same two roles; neither model saw it, so its gap should cover 0.
 from __future__ import annotations
 
 import numpy as np
-import pyarrow.parquet as pq
 
 from study import storage
 from study.core.metrics import Side, accuracy_curve, dejavu_test, most_memorized
-from study.core.splits import hash_unit
 from study.core.topk import label_votes, predict_from_votes
 from study.data.loading import read_split
 from study.pipeline.context import RunContext
+from study.pipeline.kinds import CONTROLS, get_kind, side_ids
+from study.pipeline.neighbours import read_results
 
-# (side name, split, target model, reference model) per control.
-CONTROLS = {
-    "positive": [("a", "target", "model_a", "model_b"), ("b", "reference", "model_b", "model_a")],
-    "null": [("a", "holdout", "model_a", "model_b"), ("b", "holdout", "model_b", "model_a")],
-}
 
 
 def knn_outcomes(search_uri: str, public_labels: dict, true_labels: dict, num_classes: int) -> dict:
     """Per query id: (top-1 correct, top-5 correct, confidence, prediction) from its neighbours."""
-    with storage.open_read(search_uri) as fh:
-        table = pq.read_table(fh)
-    q_ids = table.column("query_id").to_pylist()
-    nbrs = table.column("neighbor_ids").to_pylist()
+    q_ids, nbrs = read_results(search_uri)
     k = max((len(n) for n in nbrs), default=0)
     nl = np.full((len(q_ids), k), -1, dtype=np.int64)
     for r, row in enumerate(nbrs):
@@ -40,19 +32,12 @@ def knn_outcomes(search_uri: str, public_labels: dict, true_labels: dict, num_cl
     return {q: (bool(a), bool(b), float(c), int(p)) for q, a, b, c, p in zip(q_ids, top1_ok, top5_ok, conf, pred)}
 
 
-def _halves(ids: list[str], seed: int) -> tuple[set, set]:
-    u = hash_unit(ids, seed + 7919)  # a second keyed hash, independent of the split plan's
-    return {i for i, x in zip(ids, u) if x < 0.5}, {i for i, x in zip(ids, u) if x >= 0.5}
-
-
 def build_sides(outcomes: dict, control: str, seed: int, metric_index: int) -> list[Side]:
     """Sides of one control with top-1 (metric_index 0) or top-5 (1) correctness."""
     sides = []
     for side_name, split, tgt, ref in CONTROLS[control]:
         t_out, r_out = outcomes[(tgt, split)], outcomes[(ref, split)]
-        ids = sorted(set(t_out) & set(r_out))
-        if control == "null":
-            ids = sorted(_halves(ids, seed)[0 if side_name == "a" else 1])
+        ids = side_ids(sorted(set(t_out) & set(r_out)), control, side_name, seed)
         sides.append(
             Side(
                 ids=np.asarray(ids, dtype=object),
@@ -68,11 +53,11 @@ def build_sides(outcomes: dict, control: str, seed: int, metric_index: int) -> l
 def run_measure(ctx: RunContext) -> dict:
     cfg = ctx.cfg
     m = cfg.measure
-    manifest = storage.read_json(storage.join(ctx.splits_dir, "manifest.json"))
+    manifest = storage.read_json(ctx.manifest)
     pub_ids, pub_labels = read_split(ctx.splits_dir, "public")
     public_labels = dict(zip(pub_ids, pub_labels.tolist()))
     results = {}
-    for rep in cfg.search.representations:
+    for rep in get_kind(cfg.study).spaces_for(cfg):
         outcomes = {}
         for split in {s for rows in CONTROLS.values() for _, s, _, _ in rows}:
             if cfg.splits.fractions.get(split, 0) <= 0:
@@ -80,7 +65,7 @@ def run_measure(ctx: RunContext) -> dict:
             ids, labels = read_split(ctx.splits_dir, split)
             truth = dict(zip(ids, labels.tolist()))
             for model in ("model_a", "model_b"):
-                uri = ctx.stage_dir("search", model, split, rep, "part-00000.parquet")
+                uri = ctx.search_results(model, split, rep)
                 outcomes[(model, split)] = knn_outcomes(uri, public_labels, truth, manifest["num_classes"])
         rep_result = {}
         for control in CONTROLS:
@@ -102,5 +87,5 @@ def run_measure(ctx: RunContext) -> dict:
             ctx.log("measure", f"{rep:<9} {control:<8} gap@q=1 {gap['value']:+.3f} "
                     f"[{gap['ci'][0]:+.3f}, {gap['ci'][1]:+.3f}] p={gap['p_value']:.4f}")
         results[rep] = rep_result
-    storage.write_json(ctx.stage_dir("measure", "results.json"), results)
+    storage.write_json(ctx.measure_results, results)
     return {"representations": list(results)}

@@ -1,0 +1,86 @@
+"""Stage ``report``: ``report.json`` (every number, the resolved config, versions) and
+``report.html`` (the kind's plots and gallery in the shared page), written to ``<run>/report/``.
+
+Each file is written atomically; ``report.json`` goes last, so its presence means the report is
+whole, on a local disk or in an object store. With a sweep, the report holds every setting.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import importlib.metadata
+import platform
+
+from study import storage
+from study.config_load import config_to_dict
+from study.pipeline.context import RunContext, read_marker
+from study.pipeline.kinds import get_kind
+from study.pipeline.sweep import settings_of
+from study.report.page import render_page
+
+PACKAGES = ("dejavu-study", "torch", "torchvision", "ray", "faiss-cpu", "numpy", "pyarrow", "lightly", "open_clip_torch")
+
+
+def versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def setting_report(ctx: RunContext) -> dict:
+    """One setting's numbers, training summary, embedded/skipped counts and stage times."""
+    from study.pipeline.runner import stages
+
+    kind = get_kind(ctx.cfg.study)
+    results = storage.read_json(ctx.measure_results)
+    markers = {s.name: read_marker(ctx.stage_dir(s.name)) or {} for s in stages() if s.name != "report"}
+    return {
+        "headline": kind.headline(results),
+        "results": results,
+        "embedded": markers["embed"].get("summary", {}),
+        "training": markers["train"].get("summary", {}),
+        "stage_seconds": {s: m.get("seconds") for s, m in markers.items()},
+        **kind.extras(ctx),
+    }
+
+
+def build_report(ctx: RunContext) -> dict:
+    cfg = ctx.cfg
+    settings = settings_of(cfg)
+    report = {
+        "study": cfg.study,
+        "name": cfg.name,
+        "run_dir": ctx.run_dir,
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "splits": storage.read_json(ctx.manifest),
+    }
+    if cfg.sweep:
+        (key, values), = cfg.sweep.items()
+        report["sweep"] = {
+            "key": key,
+            "settings": [
+                {"name": name, "value": value, **setting_report(ctx.for_setting(scfg, name))}
+                for (name, scfg), value in zip(settings, values)
+            ],
+        }
+        first = report["sweep"]["settings"][0]
+    else:
+        first = setting_report(ctx)
+    # The first (or only) setting's numbers stand at the top level as well.
+    report.update({k: first[k] for k in first if k not in ("name", "value")})
+    report["config"] = config_to_dict(cfg)
+    report["versions"] = versions()
+    return report
+
+
+def run_report(ctx: RunContext) -> dict:
+    kind = get_kind(ctx.cfg.study)
+    report = build_report(ctx)
+    page = render_page(report, kind.html(report, kind.gallery(ctx, report)))
+    storage.write_bytes(ctx.report_html, page.encode())
+    storage.write_json(ctx.report_json, report)
+    ctx.log("report", f"wrote {ctx.report_json} and report.html")
+    return {"report": ctx.report_json, "headline": report["headline"]}

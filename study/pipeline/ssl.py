@@ -1,0 +1,162 @@
+"""The SSL déjà vu study kind (DESIGN §2.1): label inference from a background crop.
+
+Models A and B are image encoders (an SSL method or the supervised baseline); the public set is
+embedded whole, the attacked sets as background crops; the search spaces are the backbone and
+projector embeddings; the measurement is ``study.pipeline.ssl_measure``.
+"""
+from __future__ import annotations
+
+from functools import partial
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from study import storage
+from study.config import StudyConfig
+from study.config_load import config_to_dict
+from study.core.splits import assign_splits
+from study.data import records
+from study.data.loading import load_images
+from study.pipeline.context import RunContext
+from study.pipeline.kinds import StudyKind
+from study.pipeline.ssl_measure import run_measure
+from study.report.ssl_html import render_body
+
+PUBLIC = "public"
+VIEWS = ("backbone", "projector")
+
+
+def check(cfg: StudyConfig) -> None:
+    from study.core.crops import CROP_RULES
+    from study.pipeline.validate import one_of
+    from study.train.methods import method_params
+    from study.train.models import BACKBONES
+
+    one_of(cfg.model.backbone, BACKBONES, "model.backbone")
+    one_of(cfg.embed.crop.rule, CROP_RULES, "embed.crop.rule")
+    method_params(cfg.train.method, cfg.train.params)
+
+
+def run_embed(ctx: RunContext) -> dict:
+    from study.embed.pipeline import Embedder, embed_all
+    from study.embed.views import CROP, WHOLE, plan_crops, prepare_batch
+
+    cfg = ctx.cfg
+    meta = records.read_metadata(ctx.data_root)
+    split_of = assign_splits(meta.column("id").to_pylist(), cfg.splits.fractions, cfg.splits.seed)
+    attacked = KIND.attacked_sets(cfg)
+    _, crops = plan_crops(meta, split_of, attacked, cfg.embed.crop)
+    for s, c in crops.items():
+        skipped = ", ".join(f"{n} {r}" for r, n in c["skipped"].items()) or "none"
+        ctx.log("embed", f"{s}: {c['embedded']} crops ({cfg.embed.crop.rule} rule), skipped: {skipped}")
+    public_n = int((split_of == PUBLIC).sum())
+    modes = {PUBLIC: WHOLE, **{s: CROP for s in attacked}}
+    for model in KIND.models:
+        storage.remove(storage.join(ctx.embed_dir, model))  # no stray files from an interrupted attempt
+    prepare = partial(
+        prepare_batch,
+        split_seed=cfg.splits.seed,
+        fractions=cfg.splits.fractions,
+        modes=modes,
+        crop_cfg=cfg.embed.crop,
+        image_size=cfg.data.image_size,
+    )
+    written = embed_all(
+        ctx.data_root,
+        ["id", "image", "width", "height", "label", "boxes"],
+        prepare,
+        Embedder,
+        {"model_uris": {m: ctx.model_file(m) for m in KIND.models}},
+        {s: VIEWS for s in modes},
+        cfg.embed,
+        ctx.embed_dir,
+        use_gpu=cfg.ray.use_gpu,
+        log=lambda msg: ctx.log("embed", msg),
+    )
+    expected = {PUBLIC: public_n, **{s: crops[s]["embedded"] for s in attacked}}
+    for (model, s, view), n in written.items():
+        if n != expected[s]:  # the plan and the pipeline apply one rule; a mismatch is a bug
+            raise RuntimeError(f"embedded {n} rows for {model}/{s}/{view}, planned {expected[s]}")
+    return {"sets": {PUBLIC: {"embedded": public_n, "skipped": {}}, **crops}, "crop": vars(cfg.embed.crop)}
+
+
+def headline(results: dict) -> dict:
+    """Gap at q = 1 (top-1) per representation and control: the numbers quoted first."""
+    out = {}
+    for rep, controls in results.items():
+        for control, res in controls.items():
+            entry = max(res["top1"]["by_q"], key=lambda e: e["q"])
+            out[f"{rep}/{control}"] = {
+                "target": entry["target"]["value"],
+                "reference": entry["reference"]["value"],
+                "gap": entry["gap"]["value"],
+                "ci": entry["gap"]["ci"],
+                "p_value": entry["gap"]["p_value"],
+            }
+    return out
+
+
+def extras(ctx: RunContext) -> dict:
+    return {"k": ctx.cfg.search.k, "metric": ctx.cfg.search.metric, "crop_rule": config_to_dict(ctx.cfg.embed.crop)}
+
+
+def gallery(ctx: RunContext, report: dict) -> list[dict]:
+    """Most-memorized records of the positive control: crop, original, nearest public images."""
+    from study.embed.views import crop_for
+
+    rep = next(iter(report["results"]), None)
+    rows = report["results"].get(rep, {}).get("positive", {}).get("most_memorized", []) if rep else []
+    if not rows:
+        return []
+    shown = ctx.cfg.report.neighbors_shown
+    meta = records.read_records(ctx.data_root, [r["id"] for r in rows], columns=["id", "width", "height", "label", "boxes"])
+    rects = {
+        i: crop_for(w, h, b, lab, ctx.cfg.embed.crop)[0]
+        for i, w, h, lab, b in zip(
+            meta.column("id").to_pylist(), meta.column("width").to_pylist(), meta.column("height").to_pylist(),
+            meta.column("label").to_pylist(), records.iter_boxes(meta.column("boxes")),
+        )
+    }
+    neighbours = nearest_public(ctx, rows, rep, shown)
+    images = load_images(ctx.data_root, [r["id"] for r in rows] + [n for ns in neighbours.values() for n in ns])
+    out = []
+    for r in rows:
+        original = images[r["id"]]
+        x0, y0, x1, y1 = rects[r["id"]]
+        out.append({
+            **r,
+            "representation": rep,
+            "original": original,
+            "crop": np.ascontiguousarray(original[y0:y1, x0:x1]),
+            "neighbours": [images[n] for n in neighbours[r["id"]]],
+        })
+    return out
+
+
+def nearest_public(ctx: RunContext, rows: list[dict], space: str, shown: int) -> dict[str, list[str]]:
+    """The first ``shown`` public neighbours of each gallery row (keys: id, target_model, split),
+    reading each search file once however many rows come from it."""
+    tables, out = {}, {}
+    for r in rows:
+        key = (r["target_model"], r["split"])
+        if key not in tables:
+            with storage.open_read(ctx.search_results(*key, space)) as fh:
+                table = pq.read_table(fh, columns=["query_id", "neighbor_ids"])
+            tables[key] = dict(zip(table.column("query_id").to_pylist(), table.column("neighbor_ids").to_pylist()))
+        out[r["id"]] = [n for n in tables[key][r["id"]][:shown] if n]
+    return out
+
+
+KIND = StudyKind(
+    name="ssl_dejavu",
+    title="SSL déjà vu test (label inference from a background crop)",
+    spaces={"projector": ("projector", "projector"), "backbone": ("backbone", "backbone")},
+    recipe="ssl",
+    check=check,
+    embed=run_embed,
+    measure=run_measure,
+    headline=headline,
+    extras=extras,
+    gallery=gallery,
+    html=render_body,
+)

@@ -1,0 +1,91 @@
+"""The SSL déjà vu report's body: accuracy-vs-confidence curves, quadrant bars, every number,
+and the most-memorized gallery (crop, original, nearest public images)."""
+from __future__ import annotations
+
+import html
+
+import matplotlib.pyplot as plt
+import numpy as np
+
+from study.report.page import fmt, image_uri, png, table
+
+
+def curve_plot(results: dict) -> str:
+    reps = list(results)
+    fig, axes = plt.subplots(1, max(1, len(reps)), figsize=(5 * max(1, len(reps)), 3.6), squeeze=False)
+    for ax, rep in zip(axes[0], reps):
+        for control, style in (("positive", "-"), ("null", ":")):
+            if control not in results[rep]:
+                continue
+            c = results[rep][control]["curve"]
+            ax.plot(c["q"], c["target"], style, color="C3", label=f"target ({control})")
+            ax.plot(c["q"], c["reference"], style, color="C0", label=f"reference ({control})")
+        ax.set_xlabel("fraction q of records, most confident first")
+        ax.set_ylabel("top-1 accuracy")
+        ax.set_title(f"{rep} embeddings")
+        ax.set_xlim(0, 1)
+        ax.legend(fontsize=7)
+    return png(fig)
+
+
+def quadrant_plot(results: dict) -> str:
+    reps = list(results)
+    fig, axes = plt.subplots(1, max(1, len(reps)), figsize=(5 * max(1, len(reps)), 3.2), squeeze=False)
+    for ax, rep in zip(axes[0], reps):
+        controls = [c for c in ("positive", "null") if c in results[rep]]
+        names = list(results[rep][controls[0]]["top1"]["quadrants"]) if controls else []
+        width = 0.8 / max(1, len(controls))
+        for j, control in enumerate(controls):
+            quad = results[rep][control]["top1"]["quadrants"]
+            vals = np.array([quad[n]["value"] for n in names])
+            err = np.array([[quad[n]["value"] - quad[n]["ci"][0], quad[n]["ci"][1] - quad[n]["value"]] for n in names]).T
+            ax.bar(np.arange(len(names)) + j * width, vals, width, yerr=err, capsize=3, label=control)
+        ax.set_xticks(np.arange(len(names)) + width * (len(controls) - 1) / 2, names, fontsize=8)
+        ax.set_ylabel("fraction of records")
+        ax.set_title(f"quadrants, {rep}")
+        ax.legend(fontsize=7)
+    return png(fig)
+
+
+def results_table(results: dict) -> str:
+    rows = [
+        [rep, control, metric, f"{e['q']:g}", fmt(e["target"]), fmt(e["reference"]), fmt(e["gap"], True)]
+        for rep, controls in results.items()
+        for control, res in controls.items()
+        for metric in ("top1", "top5")
+        for e in res[metric]["by_q"]
+    ]
+    return table(["representation", "control", "metric", "q", "target", "reference", "gap"], rows)
+
+
+def gallery_html(items: list[dict]) -> str:
+    if not items:
+        return "<p>No memorized records (target right, reference wrong) in the positive control.</p>"
+    rows = []
+    for it in items:
+        nbrs = "".join(f'<img src="{image_uri(n, 64)}">' for n in it["neighbours"])
+        rows.append([
+            f'<img src="{image_uri(it["crop"])}">',
+            f'<img src="{image_uri(it["original"])}">',
+            nbrs,
+            f"{html.escape(it['id'])}<br>{it['split']} split, target {it['target_model']}<br>score {it['score']:.3f}",
+        ])
+    return table(["crop (what the attack sees)", "original", "nearest public images", "record"], rows)
+
+
+def render_body(report: dict, gallery: list[dict]) -> str:
+    results = report["results"]
+    heads = "".join(
+        f"<li><b>{html.escape(key)}</b>: gap {v['gap']:+.3f} [{v['ci'][0]:+.3f}, {v['ci'][1]:+.3f}], "
+        f"p = {v['p_value']:.4f} (target {v['target']:.3f}, reference {v['reference']:.3f})</li>"
+        for key, v in report["headline"].items()
+    )
+    return f"""<p>SSL déjà vu test (label inference from a background crop), k = {report['k']}, metric {report['metric']},
+crop rule {html.escape(str(report['crop_rule']))}. Gaps are target minus reference accuracy at q = 1 with 95 % bootstrap
+intervals and paired-test p-values. The null control should cover 0.</p>
+<ul>{heads}</ul>
+<h2>Accuracy vs confidence fraction</h2><img src="{curve_plot(results)}">
+<h2>Quadrants</h2><img src="{quadrant_plot(results)}">
+<h2>All numbers</h2>{results_table(results)}
+<h2>Most-memorized records</h2>{gallery_html(gallery)}
+"""
