@@ -1,0 +1,320 @@
+"""The VLM déjà vu maths (DESIGN §2.2) and its statistics (§2.5), against hand values and naive loops."""
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from study.core import objects, stats
+from study.core.objects import (
+    PREDICTION_RULES,
+    ObjectSide,
+    most_memorized,
+    named_objects,
+    neighbour_votes,
+    overlap,
+    population_test,
+    predict_top_n,
+    predict_union,
+    recall_area,
+    recall_curve,
+    sample_level,
+)
+
+# Four public images over four objects.
+PUBLIC = np.array(
+    [
+        [1, 1, 0, 0],
+        [0, 1, 1, 0],
+        [0, 1, 0, 1],
+        [1, 0, 0, 0],
+    ],
+    dtype=bool,
+)
+I = np.array([[0, 1, 2], [3, -1, -1], [2, 3, 0]], dtype=np.int64)
+
+
+def side_from_sets(rng, n, C=6, prefix="r", boost=0.0):
+    """A side scored from random object sets; boost > 0 plants memorization (target hits more GT)."""
+    gt = rng.random((n, C)) < 0.4
+    gt[np.arange(n), rng.integers(0, C, n)] = True  # no empty GT rows
+    ref = rng.random((n, C)) < 0.3
+    tgt = (rng.random((n, C)) < 0.3) | (gt & (rng.random((n, C)) < boost))
+    t, r = overlap(gt, tgt), overlap(gt, ref)
+    return ObjectSide(
+        ids=np.array([f"{prefix}{i:03d}" for i in range(n)], dtype=object),
+        target_precision=t["precision"],
+        target_recall=t["recall"],
+        target_hits=t["hits"],
+        reference_precision=r["precision"],
+        reference_recall=r["recall"],
+        reference_hits=r["hits"],
+    )
+
+
+def naive_side_stats(s, bins):
+    """PPG, PRG, AUCG of one side by per-record Python loops and np.trapezoid over the curve."""
+    n = len(s)
+    ppg = sum(a > b for a, b in zip(s.target_precision, s.reference_precision)) / n - sum(
+        a < b for a, b in zip(s.target_precision, s.reference_precision)
+    ) / n
+    prg = sum(a > b for a, b in zip(s.target_recall, s.reference_recall)) / n - sum(
+        a < b for a, b in zip(s.target_recall, s.reference_recall)
+    ) / n
+    x = np.linspace(0, 1, bins + 1)
+    curve = lambda rec: [sum(r >= xi for r in rec) / n for xi in x]  # noqa: E731
+    aucg = np.trapezoid(curve(s.target_recall), x) - np.trapezoid(curve(s.reference_recall), x)
+    return np.array([ppg, prg, aucg])
+
+
+# ---- votes and prediction rules -------------------------------------------------------------------
+
+
+def test_neighbour_votes_hand_checked():
+    np.testing.assert_array_equal(
+        neighbour_votes(PUBLIC, I, 2), [[1, 2, 1, 0], [1, 0, 0, 0], [1, 1, 0, 1]]
+    )
+    np.testing.assert_array_equal(
+        neighbour_votes(PUBLIC, I, 3), [[1, 3, 1, 1], [1, 0, 0, 0], [2, 2, 0, 1]]
+    )
+    assert neighbour_votes(PUBLIC, I, 1).dtype == np.int64
+
+
+def test_neighbour_votes_rejects_bad_k_and_indices():
+    with pytest.raises(ValueError):
+        neighbour_votes(PUBLIC, I, 4)
+    with pytest.raises(ValueError):
+        neighbour_votes(PUBLIC, I, 0)
+    with pytest.raises(ValueError):
+        neighbour_votes(PUBLIC, np.array([[4]]), 1)
+
+
+def test_union_and_top_n_with_ties():
+    votes = np.array([[1, 3, 1, 1], [1, 0, 0, 0], [2, 2, 0, 1], [0, 0, 0, 0]])
+    np.testing.assert_array_equal(predict_union(votes), votes > 0)
+    # Row 0: object 1 first, then objects 0, 2, 3 tie at 1 -> lower index wins.
+    np.testing.assert_array_equal(
+        predict_top_n(votes, 2),
+        [[1, 1, 0, 0], [1, 0, 0, 0], [1, 1, 0, 0], [0, 0, 0, 0]],
+    )
+    np.testing.assert_array_equal(
+        predict_top_n(votes, 3),
+        [[1, 1, 1, 0], [1, 0, 0, 0], [1, 1, 0, 1], [0, 0, 0, 0]],
+    )
+    np.testing.assert_array_equal(predict_top_n(votes, 10), votes > 0)
+    with pytest.raises(ValueError):
+        predict_top_n(votes, 0)
+
+
+def test_prediction_rules_registry():
+    votes = np.array([[1, 3, 1, 1]])
+    np.testing.assert_array_equal(PREDICTION_RULES["union"](votes, 1), [[1, 1, 1, 1]])
+    np.testing.assert_array_equal(PREDICTION_RULES["top_n"](votes, 1), [[0, 1, 0, 0]])
+
+
+# ---- per-record scores ----------------------------------------------------------------------------
+
+
+def test_overlap_hand_checked_with_empty_prediction():
+    gt = np.array([[1, 1, 0, 0], [1, 0, 0, 0], [0, 0, 1, 1]], dtype=bool)
+    pred = np.array([[1, 0, 1, 1], [0, 0, 0, 0], [0, 0, 1, 1]], dtype=bool)
+    out = overlap(gt, pred)
+    np.testing.assert_array_equal(out["hits"], [1, 0, 2])
+    np.testing.assert_allclose(out["precision"], [1 / 3, 0.0, 1.0])
+    np.testing.assert_allclose(out["recall"], [1 / 2, 0.0, 1.0])
+    np.testing.assert_allclose(out["f"], [2 * (1 / 3) * (1 / 2) / (1 / 3 + 1 / 2), 0.0, 1.0])
+
+
+def test_overlap_rejects_empty_ground_truth_and_shape_mismatch():
+    with pytest.raises(ValueError, match="no ground-truth"):
+        overlap(np.array([[1, 0], [0, 0]], bool), np.array([[1, 0], [1, 0]], bool))
+    with pytest.raises(ValueError):
+        overlap(np.ones((2, 3), bool), np.ones((2, 4), bool))
+
+
+def test_named_objects_whole_words_case_and_hyphens():
+    vocab = ["three", "three-1", "one", "Dog", "traffic light", "cat"]
+    caption = "The digit THREE-1 and a dog, near a Traffic  Light; someone's cat_toy"
+    # "three" is not named by "three-1", nor "one" by "someone"; '_' is punctuation, so "cat" is.
+    assert named_objects(caption, vocab) == ["three-1", "Dog", "traffic light", "cat"]
+    assert named_objects("three; one.", vocab) == ["three", "one"]
+    assert named_objects("a -three- here", vocab) == ["three"]  # dashes at word edges are punctuation
+    assert named_objects("", vocab) == []
+
+
+# ---- population test ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_population_values_match_naive_loops(seed):
+    rng = np.random.default_rng(seed)
+    sides = [side_from_sets(rng, 37, prefix="a"), side_from_sets(rng, 23, prefix="b")]
+    for bins in (100, 7):
+        out = population_test(sides, bootstrap=20, permutations=20, level=0.95, seed=seed, bins=bins)
+        expect = np.mean([naive_side_stats(s, bins) for s in sides], axis=0)
+        got = [out["ppg"]["value"], out["prg"]["value"], out["aucg"]["value"]]
+        np.testing.assert_allclose(got, expect, atol=1e-12)
+        assert out["n"] == [37, 23]
+        assert out["precision"]["target"]["value"] == pytest.approx(
+            np.mean([s.target_precision.mean() for s in sides])
+        )
+        assert out["recall"]["reference"]["value"] == pytest.approx(
+            np.mean([s.reference_recall.mean() for s in sides])
+        )
+        # The plotted curve integrates to the reported AUCs.
+        c = out["curve"]
+        assert np.trapezoid(c["target"], c["x"]) - np.trapezoid(c["reference"], c["x"]) == pytest.approx(
+            out["aucg"]["value"]
+        )
+
+
+def test_intervals_and_p_values_match_naive_resampling():
+    rng = np.random.default_rng(5)
+    sides = [side_from_sets(rng, 19, prefix="a", boost=0.3), side_from_sets(rng, 11, prefix="b", boost=0.3)]
+    B, P, seed = 40, 30, 9
+    out = population_test(sides, bootstrap=B, permutations=P, level=0.9, seed=seed, bins=10)
+    # Same draws in the same order: each side's bootstrap indices, then each side's swap masks.
+    g = np.random.default_rng(seed)
+    idx = [stats.bootstrap_indices(len(s), B, g) for s in sides]
+    swaps = [stats.swap_masks(len(s), P, g) for s in sides]
+
+    def resample(s, rows):
+        return ObjectSide(*(getattr(s, f)[rows] for f in s.__dataclass_fields__))
+
+    def swap(s, m):
+        w = lambda a, b: np.where(m, b, a)  # noqa: E731
+        tp, tr, th = s.target_precision, s.target_recall, s.target_hits
+        rp, rr, rh = s.reference_precision, s.reference_recall, s.reference_hits
+        return ObjectSide(s.ids, w(tp, rp), w(tr, rr), w(th, rh), w(rp, tp), w(rr, tr), w(rh, th))
+
+    def population(draw):
+        return np.mean([naive_side_stats(draw(k, s), 10) for k, s in enumerate(sides)], axis=0)
+
+    boot = np.array([population(lambda k, s: resample(s, idx[k][b])) for b in range(B)])
+    null = np.array([population(lambda k, s: swap(s, swaps[k][d])) for d in range(P)])
+    lo, hi = stats.percentile_interval(boot, 0.9)
+    observed = np.mean([naive_side_stats(s, 10) for s in sides], axis=0)
+    p = stats.permutation_p_value(observed, null)
+    for j, key in enumerate(["ppg", "prg", "aucg"]):
+        np.testing.assert_allclose(out[key]["ci"], [lo[j], hi[j]], atol=1e-12)
+        assert out[key]["p_value"] == pytest.approx(p[j])
+
+
+def test_chunked_draws_match_unchunked(monkeypatch):
+    rng = np.random.default_rng(3)
+    values = rng.random((13, 4))
+    monkeypatch.setattr(objects, "_CHUNK_ELEMENTS", 13 * 3)  # three draws per chunk
+    seen = []
+    real = stats.bootstrap_indices
+    monkeypatch.setattr(stats, "bootstrap_indices", lambda *a: seen.append(real(*a)) or seen[-1])
+    got = objects._bootstrap_means(values, 10, np.random.default_rng(0))
+    assert [len(s) for s in seen] == [3, 3, 3, 1]
+    np.testing.assert_allclose(got, values[np.concatenate(seen)].mean(axis=1))
+    masks, real_masks = [], stats.swap_masks
+    monkeypatch.setattr(stats, "swap_masks", lambda *a: masks.append(real_masks(*a)) or masks[-1])
+    got = objects._swap_means(values, 7, np.random.default_rng(0))
+    np.testing.assert_allclose(got, (np.where(np.concatenate(masks), -1, 1)[:, :, None] * values).mean(axis=1))
+
+
+def test_identical_models_give_zero_gaps_and_p_value_one():
+    rng = np.random.default_rng(0)
+    s = side_from_sets(rng, 50)
+    target = (s.target_precision, s.target_recall, s.target_hits)
+    same = ObjectSide(s.ids, *target, *target)
+    out = population_test([same], bootstrap=50, permutations=50, level=0.95, seed=0)
+    for key in ("ppg", "prg", "aucg"):
+        assert out[key]["value"] == 0.0
+        assert out[key]["ci"] == [0.0, 0.0]
+        assert out[key]["p_value"] == pytest.approx(1.0)
+    assert out["curve"]["target"] == out["curve"]["reference"]
+
+
+def test_planted_memorization_is_detected():
+    rng = np.random.default_rng(1)
+    sides = [side_from_sets(rng, 300, prefix="a", boost=0.8), side_from_sets(rng, 200, prefix="b", boost=0.8)]
+    out = population_test(sides, bootstrap=300, permutations=300, level=0.95, seed=0)
+    for key in ("ppg", "prg", "aucg"):
+        lo, hi = out[key]["ci"]
+        assert out[key]["value"] > 0 and lo > 0
+        assert lo <= out[key]["value"] <= hi
+        assert out[key]["p_value"] < 0.01
+    for key in ("precision", "recall"):
+        for role in ("target", "reference"):
+            e = out[key][role]
+            assert e["ci"][0] <= e["value"] <= e["ci"][1]
+    assert out["recall"]["target"]["value"] > out["recall"]["reference"]["value"]
+
+
+def test_empty_sides_are_skipped_but_counted():
+    rng = np.random.default_rng(0)
+    s = side_from_sets(rng, 20)
+    empty = side_from_sets(rng, 0)
+    out = population_test([s, empty], bootstrap=10, permutations=10, level=0.95, seed=0)
+    alone = population_test([s], bootstrap=10, permutations=10, level=0.95, seed=0)
+    assert out["n"] == [20, 0]
+    assert out["ppg"] == alone["ppg"]
+    with pytest.raises(ValueError):
+        population_test([empty], bootstrap=10, permutations=10, level=0.95, seed=0)
+
+
+def test_recall_area_and_curve_hand_checked():
+    # bins = 2: grid 0, 0.5, 1. Recall 0.5 -> indicator [1, 1, 0] -> area 0.5 * 1 + 0.5 * 0.5 = 0.75.
+    np.testing.assert_allclose(recall_area(np.array([0.0, 0.4, 0.5, 1.0]), bins=2), [0.25, 0.25, 0.75, 1.0])
+    x, c = recall_curve(np.array([0.0, 0.4, 0.5, 1.0]), bins=2)
+    np.testing.assert_allclose(x, [0, 0.5, 1])
+    np.testing.assert_allclose(c, [1.0, 0.5, 0.25])
+
+
+# ---- sample level and galleries ------------------------------------------------------------------
+
+
+def test_sample_level_matches_naive_sort_and_slice():
+    rng = np.random.default_rng(4)
+    sides = [side_from_sets(rng, 40, prefix="a", boost=0.4), side_from_sets(rng, 27, prefix="b")]
+    fractions = [0.001, 0.1, 0.25, 1.0]
+    rows = []
+    for s in sides:
+        for i in range(len(s)):
+            tp, tr = s.target_precision[i], s.target_recall[i]
+            rp, rr = s.reference_precision[i], s.reference_recall[i]
+            f = lambda p, r: 2 * p * r / (p + r) if p + r else 0.0  # noqa: E731
+            gap = int(s.target_hits[i]) - int(s.reference_hits[i])
+            rows.append((-gap, s.ids[i], tp - rp, tr - rr, f(tp, tr) - f(rp, rr)))
+    rows.sort(key=lambda r: (r[0], r[1]))
+    got = sample_level(sides, fractions)
+    for out, q in zip(got, fractions):
+        m = max(1, math.ceil(q * len(rows)))
+        top = rows[:m]
+        assert out["fraction"] == q and out["n"] == m
+        assert out["precision_gap"] == pytest.approx(np.mean([r[2] for r in top]))
+        assert out["recall_gap"] == pytest.approx(np.mean([r[3] for r in top]))
+        assert out["f_gap"] == pytest.approx(np.mean([r[4] for r in top]))
+    with pytest.raises(ValueError):
+        sample_level(sides, [0.0])
+
+
+def test_most_memorized_orders_by_hits_gap_then_id():
+    def side(ids, th, rh):
+        z = np.zeros(len(ids))
+        return ObjectSide(np.array(ids, dtype=object), z, z, np.array(th), z, z, np.array(rh))
+
+    sides = [side(["b", "a", "c"], [3, 3, 1], [1, 1, 1]), side(["d", "e"], [5, 0], [2, 2])]
+    assert most_memorized(sides, 10) == [
+        {"id": "d", "side": 1, "score": 3.0},
+        {"id": "a", "side": 0, "score": 2.0},
+        {"id": "b", "side": 0, "score": 2.0},
+    ]
+    assert [r["id"] for r in most_memorized(sides, 2)] == ["d", "a"]
+
+
+def test_module_imports_neither_ray_nor_faiss():
+    code = (
+        "import sys, study.core.objects\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in {'ray', 'faiss'}))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
