@@ -40,3 +40,13 @@ def load_training_set(data_root: str, splits_dir: str, splits: Sequence[str]) ->
     images = load_images(data_root, list(ids))
     stack = np.stack([images[i] for i in ids]).transpose(0, 3, 1, 2)
     return np.ascontiguousarray(stack), labels
+
+
+def load_training_pairs(data_root: str, splits_dir: str, splits: Sequence[str]) -> tuple[np.ndarray, list[str]]:
+    """Images (n, 3, H, W) uint8 and captions (n,) of the union of splits, in id order; records
+    without a caption train with an empty one."""
+    ids = np.sort(np.concatenate([read_split(splits_dir, s)[0] for s in splits]).astype(str)).astype(object)
+    table = records.read_records(data_root, list(ids), columns=["id", "image", "caption"])
+    by_id = {i: (b, c) for i, b, c in zip(*(table.column(n).to_pylist() for n in ("id", "image", "caption")))}
+    stack = np.stack([records.decode_image(by_id[i][0]) for i in ids]).transpose(0, 3, 1, 2)
+    return np.ascontiguousarray(stack), [by_id[i][1] or "" for i in ids]

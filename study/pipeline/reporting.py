@@ -79,7 +79,10 @@ def build_report(ctx: RunContext) -> dict:
 def run_report(ctx: RunContext) -> dict:
     kind = get_kind(ctx.cfg.study)
     report = build_report(ctx)
-    page = render_page(report, kind.html(report, kind.gallery(ctx, report)))
+    name, first_cfg = settings_of(ctx.cfg)[0]
+    # The gallery shows the records of the first (or only) setting, whose numbers top the report.
+    gallery_ctx = ctx.for_setting(first_cfg, name) if name else ctx
+    page = render_page(report, kind.html(report, kind.gallery(gallery_ctx, report)))
     storage.write_bytes(ctx.report_html, page.encode())
     storage.write_json(ctx.report_json, report)
     ctx.log("report", f"wrote {ctx.report_json} and report.html")

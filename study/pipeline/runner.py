@@ -83,8 +83,13 @@ def ensure_ray(cfg: StudyConfig) -> None:
     ray.init(log_to_driver=True, logging_level=logging.WARNING, **kwargs)
 
 
+def stage_digest(stage: Stage, cfg: StudyConfig, digests: dict[str, str]) -> str:
+    """The hash a stage's marker must hold: the sections it reads and its inputs' hashes."""
+    return config_hash(*stage.reads(cfg), [digests[u] for u in stage.after])
+
+
 def _run_stage(ctx: RunContext, stage: Stage, digests: dict[str, str], timings: dict[str, float]) -> None:
-    digest = config_hash(*stage.reads(ctx.cfg), [digests[u] for u in stage.after])
+    digest = stage_digest(stage, ctx.cfg, digests)
     stage_dir = ctx.stage_dir(stage.name)
     key = f"{ctx.setting}/{stage.name}" if ctx.setting and stage.name not in SHARED_STAGES else stage.name
     done = is_complete(stage_dir, digest)

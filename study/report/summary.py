@@ -60,7 +60,7 @@ def vlm_lines(report: dict) -> list[str]:
         lines += _vlm_setting_lines(s["headline"], indent)
         util = s.get("utility") or {}
         if util:
-            parts = [f"{k} {v:.3f}" for k, v in util.items() if isinstance(v, (int, float))]
+            parts = [f"{k} {v:.3f}" for k, v in util.items() if isinstance(v, float)]
             lines.append(f"{indent}utility: {', '.join(parts)}")
     return lines
 

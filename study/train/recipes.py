@@ -61,4 +61,50 @@ def ssl_fit(config: dict, rank: int, world: int) -> Fit:
     return Fit(encoder, optimizer, scheduler, run_epoch, lambda m, history: save_model(m, meta))
 
 
-RECIPES: dict[str, Callable[[dict, int, int], Fit]] = {"ssl": ssl_fit}
+def clip_fit(config: dict, rank: int, world: int) -> Fit:
+    """CLIP-style image–text models (open_clip, from scratch): images and captions of the training
+    splits; captions are randomized per epoch when ``train.text_randomization.p`` > 0."""
+    import numpy as np
+
+    from study.core.text_random import randomize_tokens
+    from study.data.loading import load_training_pairs
+    from study.train import clip, loop
+
+    cfg: TrainConfig = config["train"]
+    model_cfg: ModelConfig = config["model"]
+    params = clip.clip_params(cfg.params)
+    images, captions = load_training_pairs(config["data_root"], config["splits_dir"], config["splits"])
+    model, tokenizer = clip.build_clip(model_cfg.clip, config["image_size"], params)
+    tokens = clip.tokenize(tokenizer, captions).numpy()
+    # Keys are positions in the whole (id-ordered) training set, so each caption's randomization
+    # does not depend on how records are sharded across workers.
+    keys = np.arange(len(tokens), dtype=np.int64)[rank::world]
+    images = torch.from_numpy(images[rank::world])
+    tokens = tokens[rank::world]
+    maskable = clip.maskable_positions(torch.from_numpy(tokens), tokenizer).numpy()
+    mask_id = clip.mask_token_id(tokenizer)
+    rand = cfg.text_randomization
+    batch_size_per_worker = max(2, cfg.global_batch_size // world)
+    optimizer = loop.make_optimizer(model, cfg)
+    scheduler = loop.make_scheduler(optimizer, cfg, loop.steps_per_epoch(len(images), batch_size_per_worker))
+    loss_fn = clip.make_loss(rank, world)
+
+    def run_epoch(module: nn.Module, epoch: int, gen: torch.Generator) -> dict:
+        epoch_tokens = tokens
+        if rand.p > 0:
+            epoch_tokens = randomize_tokens(tokens, rand.p, rand.mode, maskable, mask_id, cfg.seed, epoch, keys)
+        return clip.clip_epoch(module, loss_fn, images, torch.from_numpy(epoch_tokens), optimizer, scheduler,
+                               batch_size_per_worker, gen)
+
+    meta = {
+        "method": "clip",
+        "params": dict(cfg.params),
+        "clip": model_cfg.clip,
+        "image_size": config["image_size"],
+        "trained_on": list(config["splits"]),
+        "text_randomization": {"p": rand.p, "mode": rand.mode},
+    }
+    return Fit(model, optimizer, scheduler, run_epoch, lambda m, history: clip.save_clip(m, meta))
+
+
+RECIPES: dict[str, Callable[[dict, int, int], Fit]] = {"ssl": ssl_fit, "clip": clip_fit}

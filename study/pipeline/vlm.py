@@ -1,0 +1,149 @@
+"""The VLM déjà vu study kind (DESIGN §2.2): object recovery from a caption.
+
+Models A and B are CLIP-style image–text models (open_clip, from scratch); the public set is
+embedded whole by the image tower, the attacked records by their caption through the text tower;
+the one search space is caption -> public images; the measurement is
+``study.pipeline.vlm_measure``.
+"""
+from __future__ import annotations
+
+from functools import partial
+
+from study import storage
+from study.config import StudyConfig
+from study.core.splits import assign_splits
+from study.data import records
+from study.data.loading import load_images
+from study.errors import ConfigError
+from study.pipeline.context import RunContext, read_marker
+from study.pipeline.kinds import StudyKind
+from study.pipeline.vlm_measure import headline_k, run_measure
+from study.report.vlm_html import render_body
+
+PUBLIC = "public"
+SPACE = "caption_to_image"
+
+
+def check(cfg: StudyConfig) -> None:
+    from study.train.clip import check_model_name, clip_params
+
+    if cfg.train.method != "clip":
+        raise ConfigError(f"train.method: the vlm_dejavu study trains 'clip' models, got '{cfg.train.method}'")
+    check_model_name(cfg.model.clip)
+    clip_params(cfg.train.params)
+    if max(cfg.measure.ks) > cfg.search.k:
+        raise ConfigError(f"measure.ks: {max(cfg.measure.ks)} exceeds search.k = {cfg.search.k} (neighbours retrieved)")
+
+
+def run_embed(ctx: RunContext) -> dict:
+    from study.embed.captions import IMAGE, TEXT, ClipEmbedder, plan_captions, prepare_vlm_batch
+    from study.embed.pipeline import embed_all
+
+    cfg = ctx.cfg
+    meta = records.dataset(ctx.data_root).to_table(columns=["id", "caption", "objects"])
+    split_of = assign_splits(meta.column("id").to_pylist(), cfg.splits.fractions, cfg.splits.seed)
+    attacked = KIND.attacked_sets(cfg)
+    plan = plan_captions(meta, split_of, attacked)
+    for s, c in plan.items():
+        skipped = ", ".join(f"{n} {r}" for r, n in c["skipped"].items()) or "none"
+        ctx.log("embed", f"{s}: {c['embedded']} captions, skipped: {skipped}")
+    public_n = int((split_of == PUBLIC).sum())
+    modes = {PUBLIC: IMAGE, **{s: TEXT for s in attacked}}
+    for model in KIND.models:
+        storage.remove(storage.join(ctx.embed_dir, model))  # no stray files from an interrupted attempt
+    prepare = partial(prepare_vlm_batch, split_seed=cfg.splits.seed, fractions=cfg.splits.fractions, modes=modes,
+                      image_size=cfg.data.image_size)
+    written = embed_all(
+        ctx.data_root,
+        ["id", "image", "caption", "objects"],
+        prepare,
+        ClipEmbedder,
+        {"model_uris": {m: ctx.model_file(m) for m in KIND.models}},
+        {s: (v,) for s, v in modes.items()},
+        cfg.embed,
+        ctx.embed_dir,
+        use_gpu=cfg.ray.use_gpu,
+        log=lambda msg: ctx.log("embed", msg),
+    )
+    expected = {PUBLIC: public_n, **{s: plan[s]["embedded"] for s in attacked}}
+    for (model, s, view), n in written.items():
+        if n != expected[s]:  # the plan and the pipeline apply one rule; a mismatch is a bug
+            raise RuntimeError(f"embedded {n} rows for {model}/{s}/{view}, planned {expected[s]}")
+    return {"sets": {PUBLIC: {"embedded": public_n, "skipped": {}}, **plan}}
+
+
+def headline(results: dict) -> dict:
+    """PPG, PRG and AUCG per space and control at the headline k, union rule, unnamed objects."""
+    out = {}
+    for space, controls in results["spaces"].items():
+        for control, entries in controls.items():
+            ks = sorted({e["k"] for e in entries.values()})
+            if not ks:
+                continue
+            k = headline_k(ks)
+            e = entries.get(f"k={k}/union/unnamed") or entries.get(f"k={k}/union/all")
+            if e:
+                out[f"{space}/{control}/k={k}"] = {"ppg": e["ppg"], "prg": e["prg"], "aucg": e["aucg"], "variant": e["variant"]}
+    return out
+
+
+def extras(ctx: RunContext) -> dict:
+    results = storage.read_json(ctx.measure_results)
+    ks = list(ctx.cfg.measure.ks)
+    return {"k": headline_k(ks), "ks": ks, "metric": ctx.cfg.search.metric, "top_n": ctx.cfg.measure.top_n,
+            "utility": results.get("utility", {}), "skipped_no_gt": results.get("skipped_no_gt", {}),
+            "text_randomization": vars(ctx.cfg.train.text_randomization)}
+
+
+def gallery(ctx: RunContext, report: dict) -> list[dict]:
+    """Top records of the positive control: caption, image with unnamed objects marked, nearest
+    public images (target model), objects recovered by the target and by the reference."""
+    from study.pipeline.ssl import nearest_public
+    from study.pipeline.vlm_measure import object_table
+    from study.core.objects import named_objects
+
+    space = next(iter(report["results"]["spaces"]), None)
+    entries = report["results"]["spaces"].get(space, {}).get("positive", {}) if space else {}
+    entry = entries.get(f"k={report['k']}/union/unnamed")
+    rows = entry["most_memorized"] if entry else []
+    if not rows:
+        return []
+    neighbours = nearest_public(ctx, rows, space, max(report["k"], ctx.cfg.report.neighbors_shown))
+    info = object_table(ctx, [r["id"] for r in rows] + [n for ns in neighbours.values() for n in ns])
+    meta = records.read_records(ctx.data_root, [r["id"] for r in rows], columns=["id", "boxes"])
+    boxes = dict(zip(meta.column("id").to_pylist(), meta.column("boxes").to_pylist()))
+    names = ((read_marker(ctx.stage_dir("data")) or {}).get("summary", {}) or {}).get("label_names")
+    shown = ctx.cfg.report.neighbors_shown
+    images = load_images(ctx.data_root, [r["id"] for r in rows] + [n for r in rows for n in neighbours[r["id"]][:shown]])
+    out = []
+    for r in rows:
+        objects, caption = info[r["id"]]
+        unnamed = sorted(set(objects) - set(named_objects(caption, objects)))
+        retrieved = {o for n in neighbours[r["id"]][: report["k"]] for o in info[n][0]}
+        marks = [b for b in (boxes[r["id"]] or []) if names and b["label"] < len(names) and names[b["label"]] in unnamed]
+        out.append({
+            **r,
+            "caption": caption,
+            "objects": objects,
+            "unnamed": unnamed,
+            "recovered": sorted(retrieved & set(unnamed)),
+            "original": images[r["id"]],
+            "marks": marks,
+            "neighbours": [images[n] for n in neighbours[r["id"]][:shown]],
+        })
+    return out
+
+
+KIND = StudyKind(
+    name="vlm_dejavu",
+    title="VLM déjà vu test (object recovery from a caption)",
+    spaces={SPACE: ("image", "text")},
+    recipe="clip",
+    check=check,
+    embed=run_embed,
+    measure=run_measure,
+    headline=headline,
+    extras=extras,
+    gallery=gallery,
+    html=render_body,
+)

@@ -1,0 +1,148 @@
+"""The VLM déjà vu report's body: headline gaps, recall curves, every number, sample-level gaps,
+utility, the mitigation trade-off of a sweep, and the gallery of the most-memorized records."""
+from __future__ import annotations
+
+import html
+
+import matplotlib.pyplot as plt
+import numpy as np
+from PIL import Image, ImageDraw
+
+from study.report.page import fmt, image_uri, png, table
+
+GAPS = ("ppg", "prg", "aucg")
+
+
+def recall_plot(results: dict, key: str) -> str:
+    spaces = list(results["spaces"])
+    fig, axes = plt.subplots(1, max(1, len(spaces)), figsize=(5 * max(1, len(spaces)), 3.6), squeeze=False)
+    for ax, space in zip(axes[0], spaces):
+        for control, style in (("positive", "-"), ("null", ":")):
+            e = results["spaces"][space].get(control, {}).get(key)
+            if not e:
+                continue
+            c = e["curve"]
+            ax.plot(c["x"], c["target"], style, color="C3", label=f"target ({control})")
+            ax.plot(c["x"], c["reference"], style, color="C0", label=f"reference ({control})")
+        ax.set_xlabel("recall x")
+        ax.set_ylabel("fraction of records with recall >= x")
+        ax.set_title(f"{space}, {key}")
+        ax.legend(fontsize=7)
+    return png(fig)
+
+
+def numbers_table(results: dict) -> str:
+    rows = []
+    for space, controls in results["spaces"].items():
+        for control, entries in controls.items():
+            for key, e in entries.items():
+                rows.append([space, control, str(e["k"]), e["rule"], e["variant"], str(sum(e["n"])),
+                             fmt(e["ppg"], True), fmt(e["prg"], True), fmt(e["aucg"], True),
+                             f"{e['precision']['target']['value']:.3f} / {e['precision']['reference']['value']:.3f}",
+                             f"{e['recall']['target']['value']:.3f} / {e['recall']['reference']['value']:.3f}"])
+    return table(["space", "control", "k", "rule", "objects", "records", "PPG", "PRG", "AUCG",
+                  "precision tgt / ref", "recall tgt / ref"], rows)
+
+
+def sample_table(results: dict, key: str) -> str:
+    rows = []
+    for space, controls in results["spaces"].items():
+        for control, entries in controls.items():
+            e = entries.get(key)
+            for s in (e or {}).get("sample_level", []):
+                rows.append([space, control, f"{s['fraction']:g}", str(s["n"]), f"{s['precision_gap']:+.3f}",
+                             f"{s['recall_gap']:+.3f}", f"{s['f_gap']:+.3f}"])
+    return table(["space", "control", "top fraction", "records", "precision gap", "recall gap", "F gap"], rows)
+
+
+def utility_text(utility: dict) -> str:
+    items = [f"{k} {v:.3f}" for k, v in utility.items() if isinstance(v, float)]
+    note = f" ({html.escape(utility['note'])})" if utility.get("note") else ""
+    return (", ".join(items) or "not measured") + note + f", mean of both models over {utility.get('records', 0)} holdout records"
+
+
+def tradeoff_plot(sweep: dict, key: str) -> str:
+    """Memorization (positive control, with intervals) against zero-shot accuracy per setting."""
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    for ax, gap in zip(axes, GAPS):
+        for s in sweep["settings"]:
+            head = next((v for k, v in s["headline"].items() if "/positive/" in k), None)
+            util = s.get("utility", {}).get("zero_shot", np.nan)
+            if head is None:
+                continue
+            est = head[gap]
+            ax.errorbar([util], [est["value"]], yerr=[[est["value"] - est["ci"][0]], [est["ci"][1] - est["value"]]],
+                        fmt="o", capsize=3)
+            ax.annotate(f"{sweep['key'].rsplit('.', 1)[-1]}={s['value']}", (util, est["value"]), fontsize=7,
+                        xytext=(4, 4), textcoords="offset points")
+        ax.axhline(0, color="grey", lw=0.5)
+        ax.set_xlabel("zero-shot accuracy (utility)")
+        ax.set_ylabel(gap.upper())
+    fig.suptitle(f"memorization vs utility over {sweep['key']}")
+    return png(fig)
+
+
+def sweep_table(sweep: dict) -> str:
+    rows = []
+    for s in sweep["settings"]:
+        for key, h in s["headline"].items():
+            u = s.get("utility", {})
+            rows.append([html.escape(str(s["value"])), key, fmt(h["ppg"], True), fmt(h["prg"], True), fmt(h["aucg"], True),
+                         f"{u.get('zero_shot', float('nan')):.3f}", f"{u.get('i2t_recall@1', float('nan')):.3f}"])
+    return table([sweep["key"], "space/control/k", "PPG", "PRG", "AUCG", "zero-shot acc.", "i2t R@1"], rows)
+
+
+def _marked(image: np.ndarray, marks: list[dict]) -> np.ndarray:
+    im = Image.fromarray(image).resize((image.shape[1] * 3, image.shape[0] * 3), Image.NEAREST)
+    draw = ImageDraw.Draw(im)
+    for b in marks:
+        draw.rectangle([b["x0"] * 3 - 1, b["y0"] * 3 - 1, b["x1"] * 3, b["y1"] * 3], outline=(255, 255, 255), width=2)
+    return np.asarray(im)
+
+
+def gallery_html(items: list[dict]) -> str:
+    if not items:
+        return "<p>No record whose caption recovers more true objects with the target than with the reference.</p>"
+    rows = []
+    for it in items:
+        nbrs = "".join(f'<img src="{image_uri(n, 64)}">' for n in it["neighbours"])
+        rows.append([
+            html.escape(it["caption"]),
+            f'<img src="{image_uri(_marked(it["original"], it["marks"]))}">',
+            nbrs,
+            f"objects {html.escape(', '.join(it['objects']))}<br>not named: {html.escape(', '.join(it['unnamed']))}"
+            f"<br>recovered: <b>{html.escape(', '.join(it['recovered']) or 'none')}</b>",
+            f"{html.escape(it['id'])}<br>{it['split']} split, target {it['target_model']}<br>hits gap {it['score']:+.0f}",
+        ])
+    return table(["caption (what the attack sees)", "image (objects not named, boxed)", "nearest public images (target)",
+                  "objects", "record"], rows)
+
+
+def render_body(report: dict, gallery: list[dict]) -> str:
+    key = f"k={report['k']}/union/unnamed"
+    heads = "".join(
+        f"<li><b>{html.escape(k)}</b> ({v['variant']} objects): PPG {fmt(v['ppg'], True)}; PRG {fmt(v['prg'], True)}; "
+        f"AUCG {fmt(v['aucg'], True)}</li>"
+        for k, v in report["headline"].items()
+    )
+    sweep = report.get("sweep")
+    sweep_html = ""
+    if sweep:
+        sweep_html = (f"<h2>Mitigation: {html.escape(sweep['key'])}</h2><img src=\"{tradeoff_plot(sweep, key)}\">"
+                      f"{sweep_table(sweep)}<p>Below: the numbers of the first setting ({html.escape(str(sweep['settings'][0]['value']))}).</p>")
+    tr = report.get("text_randomization", {})
+    return f"""<p>VLM déjà vu test (object recovery from a caption): each record's caption, embedded by the text tower,
+retrieves its k nearest public images (image tower, {report['metric']}); their objects (union, or top-{report['top_n']} by
+neighbour count) are scored against the record's objects, all of them and those the caption does not name. PPG/PRG = share of
+records where the target model beats the reference on precision/recall minus the reverse; AUCG = area between the two
+"fraction of records with recall &ge; x" curves. 95 % bootstrap intervals and paired-test p-values; the null control
+(holdout captions neither model saw) should cover 0. k in {report['ks']}; text randomization {html.escape(str(tr))}.</p>
+<ul>{heads}</ul>
+<p>Utility: {utility_text(report.get('utility', {}))}.</p>
+{sweep_html}
+<h2>Recall curves ({key})</h2><img src="{recall_plot(report['results'], key)}">
+<h2>Sample level ({key}): records ranked by recovered-object gap</h2>{sample_table(report['results'], key)}
+<h2>All numbers</h2>{numbers_table(report['results'])}
+<h2>Most-memorized records</h2>{gallery_html(gallery)}
+<p>Records without ground truth for a variant (every object named): {html.escape(str(report.get('skipped_no_gt', {})))}.</p>
+"""

@@ -1,0 +1,191 @@
+"""CLIP-style image–text models in plain PyTorch, built on open_clip (models, tokenizer, loss).
+
+Models are always built from scratch (``pretrained=None``; nothing is downloaded): the product's
+own tiny CPU configs (``clip_configs/*.json``, registered with open_clip on first use) or any
+standard open_clip name (``ViT-B-32``, ``RN50``) for GPU clusters. Knows nothing of Ray: the Ray
+Train recipe (``study.train.recipes.clip_fit``) and the Ray Data replica call these functions.
+"""
+from __future__ import annotations
+
+import difflib
+import glob
+import io
+import math
+import os
+import time
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+import torch
+from torch import nn
+
+from study.errors import ConfigError
+from study.train.models import normalize
+
+CONFIG_DIR = os.path.join(os.path.dirname(__file__), "clip_configs")
+_registered = False
+
+
+@dataclass(frozen=True)
+class ClipParams:
+    """``train.params`` of the clip method: the contrastive temperature's start and whether it is learnt."""
+
+    init_temperature: float = 0.07
+    learn_temperature: bool = True
+
+
+def clip_params(raw: Mapping[str, Any]) -> ClipParams:
+    from study.config_load import build
+
+    params = build(ClipParams, dict(raw), "train.params")
+    if params.init_temperature <= 0:
+        raise ConfigError("train.params.init_temperature: must be > 0")
+    return params
+
+
+def register_model_configs() -> None:
+    """Register the product's model configs with open_clip (once per process)."""
+    global _registered
+    if not _registered:
+        import open_clip
+
+        for path in sorted(glob.glob(os.path.join(CONFIG_DIR, "*.json"))):
+            open_clip.add_model_config(path)
+        _registered = True
+
+
+def check_model_name(name: str) -> None:
+    import open_clip
+
+    register_model_configs()
+    names = open_clip.list_models()
+    if name not in names:
+        close = difflib.get_close_matches(name, names, n=3)
+        raise ConfigError(f"model.clip: unknown open_clip model '{name}'" + (f"; did you mean {close}?" if close else ""))
+
+
+def build_clip(name: str, image_size: int, params: ClipParams = ClipParams()):
+    """(model, tokenizer) for an open_clip model name, randomly initialised at ``image_size``."""
+    import logging
+
+    import open_clip
+
+    check_model_name(name)
+    # open_clip warns that no pretrained weights were loaded: from scratch is the point here.
+    logging.getLogger().setLevel(max(logging.getLogger().level, logging.ERROR))
+    model = open_clip.create_model(name, pretrained=None, force_image_size=image_size)
+    with torch.no_grad():
+        model.logit_scale.fill_(math.log(1.0 / params.init_temperature))
+    model.logit_scale.requires_grad_(params.learn_temperature)
+    return model, open_clip.get_tokenizer(name)
+
+
+def tokenize(tokenizer, captions: Sequence[str]) -> torch.Tensor:
+    """(n, context_length) int64 token ids: start-of-text, words, end-of-text, zero padding."""
+    return tokenizer(list(captions)).long()
+
+
+def maskable_positions(tokens: torch.Tensor, tokenizer) -> torch.Tensor:
+    """(n, L) bool: word tokens, i.e. not start-of-text, end-of-text or padding."""
+    special = torch.tensor([0, tokenizer.sot_token_id, tokenizer.eot_token_id])
+    return ~torch.isin(tokens, special)
+
+
+def mask_token_id(tokenizer) -> int:
+    """The token that text randomization writes: the word "mask" (no synthetic caption uses it).
+
+    It must rank below end-of-text, since open_clip's text tower pools at the largest token id.
+    """
+    token = tokenizer.encode("mask")[0]
+    assert token < tokenizer.eot_token_id
+    return token
+
+
+def make_loss(rank: int, world: int) -> nn.Module:
+    """open_clip's contrastive loss; it gathers features across workers only when world > 1."""
+    from open_clip import ClipLoss
+
+    return ClipLoss(local_loss=False, gather_with_grad=True, cache_labels=True, rank=rank, world_size=world)
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    return getattr(model, "module", model)
+
+
+def clip_epoch(model, loss_fn, images, tokens, optimizer, scheduler, batch_size_per_worker: int, gen) -> dict:
+    """One pass over this worker's pairs (images (n, 3, H, W) uint8, tokens (n, L) already
+    randomized for this epoch) in random order, dropping the ragged last batch.
+
+    Returns the epoch's mean loss, wall time, learning rate and contrastive temperature.
+    """
+    model.train()
+    device = next(model.parameters()).device
+    start = time.perf_counter()
+    order = torch.randperm(len(images), generator=gen)
+    steps = max(1, len(images) // batch_size_per_worker)
+    total = 0.0
+    for step in range(steps):
+        idx = order[step * batch_size_per_worker : (step + 1) * batch_size_per_worker]
+        image_f, text_f, scale = model(normalize(images[idx].to(device)), tokens[idx].to(device))[:3]
+        loss = loss_fn(image_f, text_f, scale)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        with torch.no_grad():  # as open_clip's trainer: the temperature never goes below 1/100
+            _unwrap(model).logit_scale.clamp_(0, math.log(100))
+        total += float(loss.detach())
+    temperature = float(1.0 / _unwrap(model).logit_scale.detach().exp())
+    return {"loss": total / steps, "seconds": time.perf_counter() - start, "lr": scheduler.get_last_lr()[0],
+            "temperature": temperature}
+
+
+@torch.inference_mode()
+def encode_images(model, images: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
+    """(n, 3, H, W) uint8 -> (n, D) L2-normalised image embeddings."""
+    model.eval()
+    device = next(model.parameters()).device
+    parts = [model.encode_image(normalize(images[i : i + batch_size].to(device)), normalize=True)
+             for i in range(0, len(images), batch_size)]
+    return torch.cat(parts) if parts else torch.zeros(0, model.text_projection.shape[-1])
+
+
+@torch.inference_mode()
+def encode_texts(model, tokens: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
+    """(n, L) token ids -> (n, D) L2-normalised text embeddings."""
+    model.eval()
+    device = next(model.parameters()).device
+    parts = [model.encode_text(tokens[i : i + batch_size].to(device), normalize=True) for i in range(0, len(tokens), batch_size)]
+    return torch.cat(parts) if parts else torch.zeros(0, model.text_projection.shape[-1])
+
+
+def zero_shot_accuracy(model, tokenizer, images, labels, class_names: Sequence[str], template: str = "{}") -> float:
+    """Accuracy of classifying each image by its most similar class prompt (template.format(name))."""
+    prompts = encode_texts(model, tokenize(tokenizer, [template.format(n) for n in class_names]))
+    pred = (encode_images(model, images) @ prompts.T).argmax(dim=1)
+    return float((pred.cpu() == torch.as_tensor(labels)).float().mean())
+
+
+def retrieval_recall(model, images, tokens, ks: Sequence[int] = (1, 5)) -> dict[int, float]:
+    """Image -> text recall@k on held-out pairs (pair i's caption is image i's right answer)."""
+    sims = encode_images(model, images) @ encode_texts(model, tokens).T
+    right = sims.diagonal()[:, None]
+    rank = (sims > right).sum(dim=1)  # captions scored above the right one
+    return {k: float((rank < k).float().mean()) for k in ks}
+
+
+def save_clip(model: nn.Module, meta: dict) -> bytes:
+    """Weights and the metadata needed to rebuild the model elsewhere (name, image size)."""
+    buf = io.BytesIO()
+    state = {k: v.detach().cpu() for k, v in _unwrap(model).state_dict().items()}
+    torch.save({"state_dict": state, "meta": meta}, buf)
+    return buf.getvalue()
+
+
+def load_clip(data: bytes):
+    """(model in eval mode, tokenizer, meta) from ``save_clip``'s bytes."""
+    blob = torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
+    meta = blob["meta"]
+    model, tokenizer = build_clip(meta["clip"], meta["image_size"])
+    model.load_state_dict(blob["state_dict"])
+    return model.eval(), tokenizer, meta

@@ -1,0 +1,89 @@
+"""The stage frame shared by the study kinds: stage hashes, sweeps, artifact paths, the registry."""
+from __future__ import annotations
+
+import pytest
+
+from study.config_load import load_config
+from study.errors import ConfigError
+from study.pipeline.context import RunContext
+from study.pipeline.kinds import CONTROLS, get_kind, side_ids
+from study.pipeline.runner import stage_digest, stages
+from study.pipeline.sweep import settings_of
+
+
+def _digests(overrides):
+    cfg = load_config(None, ["data.num_images=100", *overrides])
+    digests = {}
+    for stage in stages():
+        digests[stage.name] = stage_digest(stage, cfg, digests)
+    return digests
+
+
+@pytest.mark.parametrize(
+    "override, changed",
+    [
+        ("measure.bootstrap=200", {"measure", "report"}),
+        ("search.k=7", {"search", "measure", "report"}),
+        ("embed.crop.min_side=5", {"embed", "search", "measure", "report"}),
+        ("train.epochs=3", {"train", "embed", "search", "measure", "report"}),
+        ("splits.seed=3", {"splits", "train", "embed", "search", "measure", "report"}),
+        ("report.neighbors_shown=2", {"report"}),
+        ("report.gallery_size=2", {"measure", "report"}),
+        ("data.image_size=24", {"data", "splits", "train", "embed", "search", "measure", "report"}),
+    ],
+)
+def test_a_stage_reruns_exactly_when_what_it_reads_changes(override, changed):
+    base, other = _digests([]), _digests([override])
+    assert {name for name in base if base[name] != other[name]} == changed
+
+
+def test_sweep_settings_resolve_each_value_and_share_data_and_splits():
+    cfg = load_config(None, ["study=vlm_dejavu", "train.method=clip", "sweep={train.text_randomization.p: [0, 0.3]}"])
+    settings = settings_of(cfg)
+    assert [name for name, _ in settings] == ["p=0", "p=0.3"]
+    assert [s.train.text_randomization.p for _, s in settings] == [0.0, 0.3]
+    assert all(not s.sweep for _, s in settings)
+    ctx = RunContext.create(cfg)
+    sctx = ctx.for_setting(settings[1][1], settings[1][0])
+    assert sctx.model_file("model_a").endswith("/settings/p=0.3/train/model_a/model.pt")
+    assert sctx.splits_dir == ctx.splits_dir and sctx.report_json == ctx.report_json
+    assert sctx.search_results("model_b", "target", "caption_to_image").endswith(
+        "/settings/p=0.3/search/model_b/target/caption_to_image/part-00000.parquet")
+    assert settings_of(load_config(None, []))[0][0] == ""
+
+
+@pytest.mark.parametrize(
+    "sweep, message",
+    [
+        ("{data.num_images: [100, 200]}", "cannot be swept"),
+        ("{train.text_randomization.p: [0, 2]}", "train.text_randomization.p: must be in [0, 1]"),
+        ("{train.nope: [1]}", "unknown config key 'train.nope'"),
+        ("{train.epochs: []}", "non-empty list"),
+        ("{train.epochs: [1, 1]}", "listed twice"),
+        ("{train.epochs: [1], train.lr: [0.1]}", "exactly one key"),
+    ],
+)
+def test_bad_sweeps_fail_with_the_key(sweep, message):
+    cfg = load_config(None, [f"sweep={sweep}"])
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        settings_of(cfg)
+
+
+def test_kind_registry():
+    with pytest.raises(ConfigError, match="unknown study kind 'nope'"):
+        get_kind("nope")
+    ssl, vlm = get_kind("ssl_dejavu"), get_kind("vlm_dejavu")
+    assert ssl.models == vlm.models == {"model_a": "target", "model_b": "reference"}
+    assert set(ssl.spaces) == {"projector", "backbone"} and list(vlm.spaces) == ["caption_to_image"]
+    cfg = load_config(None, ["search.representations=[projector]"])
+    assert ssl.spaces_for(cfg) == ("projector",)
+    with pytest.raises(ConfigError, match="not offered by vlm_dejavu"):
+        vlm.spaces_for(cfg)
+
+
+def test_null_control_halves_are_disjoint_and_cover_the_holdout():
+    ids = [f"r{i}" for i in range(200)]
+    a, b = side_ids(ids, "null", "a", 0), side_ids(ids, "null", "b", 0)
+    assert not set(a) & set(b) and sorted(a + b) == sorted(ids) and 60 < len(a) < 140
+    assert side_ids(ids[::-1], "positive", "a", 0) == sorted(ids)
+    assert [s for _, s, _, _ in CONTROLS["null"]] == ["holdout", "holdout"]
