@@ -206,6 +206,7 @@ class MeasureConfig:
     quantiles: tuple[float, ...] = (0.05, 0.2, 1.0)
     ks: tuple[int, ...] = (1, 10, 100)
     top_n: int = 3
+    headline_rule: str = "top_n"  # the VLM headline's prediction rule: union or top_n
     top_fractions: tuple[float, ...] = (0.001, 0.01, 0.1, 1.0)
     utility_records: int = 1000
     curve_points: int = 20

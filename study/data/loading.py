@@ -42,11 +42,21 @@ def load_training_set(data_root: str, splits_dir: str, splits: Sequence[str]) ->
     return np.ascontiguousarray(stack), labels
 
 
+def training_pair_ids(data_root: str, splits_dir: str, splits: Sequence[str]) -> tuple[np.ndarray, int]:
+    """Ids (sorted) of the union of splits that can train a CLIP-style model, and how many were
+    left out for an empty caption (a pair without text teaches nothing)."""
+    ids = np.sort(np.concatenate([read_split(splits_dir, s)[0] for s in splits]).astype(str)).astype(object)
+    table = records.read_records(data_root, list(ids), columns=["id", "caption"])
+    captioned = {i for i, c in zip(table.column("id").to_pylist(), table.column("caption").to_pylist()) if c and c.strip()}
+    keep = np.array([i in captioned for i in ids], dtype=bool)
+    return ids[keep], int((~keep).sum())
+
+
 def load_training_pairs(data_root: str, splits_dir: str, splits: Sequence[str]) -> tuple[np.ndarray, list[str]]:
     """Images (n, 3, H, W) uint8 and captions (n,) of the union of splits, in id order; records
-    without a caption train with an empty one."""
-    ids = np.sort(np.concatenate([read_split(splits_dir, s)[0] for s in splits]).astype(str)).astype(object)
+    with an empty caption are left out (``training_pair_ids`` counts them)."""
+    ids, _ = training_pair_ids(data_root, splits_dir, splits)
     table = records.read_records(data_root, list(ids), columns=["id", "image", "caption"])
     by_id = {i: (b, c) for i, b, c in zip(*(table.column(n).to_pylist() for n in ("id", "image", "caption")))}
     stack = np.stack([records.decode_image(by_id[i][0]) for i in ids]).transpose(0, 3, 1, 2)
-    return np.ascontiguousarray(stack), [by_id[i][1] or "" for i in ids]
+    return np.ascontiguousarray(stack), [by_id[i][1] for i in ids]

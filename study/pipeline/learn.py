@@ -11,6 +11,7 @@ import json
 import time
 
 from study import storage
+from study.errors import DataError
 from study.pipeline.context import RunContext, is_complete, write_marker
 from study.pipeline.kinds import get_kind
 from study.pipeline.prepare import verify_splits
@@ -23,12 +24,26 @@ def training_splits(models: dict[str, str], counts: dict[str, int]) -> dict[str,
     return {model: (split, *shared) for model, split in models.items()}
 
 
+def count_skipped(recipe: str, ctx: RunContext, splits: tuple[str, ...]) -> dict[str, int]:
+    """Training records the recipe leaves out, by reason; logged, and an error if none are left."""
+    from study.train.recipes import TRAINING_SKIPS
+
+    skips = TRAINING_SKIPS.get(recipe)
+    out = skips(ctx.data_root, ctx.splits_dir, splits) if skips else {}
+    if out:
+        total = sum(verify_splits(ctx.splits_dir)["counts"].get(s, 0) for s in splits)
+        ctx.log("train", f"{'+'.join(splits)}: skipping " + ", ".join(f"{n} {r}" for r, n in out.items()))
+        if sum(out.values()) >= total:
+            raise DataError(f"no usable training records in {'+'.join(splits)} ({out})")
+    return out
+
+
 def run_train(ctx: RunContext, digest: str) -> dict:
     cfg = ctx.cfg
     kind = get_kind(cfg.study)
     manifest = verify_splits(ctx.splits_dir)
     splits_of = training_splits(dict(kind.models), manifest["counts"])
-    jobs, summary = [], {}
+    jobs, summary, skipped = [], {}, {}
     for model in kind.models:
         out_dir = ctx.model_dir(model)
         done = is_complete(out_dir, digest)
@@ -42,6 +57,7 @@ def run_train(ctx: RunContext, digest: str) -> dict:
             ctx.log("train", f"{model}: config changed since its last attempt; discarding its checkpoints")
             storage.remove(out_dir)
         storage.write_json(started, {"hash": digest})
+        skipped[model] = count_skipped(kind.recipe, ctx, splits_of[model])
         jobs.append(TrainJob(model, splits_of[model], out_dir))
     if jobs:
         names = ", ".join(f"{j.name} on {'+'.join(j.splits)}" for j in jobs)
@@ -59,6 +75,7 @@ def run_train(ctx: RunContext, digest: str) -> dict:
         seconds = time.perf_counter() - start
         for job in jobs:
             history = storage.read_bytes(storage.join(job.out_dir, "metrics.jsonl")).decode().splitlines()
-            summary[job.name] = {"splits": list(job.splits), "epochs": len(history), "final": json.loads(history[-1])}
+            summary[job.name] = {"splits": list(job.splits), "epochs": len(history), "final": json.loads(history[-1]),
+                                 "skipped": skipped[job.name]}
             write_marker(job.out_dir, digest, summary[job.name], seconds)
     return summary

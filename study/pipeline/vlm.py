@@ -14,9 +14,11 @@ from study.config import StudyConfig
 from study.core.splits import assign_splits
 from study.data import records
 from study.data.loading import load_images
+from study.core.objects import PREDICTION_RULES
 from study.errors import ConfigError
 from study.pipeline.context import RunContext, read_marker
 from study.pipeline.kinds import StudyKind
+from study.pipeline.validate import one_of
 from study.pipeline.vlm_measure import headline_k, run_measure
 from study.report.vlm_html import render_body
 
@@ -31,6 +33,7 @@ def check(cfg: StudyConfig) -> None:
         raise ConfigError(f"train.method: the vlm_dejavu study trains 'clip' models, got '{cfg.train.method}'")
     check_model_name(cfg.model.clip)
     clip_params(cfg.train.params)
+    one_of(cfg.measure.headline_rule, PREDICTION_RULES, "measure.headline_rule")
     if max(cfg.measure.ks) > cfg.search.k:
         raise ConfigError(f"measure.ks: {max(cfg.measure.ks)} exceeds search.k = {cfg.search.k} (neighbours retrieved)")
 
@@ -73,17 +76,15 @@ def run_embed(ctx: RunContext) -> dict:
 
 
 def headline(results: dict) -> dict:
-    """PPG, PRG and AUCG per space and control at the headline k, union rule, unnamed objects."""
+    """PPG, PRG and AUCG per space and control for the headline entry (``headline_key``)."""
     out = {}
+    key = results["headline_key"]
     for space, controls in results["spaces"].items():
         for control, entries in controls.items():
-            ks = sorted({e["k"] for e in entries.values()})
-            if not ks:
-                continue
-            k = headline_k(ks)
-            e = entries.get(f"k={k}/union/unnamed") or entries.get(f"k={k}/union/all")
+            e = entries.get(key) or entries.get(key.replace("/unnamed", "/all"))
             if e:
-                out[f"{space}/{control}/k={k}"] = {"ppg": e["ppg"], "prg": e["prg"], "aucg": e["aucg"], "variant": e["variant"]}
+                out[f"{space}/{control}/k={e['k']}"] = {"ppg": e["ppg"], "prg": e["prg"], "aucg": e["aucg"],
+                                                         "rule": e["rule"], "variant": e["variant"]}
     return out
 
 
@@ -91,6 +92,7 @@ def extras(ctx: RunContext) -> dict:
     results = storage.read_json(ctx.measure_results)
     ks = list(ctx.cfg.measure.ks)
     return {"k": headline_k(ks), "ks": ks, "metric": ctx.cfg.search.metric, "top_n": ctx.cfg.measure.top_n,
+            "headline_key": results["headline_key"],
             "utility": results.get("utility", {}), "skipped_no_gt": results.get("skipped_no_gt", {}),
             "text_randomization": vars(ctx.cfg.train.text_randomization)}
 
@@ -104,7 +106,7 @@ def gallery(ctx: RunContext, report: dict) -> list[dict]:
 
     space = next(iter(report["results"]["spaces"]), None)
     entries = report["results"]["spaces"].get(space, {}).get("positive", {}) if space else {}
-    entry = entries.get(f"k={report['k']}/union/unnamed")
+    entry = entries.get(report["headline_key"])
     rows = entry["most_memorized"] if entry else []
     if not rows:
         return []

@@ -46,7 +46,7 @@ def _vlm_setting_lines(headline: dict, indent: str) -> list[str]:
 
 def vlm_lines(report: dict) -> list[str]:
     lines = [
-        f"k = {report['k']} (of {report['ks']}), caption -> public images, {report['metric']}",
+        f"headline {report.get('headline_key', '')} (of k in {report['ks']}), caption -> public images, {report['metric']}",
         "PPG/PRG = share of records where the target beats the reference on precision/recall minus the reverse;",
         "AUCG = area between the recall curves; 95 % bootstrap interval, paired-test p-value:",
     ]

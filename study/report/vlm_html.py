@@ -119,7 +119,7 @@ def gallery_html(items: list[dict]) -> str:
 
 
 def render_body(report: dict, gallery: list[dict]) -> str:
-    key = f"k={report['k']}/union/unnamed"
+    key = report["headline_key"]
     heads = "".join(
         f"<li><b>{html.escape(k)}</b> ({v['variant']} objects): PPG {fmt(v['ppg'], True)}; PRG {fmt(v['prg'], True)}; "
         f"AUCG {fmt(v['aucg'], True)}</li>"

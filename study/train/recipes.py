@@ -107,4 +107,14 @@ def clip_fit(config: dict, rank: int, world: int) -> Fit:
     return Fit(model, optimizer, scheduler, run_epoch, lambda m, history: clip.save_clip(m, meta))
 
 
+def clip_skipped(data_root: str, splits_dir: str, splits) -> dict[str, int]:
+    """Training records a CLIP-style model cannot use, by reason (counted in the driver)."""
+    from study.data.loading import training_pair_ids
+
+    _, empty = training_pair_ids(data_root, splits_dir, splits)
+    return {"empty_caption": empty} if empty else {}
+
+
 RECIPES: dict[str, Callable[[dict, int, int], Fit]] = {"ssl": ssl_fit, "clip": clip_fit}
+# Recipe -> (data_root, splits_dir, splits) -> {reason: records skipped}; recipes absent use all.
+TRAINING_SKIPS: dict[str, Callable[..., dict[str, int]]] = {"clip": clip_skipped}

@@ -1,0 +1,183 @@
+"""The VLM study end to end on a reduced config, on the local Ray instance.
+
+The records are the synthetic generator's, written as Parquet with a few made unusable (no
+objects, an empty caption), so one run checks the parquet path, skip counting, the report's
+structure, counts that add up, the positive control's direction, streamed embeddings against an
+in-memory forward pass, persisted search against brute force, `dejavu report`, and reuse.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from study import storage
+from study.cli import main
+from study.config import DataConfig
+from study.config_load import load_config
+from study.core.splits import assign_splits
+from study.core.topk import brute_force_knn
+from study.data import records, synthetic
+from study.data.loading import load_images, read_split
+from study.pipeline.context import RunContext
+from study.pipeline.neighbours import read_embeddings
+from study.train.clip import encode_images, encode_texts, load_clip, tokenize
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIG = os.path.join(ROOT, "configs/quickstart-vlm.yaml")
+N = 1100
+NO_OBJECTS = range(0, N, 37)  # ids whose objects are dropped
+NO_CAPTION = range(5, N, 41)  # ids whose caption is blanked
+OVERRIDES = [
+    "name=vlm-e2e",
+    "data.source=parquet",
+    "splits.fractions={target: 0.22, reference: 0.22, holdout: 0.12, public: 0.44}",
+    "train.epochs=40",
+    "train.checkpoint_every=20",
+    "search.k=20",
+    "measure.ks=[1, 10]",
+    "measure.bootstrap=300",
+    "measure.permutations=300",
+    "measure.utility_records=200",
+]
+
+
+def write_records(root: str) -> None:
+    """The quickstart's synthetic records, with some made unusable."""
+    base = load_config(CONFIG, [], root).data
+    cfg = DataConfig(**{**vars(base), "source": "synthetic", "path": None, "num_images": N, "shard_size": 400})
+    for shard, rows in synthetic.iter_shards(cfg):
+        start = shard * cfg.shard_size
+        for j in range(len(rows["id"])):
+            if start + j in NO_OBJECTS:
+                rows["objects"][j] = []
+            elif start + j in NO_CAPTION:
+                rows["caption"][j] = "  "
+        records.write_shard(os.path.join(root, f"part-{shard:05d}.parquet"), rows)
+
+
+@pytest.fixture(scope="module")
+def study_run(ray_local, tmp_path_factory):
+    data = str(tmp_path_factory.mktemp("records"))
+    write_records(data)
+    out = str(tmp_path_factory.mktemp("runs"))
+    overrides = OVERRIDES + [f"data.path={data}"]
+    args = ["run", CONFIG, "--output", out]
+    for o in overrides:
+        args += ["--set", o]
+    assert main(args) == 0
+    cfg = load_config(CONFIG, overrides, out)
+    ctx = RunContext.create(cfg)
+    return args, ctx, storage.read_json(ctx.report_json)
+
+
+def test_report_structure(study_run):
+    _, ctx, report = study_run
+    assert report["study"] == "vlm_dejavu" and report["k"] == 10 and report["ks"] == [1, 10]
+    spaces = report["results"]["spaces"]
+    assert list(spaces) == ["caption_to_image"]
+    for control in ("positive", "null"):
+        entries = spaces["caption_to_image"][control]
+        assert set(entries) == {f"k={k}/{r}/{v}" for k in (1, 10) for r in ("union", "top_n") for v in ("all", "unnamed")}
+        for e in entries.values():
+            for gap in ("ppg", "prg", "aucg"):
+                lo, hi = e[gap]["ci"]
+                assert lo <= e[gap]["value"] <= hi and 0 < e[gap]["p_value"] <= 1
+                assert -1 <= e[gap]["value"] <= 1
+            assert [s["fraction"] for s in e["sample_level"]] == [0.001, 0.01, 0.1, 1.0]
+            assert len(e["curve"]["x"]) == len(e["curve"]["target"]) == len(e["curve"]["reference"])
+            assert len(e["most_memorized"]) <= ctx.cfg.report.gallery_size
+    for key in ("caption_to_image/positive/k=10", "caption_to_image/null/k=10"):
+        assert set(report["headline"][key]) >= {"ppg", "prg", "aucg"}
+    utility = report["utility"]
+    holdout = report["embedded"]["sets"]["holdout"]
+    captioned = holdout["embedded"] + holdout["skipped"].get("no_objects", 0)  # utility needs captions only
+    assert utility["records"] == min(captioned, 200)
+    for model in ("model_a", "model_b"):
+        entry = utility["per_model"][model]
+        assert set(entry) == {"zero_shot", "i2t_recall@1", "i2t_recall@5"}
+        assert 0 <= entry["i2t_recall@1"] <= entry["i2t_recall@5"] <= 1
+    page = open(ctx.report_html, encoding="utf-8").read()
+    assert len(page) > 10_000 and "PPG" in page and "caption_to_image" in page
+
+
+def test_counts_add_up(study_run):
+    _, ctx, report = study_run
+    counts = report["splits"]["counts"]
+    assert sum(counts.values()) + report["splits"]["unassigned"] == N
+    ids = [f"syn-0-{i:08d}" for i in range(N)]
+    split_of = dict(zip(ids, assign_splits(ids, ctx.cfg.splits.fractions, ctx.cfg.splits.seed)))
+    sets = report["embedded"]["sets"]
+    for split in ("target", "reference", "holdout"):
+        members = [i for i in ids if split_of[i] == split]
+        expect_no_obj = sum(int(i[-8:]) in NO_OBJECTS for i in members)
+        expect_no_cap = sum(int(i[-8:]) in NO_CAPTION and int(i[-8:]) not in NO_OBJECTS for i in members)
+        assert sets[split]["skipped"] == {k: v for k, v in (("empty_caption", expect_no_cap), ("no_objects", expect_no_obj)) if v}
+        assert sets[split]["embedded"] + sum(sets[split]["skipped"].values()) == counts[split]
+    for model in ("model_a", "model_b"):
+        pub, _ = read_embeddings(ctx.embeddings(model, "public", "image"))
+        assert len(pub) == counts["public"]
+    # Training left out the pairs with an empty caption, and said so.
+    expect = sum(int(i[-8:]) in NO_CAPTION and int(i[-8:]) not in NO_OBJECTS for i in ids if split_of[i] == "target")
+    assert report["training"]["model_a"].get("skipped", {}).get("empty_caption", 0) == expect
+    pos = report["results"]["spaces"]["caption_to_image"]["positive"]["k=10/union/all"]
+    assert pos["n"] == [sets["target"]["embedded"], sets["reference"]["embedded"]]
+    null = report["results"]["spaces"]["caption_to_image"]["null"]["k=10/union/all"]
+    assert sum(null["n"]) == sets["holdout"]["embedded"]
+
+
+def test_positive_control_direction(study_run):
+    _, _, report = study_run
+    entry = report["results"]["spaces"]["caption_to_image"]["positive"]["k=10/top_n/unnamed"]
+    assert entry["ppg"]["value"] > 0 and entry["ppg"]["ci"][0] > 0, entry["ppg"]
+    assert entry["precision"]["target"]["value"] > entry["precision"]["reference"]["value"]
+
+
+def test_streamed_embeddings_equal_in_memory_forward(study_run):
+    _, ctx, _ = study_run
+    model, tok, _ = load_clip(storage.read_bytes(ctx.model_file("model_a")))
+    ids, emb = read_embeddings(ctx.embeddings("model_a", "public", "image"))
+    pick = list(ids[:48])
+    images = load_images(ctx.data_root, pick)
+    x = torch.from_numpy(np.stack([images[i] for i in pick])).permute(0, 3, 1, 2).contiguous()
+    np.testing.assert_allclose(emb[:48], encode_images(model, x).numpy(), rtol=1e-4, atol=1e-5)
+    q_ids, q_emb = read_embeddings(ctx.embeddings("model_a", "target", "text"))
+    table = records.read_records(ctx.data_root, list(q_ids[:48]), columns=["id", "caption"])
+    caption = dict(zip(table.column("id").to_pylist(), table.column("caption").to_pylist()))
+    expect = encode_texts(model, tokenize(tok, [caption[i] for i in q_ids[:48]])).numpy()
+    np.testing.assert_allclose(q_emb[:48], expect, rtol=1e-4, atol=1e-5)
+
+
+def test_persisted_search_equals_brute_force(study_run):
+    _, ctx, _ = study_run
+    pub_ids, xb = read_embeddings(ctx.embeddings("model_b", "public", "image"))
+    q_ids, xq = read_embeddings(ctx.embeddings("model_b", "reference", "text"))
+    _, I = brute_force_knn(xq, xb, 20)
+    table = pq.read_table(ctx.search_results("model_b", "reference", "caption_to_image"))
+    assert table.column("query_id").to_pylist() == list(q_ids)
+    got = table.column("neighbor_ids").to_pylist()
+    assert np.mean([g == list(pub_ids[row]) for g, row in zip(got, I)]) > 0.99  # float32 near-ties only
+    public = set(read_split(ctx.splits_dir, "public")[0])
+    assert all(n in public for row in got for n in row)
+
+
+def test_report_command_prints_vlm_headline(study_run, capsys):
+    _, ctx, report = study_run
+    capsys.readouterr()
+    assert main(["report", ctx.run_dir]) == 0
+    out = capsys.readouterr().out
+    assert "(vlm_dejavu)" in out and "caption_to_image/positive/k=10" in out
+    ppg = report["headline"]["caption_to_image/positive/k=10"]["ppg"]
+    assert f"PPG {ppg['value']:+.3f}" in out and "zero_shot" in out
+
+
+def test_rerun_reuses_every_stage(study_run, capsys):
+    args, _, _ = study_run
+    capsys.readouterr()
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    for stage in ("data", "splits", "train", "embed", "search", "measure", "report"):
+        assert f"{stage:<8} reusing finished stage" in out
