@@ -209,6 +209,7 @@ class MeasureConfig:
     headline_rule: str = "top_n"  # the VLM headline's prediction rule: union or top_n
     top_fractions: tuple[float, ...] = (0.001, 0.01, 0.1, 1.0)
     utility_records: int = 1000
+    zero_shot_prompt: str | None = None  # e.g. "a photo of a {}"; None: the data's own template
     curve_points: int = 20
     bootstrap: int = 1000
     permutations: int = 2000
@@ -221,6 +222,8 @@ class MeasureConfig:
         _check(self.top_n >= 1, "measure.top_n", "must be >= 1")
         _check(all(0 < f <= 1 for f in self.top_fractions) and self.top_fractions, "measure.top_fractions", "must be in (0, 1]")
         _check(self.utility_records >= 1, "measure.utility_records", "must be >= 1")
+        _check(self.zero_shot_prompt is None or "{}" in self.zero_shot_prompt, "measure.zero_shot_prompt",
+               "must contain {} where the class name goes")
         _check(self.curve_points >= 2, "measure.curve_points", "must be >= 2")
         _check(self.bootstrap >= 10, "measure.bootstrap", "must be >= 10")
         _check(self.permutations >= 10, "measure.permutations", "must be >= 10")

@@ -94,3 +94,14 @@ def test_training_learns_and_zero_shot_beats_chance():
     acc = clip.zero_shot_accuracy(model, tok, images[held], labels[held], [class_name(c) for c in range(5)], PROMPT)
     # Chance is 1/5; 200 held-out images put chance + 0.15 beyond four binomial standard deviations.
     assert acc > 0.2 + 0.15, acc
+
+
+def test_zero_shot_with_several_right_classes_matches_a_naive_loop(tiny):
+    model, tok = tiny
+    gen = torch.Generator().manual_seed(1)
+    images = torch.randint(0, 256, (16, 3, 32, 32), dtype=torch.uint8, generator=gen)
+    names = [class_name(c) for c in range(6)]
+    truth = torch.rand(16, 6, generator=gen) < 0.4
+    got = clip.zero_shot_accuracy(model, tok, images, truth, names, PROMPT)
+    sims = clip.encode_images(model, images) @ clip.encode_texts(model, clip.tokenize(tok, [PROMPT.format(n) for n in names])).T
+    assert got == pytest.approx(np.mean([bool(truth[i, int(sims[i].argmax())]) for i in range(16)]))

@@ -8,6 +8,7 @@ in-memory forward pass, persisted search against brute force, `dejavu report`, a
 from __future__ import annotations
 
 import os
+import re
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -42,6 +43,7 @@ OVERRIDES = [
     "measure.bootstrap=300",
     "measure.permutations=300",
     "measure.utility_records=200",
+    "measure.zero_shot_prompt=the digit {}",
 ]
 
 
@@ -99,7 +101,8 @@ def test_report_structure(study_run):
     for model in ("model_a", "model_b"):
         entry = utility["per_model"][model]
         assert set(entry) == {"zero_shot", "i2t_recall@1", "i2t_recall@5"}
-        assert 0 <= entry["i2t_recall@1"] <= entry["i2t_recall@5"] <= 1
+        assert 0 <= entry["i2t_recall@1"] <= entry["i2t_recall@5"] <= 1 and 0 <= entry["zero_shot"] <= 1
+    assert utility["zero_shot_prompt"] == "the digit {}" and 0.2 < utility["zero_shot_chance"] < 0.4  # 2-4 of 10
     page = open(ctx.report_html, encoding="utf-8").read()
     assert len(page) > 10_000 and "PPG" in page and "caption_to_image" in page
 
@@ -181,3 +184,34 @@ def test_rerun_reuses_every_stage(study_run, capsys):
     out = capsys.readouterr().out
     for stage in ("data", "splits", "train", "embed", "search", "measure", "report"):
         assert f"{stage:<8} reusing finished stage" in out
+
+
+def test_sweep_runs_each_setting_and_reuses_finished_ones(ray_local, tmp_path, capsys):
+    """A text-randomization sweep: one split plan, a model pair per setting, one report; adding a
+    setting to a named run (``run_id``) trains only that setting."""
+    base = ["name=vlm-sweep", "run_id=sweep", "data.num_images=300", "train.epochs=2", "train.warmup_epochs=0", "train.checkpoint_every=2", "search.k=10",
+            "measure.ks=[1, 10]", "measure.bootstrap=50", "measure.permutations=50", "measure.utility_records=50"]
+
+    def run(values: str) -> dict:
+        args = ["run", CONFIG, "--output", str(tmp_path)]
+        for o in base + [f"sweep={{train.text_randomization.p: {values}}}"]:
+            args += ["--set", o]
+        assert main(args) == 0
+        cfg = load_config(CONFIG, base + [f"sweep={{train.text_randomization.p: {values}}}"], str(tmp_path))
+        return RunContext.create(cfg), storage.read_json(RunContext.create(cfg).report_json)
+
+    ctx, report = run("[0.0, 0.5]")
+    sweep = report["sweep"]
+    assert sweep["key"] == "train.text_randomization.p" and [s["value"] for s in sweep["settings"]] == [0.0, 0.5]
+    for s in sweep["settings"]:
+        assert set(s["headline"]) == {"caption_to_image/positive/k=10", "caption_to_image/null/k=10"}
+        assert "zero_shot" in s["utility"]
+        model = storage.read_bytes(storage.join(ctx.run_dir, "settings", s["name"], "train", "model_a", "model.pt"))
+        assert load_clip(model)[2]["text_randomization"]["p"] == s["value"]
+    capsys.readouterr()
+    ctx, report = run("[0.0, 0.5, 0.3]")
+    out = capsys.readouterr().out
+    assert len(re.findall(r"train +\[p=0\.[05]\] reusing finished stage", out)) == 2
+    assert len(re.findall(r"train +\[p=0\.3\] starting", out)) == 1
+    assert "splits   reusing finished stage" in out
+    assert [s["value"] for s in report["sweep"]["settings"]] == [0.0, 0.5, 0.3]

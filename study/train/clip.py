@@ -160,10 +160,17 @@ def encode_texts(model, tokens: torch.Tensor, batch_size: int = 1024) -> torch.T
 
 
 def zero_shot_accuracy(model, tokenizer, images, labels, class_names: Sequence[str], template: str = "{}") -> float:
-    """Accuracy of classifying each image by its most similar class prompt (template.format(name))."""
+    """Accuracy of classifying each image by its most similar class prompt (template.format(name)).
+
+    ``labels``: (n,) class indices, or (n, C) bool where any True class counts as right
+    (images holding several objects).
+    """
     prompts = encode_texts(model, tokenize(tokenizer, [template.format(n) for n in class_names]))
-    pred = (encode_images(model, images) @ prompts.T).argmax(dim=1)
-    return float((pred.cpu() == torch.as_tensor(labels)).float().mean())
+    pred = (encode_images(model, images) @ prompts.T).argmax(dim=1).cpu()
+    labels = torch.as_tensor(labels)
+    if labels.ndim == 2:
+        return float(labels[torch.arange(len(pred)), pred].float().mean())
+    return float((pred == labels).float().mean())
 
 
 def retrieval_recall(model, images, tokens, ks: Sequence[int] = (1, 5)) -> dict[int, float]:
