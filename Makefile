@@ -14,10 +14,12 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# The supervised positive/null controls, then an SSL (SimCLR) pair beside them: ~6 min on 2 cores.
+# The supervised positive/null controls, an SSL (SimCLR) pair beside them, then the VLM
+# (CLIP-style) study: ~8 min on 2 cores.
 quickstart: install
 	$(BIN)/dejavu run configs/quickstart.yaml
 	$(BIN)/dejavu run configs/demo-ssl.yaml
+	$(BIN)/dejavu run configs/quickstart-vlm.yaml
 
 test: install
 	$(BIN)/python -m pytest -q
@@ -25,6 +27,7 @@ test: install
 bench: install
 	$(BIN)/python benchmarks/stage_times.py
 	$(BIN)/python benchmarks/knn_bench.py
+	$(BIN)/python benchmarks/clip_bench.py
 
 clean:
 	rm -rf runs .pytest_cache

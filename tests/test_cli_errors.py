@@ -75,3 +75,22 @@ def test_output_location_that_cannot_be_a_directory(tmp_path):
     blocker.write_text("not a directory")
     proc = dejavu("run", "configs/tiny.yaml", "--output", str(blocker / "runs"), tmp_path=tmp_path)
     assert_one_line_error(proc, "cannot write to the output location", str(blocker))
+
+
+@pytest.mark.parametrize(
+    "args,fragments",
+    [
+        (["--set", "model.clip=ViT-B-33"], ["model.clip", "unknown open_clip model 'ViT-B-33'", "ViT-B-32"]),
+        (["--set", "train.method=simclr"], ["train.method", "vlm_dejavu", "clip"]),
+        (["--set", "measure.ks=[1, 10, 500]"], ["measure.ks", "search.k"]),
+        (["--set", "measure.headline_rule=majority"], ["measure.headline_rule", "top_n"]),
+        (["--set", "train.text_randomization.p=1.5"], ["train.text_randomization.p"]),
+        (["--set", "train.text_randomization.mode=drop"], ["train.text_randomization.mode", "mask"]),
+        (["--set", "measure.zero_shot_prompt=a photo"], ["measure.zero_shot_prompt", "{}"]),
+        (["--set", "sweep={train.text_randomization.p: [0.1, 0.1]}"], ["sweep", "listed twice"]),
+        (["--set", "sweep={data.num_images: [100, 200]}"], ["sweep", "cannot be swept"]),
+    ],
+)
+def test_bad_vlm_config_gives_one_error_line(tmp_path, args, fragments):
+    proc = dejavu("run", "configs/quickstart-vlm.yaml", "--output", str(tmp_path), *args, tmp_path=tmp_path)
+    assert_one_line_error(proc, *fragments)

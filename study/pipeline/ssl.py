@@ -38,7 +38,8 @@ def check(cfg: StudyConfig) -> None:
 
 
 def run_embed(ctx: RunContext) -> dict:
-    from study.embed.pipeline import Embedder, embed_all
+    from study.embed.pipeline import Embedder
+    from study.pipeline.embedding import embed_planned
     from study.embed.views import CROP, WHOLE, plan_crops, prepare_batch
 
     cfg = ctx.cfg
@@ -46,38 +47,12 @@ def run_embed(ctx: RunContext) -> dict:
     split_of = assign_splits(meta.column("id").to_pylist(), cfg.splits.fractions, cfg.splits.seed)
     attacked = KIND.attacked_sets(cfg)
     _, crops = plan_crops(meta, split_of, attacked, cfg.embed.crop)
-    for s, c in crops.items():
-        skipped = ", ".join(f"{n} {r}" for r, n in c["skipped"].items()) or "none"
-        ctx.log("embed", f"{s}: {c['embedded']} crops ({cfg.embed.crop.rule} rule), skipped: {skipped}")
-    public_n = int((split_of == PUBLIC).sum())
     modes = {PUBLIC: WHOLE, **{s: CROP for s in attacked}}
-    for model in KIND.models:
-        storage.remove(storage.join(ctx.embed_dir, model))  # no stray files from an interrupted attempt
-    prepare = partial(
-        prepare_batch,
-        split_seed=cfg.splits.seed,
-        fractions=cfg.splits.fractions,
-        modes=modes,
-        crop_cfg=cfg.embed.crop,
-        image_size=cfg.data.image_size,
-    )
-    written = embed_all(
-        ctx.data_root,
-        ["id", "image", "width", "height", "label", "boxes"],
-        prepare,
-        Embedder,
-        {"model_uris": {m: ctx.model_file(m) for m in KIND.models}},
-        {s: VIEWS for s in modes},
-        cfg.embed,
-        ctx.embed_dir,
-        use_gpu=cfg.ray.use_gpu,
-        log=lambda msg: ctx.log("embed", msg),
-    )
-    expected = {PUBLIC: public_n, **{s: crops[s]["embedded"] for s in attacked}}
-    for (model, s, view), n in written.items():
-        if n != expected[s]:  # the plan and the pipeline apply one rule; a mismatch is a bug
-            raise RuntimeError(f"embedded {n} rows for {model}/{s}/{view}, planned {expected[s]}")
-    return {"sets": {PUBLIC: {"embedded": public_n, "skipped": {}}, **crops}, "crop": vars(cfg.embed.crop)}
+    prepare = partial(prepare_batch, split_seed=cfg.splits.seed, fractions=cfg.splits.fractions, modes=modes,
+                      crop_cfg=cfg.embed.crop, image_size=cfg.data.image_size)
+    sets = embed_planned(ctx, KIND.models, int((split_of == PUBLIC).sum()), crops, f"crops ({cfg.embed.crop.rule} rule)",
+                         ["id", "image", "width", "height", "label", "boxes"], prepare, Embedder, {s: VIEWS for s in modes})
+    return {"sets": sets, "crop": vars(cfg.embed.crop)}
 
 
 def headline(results: dict) -> dict:

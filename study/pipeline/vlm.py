@@ -40,39 +40,19 @@ def check(cfg: StudyConfig) -> None:
 
 def run_embed(ctx: RunContext) -> dict:
     from study.embed.captions import IMAGE, TEXT, ClipEmbedder, plan_captions, prepare_vlm_batch
-    from study.embed.pipeline import embed_all
+    from study.pipeline.embedding import embed_planned
 
     cfg = ctx.cfg
     meta = records.dataset(ctx.data_root).to_table(columns=["id", "caption", "objects"])
     split_of = assign_splits(meta.column("id").to_pylist(), cfg.splits.fractions, cfg.splits.seed)
     attacked = KIND.attacked_sets(cfg)
     plan = plan_captions(meta, split_of, attacked)
-    for s, c in plan.items():
-        skipped = ", ".join(f"{n} {r}" for r, n in c["skipped"].items()) or "none"
-        ctx.log("embed", f"{s}: {c['embedded']} captions, skipped: {skipped}")
-    public_n = int((split_of == PUBLIC).sum())
     modes = {PUBLIC: IMAGE, **{s: TEXT for s in attacked}}
-    for model in KIND.models:
-        storage.remove(storage.join(ctx.embed_dir, model))  # no stray files from an interrupted attempt
     prepare = partial(prepare_vlm_batch, split_seed=cfg.splits.seed, fractions=cfg.splits.fractions, modes=modes,
                       image_size=cfg.data.image_size)
-    written = embed_all(
-        ctx.data_root,
-        ["id", "image", "caption", "objects"],
-        prepare,
-        ClipEmbedder,
-        {"model_uris": {m: ctx.model_file(m) for m in KIND.models}},
-        {s: (v,) for s, v in modes.items()},
-        cfg.embed,
-        ctx.embed_dir,
-        use_gpu=cfg.ray.use_gpu,
-        log=lambda msg: ctx.log("embed", msg),
-    )
-    expected = {PUBLIC: public_n, **{s: plan[s]["embedded"] for s in attacked}}
-    for (model, s, view), n in written.items():
-        if n != expected[s]:  # the plan and the pipeline apply one rule; a mismatch is a bug
-            raise RuntimeError(f"embedded {n} rows for {model}/{s}/{view}, planned {expected[s]}")
-    return {"sets": {PUBLIC: {"embedded": public_n, "skipped": {}}, **plan}}
+    sets = embed_planned(ctx, KIND.models, int((split_of == PUBLIC).sum()), plan, "captions",
+                         ["id", "image", "caption", "objects"], prepare, ClipEmbedder, {s: (v,) for s, v in modes.items()})
+    return {"sets": sets}
 
 
 def headline(results: dict) -> dict:

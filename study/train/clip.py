@@ -22,6 +22,9 @@ from torch import nn
 from study.errors import ConfigError
 from study.train.models import normalize
 
+# open_clip imports Hugging Face libraries; a hub lookup without network hangs or fails.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 CONFIG_DIR = os.path.join(os.path.dirname(__file__), "clip_configs")
 _registered = False
 

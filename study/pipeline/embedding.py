@@ -1,0 +1,51 @@
+"""Stage ``embed``, the part every study kind shares: log the kind's plan (what each attacked set
+embeds and what it skips, by reason), clear stray files, stream the records through the kind's
+embedder with Ray Data, and check that the pipeline wrote exactly what the plan counted."""
+from __future__ import annotations
+
+from typing import Callable, Mapping
+
+from study import storage
+from study.pipeline.context import RunContext
+
+PUBLIC = "public"
+
+
+def embed_planned(
+    ctx: RunContext,
+    models: Mapping[str, str],
+    public_n: int,
+    plan: dict,
+    what: str,
+    columns: list[str],
+    prepare: Callable,
+    embedder: type,
+    views_of_set: Mapping[str, tuple[str, ...]],
+) -> dict:
+    """Run the embed pipeline for ``plan`` ({set: {"embedded", "skipped"}}); returns the stage
+    summary's ``sets``. ``what`` names a set's query rows in the log (crops, captions)."""
+    from study.embed.pipeline import embed_all
+
+    cfg = ctx.cfg
+    for s, c in plan.items():
+        skipped = ", ".join(f"{n} {r}" for r, n in c["skipped"].items()) or "none"
+        ctx.log("embed", f"{s}: {c['embedded']} {what}, skipped: {skipped}")
+    for model in models:
+        storage.remove(storage.join(ctx.embed_dir, model))  # no stray files from an interrupted attempt
+    written = embed_all(
+        ctx.data_root,
+        columns,
+        prepare,
+        embedder,
+        {"model_uris": {m: ctx.model_file(m) for m in models}},
+        views_of_set,
+        cfg.embed,
+        ctx.embed_dir,
+        use_gpu=cfg.ray.use_gpu,
+        log=lambda msg: ctx.log("embed", msg),
+    )
+    expected = {PUBLIC: public_n, **{s: c["embedded"] for s, c in plan.items()}}
+    for (model, s, view), n in written.items():
+        if n != expected[s]:  # the plan and the pipeline apply one rule; a mismatch is a bug
+            raise RuntimeError(f"embedded {n} rows for {model}/{s}/{view}, planned {expected[s]}")
+    return {PUBLIC: {"embedded": public_n, "skipped": {}}, **plan}
