@@ -78,3 +78,13 @@ def test_schedule_warms_up_then_decays_to_zero():
         sched.step()
     assert lrs[0] < lrs[5] and max(lrs) == pytest.approx(1.0)
     assert lrs[-1] < 0.01 and all(a >= b for a, b in zip(lrs[6:], lrs[7:]))
+
+
+@pytest.mark.parametrize("n,world", [(10, 1), (10, 3), (7, 2), (2, 3), (100, 4)])
+def test_worker_shares_are_equal_disjoint_and_cover_all_but_the_remainder(n, world):
+    from study.train.loop import worker_share
+
+    shares = [list(range(n))[worker_share(n, r, world)] for r in range(world)]
+    assert len({len(s) for s in shares}) == 1 and len(shares[0]) == n // world
+    taken = [i for s in shares for i in s]
+    assert len(set(taken)) == len(taken) == n - n % world

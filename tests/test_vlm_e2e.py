@@ -188,8 +188,10 @@ def test_rerun_reuses_every_stage(study_run, capsys):
 
 def test_sweep_runs_each_setting_and_reuses_finished_ones(ray_local, tmp_path, capsys):
     """A text-randomization sweep: one split plan, a model pair per setting, one report; adding a
-    setting to a named run (``run_id``) trains only that setting."""
-    base = ["name=vlm-sweep", "run_id=sweep", "data.num_images=300", "train.epochs=2", "train.warmup_epochs=0", "train.checkpoint_every=2", "search.k=10",
+    setting to a named run (``run_id``) trains only that setting. Each model trains on two Ray
+    Train workers (open_clip's loss gathers features across them)."""
+    base = ["name=vlm-sweep", "run_id=sweep", "data.num_images=300", "train.epochs=2", "train.warmup_epochs=0", "train.checkpoint_every=2",
+            "train.num_workers=2", "train.cpus_per_worker=0.5", "search.k=10",
             "measure.ks=[1, 10]", "measure.bootstrap=50", "measure.permutations=50", "measure.utility_records=50"]
 
     def run(values: str) -> dict:

@@ -29,6 +29,13 @@ def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
+def worker_share(n: int, rank: int, world: int) -> slice:
+    """This worker's records of an id-ordered training set: every world-th from its rank, cut to
+    n // world, so every worker holds the same count and runs the same number of steps (unequal
+    shares would leave the other workers waiting in a collective, or mismatch its sizes)."""
+    return slice(rank, rank + world * (n // world), world)
+
+
 def steps_per_epoch(n_local: int, batch_size_per_worker: int) -> int:
     # Drop the ragged last batch: a batch of one breaks BatchNorm and the contrastive losses.
     return max(1, n_local // batch_size_per_worker)

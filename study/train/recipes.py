@@ -40,8 +40,9 @@ def ssl_fit(config: dict, rank: int, world: int) -> Fit:
     model_cfg: ModelConfig = config["model"]
     method, params = METHODS[cfg.method], method_params(cfg.method, cfg.params)
     images, labels = load_training_set(config["data_root"], config["splits_dir"], config["splits"])
-    images = torch.from_numpy(images[rank::world])
-    labels = torch.from_numpy(labels[rank::world])
+    share = loop.worker_share(len(images), rank, world)
+    images = torch.from_numpy(images[share])
+    labels = torch.from_numpy(labels[share])
     batch_size_per_worker = max(2, cfg.global_batch_size // world)
     encoder = build_encoder(model_cfg, cfg.method, params, config["num_classes"])
     optimizer = loop.make_optimizer(encoder, cfg)
@@ -78,9 +79,10 @@ def clip_fit(config: dict, rank: int, world: int) -> Fit:
     tokens = clip.tokenize(tokenizer, captions).numpy()
     # Keys are positions in the whole (id-ordered) training set, so each caption's randomization
     # does not depend on how records are sharded across workers.
-    keys = np.arange(len(tokens), dtype=np.int64)[rank::world]
-    images = torch.from_numpy(images[rank::world])
-    tokens = tokens[rank::world]
+    share = loop.worker_share(len(tokens), rank, world)
+    keys = np.arange(len(tokens), dtype=np.int64)[share]
+    images = torch.from_numpy(images[share])
+    tokens = tokens[share]
     maskable = clip.maskable_positions(torch.from_numpy(tokens), tokenizer).numpy()
     mask_id = clip.mask_token_id(tokenizer)
     rand = cfg.text_randomization
