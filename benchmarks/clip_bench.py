@@ -1,7 +1,7 @@
 """CLIP-style training and embedding: the product's Ray edges vs bare open_clip loops, one run.
 
     python benchmarks/clip_bench.py [--model dejavu-tiny] [--size 32] [--pairs 400] [--epochs 4]
-                                    [--batch 100] [--threads 2] [--public 400]
+                                    [--batch 100] [--threads 2] [--public 400] [--embed-batch 256]
 
 On the VLM quickstart's synthetic records (regenerated at ``--size`` px) it times:
 
@@ -50,7 +50,7 @@ def _prepare(out: str, args) -> tuple:
         f"train.checkpoint_every={args.epochs}",
         f"train.torch_threads={args.threads}",
         f"train.cpus_per_worker={args.threads}",
-        f"embed.batch_size={min(256, args.batch * 2)}",
+        f"embed.batch_size={args.embed_batch}",
     ]
     cfg = load_config("configs/quickstart-vlm.yaml", overrides, out)
     ctx = RunContext.create(cfg)
@@ -73,7 +73,8 @@ def bench_train(cfg, ctx, context, args) -> dict:
 
     # Ray is up for both runs, so its daemons cost the bare loop what they cost the workers.
     logging.getLogger("ray.data").setLevel(logging.WARNING)
-    ray.init(num_cpus=args.threads, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
+    # At least 2 CPUs: one CPU cannot hold an embedding replica and the read tasks at once.
+    ray.init(num_cpus=max(2, args.threads), include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
     ray.data.DataContext.get_current().enable_progress_bars = False
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -176,6 +177,7 @@ def main(argv=None) -> None:
     p.add_argument("--epochs", type=int, default=4)
     p.add_argument("--batch", type=int, default=100)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--embed-batch", type=int, default=256, help="embed.batch_size (rows per Ray Data batch)")
     args = p.parse_args(argv)
     if args.epochs < 2:
         p.error("--epochs must be >= 2 (the first epoch is warm-up)")

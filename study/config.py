@@ -252,6 +252,11 @@ class RayConfig:
     num_cpus: int | None = None
     use_gpu: bool = False
 
+    def __post_init__(self) -> None:
+        # One CPU cannot hold an embedding replica and Ray Data's read tasks at once: the embed
+        # stage would stall without an error.
+        _check(self.num_cpus is None or self.num_cpus >= 2, "ray.num_cpus", "must be at least 2 (or unset: all CPUs)")
+
 
 @dataclass(frozen=True)
 class StudyConfig:
