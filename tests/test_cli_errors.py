@@ -95,3 +95,31 @@ def test_output_location_that_cannot_be_a_directory(tmp_path):
 def test_bad_vlm_config_gives_one_error_line(tmp_path, args, fragments):
     proc = dejavu("run", "configs/quickstart-vlm.yaml", "--output", str(tmp_path), *args, tmp_path=tmp_path)
     assert_one_line_error(proc, *fragments)
+
+
+def test_undecodable_image_names_its_record(tmp_path):
+    from study.config import DataConfig
+    from study.data import records, synthetic
+
+    (tmp_path / "in").mkdir()
+    for shard, rows in synthetic.iter_shards(DataConfig(num_images=60, shard_size=60)):
+        rows["image"][7] = b"not an image"
+        records.write_shard(str(tmp_path / "in" / f"part-{shard:05d}.parquet"), rows)
+    proc = dejavu("run", "configs/tiny.yaml", "--output", str(tmp_path / "out"), "--set", "data.source=parquet",
+                  "--set", f"data.path={tmp_path / 'in'}", tmp_path=tmp_path)
+    assert_one_line_error(proc, "1 of 60 records", "cannot be decoded", "syn-0-00000007")
+
+
+def test_vlm_input_without_captions_column(tmp_path):
+    import pyarrow.parquet as pq
+
+    from study.config import DataConfig
+    from study.data import records, synthetic
+
+    (tmp_path / "in").mkdir()
+    for shard, rows in synthetic.iter_shards(DataConfig(num_images=300, objects_per_image=(2, 3), shard_size=300)):
+        table = records.pa.table(rows, schema=records.RECORD_SCHEMA).drop_columns(["caption"])
+        pq.write_table(table, tmp_path / "in" / f"part-{shard:05d}.parquet")
+    proc = dejavu("run", "configs/quickstart-vlm.yaml", "--output", str(tmp_path / "out"), "--set", "data.source=parquet",
+                  "--set", f"data.path={tmp_path / 'in'}", tmp_path=tmp_path)
+    assert_one_line_error(proc, "caption")

@@ -58,6 +58,7 @@ class StudyKind:
     html: Callable[[dict, list], str]  # (report, gallery) -> the kind's part of report.html
     models: Mapping[str, str] = field(default_factory=lambda: dict(MODELS))  # model -> its own split
     attacked: tuple[str, ...] = ("target", "reference", "holdout")
+    record_columns: tuple[str, ...] = ()  # optional record columns the kind reads (checked up front)
 
     def spaces_for(self, cfg: StudyConfig) -> tuple[str, ...]:
         """The search spaces a config asks for (``search.representations``; empty = all)."""

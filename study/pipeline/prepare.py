@@ -17,7 +17,11 @@ def run_data(ctx: RunContext) -> dict:
     cfg = ctx.cfg.data
     if cfg.source == "parquet":
         meta = records.read_metadata(ctx.data_root)  # raises a DataError for a bad path or schema
-        ctx.log("data", f"using {meta.num_rows} records from {ctx.data_root}")
+        bad = records.undecodable_images(ctx.data_root)
+        if bad:  # every later stage decodes images: stop here, naming them, not in a worker's traceback
+            raise DataError(f"{len(bad)} of {meta.num_rows} records under {ctx.data_root} have images that cannot be "
+                            f"decoded (first: {', '.join(map(str, bad[:5]))}); fix or remove them")
+        ctx.log("data", f"using {meta.num_rows} records from {ctx.data_root} (every image decodes)")
         return {"source": "parquet", "path": ctx.data_root, "records": meta.num_rows}
     root = ctx.data_root
     storage.remove(root)  # a half-written earlier attempt must not leave stray shards

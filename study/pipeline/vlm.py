@@ -128,4 +128,5 @@ KIND = StudyKind(
     extras=extras,
     gallery=gallery,
     html=render_body,
+    record_columns=("caption", "objects"),
 )
