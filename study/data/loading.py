@@ -47,7 +47,7 @@ def training_pair_ids(data_root: str, splits_dir: str, splits: Sequence[str]) ->
     left out for an empty caption (a pair without text teaches nothing)."""
     ids = np.sort(np.concatenate([read_split(splits_dir, s)[0] for s in splits]).astype(str)).astype(object)
     table = records.read_records(data_root, list(ids), columns=["id", "caption"])
-    captioned = {i for i, c in zip(table.column("id").to_pylist(), table.column("caption").to_pylist()) if c and c.strip()}
+    captioned = {i for i, c in zip(table.column("id").to_pylist(), table.column("caption").to_pylist()) if records.has_text(c)}
     keep = np.array([i in captioned for i in ids], dtype=bool)
     return ids[keep], int((~keep).sum())
 
@@ -55,8 +55,9 @@ def training_pair_ids(data_root: str, splits_dir: str, splits: Sequence[str]) ->
 def load_training_pairs(data_root: str, splits_dir: str, splits: Sequence[str]) -> tuple[np.ndarray, list[str]]:
     """Images (n, 3, H, W) uint8 and captions (n,) of the union of splits, in id order; records
     with an empty caption are left out (``training_pair_ids`` counts them)."""
-    ids, _ = training_pair_ids(data_root, splits_dir, splits)
+    ids = np.sort(np.concatenate([read_split(splits_dir, s)[0] for s in splits]).astype(str)).astype(object)
     table = records.read_records(data_root, list(ids), columns=["id", "image", "caption"])
     by_id = {i: (b, c) for i, b, c in zip(*(table.column(n).to_pylist() for n in ("id", "image", "caption")))}
+    ids = [i for i in ids if records.has_text(by_id[i][1])]  # the rule training_pair_ids counts by
     stack = np.stack([records.decode_image(by_id[i][0]) for i in ids]).transpose(0, 3, 1, 2)
     return np.ascontiguousarray(stack), [by_id[i][1] for i in ids]

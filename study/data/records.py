@@ -37,6 +37,11 @@ RECORD_SCHEMA = pa.schema(
 METADATA_COLUMNS = ["id", "width", "height", "label", "boxes"]
 
 
+def has_text(caption) -> bool:
+    """Whether a caption says anything: null and whitespace-only captions do not."""
+    return caption is not None and bool(str(caption).strip())
+
+
 def encode_png(image: np.ndarray) -> bytes:
     """(H, W, 3) uint8 -> PNG bytes (lossless, so tests can compare pixels)."""
     buf = io.BytesIO()

@@ -28,7 +28,7 @@ def caption_skip_reason(caption, objects) -> str | None:
     """Why a record cannot be tested (None when it can): it needs objects and a caption."""
     if not objects:
         return REASON_NO_OBJECTS
-    if caption is None or not str(caption).strip():
+    if not records.has_text(caption):
         return REASON_NO_CAPTION
     return None
 

@@ -43,6 +43,15 @@ def _matrix(rows: list[list[str]], vocab: dict[str, int]) -> np.ndarray:
     return m
 
 
+def ground_truth(q_ids: list[str], info: dict, variant: str, vocab: dict[str, int]) -> tuple[np.ndarray, np.ndarray]:
+    """(keep (n,) bool: records with ground truth for this variant, gt (kept, C) bool)."""
+    rows = [info[q][0] for q in q_ids]
+    if variant == "unnamed":
+        rows = [sorted(set(o) - set(named_objects(info[q][1], o))) for q, o in zip(q_ids, rows)]
+    keep = np.array([len(g) > 0 for g in rows], dtype=bool)
+    return keep, _matrix([g for g, k in zip(rows, keep) if k], vocab)
+
+
 def record_scores(I: np.ndarray, public_objects: np.ndarray, gt: np.ndarray, k: int, rule: str, top_n: int) -> dict:
     """Per-record hits, precision, recall, F of one model's predictions at one k."""
     votes = neighbour_votes(public_objects, I, min(k, I.shape[1]))
@@ -63,17 +72,16 @@ def run_measure(ctx: RunContext) -> dict:
     for space in kind.spaces_for(cfg):
         scores = {}  # (model, split) -> (ids, {(k, rule, variant): overlap dict})
         for split in attacked:
-            for model in kind.models:
-                q_ids, nbrs = read_results(ctx.search_results(model, split, space))
+            searched = {model: read_results(ctx.search_results(model, split, space)) for model in kind.models}
+            q_ids = next(iter(searched.values()))[0]
+            truths = {variant: ground_truth(q_ids, info, variant, vocab) for variant in VARIANTS}  # same for every model
+            for variant, (keep, _) in truths.items():
+                skipped[f"{split}/{variant}"] = int((~keep).sum())
+            for model, (ids, nbrs) in searched.items():
+                assert ids == q_ids  # one query order per set, whichever model
                 I = np.array([[pub_row[n] if n is not None else -1 for n in row] for row in nbrs], dtype=np.int64)
                 per = {}
-                for variant in VARIANTS:
-                    gt_rows = [info[q][0] for q in q_ids]
-                    if variant == "unnamed":
-                        gt_rows = [sorted(set(o) - set(named_objects(info[q][1], o))) for q, o in zip(q_ids, gt_rows)]
-                    keep = np.array([len(g) > 0 for g in gt_rows], dtype=bool)
-                    skipped[f"{split}/{variant}"] = int((~keep).sum())
-                    gt = _matrix([g for g, k_ in zip(gt_rows, keep) if k_], vocab)
+                for variant, (keep, gt) in truths.items():
                     for k in m.ks:
                         for rule in PREDICTION_RULES:
                             per[(k, rule, variant)] = (np.asarray(q_ids, dtype=object)[keep], record_scores(I[keep], public_objects, gt, k, rule, m.top_n))
@@ -87,8 +95,7 @@ def run_measure(ctx: RunContext) -> dict:
                 sides = []
                 for side_name, split, tgt, ref in rows:
                     t_ids, t_sc = scores[(tgt, split)][key]
-                    r_ids, r_sc = scores[(ref, split)][key]
-                    assert list(t_ids) == list(r_ids)  # one query order per set, whichever model
+                    _, r_sc = scores[(ref, split)][key]
                     keep_ids = set(side_ids(list(t_ids), control, side_name, cfg.splits.seed))
                     sel = np.array([i in keep_ids for i in t_ids], dtype=bool)
                     sides.append(ObjectSide(
@@ -151,7 +158,7 @@ def measure_utility(ctx: RunContext) -> dict:
         return {"note": "no holdout split: utility not measured"}
     ids, _ = read_split(ctx.splits_dir, "holdout")
     table = object_table(ctx, list(ids))
-    ids = [i for i in ids if table[i][1].strip()][: cfg.measure.utility_records]  # retrieval needs the caption
+    ids = [i for i in ids if records.has_text(table[i][1])][: cfg.measure.utility_records]  # retrieval needs the caption
     vocab = sorted({o for i in ids for o in table[i][0]})
     data = (read_marker(ctx.stage_dir("data")) or {}).get("summary", {})
     prompt = cfg.measure.zero_shot_prompt or data.get("prompt") or "a photo of a {}"
