@@ -4,20 +4,34 @@ from __future__ import annotations
 from typing import Sequence
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from study import storage
 from study.data import records
 
 
+MEMBERS = "members"  # splits/members/split=<name>/*.parquet, written by the splits stage
+
+
+def members_dir(splits_dir: str) -> str:
+    return storage.join(splits_dir, MEMBERS)
+
+
 def split_uri(splits_dir: str, split: str) -> str:
-    return storage.join(splits_dir, f"{split}.parquet")
+    """The directory of one split's member files (absent when the split has no records)."""
+    return storage.join(members_dir(splits_dir), f"split={split}")
 
 
 def read_split(splits_dir: str, split: str) -> tuple[np.ndarray, np.ndarray]:
-    """(ids, labels) of a split from its member file, sorted by id; label -1 where missing."""
-    with storage.open_read(split_uri(splits_dir, split)) as fh:
-        table = pq.read_table(fh)
+    """(ids, labels) of a split from its member files, sorted by id; label -1 where missing.
+    In memory: for the sets that are used whole on one machine (training, galleries)."""
+    uri = split_uri(splits_dir, split)
+    files = [u for u in storage.list_files(uri) if u.endswith(".parquet")] if storage.exists(uri) else []
+    if not files:
+        return np.zeros(0, dtype=object), np.zeros(0, dtype=np.int64)
+    fs, paths = storage.arrow_fs_paths(files)
+    table = pa.concat_tables([pq.read_table(p, filesystem=fs, columns=["id", "label"]) for p in paths])
     ids = np.asarray(table.column("id").to_pylist(), dtype=object)
     labels = np.asarray(table.column("label").fill_null(-1).to_numpy(zero_copy_only=False), dtype=np.int64)
     order = np.argsort(ids.astype(str), kind="stable")

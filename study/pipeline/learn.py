@@ -14,7 +14,7 @@ from study import storage
 from study.errors import DataError
 from study.pipeline.context import RunContext, is_complete, write_marker
 from study.pipeline.kinds import get_kind
-from study.pipeline.prepare import verify_splits
+from study.pipeline.manifest import verify_splits
 from study.train.driver import TrainJob, fit_all
 
 
@@ -24,14 +24,14 @@ def training_splits(models: dict[str, str], counts: dict[str, int]) -> dict[str,
     return {model: (split, *shared) for model, split in models.items()}
 
 
-def count_skipped(recipe: str, ctx: RunContext, splits: tuple[str, ...]) -> dict[str, int]:
+def count_skipped(recipe: str, ctx: RunContext, splits: tuple[str, ...], counts: dict[str, int]) -> dict[str, int]:
     """Training records the recipe leaves out, by reason; logged, and an error if none are left."""
     from study.train.recipes import TRAINING_SKIPS
 
     skips = TRAINING_SKIPS.get(recipe)
     out = skips(ctx.data_root, ctx.splits_dir, splits) if skips else {}
     if out:
-        total = sum(verify_splits(ctx.splits_dir)["counts"].get(s, 0) for s in splits)
+        total = sum(counts.get(s, 0) for s in splits)
         ctx.log("train", f"{'+'.join(splits)}: skipping " + ", ".join(f"{n} {r}" for r, n in out.items()))
         if sum(out.values()) >= total:
             raise DataError(f"no usable training records in {'+'.join(splits)} ({out})")
@@ -57,7 +57,7 @@ def run_train(ctx: RunContext, digest: str) -> dict:
             ctx.log("train", f"{model}: config changed since its last attempt; discarding its checkpoints")
             storage.remove(out_dir)
         storage.write_json(started, {"hash": digest})
-        skipped[model] = count_skipped(kind.recipe, ctx, splits_of[model])
+        skipped[model] = count_skipped(kind.recipe, ctx, splits_of[model], manifest["counts"])
         jobs.append(TrainJob(model, splits_of[model], out_dir))
     if jobs:
         names = ", ".join(f"{j.name} on {'+'.join(j.splits)}" for j in jobs)

@@ -43,7 +43,8 @@ def stages() -> list[Stage]:
     from study.pipeline.kinds import get_kind
     from study.pipeline.learn import run_train
     from study.pipeline.neighbours import run_search
-    from study.pipeline.prepare import run_data, run_splits
+    from study.pipeline.manifest import run_splits
+    from study.pipeline.prepare import run_data
     from study.pipeline.reporting import run_report
 
     def embed(ctx: RunContext) -> dict:
@@ -54,7 +55,7 @@ def stages() -> list[Stage]:
 
     return [
         Stage("data", lambda c: (c.data, _inputs(c)), (), run_data),
-        Stage("splits", lambda c: (c.splits,), ("data",), run_splits),
+        Stage("splits", lambda c: (c.splits,), ("data",), run_splits, needs_ray=True),
         Stage("train", lambda c: (c.study, c.model, c.train, c.data.image_size), ("data", "splits"), run_train,
               needs_ray=True, takes_digest=True),
         Stage("embed", lambda c: (c.study, c.embed, c.splits, c.data.image_size), ("data", "splits", "train"), embed,

@@ -1,0 +1,75 @@
+"""The streamed splits stage (Ray Data tasks and aggregates) equals the in-memory plan."""
+from __future__ import annotations
+
+import glob
+import os
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from study import storage
+from study.config import DataConfig, SplitConfig, StudyConfig
+from study.core.splits import UNASSIGNED, assign_splits, split_digest
+from study.data import records, synthetic
+from study.data.loading import read_split
+from study.errors import DataError, StudyError
+from study.pipeline.context import RunContext
+from study.pipeline.manifest import run_splits, verify_splits
+
+FRACTIONS = {"target": 0.2, "reference": 0.2, "public": 0.4, "holdout": 0.1, "shared": 0.0}
+
+
+def _context(tmp_path, num=240, shard_size=70) -> RunContext:
+    cfg = StudyConfig(output=str(tmp_path), data=DataConfig(num_images=num, image_size=16, shard_size=shard_size),
+                      splits=SplitConfig(seed=3, fractions=FRACTIONS))
+    ctx = RunContext.create(cfg)
+    for shard, rows in synthetic.iter_shards(cfg.data):
+        records.write_shard(storage.join(ctx.data_root, f"part-{shard:05d}.parquet"), rows)
+    return ctx
+
+
+def test_streamed_plan_equals_in_memory_plan(ray_local, tmp_path):
+    ctx = _context(tmp_path)
+    manifest = run_splits(ctx)
+    meta = records.read_metadata(ctx.data_root)
+    ids = np.asarray(meta.column("id").to_pylist(), dtype=object)
+    labels = np.asarray(meta.column("label").to_pylist())
+    split_of = assign_splits(list(ids), FRACTIONS, 3)
+    members = {}
+    for name in FRACTIONS:
+        got_ids, got_labels = read_split(ctx.splits_dir, name)
+        mask = split_of == name
+        order = np.argsort(ids[mask].astype(str))
+        assert list(got_ids) == list(ids[mask][order])
+        assert list(got_labels) == list(labels[mask][order])
+        assert manifest["counts"][name] == int(mask.sum())
+        if mask.any():
+            members[name] = list(ids[mask])
+    assert manifest["unassigned"] == int((split_of == UNASSIGNED).sum())
+    assert manifest["num_classes"] == int(labels.max()) + 1
+    assert manifest["digest"] == split_digest(members, 3)
+    assert verify_splits(ctx.splits_dir)["digest"] == manifest["digest"]
+    # A member file changed after planning is caught before any model trains.
+    victim = sorted(glob.glob(os.path.join(ctx.splits_dir, "members", "split=public", "*.parquet")))[0]
+    table = pq.read_table(victim)
+    pq.write_table(table.slice(1), victim)
+    with pytest.raises(StudyError, match="do not match their manifest digest"):
+        verify_splits(ctx.splits_dir)
+
+
+def test_duplicate_ids_stop_the_stage(ray_local, tmp_path):
+    ctx = _context(tmp_path, num=60, shard_size=60)
+    first = pq.read_table(os.path.join(ctx.data_root, "part-00000.parquet"))
+    pq.write_table(first.slice(10, 3), os.path.join(ctx.data_root, "part-00001.parquet"))
+    with pytest.raises(DataError, match="duplicated"):
+        run_splits(ctx)
+
+
+def test_empty_split_is_a_clear_error(ray_local, tmp_path):
+    ctx = _context(tmp_path, num=12, shard_size=12)
+    cfg = StudyConfig(output=str(tmp_path), data=ctx.cfg.data,
+                      splits=SplitConfig(fractions={"target": 0.001, "reference": 0.5, "public": 0.49}))
+    with pytest.raises(StudyError, match="split 'target' is empty"):
+        run_splits(RunContext(cfg, ctx.run_dir))
