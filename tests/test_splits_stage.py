@@ -73,3 +73,26 @@ def test_empty_split_is_a_clear_error(ray_local, tmp_path):
                       splits=SplitConfig(fractions={"target": 0.001, "reference": 0.5, "public": 0.49}))
     with pytest.raises(StudyError, match="split 'target' is empty"):
         run_splits(RunContext(cfg, ctx.run_dir))
+
+
+def test_embed_plan_counted_by_tasks_equals_in_memory_plan(ray_local, tmp_path):
+    from study.config import CropConfig
+    from study.embed.captions import plan_captions
+    from study.embed.views import plan_crops
+    from study.pipeline.plan import count_plan
+
+    ctx = _context(tmp_path, num=150, shard_size=40)
+    sets = ("target", "reference", "holdout")
+    meta = records.dataset(ctx.data_root).to_table(columns=["id", "width", "height", "label", "boxes", "caption", "objects"])
+    split_of = assign_splits(meta.column("id").to_pylist(), FRACTIONS, 3)
+    crop_cfg = CropConfig(min_side=8)  # some records get no background crop
+
+    def crops(batch, s, wanted):
+        return plan_crops(batch, s, wanted, crop_cfg)[1]
+
+    public, plan = count_plan(ctx.data_root, ["id", "width", "height", "label", "boxes"], crops, sets, FRACTIONS, 3)
+    assert public == int((split_of == "public").sum())
+    assert plan == plan_crops(meta, split_of, sets, crop_cfg)[1]
+    assert all(c["skipped"] for c in plan.values())
+    _, plan = count_plan(ctx.data_root, ["id", "caption", "objects"], plan_captions, sets, FRACTIONS, 3)
+    assert plan == plan_captions(meta, split_of, sets)

@@ -14,7 +14,6 @@ import pyarrow.parquet as pq
 from study import storage
 from study.config import StudyConfig
 from study.config_load import config_to_dict
-from study.core.splits import assign_splits
 from study.data import records
 from study.data.loading import load_images
 from study.pipeline.context import RunContext
@@ -40,19 +39,26 @@ def check(cfg: StudyConfig) -> None:
 def run_embed(ctx: RunContext) -> dict:
     from study.embed.pipeline import Embedder
     from study.pipeline.embedding import embed_planned
-    from study.embed.views import CROP, WHOLE, plan_crops, prepare_batch
+    from study.embed.views import CROP, WHOLE, prepare_batch
+    from study.pipeline.plan import count_plan
 
     cfg = ctx.cfg
-    meta = records.read_metadata(ctx.data_root)
-    split_of = assign_splits(meta.column("id").to_pylist(), cfg.splits.fractions, cfg.splits.seed)
     attacked = KIND.attacked_sets(cfg)
-    _, crops = plan_crops(meta, split_of, attacked, cfg.embed.crop)
+    planner = partial(_crop_summary, crop_cfg=cfg.embed.crop)
+    public_n, crops = count_plan(ctx.data_root, ["id", "width", "height", "label", "boxes"], planner, attacked,
+                                 cfg.splits.fractions, cfg.splits.seed)
     modes = {PUBLIC: WHOLE, **{s: CROP for s in attacked}}
     prepare = partial(prepare_batch, split_seed=cfg.splits.seed, fractions=cfg.splits.fractions, modes=modes,
                       crop_cfg=cfg.embed.crop, image_size=cfg.data.image_size)
-    sets = embed_planned(ctx, KIND.models, int((split_of == PUBLIC).sum()), crops, f"crops ({cfg.embed.crop.rule} rule)",
+    sets = embed_planned(ctx, KIND.models, public_n, crops, f"crops ({cfg.embed.crop.rule} rule)",
                          ["id", "image", "width", "height", "label", "boxes"], prepare, Embedder, {s: VIEWS for s in modes})
     return {"sets": sets, "crop": vars(cfg.embed.crop)}
+
+
+def _crop_summary(batch, split_of, sets, crop_cfg):
+    from study.embed.views import plan_crops
+
+    return plan_crops(batch, split_of, sets, crop_cfg)[1]
 
 
 def headline(results: dict) -> dict:

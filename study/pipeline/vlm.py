@@ -11,7 +11,6 @@ from functools import partial
 
 from study import storage
 from study.config import StudyConfig
-from study.core.splits import assign_splits
 from study.data import records
 from study.data.loading import load_images
 from study.core.objects import PREDICTION_RULES
@@ -41,16 +40,16 @@ def check(cfg: StudyConfig) -> None:
 def run_embed(ctx: RunContext) -> dict:
     from study.embed.captions import IMAGE, TEXT, ClipEmbedder, plan_captions, prepare_vlm_batch
     from study.pipeline.embedding import embed_planned
+    from study.pipeline.plan import count_plan
 
     cfg = ctx.cfg
-    meta = records.dataset(ctx.data_root).to_table(columns=["id", "caption", "objects"])
-    split_of = assign_splits(meta.column("id").to_pylist(), cfg.splits.fractions, cfg.splits.seed)
     attacked = KIND.attacked_sets(cfg)
-    plan = plan_captions(meta, split_of, attacked)
+    public_n, plan = count_plan(ctx.data_root, ["id", "caption", "objects"], plan_captions, attacked,
+                                cfg.splits.fractions, cfg.splits.seed)
     modes = {PUBLIC: IMAGE, **{s: TEXT for s in attacked}}
     prepare = partial(prepare_vlm_batch, split_seed=cfg.splits.seed, fractions=cfg.splits.fractions, modes=modes,
                       image_size=cfg.data.image_size)
-    sets = embed_planned(ctx, KIND.models, int((split_of == PUBLIC).sum()), plan, "captions",
+    sets = embed_planned(ctx, KIND.models, public_n, plan, "captions",
                          ["id", "image", "caption", "objects"], prepare, ClipEmbedder, {s: (v,) for s, v in modes.items()})
     return {"sets": sets}
 

@@ -1,0 +1,64 @@
+"""What the embed stage will embed and skip, counted by Ray Data tasks (DESIGN §5: nothing grows
+with N on the driver).
+
+A kind's batch planner (``plan_crops``, ``plan_captions``) decides per record, from metadata only,
+whether an attacked record can be tested and why not; here every batch is planned in a task and
+the counts come back through a groupby aggregate, so the driver holds a few rows per set and
+reason whatever the number of records.
+"""
+from __future__ import annotations
+
+from functools import partial
+from typing import Callable, Mapping
+
+import pyarrow as pa
+import ray
+from ray.data.aggregate import Sum
+
+from study import storage
+from study.core.splits import assign_splits
+from study.data import records
+
+EMBEDDED = "embedded"
+PUBLIC = "public"
+
+
+def _count_batch(batch: pa.Table, planner: Callable, sets: tuple[str, ...], fractions: Mapping[str, float],
+                 seed: int) -> pa.Table:
+    split_of = assign_splits(batch.column("id").to_pylist(), fractions, seed)
+    summary = planner(batch, split_of, sets)
+    rows = [(PUBLIC, EMBEDDED, int((split_of == PUBLIC).sum()))]
+    for s, c in summary.items():
+        rows.append((s, EMBEDDED, c["embedded"]))
+        rows.extend((s, reason, n) for reason, n in c["skipped"].items())
+    names, reasons, counts = zip(*rows)
+    return pa.table({"set": list(names), "reason": list(reasons), "n": pa.array(counts, pa.int64())})
+
+
+def count_plan(data_root: str, columns: list[str], planner: Callable, sets: tuple[str, ...],
+               fractions: Mapping[str, float], seed: int) -> tuple[int, dict]:
+    """(public records, {set: {"embedded": n, "skipped": {reason: n}}}) over every record.
+
+    ``planner(batch, split_of, sets)`` returns that summary for one batch of records."""
+    fs, paths = storage.arrow_fs_paths(records.shard_uris(data_root))
+    counted = (
+        ray.data.read_parquet(paths, filesystem=fs)
+        .select_columns(columns)
+        .map_batches(partial(_count_batch, planner=planner, sets=sets, fractions=dict(fractions), seed=seed),
+                     batch_format="pyarrow", num_cpus=0.25)
+        .groupby(["set", "reason"])
+        .aggregate(Sum("n", alias_name="n"))
+        .take_all()
+    )
+    plan = {s: {EMBEDDED: 0, "skipped": {}} for s in sets}
+    public = 0
+    for row in counted:
+        if row["set"] == PUBLIC:
+            public += int(row["n"])
+        elif row["reason"] == EMBEDDED:
+            plan[row["set"]][EMBEDDED] += int(row["n"])
+        elif int(row["n"]):
+            plan[row["set"]]["skipped"][row["reason"]] = int(row["n"])
+    for c in plan.values():
+        c["skipped"] = dict(sorted(c["skipped"].items()))
+    return public, plan
