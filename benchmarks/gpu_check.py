@@ -42,7 +42,8 @@ def run(device: str, method: str, epochs: int, images: torch.Tensor, labels: tor
     start = time.perf_counter()
     for epoch in range(epochs):
         gen = torch.Generator().manual_seed(epoch)
-        m = loop.train_epoch(enc, METHODS[method], params, images, labels, opt, sched, cfg, cfg.global_batch_size, gen)
+        batches = loop.memory_batches(cfg.global_batch_size, gen, images, labels)
+        m = loop.train_epoch(enc, METHODS[method], params, batches, opt, sched, cfg, gen)
     if device == "cuda":
         torch.cuda.synchronize()
     train_s = time.perf_counter() - start

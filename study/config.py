@@ -141,6 +141,8 @@ class TrainConfig:
     checkpoint_every: int = 25
     concurrent: bool = True
     seed: int = 0
+    stream: str = "auto"  # auto: stream a training set whose decoded size exceeds in_memory_gb
+    in_memory_gb: float = 2.0
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     text_randomization: TextRandomizationConfig = field(default_factory=TextRandomizationConfig)
 
@@ -154,6 +156,8 @@ class TrainConfig:
         _check(self.cpus_per_worker > 0, "train.cpus_per_worker", "must be > 0")
         _check(self.torch_threads >= 1, "train.torch_threads", "must be >= 1")
         _check(self.checkpoint_every >= 1, "train.checkpoint_every", "must be >= 1")
+        _check(self.stream in ("auto", "always", "never"), "train.stream", "must be 'auto', 'always' or 'never'")
+        _check(self.in_memory_gb > 0, "train.in_memory_gb", "must be > 0")
 
 
 @dataclass(frozen=True)

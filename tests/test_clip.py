@@ -87,7 +87,7 @@ def test_training_learns_and_zero_shot_beats_chance():
     opt = loop.make_optimizer(model, tc)
     sched = loop.make_scheduler(opt, tc, loop.steps_per_epoch(500, 100))
     loss_fn, gen = clip.make_loss(0, 1), torch.Generator().manual_seed(0)
-    losses = [clip.clip_epoch(model, loss_fn, images[train], tokens[train], opt, sched, 100, gen)["loss"]
+    losses = [clip.clip_epoch(model, loss_fn, loop.memory_batches(100, gen, images[train], tokens[train]), opt, sched)["loss"]
               for _ in range(tc.epochs)]
     assert losses[-1] < 0.5 * losses[0]
     held = slice(500, 700)

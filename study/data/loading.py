@@ -1,7 +1,8 @@
-"""Load split members and decoded images into memory (small sets: training, galleries)."""
+"""Split members and decoded images: into memory for small sets (training, galleries), or one
+batch at a time for a training set streamed through Ray Data (``decode_training_batch``)."""
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -75,3 +76,33 @@ def load_training_pairs(data_root: str, splits_dir: str, splits: Sequence[str]) 
     ids = [i for i in ids if records.has_text(by_id[i][1])]  # the rule training_pair_ids counts by
     stack = np.stack([records.decode_image(by_id[i][0]) for i in ids]).transpose(0, 3, 1, 2)
     return np.ascontiguousarray(stack), [by_id[i][1] for i in ids]
+
+
+def decode_training_batch(batch: pa.Table, fractions: Mapping[str, float], seed: int, splits: Sequence[str],
+                          image_size: int, text: bool) -> dict[str, np.ndarray]:
+    """Records -> the training rows among them, decoded: {"id", "image" (n, 3, S, S) uint8, and
+    "label" (n,) int64 (-1 where missing) or, with ``text``, "caption" (n,)}. Rows are kept when the
+    keyed-hash plan puts them in one of ``splits`` (and, with ``text``, their caption says
+    something: the rule ``training_pair_ids`` counts by)."""
+    from study.core.splits import assign_splits
+    from study.embed.views import resize
+
+    ids = batch.column("id").to_pylist()
+    keep = np.isin(assign_splits(ids, fractions, seed), list(splits))
+    captions = batch.column("caption").to_pylist() if text else None
+    if text:
+        keep &= np.fromiter((records.has_text(c) for c in captions), bool, len(ids))
+    rows = np.flatnonzero(keep)
+    images = batch.column("image")
+    pixels = [resize(records.decode_image(images[int(i)].as_py()), image_size) for i in rows]
+    out = {
+        "id": np.asarray([ids[i] for i in rows], dtype=object),
+        "image": (np.stack(pixels).transpose(0, 3, 1, 2).copy() if pixels
+                  else np.zeros((0, 3, image_size, image_size), np.uint8)),
+    }
+    if text:
+        out["caption"] = np.asarray([captions[i] for i in rows], dtype=object)
+    else:
+        labels = batch.column("label") if "label" in batch.column_names else pa.nulls(len(ids), pa.int64())
+        out["label"] = np.asarray(labels.fill_null(-1).to_numpy(zero_copy_only=False), np.int64)[rows]
+    return out

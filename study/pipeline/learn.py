@@ -7,15 +7,17 @@ mid-training resumes from its last Ray Train checkpoint.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 
 from study import storage
-from study.errors import DataError
+from study.errors import ConfigError, DataError
 from study.pipeline.context import RunContext, is_complete, write_marker
 from study.pipeline.kinds import get_kind
 from study.pipeline.manifest import verify_splits
 from study.train.driver import TrainJob, fit_all
+from study.train.stream import use_stream
 
 
 def training_splits(models: dict[str, str], counts: dict[str, int]) -> dict[str, tuple[str, ...]]:
@@ -24,18 +26,41 @@ def training_splits(models: dict[str, str], counts: dict[str, int]) -> dict[str,
     return {model: (split, *shared) for model, split in models.items()}
 
 
-def count_skipped(recipe: str, ctx: RunContext, splits: tuple[str, ...], counts: dict[str, int]) -> dict[str, int]:
-    """Training records the recipe leaves out, by reason; logged, and an error if none are left."""
+def count_skipped(recipe: str, ctx: RunContext, splits: tuple[str, ...], counts: dict[str, int],
+                  stream: bool) -> dict[str, int]:
+    """Training records the recipe leaves out, by reason; logged, and an error if none are left.
+    A streamed set is counted by Ray Data tasks, a small one in the driver."""
     from study.train.recipes import TRAINING_SKIPS
+    from study.train.stream import count_rows
 
-    skips = TRAINING_SKIPS.get(recipe)
-    out = skips(ctx.data_root, ctx.splits_dir, splits) if skips else {}
+    total = sum(counts.get(s, 0) for s in splits)
+    out = {}
+    if stream and recipe == "clip":  # the only recipe that leaves records out: those without a caption
+        inside, usable = count_rows(ctx.data_root, ctx.cfg.splits.fractions, ctx.cfg.splits.seed, splits, text=True)
+        out = {"empty_caption": inside - usable} if inside > usable else {}
+    elif recipe in TRAINING_SKIPS:
+        out = TRAINING_SKIPS[recipe](ctx.data_root, ctx.splits_dir, splits)
     if out:
-        total = sum(counts.get(s, 0) for s in splits)
         ctx.log("train", f"{'+'.join(splits)}: skipping " + ", ".join(f"{n} {r}" for r, n in out.items()))
         if sum(out.values()) >= total:
             raise DataError(f"no usable training records in {'+'.join(splits)} ({out})")
     return out
+
+
+def _room_for_streams(ctx: RunContext, jobs: list[TrainJob]) -> bool:
+    """Whether streamed jobs can train concurrently: Ray Data's decode tasks need CPUs beside the
+    training workers, or the stream stalls without an error. Raises when even one job leaves none."""
+    import ray
+
+    from study.train.stream import TASK_CPUS
+
+    cfg = ctx.cfg.train
+    total = float(ray.cluster_resources().get("CPU", 0))
+    per_job = cfg.num_workers * cfg.cpus_per_worker
+    if total - per_job < TASK_CPUS:
+        raise ConfigError(f"train.cpus_per_worker: {cfg.num_workers} worker(s) x {cfg.cpus_per_worker} CPU leave no "
+                          f"CPU of {total:g} for the streamed training set's decode tasks; lower it")
+    return total - len(jobs) * per_job >= TASK_CPUS
 
 
 def run_train(ctx: RunContext, digest: str) -> dict:
@@ -57,11 +82,19 @@ def run_train(ctx: RunContext, digest: str) -> dict:
             ctx.log("train", f"{model}: config changed since its last attempt; discarding its checkpoints")
             storage.remove(out_dir)
         storage.write_json(started, {"hash": digest})
-        skipped[model] = count_skipped(kind.recipe, ctx, splits_of[model], manifest["counts"])
-        jobs.append(TrainJob(model, splits_of[model], out_dir))
+        n = sum(manifest["counts"].get(s, 0) for s in splits_of[model])
+        stream = use_stream(cfg.train, n, cfg.data.image_size)
+        how = "streamed through Ray Data" if stream else "loaded into each worker's memory"
+        ctx.log("train", f"{model}: {n} records in {'+'.join(splits_of[model])}, {how} (train.stream={cfg.train.stream})")
+        skipped[model] = count_skipped(kind.recipe, ctx, splits_of[model], manifest["counts"], stream)
+        jobs.append(TrainJob(model, splits_of[model], out_dir, n - sum(skipped[model].values()), stream))
     if jobs:
         names = ", ".join(f"{j.name} on {'+'.join(j.splits)}" for j in jobs)
-        mode = "concurrently" if cfg.train.concurrent and len(jobs) > 1 else "one after the other"
+        train_cfg = cfg.train
+        if any(j.stream for j in jobs) and train_cfg.concurrent and not _room_for_streams(ctx, jobs):
+            ctx.log("train", "too few CPUs for concurrent streamed training beside its decode tasks; one model at a time")
+            train_cfg = dataclasses.replace(train_cfg, concurrent=False)
+        mode = "concurrently" if train_cfg.concurrent and len(jobs) > 1 else "one after the other"
         ctx.log("train", f"fitting {names} {mode}: {cfg.train.method}, {cfg.train.epochs} epochs")
         start = time.perf_counter()
         context = {
@@ -70,8 +103,10 @@ def run_train(ctx: RunContext, digest: str) -> dict:
             "splits_dir": ctx.splits_dir,
             "num_classes": manifest["num_classes"],
             "image_size": cfg.data.image_size,
+            "fractions": dict(cfg.splits.fractions),
+            "split_seed": cfg.splits.seed,
         }
-        fit_all(jobs, cfg.train, cfg.model, context, cfg.ray.use_gpu)
+        fit_all(jobs, train_cfg, cfg.model, context, cfg.ray.use_gpu)
         seconds = time.perf_counter() - start
         for job in jobs:
             history = storage.read_bytes(storage.join(job.out_dir, "metrics.jsonl")).decode().splitlines()

@@ -115,21 +115,19 @@ def _unwrap(model: nn.Module) -> nn.Module:
     return getattr(model, "module", model)
 
 
-def clip_epoch(model, loss_fn, images, tokens, optimizer, scheduler, batch_size_per_worker: int, gen) -> dict:
-    """One pass over this worker's pairs (images (n, 3, H, W) uint8, tokens (n, L) already
-    randomized for this epoch) in random order, dropping the ragged last batch.
+def clip_epoch(model, loss_fn, batches, optimizer, scheduler) -> dict:
+    """One pass over this worker's batches of pairs (images (B, 3, H, W) uint8, tokens (B, L)
+    already randomized for this epoch): from memory (``loop.memory_batches``, which drops the
+    ragged last batch) or streamed from a Ray Data shard.
 
     Returns the epoch's mean loss, wall time, learning rate and contrastive temperature.
     """
     model.train()
     device = next(model.parameters()).device
     start = time.perf_counter()
-    order = torch.randperm(len(images), generator=gen)
-    steps = max(1, len(images) // batch_size_per_worker)
-    total = 0.0
-    for step in range(steps):
-        idx = order[step * batch_size_per_worker : (step + 1) * batch_size_per_worker]
-        image_f, text_f, scale = model(normalize(images[idx].to(device)), tokens[idx].to(device))[:3]
+    total, steps = 0.0, 0
+    for images, tokens in batches:
+        image_f, text_f, scale = model(normalize(images.to(device)), tokens.to(device))[:3]
         loss = loss_fn(image_f, text_f, scale)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -138,8 +136,9 @@ def clip_epoch(model, loss_fn, images, tokens, optimizer, scheduler, batch_size_
         with torch.no_grad():  # as open_clip's trainer: the temperature never goes below 1/100
             _unwrap(model).logit_scale.clamp_(0, math.log(100))
         total += float(loss.detach())
+        steps += 1
     temperature = float(1.0 / _unwrap(model).logit_scale.detach().exp())
-    return {"loss": total / steps, "seconds": time.perf_counter() - start, "lr": scheduler.get_last_lr()[0],
+    return {"loss": total / max(1, steps), "seconds": time.perf_counter() - start, "lr": scheduler.get_last_lr()[0],
             "temperature": temperature}
 
 

@@ -1,7 +1,8 @@
 """Ray Train edge: fit each model of the study with a ``TorchTrainer``.
 
 ``train_func`` runs on every worker: its recipe (``study.train.recipes``) loads this worker's share
-of the training records and builds the model; the driver restores the last checkpoint if Ray Train
+of the training records (or takes this worker's shard of a Ray Data stream, for large sets; see
+``study.train.stream``) and builds the model; the driver restores the last checkpoint if Ray Train
 hands one back (a rerun with the same ``RunConfig(name, storage_path)`` resumes) and runs the
 recipe's plain-PyTorch epochs. Rank 0 keeps the per-epoch
 metrics in ``metrics.jsonl`` and writes the final ``model.pt`` beside it.
@@ -33,6 +34,8 @@ class TrainJob:
     name: str
     splits: tuple[str, ...]
     out_dir: str
+    records: int = 0  # usable training records (streamed sets: the scheduler's length)
+    stream: bool = False  # through Ray Data (large sets) rather than loaded by every worker
 
 
 def _progress(message: str) -> None:
@@ -56,7 +59,12 @@ def train_func(config: dict) -> None:
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.manual_seed(cfg.seed)  # same initial weights on every worker and for every rerun
-    fit = RECIPES[config["recipe"]](config, rank, world)
+    stream = None
+    if config.get("stream"):  # a large set: this worker's equal share of the Ray Data stream
+        from study.train.stream import shard_batches
+
+        stream = shard_batches(ray.train.get_dataset_shard("train"), cfg.seed, rank)
+    fit = RECIPES[config["recipe"]](config, rank, world, stream)
     model = ray.train.torch.prepare_model(fit.model)  # to this worker's device; DDP when world > 1
 
     # Restore: weights, optimiser, schedule and metrics history of the last finished epoch.
@@ -116,6 +124,12 @@ def _unwrap(module: torch.nn.Module) -> torch.nn.Module:
 
 def fit(job: TrainJob, cfg: TrainConfig, model_cfg: ModelConfig, context: dict, use_gpu: bool) -> None:
     """Fit one model; rerunning with the same ``job.out_dir`` resumes from its last checkpoint."""
+    datasets = {}
+    if job.stream:
+        from study.train.stream import training_dataset
+
+        datasets["train"] = training_dataset(context["data_root"], context["fractions"], context["split_seed"],
+                                             job.splits, context["image_size"], text=context["recipe"] == "clip")
     trainer = TorchTrainer(
         train_func,
         train_loop_config={
@@ -124,8 +138,11 @@ def fit(job: TrainJob, cfg: TrainConfig, model_cfg: ModelConfig, context: dict, 
             "model": model_cfg,
             "splits": list(job.splits),
             "out_dir": job.out_dir,
+            "stream": job.stream,
+            "train_records": job.records,
             **context,
         },
+        datasets=datasets,
         scaling_config=ScalingConfig(
             num_workers=cfg.num_workers,
             use_gpu=use_gpu,

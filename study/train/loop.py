@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 import time
+from typing import Iterable
 
 import torch
 
@@ -41,32 +42,38 @@ def steps_per_epoch(n_local: int, batch_size_per_worker: int) -> int:
     return max(1, n_local // batch_size_per_worker)
 
 
+def memory_batches(batch_size_per_worker: int, gen: torch.Generator, *arrays: torch.Tensor):
+    """Batches of in-memory arrays (aligned on dim 0) in a random order from ``gen``, dropping the
+    ragged last batch: tuples of slices, one per array."""
+    order = torch.randperm(len(arrays[0]), generator=gen)
+    for step in range(steps_per_epoch(len(arrays[0]), batch_size_per_worker)):
+        idx = order[step * batch_size_per_worker : (step + 1) * batch_size_per_worker]
+        yield tuple(a[idx] for a in arrays)
+
+
 def train_epoch(
     encoder: torch.nn.Module,
     method: Method,
     params,
-    images: torch.Tensor,
-    labels: torch.Tensor,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
     optimizer: torch.optim.Optimizer,
     scheduler,
     cfg: TrainConfig,
-    batch_size_per_worker: int,
     gen: torch.Generator,
 ) -> dict:
-    """One pass over this worker's records (images (n, 3, H, W) uint8, labels (n,)).
+    """One pass over this worker's batches of (images (B, 3, H, W) uint8, labels (B,)): from
+    memory (``memory_batches``) or streamed from a Ray Data shard.
 
     Returns the epoch's mean loss and its wall time.
     """
     encoder.train()
     device = next(encoder.parameters()).device
     start = time.perf_counter()
-    order = torch.randperm(len(images), generator=gen)
     total, count = 0.0, 0
-    for step in range(steps_per_epoch(len(images), batch_size_per_worker)):
-        idx = order[step * batch_size_per_worker : (step + 1) * batch_size_per_worker]
-        x = normalize(images[idx].to(device, non_blocking=True))
+    for images, labels in batches:
+        x = normalize(images.to(device, non_blocking=True))
         views = [random_view(x, cfg.augment, gen) for _ in range(method.num_views)]
-        loss = method.loss(encoder, views, labels[idx].to(device), params)
+        loss = method.loss(encoder, views, labels.to(device), params)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -1,9 +1,11 @@
 """Training recipes, picked by name from ``RECIPES``: what one worker trains and how.
 
 A recipe turns the driver's config into a ``Fit`` for this worker (its shard of the training
-records, the model, optimiser, schedule, one epoch's function and the model's export). Plain
-PyTorch, no Ray: the Ray Train edge (``study.train.driver``) does checkpoints, resumption,
-distribution and progress the same way for every recipe.
+records, the model, optimiser, schedule, one epoch's function and the model's export). Its records
+come from memory (the worker loads its share of a small set) or from ``stream``, a function
+``(epoch, batch size) -> numpy batches`` of this worker's shard of a streamed set (see
+``study.train.stream``). Plain PyTorch, no Ray: the Ray Train edge (``study.train.driver``) does
+checkpoints, resumption, distribution and progress the same way for every recipe.
 """
 from __future__ import annotations
 
@@ -29,7 +31,7 @@ class Fit:
     export: Callable[[nn.Module, list], bytes]  # (unwrapped model, history) -> model file bytes
 
 
-def ssl_fit(config: dict, rank: int, world: int) -> Fit:
+def ssl_fit(config: dict, rank: int, world: int, stream: Callable | None = None) -> Fit:
     """SSL encoders and the supervised baseline: images and labels of the training splits."""
     from study.data.loading import load_training_set
     from study.train import loop
@@ -39,17 +41,28 @@ def ssl_fit(config: dict, rank: int, world: int) -> Fit:
     cfg: TrainConfig = config["train"]
     model_cfg: ModelConfig = config["model"]
     method, params = METHODS[cfg.method], method_params(cfg.method, cfg.params)
-    images, labels = load_training_set(config["data_root"], config["splits_dir"], config["splits"])
-    share = loop.worker_share(len(images), rank, world)
-    images = torch.from_numpy(images[share])
-    labels = torch.from_numpy(labels[share])
     batch_size_per_worker = max(2, cfg.global_batch_size // world)
+    if stream is None:
+        images, labels = load_training_set(config["data_root"], config["splits_dir"], config["splits"])
+        share = loop.worker_share(len(images), rank, world)
+        images, labels = torch.from_numpy(images[share]), torch.from_numpy(labels[share])
+        n_local = len(images)
+
+        def batches(epoch: int, gen: torch.Generator):
+            return loop.memory_batches(batch_size_per_worker, gen, images, labels)
+    else:
+        n_local = config["train_records"] // world
+
+        def batches(epoch: int, gen: torch.Generator):
+            return ((torch.from_numpy(b["image"]), torch.from_numpy(b["label"]))
+                    for b in stream(epoch, batch_size_per_worker))
+
     encoder = build_encoder(model_cfg, cfg.method, params, config["num_classes"])
     optimizer = loop.make_optimizer(encoder, cfg)
-    scheduler = loop.make_scheduler(optimizer, cfg, loop.steps_per_epoch(len(images), batch_size_per_worker))
+    scheduler = loop.make_scheduler(optimizer, cfg, loop.steps_per_epoch(n_local, batch_size_per_worker))
 
     def run_epoch(model: nn.Module, epoch: int, gen: torch.Generator) -> dict:
-        return loop.train_epoch(model, method, params, images, labels, optimizer, scheduler, cfg, batch_size_per_worker, gen)
+        return loop.train_epoch(model, method, params, batches(epoch, gen), optimizer, scheduler, cfg, gen)
 
     meta = {
         "method": cfg.method,
@@ -62,11 +75,12 @@ def ssl_fit(config: dict, rank: int, world: int) -> Fit:
     return Fit(encoder, optimizer, scheduler, run_epoch, lambda m, history: save_model(m, meta))
 
 
-def clip_fit(config: dict, rank: int, world: int) -> Fit:
+def clip_fit(config: dict, rank: int, world: int, stream: Callable | None = None) -> Fit:
     """CLIP-style image–text models (open_clip, from scratch): images and captions of the training
     splits; captions are randomized per epoch when ``train.text_randomization.p`` > 0."""
     import numpy as np
 
+    from study.core.splits import id_hash64
     from study.core.text_random import randomize_tokens
     from study.data.loading import load_training_pairs
     from study.train import clip, loop
@@ -74,29 +88,48 @@ def clip_fit(config: dict, rank: int, world: int) -> Fit:
     cfg: TrainConfig = config["train"]
     model_cfg: ModelConfig = config["model"]
     params = clip.clip_params(cfg.params)
-    images, captions = load_training_pairs(config["data_root"], config["splits_dir"], config["splits"])
+
+    def id_keys(ids) -> np.ndarray:
+        return (id_hash64(list(ids)) >> np.uint64(1)).astype(np.int64)  # non-negative, as randomize_tokens wants
+
     model, tokenizer = clip.build_clip(model_cfg.clip, config["image_size"], params)
-    tokens = clip.tokenize(tokenizer, captions).numpy()
-    # Keys are positions in the whole (id-ordered) training set, so each caption's randomization
-    # does not depend on how records are sharded across workers.
-    share = loop.worker_share(len(tokens), rank, world)
-    keys = np.arange(len(tokens), dtype=np.int64)[share]
-    images = torch.from_numpy(images[share])
-    tokens = tokens[share]
-    maskable = clip.maskable_positions(torch.from_numpy(tokens), tokenizer).numpy()
     mask_id = clip.mask_token_id(tokenizer)
     rand = cfg.text_randomization
     batch_size_per_worker = max(2, cfg.global_batch_size // world)
+
+    def epoch_tokens(captions, keys, epoch: int) -> torch.Tensor:
+        tokens = clip.tokenize(tokenizer, captions).numpy()
+        if rand.p > 0:
+            maskable = clip.maskable_positions(torch.from_numpy(tokens), tokenizer).numpy()
+            tokens = randomize_tokens(tokens, rand.p, rand.mode, maskable, mask_id, cfg.seed, epoch, keys)
+        return torch.from_numpy(tokens)
+
+    if stream is None:
+        images, captions = load_training_pairs(config["data_root"], config["splits_dir"], config["splits"])
+        # Keys are positions in the whole (id-ordered) training set, so each caption's randomization
+        # does not depend on how records are sharded across workers.
+        share = loop.worker_share(len(captions), rank, world)
+        keys = np.arange(len(captions), dtype=np.int64)[share]
+        images, captions = torch.from_numpy(images[share]), [captions[i] for i in range(len(captions))[share]]
+        n_local = len(images)
+
+        def batches(epoch: int, gen: torch.Generator):
+            tokens = epoch_tokens(captions, keys, epoch)
+            return loop.memory_batches(batch_size_per_worker, gen, images, tokens)
+    else:
+        n_local = config["train_records"] // world
+
+        def batches(epoch: int, gen: torch.Generator):
+            # Streamed rows have no position; a hash of the id keys their randomization instead.
+            return ((torch.from_numpy(b["image"]), epoch_tokens(list(b["caption"]), id_keys(b["id"]), epoch))
+                    for b in stream(epoch, batch_size_per_worker))
+
     optimizer = loop.make_optimizer(model, cfg)
-    scheduler = loop.make_scheduler(optimizer, cfg, loop.steps_per_epoch(len(images), batch_size_per_worker))
+    scheduler = loop.make_scheduler(optimizer, cfg, loop.steps_per_epoch(n_local, batch_size_per_worker))
     loss_fn = clip.make_loss(rank, world)
 
     def run_epoch(module: nn.Module, epoch: int, gen: torch.Generator) -> dict:
-        epoch_tokens = tokens
-        if rand.p > 0:
-            epoch_tokens = randomize_tokens(tokens, rand.p, rand.mode, maskable, mask_id, cfg.seed, epoch, keys)
-        return clip.clip_epoch(module, loss_fn, images, torch.from_numpy(epoch_tokens), optimizer, scheduler,
-                               batch_size_per_worker, gen)
+        return clip.clip_epoch(module, loss_fn, batches(epoch, gen), optimizer, scheduler)
 
     meta = {
         "method": "clip",
@@ -110,13 +143,13 @@ def clip_fit(config: dict, rank: int, world: int) -> Fit:
 
 
 def clip_skipped(data_root: str, splits_dir: str, splits) -> dict[str, int]:
-    """Training records a CLIP-style model cannot use, by reason (counted in the driver)."""
+    """Training records a CLIP-style model cannot use, by reason (the in-memory path's count)."""
     from study.data.loading import training_pair_ids
 
     _, empty = training_pair_ids(data_root, splits_dir, splits)
     return {"empty_caption": empty} if empty else {}
 
 
-RECIPES: dict[str, Callable[[dict, int, int], Fit]] = {"ssl": ssl_fit, "clip": clip_fit}
+RECIPES: dict[str, Callable[..., Fit]] = {"ssl": ssl_fit, "clip": clip_fit}
 # Recipe -> (data_root, splits_dir, splits) -> {reason: records skipped}; recipes absent use all.
 TRAINING_SKIPS: dict[str, Callable[..., dict[str, int]]] = {"clip": clip_skipped}
