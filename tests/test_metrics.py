@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import math
+import tracemalloc
 
 import numpy as np
 import pytest
 
+from study.core import stats
 from study.core.metrics import (
     Side,
     accuracy_curve,
@@ -14,7 +16,14 @@ from study.core.metrics import (
     quadrant_fractions,
     topq_accuracy,
 )
-from study.core.stats import percentile_interval, permutation_p_value, sign_flip_p_value
+from study.core.stats import (
+    draw_chunks,
+    percentile_interval,
+    permutation_p_value,
+    pooled_ids,
+    sign_flip_p_value,
+    top_by_score,
+)
 
 
 def make_side(tc, tconf, rc, rconf, prefix="r"):
@@ -179,6 +188,118 @@ def test_dejavu_test_is_seeded_and_rejects_empty():
         dejavu_test([make_side([], [], [], [])], [1.0], bootstrap=10, permutations=10, level=0.95, seed=0)
 
 
+# ---- dejavu_test against a naive oracle: plain loops over draws, explicit resampling ---------------
+
+
+def naive_topq(correct, confidence, qs):
+    """Top-q accuracy with the ranking spelled out: sorted by (-confidence, position)."""
+    n = len(correct)
+    ranked = sorted(range(n), key=lambda i: (-confidence[i], i))
+    tops = [max(1, math.ceil(q * n - 1e-9)) for q in qs]
+    return [sum(bool(correct[i]) for i in ranked[:m]) / m for m in tops]
+
+
+def naive_quadrants(tc, rc):
+    pairs = [(bool(t), bool(r)) for t, r in zip(tc, rc)]
+    quadrants = [(True, False), (True, True), (False, True), (False, False)]
+    return [pairs.count(want) / len(pairs) for want in quadrants]
+
+
+def naive_dejavu(sides, qs, bootstrap, permutations, level, seed):
+    """dejavu_test draw by draw. Draw d of side k comes from stats.draw_rng(seed, purpose, k, d); a
+    resample is a multiset of records, listed in record order (the documented tie rule)."""
+    present = [(k, s) for k, s in enumerate(sides) if len(s)]
+
+    def columns(s):
+        return [list(getattr(s, f)) for f in ("target_correct", "target_confidence", "reference_correct",
+                                              "reference_confidence")]
+
+    def resampled(k, s, draw):
+        idx = sorted(stats.resample_indices(len(s), stats.draw_rng(seed, stats.BOOTSTRAP, k, draw)))
+        return [[col[i] for i in idx] for col in columns(s)]
+
+    def swapped(k, s, draw):
+        swap = stats.swap_mask(len(s), stats.draw_rng(seed, stats.SWAP, k, draw))
+        tc, tconf, rc, rconf = columns(s)
+        pick = lambda a, b: [b[i] if swap[i] else a[i] for i in range(len(s))]  # noqa: E731
+        return [pick(tc, rc), pick(tconf, rconf), pick(rc, tc), pick(rconf, tconf)]
+
+    def population(draw_of):
+        per_side = [draw_of(k, s) for k, s in present]
+        tgt = np.mean([naive_topq(tc, tconf, qs) for tc, tconf, _, _ in per_side], axis=0)
+        ref = np.mean([naive_topq(rc, rconf, qs) for _, _, rc, rconf in per_side], axis=0)
+        return tgt, ref, np.mean([naive_quadrants(tc, rc) for tc, _, rc, _ in per_side], axis=0)
+
+    tgt, ref, quad = population(lambda k, s: columns(s))
+    boot = [population(lambda k, s: resampled(k, s, d)) for d in range(bootstrap)]
+    null = [population(lambda k, s: swapped(k, s, d)) for d in range(permutations)]
+    b_tgt, b_ref, b_quad = (np.array([b[i] for b in boot]) for i in range(3))
+    n_tgt, n_ref = (np.array([d[i] for d in null]) for i in range(2))
+    intervals = {key: percentile_interval(samples, level) for key, samples in
+                 [("target", b_tgt), ("reference", b_ref), ("gap", b_tgt - b_ref), ("quadrants", b_quad)]}
+    return {
+        "target": tgt, "reference": ref, "gap": tgt - ref, "quadrants": quad,
+        "intervals": intervals, "p_value": permutation_p_value(tgt - ref, n_tgt - n_ref),
+    }
+
+
+def tied_side(rng, n, prefix):
+    """Confidences from three values, shared by both models: ties within and across roles."""
+    levels = np.array([-1.0, -0.5, 0.0])
+    return make_side(rng.random(n) < 0.6, levels[rng.integers(0, 3, n)], rng.random(n) < 0.4,
+                     levels[rng.integers(0, 3, n)], prefix)
+
+
+@pytest.mark.parametrize("seed,sizes,tied", [
+    (0, (7,), False), (1, (7, 12), True), (2, (37, 0, 23), True), (3, (200, 150), False), (4, (64, 90), True),
+])
+def test_dejavu_test_equals_naive_oracle(seed, sizes, tied):
+    rng = np.random.default_rng(seed)
+    make = tied_side if tied else lambda g, n, p: random_side(g, n, 0.6, 0.45, p)
+    sides = [make(rng, n, f"s{k}_") for k, n in enumerate(sizes)]
+    qs, level = [0.05, 0.2, 1 / 3, 1.0], 0.9
+    out = dejavu_test(sides, qs, bootstrap=31, permutations=43, level=level, seed=seed)
+    want = naive_dejavu(sides, qs, 31, 43, level, seed)
+    assert out["n"] == [n for n in sizes if n]
+    for j, row in enumerate(out["by_q"]):
+        for key in ("target", "reference", "gap"):
+            assert row[key]["value"] == want[key][j]
+            lo, hi = want["intervals"][key]
+            assert row[key]["ci"] == [lo[j], hi[j]]
+        assert row["gap"]["p_value"] == want["p_value"][j]
+    for j, name in enumerate(("memorized", "correlated", "forgotten", "misclassified")):
+        lo, hi = want["intervals"]["quadrants"]
+        assert out["quadrants"][name] == {"value": want["quadrants"][j], "ci": [lo[j], hi[j]]}
+
+
+def test_dejavu_test_does_not_depend_on_chunk_size():
+    rng = np.random.default_rng(8)
+    sides = [tied_side(rng, 53, "a"), random_side(rng, 41, 0.7, 0.4, "b")]
+    args = dict(qs=[0.05, 0.2, 1.0], bootstrap=40, permutations=60, level=0.95, seed=4)
+    one_draw = dejavu_test(sides, chunk_elements=1, **args)  # one draw per chunk
+    assert dejavu_test(sides, chunk_elements=7 * 53, **args) == one_draw  # 3 to 9 draws a chunk, ragged last
+    assert dejavu_test(sides, chunk_elements=10**9, **args) == one_draw  # every draw at once
+    assert dejavu_test(sides, **args) == one_draw
+
+
+def test_dejavu_test_memory_does_not_grow_with_draws():
+    rng = np.random.default_rng(9)
+    n, chunk = 20_000, 1 << 16
+    sides = [random_side(rng, n, 0.6, 0.5, "a"), random_side(rng, n, 0.6, 0.5, "b")]
+
+    def peak(draws):
+        tracemalloc.start()
+        dejavu_test(sides, [0.2, 1.0], bootstrap=draws, permutations=draws, level=0.95, seed=0, chunk_elements=chunk)
+        _, top = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        return top
+
+    few, many = peak(10), peak(300)
+    # A (draws, n) int32 matrix at 300 draws alone would be 24 MB; a chunk is 2^16 elements.
+    assert many < 1.25 * few + 100_000, (few, many)
+    assert many < 200 * n, many  # about 147 bytes per record here, against 24 MB
+
+
 def test_accuracy_curve_ends_at_population_accuracy():
     a, b = small_sides()
     curve = accuracy_curve([a, b], points=4)
@@ -197,6 +318,30 @@ def test_most_memorized_order_and_filter():
     assert [r["side"] for r in rows] == [0, 0, 0, 1]
     np.testing.assert_allclose([r["score"] for r in rows], [0.8, 0.1, 0.1, 0.1])
     assert [r["id"] for r in most_memorized([a, b], limit=2)] == ["a0", "a1"]
+
+
+def old_most_memorized(sides, limit):
+    """The pre-vectorised loop, kept as the oracle."""
+    rows = []
+    for side_index, s in enumerate(sides):
+        mask = s.target_correct.astype(bool) & ~s.reference_correct.astype(bool)
+        score = s.target_confidence - s.reference_confidence
+        for i in np.flatnonzero(mask):
+            rows.append({"id": str(s.ids[i]), "side": side_index, "score": float(score[i])})
+    rows.sort(key=lambda r: (-r["score"], r["id"]))
+    return rows[:limit]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_most_memorized_equals_loop_with_ties_and_shared_ids(seed):
+    rng = np.random.default_rng(seed)
+    sides = []
+    for n in (60, 45, 0):
+        s = tied_side(rng, n, "r")
+        ids = np.array([f"r{int(i):02d}" for i in rng.integers(0, 30, n)], dtype=object)  # repeats, across sides too
+        sides.append(Side(ids, *(getattr(s, f) for f in list(s.__dataclass_fields__)[1:])))
+    for limit in (0, 1, 5, 17, 200):
+        assert most_memorized(sides, limit) == old_most_memorized(sides, limit)
 
 
 # ---- statistics -----------------------------------------------------------------------------------
@@ -240,3 +385,33 @@ def test_sign_flip_matches_exact_sign_test(n_pos, n_neg):
 
 def test_sign_flip_all_zero_diffs_is_one():
     assert sign_flip_p_value([0.0, 0.0, 0.0], draws=100, rng=np.random.default_rng(0)) == 1.0
+
+
+def test_draw_chunks_bound_elements_and_cover_draws():
+    assert list(draw_chunks(10, 13, 39)) == [(0, 3), (3, 6), (6, 9), (9, 10)]
+    assert list(draw_chunks(3, 100, 1)) == [(0, 1), (1, 2), (2, 3)]  # at least one draw per chunk
+    assert list(draw_chunks(0, 5, 50)) == []
+
+
+def test_draws_are_keyed_not_sequential():
+    a = stats.draw_rng(5, stats.BOOTSTRAP, 1, 7).integers(0, 100, 10)
+    assert (a == stats.draw_rng(5, stats.BOOTSTRAP, 1, 7).integers(0, 100, 10)).all()
+    B, S = stats.BOOTSTRAP, stats.SWAP
+    for other in [(6, B, 1, 7), (5, S, 1, 7), (5, B, 0, 7), (5, B, 1, 8)]:
+        assert not (a == stats.draw_rng(*other).integers(0, 100, 10)).all()
+    masks = np.array([stats.swap_mask(13, stats.draw_rng(0, stats.SWAP, 0, d)) for d in range(2000)])
+    assert masks.dtype == bool and masks.shape == (2000, 13)
+    assert abs(masks.mean() - 0.5) < 0.01
+
+
+@pytest.mark.parametrize("top", [0, 1, 4, 9, 30])
+def test_top_by_score_equals_full_sort(top):
+    rng = np.random.default_rng(top)
+    id_arrays = [np.array([f"x{int(i)}" for i in rng.integers(0, 6, n)], dtype=object) for n in (12, 0, 9)]
+    score = rng.integers(-2, 3, 21).astype(np.float64)
+    text = [str(i) for a in id_arrays for i in a]
+    want = sorted(range(21), key=lambda p: (-score[p], text[p], p))[:top]
+    ids_at = pooled_ids(id_arrays)
+    got = top_by_score(score, ids_at, top)
+    assert got.tolist() == want
+    assert ids_at(got).tolist() == [text[p] for p in want]

@@ -219,6 +219,16 @@ def test_chunked_draws_match_unchunked(monkeypatch):
     np.testing.assert_allclose(got, (np.where(np.concatenate(masks), -1, 1)[:, :, None] * values).mean(axis=1))
 
 
+def test_population_test_does_not_depend_on_chunk_size(monkeypatch):
+    rng = np.random.default_rng(6)
+    sides = [side_from_sets(rng, 61, prefix="a", boost=0.3), side_from_sets(rng, 37, prefix="b")]
+    outs = []
+    for elements in (1, 61 * 7, 10**9):  # one draw per chunk, ragged chunks, every draw at once
+        monkeypatch.setattr(objects, "_CHUNK_ELEMENTS", elements)
+        outs.append(population_test(sides, bootstrap=50, permutations=70, level=0.9, seed=2))
+    assert outs[0] == outs[1] == outs[2]
+
+
 def test_identical_models_give_zero_gaps_and_p_value_one():
     rng = np.random.default_rng(0)
     s = side_from_sets(rng, 50)
@@ -308,6 +318,37 @@ def test_most_memorized_orders_by_hits_gap_then_id():
         {"id": "b", "side": 0, "score": 2.0},
     ]
     assert [r["id"] for r in most_memorized(sides, 2)] == ["d", "a"]
+
+
+def full_ranking(sides):
+    """The pre-vectorised ranking, kept as the oracle: every id as text, one lexsort over all records."""
+    side_index = np.concatenate([np.full(len(s), i) for i, s in enumerate(sides)])
+    ids = np.array([str(i) for s in sides for i in s.ids], dtype=str)
+    score = np.concatenate([s.target_hits.astype(np.int64) - s.reference_hits for s in sides])
+    return np.lexsort((side_index, ids, -score)), side_index, ids, score
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_galleries_equal_full_ranking_with_ties_and_shared_ids(seed):
+    rng = np.random.default_rng(seed)
+    sides = []
+    for n in (70, 0, 55):
+        s = side_from_sets(rng, n, C=4, boost=0.3)  # hits gaps in -4..4: large tie groups
+        ids = np.array([f"r{int(i):02d}" for i in rng.integers(0, 40, n)], dtype=object)  # repeats, across sides too
+        sides.append(ObjectSide(ids, *(getattr(s, f) for f in list(s.__dataclass_fields__)[1:])))
+    order, side_index, ids, score = full_ranking(sides)
+    for limit in (0, 1, 3, 20, 500):
+        top = order[score[order] > 0][:limit]
+        want = [{"id": str(ids[i]), "side": int(side_index[i]), "score": float(score[i])} for i in top]
+        assert most_memorized(sides, limit) == want
+    fractions = [0.001, 0.05, 0.3, 1.0]
+    n = len(order)
+    for row, f in zip(sample_level(sides, fractions), fractions):
+        ranked = order[: max(1, math.ceil(f * n - 1e-9))]
+        pt, pr, rt, rr = (np.concatenate([getattr(s, k) for s in sides])[ranked] for k in
+                          ("target_precision", "reference_precision", "target_recall", "reference_recall"))
+        assert row["precision_gap"] == pytest.approx(np.mean(pt - pr), abs=1e-12)
+        assert row["recall_gap"] == pytest.approx(np.mean(rt - rr), abs=1e-12)
 
 
 def test_module_imports_neither_ray_nor_faiss():

@@ -192,7 +192,8 @@ def _bootstrap_means(values: np.ndarray, draws: int, rng: np.random.Generator) -
         idx = stats.bootstrap_indices(n, size, rng)  # (size, n)
         flat = (idx + n * np.arange(size)[:, None]).ravel()
         counts = np.bincount(flat, minlength=size * n).reshape(size, n)
-        out[start : start + size] = counts @ values / n
+        # One (1, n) @ (n, m) product per draw: its rounding cannot depend on the chunk's size.
+        out[start : start + size] = (counts[:, None, :] @ values)[:, 0] / n
     return out
 
 
@@ -206,7 +207,7 @@ def _swap_means(gaps: np.ndarray, draws: int, rng: np.random.Generator) -> np.nd
     out = np.empty((draws, gaps.shape[1]))
     for start, size in _chunks(n, draws):
         signs = np.where(stats.swap_masks(n, size, rng), -1.0, 1.0)  # (size, n)
-        out[start : start + size] = signs @ gaps / n
+        out[start : start + size] = (signs[:, None, :] @ gaps)[:, 0] / n
     return out
 
 
@@ -257,13 +258,18 @@ def population_test(
 
 
 def _pooled(sides: Sequence[ObjectSide]):
-    """All records of all sides, ranked by hits gap descending, then id, then side index."""
+    """All records of all sides, side after side: hits gap (n,), side index (n,), ids by position.
+
+    Records rank by hits gap descending, then id, then side (``stats.top_by_score``); only the
+    records that can make a cut are turned into id text.
+    """
     side_index = np.concatenate([np.full(len(s), i) for i, s in enumerate(sides)]).astype(np.int64)
-    ids = np.array([str(i) for s in sides for i in s.ids], dtype=str)
-    cat = {f.name: np.concatenate([getattr(s, f.name) for s in sides]) for f in fields(ObjectSide)}
-    score = cat["target_hits"].astype(np.int64) - cat["reference_hits"].astype(np.int64)
-    order = np.lexsort((side_index, ids, -score))
-    return order, side_index, ids, score, cat
+    th = np.concatenate([s.target_hits for s in sides]).astype(np.int64)
+    score = th - np.concatenate([s.reference_hits for s in sides]).astype(np.int64)
+    return score, side_index, stats.pooled_ids([s.ids for s in sides])
+
+
+_SCORES = ("target_precision", "reference_precision", "target_recall", "reference_recall")
 
 
 def sample_level(sides: Sequence[ObjectSide], fractions: Sequence[float]) -> list[dict]:
@@ -277,14 +283,14 @@ def sample_level(sides: Sequence[ObjectSide], fractions: Sequence[float]) -> lis
         raise ValueError("sample_level needs at least one record")
     if any(not 0.0 < f <= 1.0 for f in fractions):
         raise ValueError(f"fractions must lie in (0, 1], got {list(fractions)}")
-    order, _, _, _, cat = _pooled(sides)
-    pt, pr = cat["target_precision"].astype(np.float64), cat["reference_precision"].astype(np.float64)
-    rt, rr = cat["target_recall"].astype(np.float64), cat["reference_recall"].astype(np.float64)
-    gaps = np.stack([pt - pr, rt - rr, _f_score(pt, rt) - _f_score(pr, rr)], axis=1)[order]
-    running = np.cumsum(gaps, axis=0)  # (n, 3): prefix sums of the ranked gaps
+    tops = [min(n, max(1, math.ceil(f * n - 1e-9))) for f in fractions]  # tolerance: 0.1 * 30 is 3, not 4
+    score, _, ids_at = _pooled(sides)
+    order = stats.top_by_score(score, ids_at, max(tops, default=0))  # only the records some fraction takes
+    pt, pr, rt, rr = (np.concatenate([getattr(s, f) for s in sides])[order].astype(np.float64) for f in _SCORES)
+    gaps = np.stack([pt - pr, rt - rr, _f_score(pt, rt) - _f_score(pr, rr)], axis=1)
+    running = np.cumsum(gaps, axis=0)  # (top, 3): prefix sums of the ranked gaps
     rows = []
-    for f in fractions:
-        m = min(n, max(1, math.ceil(f * n - 1e-9)))  # tolerance: 0.1 * 30 is 3, not 4
+    for f, m in zip(fractions, tops):
         p_gap, r_gap, f_gap = (float(v) for v in running[m - 1] / m)
         rows.append({"fraction": float(f), "n": m, "precision_gap": p_gap, "recall_gap": r_gap, "f_gap": f_gap})
     return rows
@@ -294,6 +300,7 @@ def most_memorized(sides: Sequence[ObjectSide], limit: int) -> list[dict]:
     """Records whose target prediction hits more ground-truth objects than the reference's, by hits gap."""
     if sum(len(s) for s in sides) == 0:
         return []
-    order, side_index, ids, score, _ = _pooled(sides)
-    top = order[score[order] > 0][:limit]
-    return [{"id": str(ids[i]), "side": int(side_index[i]), "score": float(score[i])} for i in top]
+    score, side_index, ids_at = _pooled(sides)
+    top = stats.top_by_score(score, ids_at, limit)
+    top = top[score[top] > 0]
+    return [{"id": str(i), "side": int(side_index[p]), "score": float(score[p])} for p, i in zip(top, ids_at(top))]

@@ -1,14 +1,20 @@
-"""Resampling statistics every published number carries (DESIGN §2.5).
+"""Resampling statistics every published number carries (DESIGN §2.5), and the galleries' ranking.
 
 Records are resampled within each side of a test (stratified bootstrap), and gaps are tested with
 a paired randomisation test that swaps each record's target and reference outcome with
-probability 1/2. Both are vectorised over draws: (draws, n) index or mask matrices.
+probability 1/2. Two ways to draw: ``bootstrap_indices``/``swap_masks`` give (draws, n) matrices
+from one sequential stream (the VLM test chunks those calls); ``draw_rng`` gives each draw its own
+generator, keyed by (seed, purpose, side, draw), so a caller may chunk draws any way it likes and
+still get the same numbers.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
+
+# A draw's purpose is part of its generator's key, so bootstrap and swap draws never share a stream.
+BOOTSTRAP, SWAP = 0, 1
 
 
 def bootstrap_indices(n: int, draws: int, rng: np.random.Generator) -> np.ndarray:
@@ -21,6 +27,28 @@ def bootstrap_indices(n: int, draws: int, rng: np.random.Generator) -> np.ndarra
 def swap_masks(n: int, draws: int, rng: np.random.Generator) -> np.ndarray:
     """(draws, n) booleans: True where a record's target and reference outcomes are swapped."""
     return rng.random((draws, n)) < 0.5
+
+
+def draw_rng(seed: int, purpose: int, side: int, draw: int) -> np.random.Generator:
+    """The generator of one draw: a pure function of its key, independent of any other draw."""
+    return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(purpose, side, draw)))
+
+
+def resample_indices(n: int, rng: np.random.Generator) -> np.ndarray:
+    """(n,) int64 row indices of one bootstrap resample, sampled with replacement."""
+    return rng.integers(0, n, size=n)
+
+
+def swap_mask(n: int, rng: np.random.Generator) -> np.ndarray:
+    """(n,) bool, one swap draw: each record swapped with probability 1/2 (one random bit each)."""
+    return np.unpackbits(np.frombuffer(rng.bytes((n + 7) // 8), dtype=np.uint8), count=n).view(bool)
+
+
+def draw_chunks(draws: int, elements_per_draw: int, chunk_elements: int) -> Iterator[tuple[int, int]]:
+    """(start, stop) of consecutive chunks of draws, each at most chunk_elements elements (>= 1 draw)."""
+    step = max(1, chunk_elements // max(elements_per_draw, 1))
+    for start in range(0, draws, step):
+        yield start, min(start + step, draws)
 
 
 def percentile_interval(samples: np.ndarray, level: float) -> tuple[np.ndarray, np.ndarray]:
@@ -46,3 +74,35 @@ def sign_flip_p_value(diffs: Sequence[float], draws: int, rng: np.random.Generat
     signs = np.where(rng.random((draws, len(d))) < 0.5, -1.0, 1.0)
     null = (signs * d[None, :]).mean(axis=1) if len(d) else np.zeros(draws)
     return float(permutation_p_value(np.asarray(d.mean() if len(d) else 0.0), null[:, None])[0])
+
+
+def pooled_ids(id_arrays: Sequence[np.ndarray]) -> Callable[[np.ndarray], np.ndarray]:
+    """Text of records pooled side after side: positions (k,) into the pooled order -> (k,) str."""
+    offsets = np.cumsum([0] + [len(a) for a in id_arrays])
+
+    def ids_at(positions: np.ndarray) -> np.ndarray:
+        positions = np.asarray(positions, dtype=np.int64)
+        side = np.searchsorted(offsets, positions, side="right") - 1
+        text = np.empty(len(positions), dtype=object)
+        for k, ids in enumerate(id_arrays):
+            at = side == k
+            text[at] = np.asarray(ids)[positions[at] - offsets[k]].astype(str)
+        return text.astype(str)
+
+    return ids_at
+
+
+def top_by_score(score: np.ndarray, ids_at: Callable[[np.ndarray], np.ndarray], top: int) -> np.ndarray:
+    """Positions of the first ``top`` records by score descending, then id text, then position.
+
+    Only records that can make the cut (score at least the top-th largest) are turned into text,
+    so a gallery of 20 over 10^7 records converts about 20 ids, not 10^7. score (n,) -> (<= top,).
+    """
+    n = len(score)
+    top = max(0, min(top, n))
+    if top == 0:
+        return np.zeros(0, dtype=np.int64)
+    threshold = np.partition(score, n - top)[n - top]
+    candidates = np.flatnonzero(score >= threshold)
+    order = np.lexsort((ids_at(candidates), -score[candidates]))  # stable: equal keys keep position order
+    return candidates[order[:top]]
