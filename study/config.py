@@ -175,17 +175,28 @@ class CropConfig:
 
 @dataclass(frozen=True)
 class EmbedConfig:
+    """The embed stage's Ray Data pipeline (study.embed.pipeline).
+
+    ``batch_size``: rows per model forward pass. ``actors``, ``cpus_per_actor``: model replicas and
+    CPUs each (0 = sized from the cluster: one replica per GPU with ``ray.use_gpu``, else per CPU
+    but one). ``rows_per_file``: most rows in one embedding file. ``write_batch_mb``: embedded rows
+    (MiB, all models and views) each write task takes; files hold at most that task's share of a
+    set, so this also sets the file size when it is below ``rows_per_file`` rows.
+    """
+
     batch_size: int = 256
     actors: int = 0
     cpus_per_actor: float = 0.0
     rows_per_file: int = 100_000
+    write_batch_mb: float = 256.0
     crop: CropConfig = field(default_factory=CropConfig)
 
     def __post_init__(self) -> None:
         _check(self.batch_size >= 1, "embed.batch_size", "must be >= 1")
-        _check(self.actors >= 0, "embed.actors", "must be >= 0 (0 = size from the CPUs left)")
-        _check(self.cpus_per_actor >= 0, "embed.cpus_per_actor", "must be >= 0 (0 = size from the CPUs left)")
+        _check(self.actors >= 0, "embed.actors", "must be >= 0 (0 = one per GPU with ray.use_gpu, else per CPU left)")
+        _check(self.cpus_per_actor >= 0, "embed.cpus_per_actor", "must be >= 0 (0 = sized from the cluster)")
         _check(self.rows_per_file >= 1, "embed.rows_per_file", "must be >= 1")
+        _check(self.write_batch_mb > 0, "embed.write_batch_mb", "must be > 0")
 
 
 @dataclass(frozen=True)

@@ -1,29 +1,41 @@
-"""Ray Data edge: stream records through model replicas and write embedding shards.
+"""Ray Data edge: stream records through model replicas; the pipeline itself writes the embedding shards.
 
 One pipeline serves every model and every study kind: read record shards -> a kind's ``prepare``
 tasks (split membership, what the model sees of each record) -> an actor pool whose replicas hold
-all the models (the kind's embedder class) -> the driver writes
-``<embed dir>/<model>/<set>/<view>/part-NNNNN.parquet`` with columns ``id`` and ``embedding``
-(fixed-size list of float32), rolling files every ``rows_per_file``. An embedder returns ``id``,
-``set`` and one ``<model>/<view>`` column per model and view; each set keeps the views listed for
-it in ``views_of_set`` (an image row has no text embedding, so its ``text`` column is ignored).
+all the models (the kind's embedder class) -> write tasks that stream their blocks into
+``<embed dir>/<model>/<set>/<view>/part-NNNNN[-k].parquet`` (``study.embed.shards``). An embedder
+returns ``id``, ``set`` and one ``<model>/<view>`` column per model and view; each set keeps the
+views listed for it in ``views_of_set`` (an image row has no text embedding, so its ``text``
+column is ignored). The driver sees row counts, never vectors: its memory does not grow with N.
+
+Files: each write task takes about ``embed.write_batch_mb`` of embedded rows (Ray Data bundles the
+replicas' blocks up to that size, so files are not one per 256-row batch) and streams them block
+by block into files of at most ``embed.rows_per_file`` rows; its own memory is one block plus a
+small row-group buffer per open file. Files are named after the write task's index, so a task that
+Ray retries rewrites its own files instead of adding rows.
 """
 from __future__ import annotations
 
+import threading
 import time
-from typing import Callable, Mapping
+from typing import Callable, Iterable, Mapping
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import ray
 import torch
-from ray.data import ActorPoolStrategy
+from ray.data import ActorPoolStrategy, Datasink
+from ray.data.block import Block, BlockAccessor
 
 from study import storage
 from study.config import EmbedConfig
 from study.data import records
+from study.embed.shards import ShardWriter
+from study.errors import ConfigError
 from study.train.models import load_model, normalize
+
+WRITE_CPUS = 0.25  # a write task mostly waits on I/O and Parquet encoding; the replicas need the CPUs
+PROGRESS_SECONDS = 10.0
+
 
 class Embedder:
     """SSL encoders: loads every model once per replica; each call embeds one batch of images
@@ -45,59 +57,94 @@ class Embedder:
         return out
 
 
-def pool_size(cfg: EmbedConfig) -> tuple[int, float]:
-    """(replicas, CPUs per replica), from the config or from the CPUs Ray has.
+def pool_size(
+    cfg: EmbedConfig, resources: Mapping[str, float] | None = None, use_gpu: bool = False
+) -> tuple[int, float]:
+    """(replicas, CPUs per replica) from the config, else from the cluster's ``resources``
+    (``ray.cluster_resources()`` when None).
 
-    On a small machine, replicas that take every CPU starve the read tasks and the pipeline stalls
-    without an error, so by default one CPU (or half of a single one) stays for reading.
+    CPU only: one replica per CPU but one. On a small machine, replicas that take every CPU starve
+    the read and decode tasks and the pipeline stalls without an error, so one CPU (or half of a
+    single one) stays for them.
+    With ``use_gpu``: one replica per GPU Ray has (each asks for a whole GPU), and half of a GPU's
+    share of the CPUs per replica: on GPU nodes decoding, which runs in the prepare tasks, is the
+    usual bottleneck, not the replica's CPU-side work. Never so many that no CPU is left for them.
     """
-    total = float(ray.cluster_resources().get("CPU", 1.0))
-    cpus = cfg.cpus_per_actor or (1.0 if total >= 2 else total / 2)
-    actors = cfg.actors or max(1, int((total - 1.0) // cpus))
-    return actors, cpus
+    if resources is None:
+        resources = ray.cluster_resources()
+    total = float(resources.get("CPU", 1.0))
+    if not use_gpu:
+        cpus = cfg.cpus_per_actor or (1.0 if total >= 2 else total / 2)
+        return cfg.actors or max(1, int((total - 1.0) // cpus)), cpus
+    gpus = int(resources.get("GPU", 0))
+    if gpus < 1 and not cfg.actors:
+        raise ConfigError("ray.use_gpu: the Ray cluster has no GPU (set ray.use_gpu=false; on a cluster that "
+                          "adds GPU nodes on demand, set embed.actors to the replicas wanted)")
+    actors = cfg.actors or gpus
+    if cfg.cpus_per_actor:
+        return actors, cfg.cpus_per_actor
+    per_gpu = total / max(gpus, actors)
+    left_for_replicas = max(total - 1.0, total / 2)
+    return actors, min(max(1.0, float(per_gpu // 2)), left_for_replicas / actors)
 
 
-class _Writers:
-    """Rolling Parquet writers keyed by (model, set, representation)."""
+@ray.remote(num_cpus=0)
+class _Tally:
+    """Rows embedded so far, told by the replicas, read by the driver's progress log."""
 
-    def __init__(self, root: str, rows_per_file: int):
-        self.root, self.rows_per_file = root, rows_per_file
-        self.open: dict[tuple, tuple] = {}
-        self.counts: dict[tuple, int] = {}
-        self.files: dict[tuple, int] = {}
+    def __init__(self):
+        self.rows = 0
 
-    def write(self, key: tuple, ids: np.ndarray, emb: np.ndarray) -> None:
-        if key in self.open and self.counts[key] % self.rows_per_file == 0:
-            self._close(key)
-        if key not in self.open:
-            n = self.files.get(key, 0)
-            self.files[key] = n + 1
-            uri = storage.join(self.root, *key, f"part-{n:05d}.parquet")
-            storage.makedirs(storage.join(self.root, *key))
-            fs, path = storage.fs_and_path(uri)
-            fh = fs.open(path, "wb")
-            schema = pa.schema([("id", pa.string()), ("embedding", pa.list_(pa.float32(), emb.shape[1]))])
-            self.open[key] = (fh, pq.ParquetWriter(fh, schema))
-        table = pa.table(
-            {
-                "id": pa.array(ids.astype(str), pa.string()),
-                "embedding": pa.FixedSizeListArray.from_arrays(
-                    pa.array(emb.astype(np.float32).ravel()), emb.shape[1]
-                ),
-            }
-        )
-        self.open[key][1].write_table(table)
-        self.counts[key] = self.counts.get(key, 0) + len(ids)
+    def add(self, n: int) -> None:
+        self.rows += n
 
-    def _close(self, key: tuple) -> None:
-        fh, writer = self.open.pop(key)
-        writer.close()
-        fh.close()
+    def total(self) -> int:
+        return self.rows
 
-    def close(self) -> dict[tuple, int]:
-        for key in list(self.open):
-            self._close(key)
-        return dict(self.counts)
+
+class _Replica:
+    """A kind's embedder that also tells the tally how many rows each batch held."""
+
+    def __init__(self, embedder: type, embedder_kwargs: Mapping, tally):
+        self.embed, self.tally = embedder(**embedder_kwargs), tally
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        out = self.embed(batch)
+        self.tally.add.remote(len(out["id"]))
+        return out
+
+
+class EmbeddingSink(Datasink):
+    """The pipeline's last stage. Each write task streams its blocks into a ``ShardWriter`` whose
+    files are named after the task index; the driver gets back rows per (model, set, view)."""
+
+    def __init__(self, root: str, views_of_set: Mapping[str, tuple[str, ...]], rows_per_file: int,
+                 bytes_per_write: int):
+        self.root, self.views_of_set = root, dict(views_of_set)
+        self.rows_per_file, self.bytes_per_write = rows_per_file, bytes_per_write
+        self.written: dict[tuple[str, str, str], int] = {}
+        self.files = 0
+
+    @property
+    def min_bytes_per_write(self) -> int:
+        return self.bytes_per_write
+
+    def write(self, blocks: Iterable[Block], ctx) -> dict:
+        writer = ShardWriter(self.root, self.views_of_set, self.rows_per_file, f"part-{ctx.task_idx:05d}")
+        try:
+            for block in map(BlockAccessor.for_block, blocks):
+                if block.num_rows():  # an empty block may have no columns at all
+                    writer.add(block.to_batch_format("numpy"))
+        except BaseException:
+            writer.abort()
+            raise
+        return writer.close()
+
+    def on_write_complete(self, write_result) -> None:  # on the driver, with every task's return
+        for done in write_result.write_returns:
+            for key, n in done["rows"].items():
+                self.written[key] = self.written.get(key, 0) + n
+            self.files += done["files"]
 
 
 def embed_all(
@@ -113,35 +160,41 @@ def embed_all(
     log: Callable[[str], None] = print,
 ) -> dict[tuple, int]:
     """Embed the records that ``prepare`` keeps with ``embedder``; rows written per (model, set, view)."""
-    actors, cpus = pool_size(cfg)
-    log(f"embedding with {actors} replica(s) x {cpus:g} CPU, batch {cfg.batch_size}")
+    actors, cpus = pool_size(cfg, ray.cluster_resources(), use_gpu)
+    log(f"embedding with {actors} replica(s) x {cpus:g} CPU{' + 1 GPU' if use_gpu else ''}, batch {cfg.batch_size}, "
+        f"files of <= {cfg.rows_per_file} rows from ~{cfg.write_batch_mb:g} MiB per write task")
     fs, paths = storage.arrow_fs_paths(records.shard_uris(data_root))
     ds = ray.data.read_parquet(paths, filesystem=fs).select_columns(columns)
     ds = ds.map_batches(prepare, batch_format="pyarrow", batch_size=cfg.batch_size, num_cpus=0.25)
+    tally = _Tally.remote()
     ds = ds.map_batches(
-        embedder,
-        fn_constructor_kwargs={**embedder_kwargs, "threads": max(1, int(cpus))},
+        _Replica,
+        fn_constructor_kwargs={"embedder": embedder, "embedder_kwargs": {**embedder_kwargs, "threads": max(1, int(cpus))},
+                               "tally": tally},
         batch_size=cfg.batch_size,
         batch_format="numpy",
         compute=ActorPoolStrategy(size=actors),
         num_cpus=cpus,
         num_gpus=1 if use_gpu else 0,
     )
-    writers = _Writers(out_root, cfg.rows_per_file)
-    start, done, last_log = time.perf_counter(), 0, 0.0
-    for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
-        sets = batch["set"].astype(str)
-        for s in np.unique(sets):
-            m = sets == s
-            for column in batch:
-                if "/" not in column:
-                    continue
-                model, view = column.split("/", 1)
-                if view in views_of_set[s]:
-                    writers.write((model, s, view), batch["id"][m], batch[column][m])
-        done += len(sets)
-        if time.perf_counter() - last_log > 10:
-            last_log = time.perf_counter()
-            log(f"embedded {done} records so far ({done / (last_log - start):.0f}/s)")
-    log(f"embedded {done} records ({done / (time.perf_counter() - start):.0f}/s)")
-    return writers.close()
+    bytes_per_write = int(cfg.write_batch_mb * 2**20)
+    sink = EmbeddingSink(storage.absolute(out_root), views_of_set, cfg.rows_per_file, bytes_per_write)
+    start, stop = time.perf_counter(), threading.Event()
+
+    def progress() -> None:
+        while not stop.wait(PROGRESS_SECONDS):
+            n = ray.get(tally.total.remote())
+            if n:  # before the first batch, the replicas are still loading their models
+                log(f"embedded {n} records so far ({n / (time.perf_counter() - start):.0f}/s)")
+
+    reporter = threading.Thread(target=progress, daemon=True)
+    reporter.start()
+    try:
+        ds.write_datasink(sink, ray_remote_args={"num_cpus": WRITE_CPUS})
+        n = ray.get(tally.total.remote())
+    finally:
+        stop.set()
+        reporter.join()
+        ray.kill(tally)
+    log(f"embedded {n} records into {sink.files} files ({n / (time.perf_counter() - start):.0f}/s)")
+    return sink.written

@@ -1,6 +1,7 @@
 """Stage ``embed``, the part every study kind shares: log the kind's plan (what each attacked set
 embeds and what it skips, by reason), clear stray files, stream the records through the kind's
-embedder with Ray Data, and check that the pipeline wrote exactly what the plan counted."""
+embedder with Ray Data (whose tasks write the shards; the driver gets row counts), and check that
+the pipeline wrote exactly what the plan counted, for every model, set and view."""
 from __future__ import annotations
 
 from typing import Callable, Mapping
@@ -45,7 +46,9 @@ def embed_planned(
         log=lambda msg: ctx.log("embed", msg),
     )
     expected = {PUBLIC: public_n, **{s: c["embedded"] for s, c in plan.items()}}
-    for (model, s, view), n in written.items():
-        if n != expected[s]:  # the plan and the pipeline apply one rule; a mismatch is a bug
-            raise RuntimeError(f"embedded {n} rows for {model}/{s}/{view}, planned {expected[s]}")
+    planned = {(m, s, v): n for m in models for s, n in expected.items() if n for v in views_of_set[s]}
+    for key in sorted(set(planned) | set(written)):
+        if written.get(key, 0) != planned.get(key, 0):  # the plan and the pipeline apply one rule: a bug
+            got, want = written.get(key, 0), planned.get(key, 0)
+            raise RuntimeError(f"embedded {got} rows for {'/'.join(key)}, planned {want}")
     return {PUBLIC: {"embedded": public_n, "skipped": {}}, **plan}
