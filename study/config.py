@@ -18,12 +18,23 @@ def _check(ok: bool, key: str, message: str) -> None:
         raise ConfigError(f"{key}: {message}")
 
 
+DATA_SOURCES = ("synthetic", "parquet", "webdataset", "img2dataset")  # study.pipeline.ingest.SOURCES
+
+
 @dataclass(frozen=True)
 class DataConfig:
-    """Where records come from. ``synthetic`` generates scenes; ``parquet`` reads record shards."""
+    """Where records come from.
+
+    ``synthetic`` generates scenes (the other keys below ``path`` shape them); ``parquet`` reads
+    record-schema shards under ``path`` in place; ``webdataset`` and ``img2dataset`` ingest
+    img2dataset's tar or Parquet output under ``path`` (local or any fsspec URI) once into record
+    shards under the run, joining ``objects`` (an optional side Parquet keyed by record key with
+    objects, label and boxes). ``shard_size`` is the number of records per written shard.
+    """
 
     source: str = "synthetic"
     path: str | None = None
+    objects: str | None = None
     num_images: int = 3500
     image_size: int = 32
     num_classes: int = 10
@@ -37,8 +48,11 @@ class DataConfig:
     shard_size: int = 1000
 
     def __post_init__(self) -> None:
-        _check(self.source in ("synthetic", "parquet"), "data.source", "must be 'synthetic' or 'parquet'")
-        _check(self.source != "parquet" or bool(self.path), "data.path", "is required when data.source is 'parquet'")
+        _check(self.source in DATA_SOURCES, "data.source", f"must be one of {list(DATA_SOURCES)}")
+        _check(self.source == "synthetic" or bool(self.path), "data.path",
+               f"is required when data.source is '{self.source}'")
+        _check(self.objects is None or self.source in ("webdataset", "img2dataset"), "data.objects",
+               "is a side table for data.source 'webdataset' or 'img2dataset' (record shards carry their objects)")
         _check(self.num_images >= 10, "data.num_images", "must be at least 10")
         _check(16 <= self.image_size <= 1024, "data.image_size", "must be in [16, 1024]")
         _check(2 <= self.num_classes <= 100, "data.num_classes", "must be in [2, 100]")

@@ -148,7 +148,7 @@ def test_rerun_reuses_and_resumes(study_run, capsys):
 
 def test_parquet_source_plans_the_same_splits(study_run, tmp_path):
     from study.pipeline.manifest import run_splits
-    from study.pipeline.prepare import run_data
+    from study.pipeline.ingest import run_data
     from study.pipeline.runner import _inputs
 
     _, ctx, report = study_run

@@ -32,10 +32,11 @@ class Stage:
 
 
 def _inputs(cfg: StudyConfig):
-    """What the data stage reads besides its config: the user's record shards, if any."""
-    from study.data.records import fingerprint
+    """What the data stage reads besides its config: (name, size) of the user's input files (record
+    shards, img2dataset shards and side table), if any."""
+    from study.pipeline.ingest import input_fingerprint
 
-    return fingerprint(storage.absolute(cfg.data.path)) if cfg.data.source == "parquet" else None
+    return input_fingerprint(cfg.data)
 
 
 def stages() -> list[Stage]:
@@ -44,7 +45,7 @@ def stages() -> list[Stage]:
     from study.pipeline.learn import run_train
     from study.pipeline.neighbours import run_search
     from study.pipeline.manifest import run_splits
-    from study.pipeline.prepare import run_data
+    from study.pipeline.ingest import run_data
     from study.pipeline.reporting import run_report
 
     def embed(ctx: RunContext) -> dict:
@@ -54,7 +55,7 @@ def stages() -> list[Stage]:
         return get_kind(ctx.cfg.study).measure(ctx)
 
     return [
-        Stage("data", lambda c: (c.data, _inputs(c)), (), run_data),
+        Stage("data", lambda c: (c.data, _inputs(c)), (), run_data, needs_ray=True),
         Stage("splits", lambda c: (c.splits,), ("data",), run_splits, needs_ray=True),
         Stage("train", lambda c: (c.study, c.model, c.train, c.data.image_size), ("data", "splits"), run_train,
               needs_ray=True, takes_digest=True),

@@ -1,4 +1,5 @@
-"""Checks that need the registries (study kinds, methods, backbones, crop rules, backgrounds).
+"""Checks that need the registries (study kinds, methods, backbones, crop rules, backgrounds, data
+sources) and the data inputs' schemas.
 
 Run before any stage, so a misspelt name fails in a second with one line, not after training.
 """
@@ -25,14 +26,14 @@ def check_registries(cfg: StudyConfig) -> None:
 
 
 def check_record_columns(cfg: StudyConfig, needed: tuple[str, ...]) -> None:
-    """A user's record shards must hold the columns the study kind reads (the schema only is read)."""
-    if cfg.data.source != "parquet" or not needed:
-        return
-    from study import storage
-    from study.data import records
+    """The input must exist and fill the record columns the study kind reads: a user's record
+    shards by their schema, img2dataset's output by its first shard and the side table (only
+    schemas are read). For img2dataset inputs, objects, labels and boxes come from ``data.objects``."""
     from study.errors import DataError
+    from study.pipeline.ingest import SOURCES
 
-    names = records.dataset(storage.absolute(cfg.data.path)).schema.names
-    missing = [c for c in needed if c not in names]
+    provided = SOURCES[cfg.data.source].columns(cfg.data)  # a DataError for a missing input path
+    missing = [c for c in needed if provided is not None and c not in provided]
     if missing:
-        raise DataError(f"record shards under {cfg.data.path} lack column(s) {missing}, which {cfg.study} needs")
+        hint = "; give them in the side table data.objects" if cfg.data.source in ("webdataset", "img2dataset") else ""
+        raise DataError(f"the records from {cfg.data.path} lack column(s) {missing}, which {cfg.study} needs{hint}")
