@@ -4,7 +4,8 @@
 
 On seeded Gaussian float32 data, times the same search three ways, best of ``--repeats``:
 ``ShardedIndex`` (``--shards`` actors on a local ``ray.init(num_cpus=threads)``, each holding
-threads/shards CPUs and one FAISS thread), one ``faiss.IndexFlatL2`` with ``threads`` OpenMP
+threads/shards CPUs and one FAISS thread, each reading its slice from Parquet files in a temporary
+directory, as the search stage does; the timing covers searches only), one ``faiss.IndexFlatL2`` with ``threads`` OpenMP
 threads, and numpy (||q||² + ||x||² - 2 q xᵀ by BLAS with ``threads`` threads, then argpartition).
 Each gets queries/s, GFLOP/s counting 2·nq·nb·d for the distances, and that as a share of a
 measured peak: the best float32 numpy matmul of one search-shaped block, (block, d) @ (d, nb),
@@ -21,6 +22,7 @@ import importlib.util
 import json
 import os
 import sys
+import tempfile
 import time
 
 BLAS_THREAD_ENV_VARS = ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
@@ -86,6 +88,22 @@ def numpy_knn(xq, xb, k: int):
     return D, I
 
 
+def write_embeddings(uri: str, xb, rows_per_file: int = 100_000):
+    """xb as an embedding set (id, embedding) of Parquet files, as the embed stage writes it."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from study.search import layout
+
+    os.makedirs(uri, exist_ok=True)
+    for j, start in enumerate(range(0, len(xb), rows_per_file)):
+        x = xb[start : start + rows_per_file]
+        emb = pa.FixedSizeListArray.from_arrays(pa.array(x.ravel()), x.shape[1])
+        ids = pa.array([f"x{start + i}" for i in range(len(x))])
+        pq.write_table(pa.table({"id": ids, "embedding": emb}), os.path.join(uri, f"part-{j:05d}.parquet"))
+    return layout.describe(uri)
+
+
 def id_agreement(I_a, I_b) -> float:
     """Mean over queries of |ids_a ∩ ids_b| / k: 1.0 when both return the same neighbour sets."""
     return float((I_a[:, :, None] == I_b[:, None, :]).any(axis=2).mean())
@@ -97,8 +115,10 @@ def measure(args) -> tuple[dict, dict, list]:
     import numpy as np
     import ray
 
+    from study.core.shard_plan import shard_bounds
     from study.core.topk import brute_force_knn
-    from study.search.shards import ShardedIndex
+    from study.search.indexes import IndexParams
+    from study.search.shards import ShardedIndex, ShardSpec
 
     rng = np.random.default_rng(args.seed)
     xb = rng.standard_normal((args.nb, args.d), dtype=np.float32)
@@ -120,10 +140,16 @@ def measure(args) -> tuple[dict, dict, list]:
 
     ray.init(num_cpus=args.threads, include_dashboard=False, log_to_driver=False)
     try:
-        index = ShardedIndex(xb, args.shards, cpus_per_shard=args.threads / args.shards, threads=1)
-        index.search(xq[:100], args.k)  # the first call imports and warms each actor
-        seconds["sharded"], (_, ids["sharded"]) = best_seconds(lambda: index.search(xq, args.k), args.repeats)
-        index.close()
+        with tempfile.TemporaryDirectory() as tmp:
+            # The shards read their slices from storage, as in the search stage.
+            public = write_embeddings(os.path.join(tmp, "public"), xb)
+            specs = [ShardSpec(i, a, b - a, public.pieces(a, b), IndexParams("flat", args.d), False,
+                               os.path.join(tmp, f"shard-{i:05d}.faiss"))
+                     for i, (a, b) in enumerate(shard_bounds(args.nb, args.shards))]
+            index = ShardedIndex(specs, cpus_per_shard=args.threads / args.shards)
+            index.search(xq[:100], args.k)  # the first call warms each actor
+            seconds["sharded"], (_, ids["sharded"], _) = best_seconds(lambda: index.search(xq, args.k), args.repeats)
+            index.close()
     finally:
         ray.shutdown()
     peak_runs.append(gemm_peak_gflops(xq, xb))

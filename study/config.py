@@ -214,20 +214,57 @@ class EmbedConfig:
 
 
 @dataclass(frozen=True)
+class IVFPQConfig:
+    """IVF-PQ parameters; 0 = chosen from N, d and memory by the FAISS guidelines
+    (``study.core.ivf_params``). ``nprobe`` 0 = the smallest power of two whose recall@k on the
+    recall sample reaches ``target_recall``."""
+
+    nlist: int = 0
+    code_size: int = 0  # bytes per vector (PQ sub-quantizers of 8 bits)
+    nprobe: int = 0
+    train_size: int = 0
+    target_recall: float = 0.9
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for key in ("nlist", "code_size", "nprobe", "train_size"):
+            _check(getattr(self, key) >= 0, f"search.ivf.{key}", "must be >= 0 (0 = automatic)")
+        _check(0 < self.target_recall <= 1, "search.ivf.target_recall", "must be in (0, 1]")
+
+
+@dataclass(frozen=True)
 class SearchConfig:
+    """Sharded k-NN (``study.search``). ``shards`` 0 = as many as the memory model needs, at
+    least one per node; ``memory_per_node_gb`` 0 = Ray's ``memory`` resource of the smallest node."""
+
     k: int = 50
-    shards: int = 2
+    index: str = "flat"
+    shards: int = 0
     metric: str = "l2_normalized"
     query_batch_size: int = 1024
     cpus_per_shard: float = 0.5
+    gpus_per_shard: float = 0.0
+    memory_per_node_gb: float = 0.0
+    shard_headroom_gb: float = 1.0
+    max_restarts: int = 3
+    rows_per_file: int = 100_000
+    recall_queries: int = 1000
+    ivf: IVFPQConfig = field(default_factory=IVFPQConfig)
     representations: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         _check(self.k >= 1, "search.k", "must be >= 1")
-        _check(self.shards >= 1, "search.shards", "must be >= 1")
+        _check(self.index in ("flat", "ivfpq"), "search.index", "must be 'flat' (exact) or 'ivfpq'")
+        _check(self.shards >= 0, "search.shards", "must be >= 0 (0 = from the memory model)")
         _check(self.metric in ("l2", "l2_normalized"), "search.metric", "must be 'l2' or 'l2_normalized'")
         _check(self.query_batch_size >= 1, "search.query_batch_size", "must be >= 1")
         _check(self.cpus_per_shard > 0, "search.cpus_per_shard", "must be > 0")
+        _check(self.gpus_per_shard >= 0, "search.gpus_per_shard", "must be >= 0 (0 = CPU shards)")
+        _check(self.memory_per_node_gb >= 0, "search.memory_per_node_gb", "must be >= 0 (0 = from Ray)")
+        _check(self.shard_headroom_gb >= 0, "search.shard_headroom_gb", "must be >= 0")
+        _check(self.max_restarts >= 0, "search.max_restarts", "must be >= 0")
+        _check(self.rows_per_file >= 1, "search.rows_per_file", "must be >= 1")
+        _check(self.recall_queries >= 1, "search.recall_queries", "must be >= 1")
 
 
 @dataclass(frozen=True)

@@ -48,7 +48,7 @@ def test_sweep_settings_resolve_each_value_and_share_data_and_splits():
     assert sctx.model_file("model_a").endswith("/settings/p=0.3/train/model_a/model.pt")
     assert sctx.splits_dir == ctx.splits_dir and sctx.report_json == ctx.report_json
     assert sctx.search_results("model_b", "target", "caption_to_image").endswith(
-        "/settings/p=0.3/search/model_b/target/caption_to_image/part-00000.parquet")
+        "/settings/p=0.3/search/model_b/target/caption_to_image")
     assert settings_of(load_config(None, []))[0][0] == ""
 
 

@@ -24,6 +24,16 @@ def split_uri(splits_dir: str, split: str) -> str:
     return storage.join(members_dir(splits_dir), f"split={split}")
 
 
+def iter_split(splits_dir: str, split: str, batch_rows: int = 65_536):
+    """Arrow record batches (id, label) of one split's member files, in file order."""
+    uri = split_uri(splits_dir, split)
+    files = [u for u in storage.list_files(uri) if u.endswith(".parquet")] if storage.exists(uri) else []
+    if files:
+        fs, paths = storage.arrow_fs_paths(files)
+        for path in paths:
+            yield from pq.ParquetFile(fs.open_input_file(path)).iter_batches(batch_size=batch_rows, columns=["id", "label"])
+
+
 def read_split(splits_dir: str, split: str) -> tuple[np.ndarray, np.ndarray]:
     """(ids, labels) of a split from its member files, sorted by id; label -1 where missing.
     In memory: for the sets that are used whole on one machine (training, galleries)."""

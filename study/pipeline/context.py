@@ -8,7 +8,8 @@ Layout (all paths are built here and nowhere else)::
         splits/<split>.parquet, manifest.json
         [settings/<setting>/]train/<model>/model.pt, metrics.jsonl, ray_train/
         [settings/<setting>/]embed/<model>/<set>/<view>/part-*.parquet
-        [settings/<setting>/]search/<model>/<set>/<space>/part-00000.parquet
+        [settings/<setting>/]search/<model>/<set>/<space>/part-*.parquet, _parts.json
+        [settings/<setting>/]search/index/<model>/<space>/<key>/trained.faiss, shard-*.faiss
         [settings/<setting>/]measure/results.json
         report/report.json, report.html
 
@@ -65,6 +66,8 @@ class RunContext:
     # -- artifacts -----------------------------------------------------------------------------
     @property
     def data_root(self) -> str:
+        """The record shards every stage after ``data`` reads: a user's record shards in place, else
+        those the data stage writes under the run (generated, or ingested from img2dataset output)."""
         if self.cfg.data.source == "parquet":
             return storage.absolute(self.cfg.data.path)
         return self.stage_dir("data", "records")
@@ -91,7 +94,12 @@ class RunContext:
         return self.stage_dir("embed", model, split, view)
 
     def search_results(self, model: str, split: str, space: str) -> str:
-        return self.stage_dir("search", model, split, space, "part-00000.parquet")
+        """Directory of one query set's result parts (``study.search.results``)."""
+        return self.stage_dir("search", model, split, space)
+
+    def search_index(self, model: str, space: str) -> str:
+        """Directory of the persisted shard indexes of one public set, one subdirectory per key."""
+        return self.stage_dir("search", "index", model, space)
 
     @property
     def measure_results(self) -> str:

@@ -34,13 +34,20 @@ CONTROLS = {
 
 def side_ids(ids: list[str], control: str, side: str, seed: int) -> list[str]:
     """The sorted ids of one side of a control, from the ids both models were queried with."""
+    ids = sorted(ids)
+    return [i for i, keep in zip(ids, side_mask(ids, control, side, seed)) if keep]
+
+
+def side_mask(ids, control: str, side: str, seed: int):
+    """(n,) bool: which of ``ids`` belong to one side of a control (all, unless the null control
+    halves its holdout by a second keyed hash)."""
+    import numpy as np
+
     from study.core.splits import hash_unit
 
-    ids = sorted(ids)
     if control != "null":
-        return ids
-    u = hash_unit(ids, seed + 7919)  # independent of the split plan's hash
-    return [i for i, x in zip(ids, u) if (x < 0.5) == (side == "a")]
+        return np.ones(len(ids), dtype=bool)
+    return (hash_unit(ids, seed + 7919) < 0.5) == (side == "a")  # independent of the split plan's hash
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,9 @@ from study.pipeline.kinds import get_kind
 from study.pipeline.sweep import settings_of
 from study.report.page import render_page
 
-PACKAGES = ("dejavu-study", "torch", "torchvision", "ray", "faiss-cpu", "numpy", "pyarrow", "lightly", "open_clip_torch")
+PACKAGES = ("dejavu-study", "torch", "torchvision", "ray", "numpy", "pyarrow", "lightly", "open_clip_torch")
+# FAISS ships under several distribution names; a node reports whichever it has.
+FAISS_DISTRIBUTIONS = ("faiss-cpu", "faiss-gpu-cu12", "faiss-gpu-cu11", "faiss-gpu", "faiss")
 
 
 def versions() -> dict[str, str]:
@@ -27,6 +29,23 @@ def versions() -> dict[str, str]:
             out[name] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:
             out[name] = "not installed"
+    return {**out, **faiss_versions()}
+
+
+def faiss_versions() -> dict[str, str]:
+    """``faiss``: the imported module's version; and each installed FAISS distribution's."""
+    out = {}
+    for name in FAISS_DISTRIBUTIONS:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    try:
+        import faiss
+
+        out["faiss"] = faiss.__version__
+    except ImportError:
+        out["faiss"] = "not installed"
     return out
 
 

@@ -9,9 +9,7 @@ from __future__ import annotations
 from functools import partial
 
 import numpy as np
-import pyarrow.parquet as pq
 
-from study import storage
 from study.config import StudyConfig
 from study.config_load import config_to_dict
 from study.data import records
@@ -116,16 +114,14 @@ def gallery(ctx: RunContext, report: dict) -> list[dict]:
 
 def nearest_public(ctx: RunContext, rows: list[dict], space: str, shown: int) -> dict[str, list[str]]:
     """The first ``shown`` public neighbours of each gallery row (keys: id, target_model, split),
-    reading each search file once however many rows come from it."""
-    tables, out = {}, {}
+    reading from each search result only the rows of its gallery queries (a pushed-down filter)."""
+    from study.search.results import read_neighbours
+
+    wanted: dict[tuple[str, str], list[str]] = {}
     for r in rows:
-        key = (r["target_model"], r["split"])
-        if key not in tables:
-            with storage.open_read(ctx.search_results(*key, space)) as fh:
-                table = pq.read_table(fh, columns=["query_id", "neighbor_ids"])
-            tables[key] = dict(zip(table.column("query_id").to_pylist(), table.column("neighbor_ids").to_pylist()))
-        out[r["id"]] = [n for n in tables[key][r["id"]][:shown] if n]
-    return out
+        wanted.setdefault((r["target_model"], r["split"]), []).append(r["id"])
+    found = {key: read_neighbours(ctx.search_results(*key, space), ids) for key, ids in wanted.items()}
+    return {r["id"]: [n for n in found[(r["target_model"], r["split"])][r["id"]][:shown] if n] for r in rows}
 
 
 KIND = StudyKind(

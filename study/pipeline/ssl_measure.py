@@ -6,47 +6,83 @@ same two roles; neither model saw it, so its gap should cover 0.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from study import storage
 from study.core.metrics import Side, accuracy_curve, dejavu_test, most_memorized
 from study.core.topk import label_votes, predict_from_votes
-from study.data.loading import read_split
+from study.data.loading import iter_split
+from study.data.lookup import IdIndex
 from study.pipeline.context import RunContext
-from study.pipeline.kinds import CONTROLS, get_kind, side_ids
-from study.pipeline.neighbours import read_results
+from study.pipeline.kinds import CONTROLS, get_kind, side_mask
+from study.search.results import iter_results, neighbour_matrix
+
+BATCH_ROWS = 65_536  # queries per batch of search results
 
 
+@dataclass(frozen=True)
+class Outcomes:
+    """One model's k-NN outcomes on one query set, aligned by record and sorted by id (numpy
+    columns, not per-record Python objects)."""
 
-def knn_outcomes(search_uri: str, public_labels: dict, true_labels: dict, num_classes: int) -> dict:
-    """Per query id: (top-1 correct, top-5 correct, confidence, prediction) from its neighbours."""
-    q_ids, nbrs = read_results(search_uri)
-    k = max((len(n) for n in nbrs), default=0)
-    nl = np.full((len(q_ids), k), -1, dtype=np.int64)
-    for r, row in enumerate(nbrs):
-        nl[r, : len(row)] = [public_labels.get(n, -1) if n is not None else -1 for n in row]
-    pred, top5, conf = predict_from_votes(label_votes(nl, num_classes), top=5)
-    truth = np.array([true_labels[q] for q in q_ids], dtype=np.int64)
-    top1_ok = pred == truth
-    top5_ok = (top5 == truth[:, None]).any(axis=1)
-    return {q: (bool(a), bool(b), float(c), int(p)) for q, a, b, c, p in zip(q_ids, top1_ok, top5_ok, conf, pred)}
+    ids: np.ndarray  # (n,) str
+    top1: np.ndarray  # (n,) bool
+    top5: np.ndarray  # (n,) bool
+    confidence: np.ndarray  # (n,) float64
 
 
-def build_sides(outcomes: dict, control: str, seed: int, metric_index: int) -> list[Side]:
-    """Sides of one control with top-1 (metric_index 0) or top-5 (1) correctness."""
+def split_index(ctx: RunContext, split: str) -> tuple[IdIndex, np.ndarray]:
+    """Ids of a split as an ``IdIndex`` and their labels (-1 where missing), in the same rows."""
+    labels = []
+
+    def ids():
+        for batch in iter_split(ctx.splits_dir, split):
+            labels.append(batch.column("label").fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64))
+            yield batch.column("id").to_pylist()
+
+    index = IdIndex(ids())
+    return index, np.concatenate(labels) if labels else np.zeros(0, np.int64)
+
+
+def knn_outcomes(search_uri: str, public: tuple[IdIndex, np.ndarray], truth: tuple[IdIndex, np.ndarray],
+                 num_classes: int, batch_rows: int = BATCH_ROWS) -> Outcomes:
+    """Top-1/top-5 correctness and confidence per query from its neighbours' labels, read one batch
+    of search results at a time."""
+    pub_index, pub_labels = public
+    truth_index, truth_labels = truth
+    parts = []
+    for batch in iter_results(search_uri, batch_rows):
+        rows = neighbour_matrix(batch.column("neighbor_ids"), pub_index.rows)
+        nl = np.where(rows >= 0, pub_labels[np.clip(rows, 0, None)], -1)
+        pred, top5, conf = predict_from_votes(label_votes(nl, num_classes), top=5)
+        q_ids = np.asarray(batch.column("query_id").to_pylist(), dtype=str)
+        t_rows = truth_index.rows(q_ids)
+        labels = np.where(t_rows >= 0, truth_labels[np.clip(t_rows, 0, None)], -2)  # -2: never a prediction
+        parts.append((q_ids, pred == labels, (top5 == labels[:, None]).any(axis=1), conf))
+    if not parts:
+        return Outcomes(np.zeros(0, str), np.zeros(0, bool), np.zeros(0, bool), np.zeros(0))
+    ids, top1, top5, conf = (np.concatenate(c) for c in zip(*parts))
+    order = np.argsort(ids, kind="stable")
+    return Outcomes(ids[order], top1[order], top5[order], conf[order])
+
+
+def build_sides(outcomes: dict, control: str, seed: int, metric: str) -> list[Side]:
+    """Sides of one control with top-1 (``metric`` "top1") or top-5 ("top5") correctness, over the
+    records both models were queried with, in id order."""
     sides = []
     for side_name, split, tgt, ref in CONTROLS[control]:
-        t_out, r_out = outcomes[(tgt, split)], outcomes[(ref, split)]
-        ids = side_ids(sorted(set(t_out) & set(r_out)), control, side_name, seed)
-        sides.append(
-            Side(
-                ids=np.asarray(ids, dtype=object),
-                target_correct=np.array([t_out[i][metric_index] for i in ids], dtype=bool),
-                target_confidence=np.array([t_out[i][2] for i in ids]),
-                reference_correct=np.array([r_out[i][metric_index] for i in ids], dtype=bool),
-                reference_confidence=np.array([r_out[i][2] for i in ids]),
-            )
-        )
+        t, r = outcomes[(tgt, split)], outcomes[(ref, split)]
+        common = np.intersect1d(t.ids, r.ids, assume_unique=True)
+        ti, ri = np.searchsorted(t.ids, common), np.searchsorted(r.ids, common)
+        keep = side_mask(common, control, side_name, seed)
+        ti, ri = ti[keep], ri[keep]
+        sides.append(Side(
+            ids=common[keep],
+            target_correct=getattr(t, metric)[ti], target_confidence=t.confidence[ti],
+            reference_correct=getattr(r, metric)[ri], reference_confidence=r.confidence[ri],
+        ))
     return sides
 
 
@@ -54,25 +90,23 @@ def run_measure(ctx: RunContext) -> dict:
     cfg = ctx.cfg
     m = cfg.measure
     manifest = storage.read_json(ctx.manifest)
-    pub_ids, pub_labels = read_split(ctx.splits_dir, "public")
-    public_labels = dict(zip(pub_ids, pub_labels.tolist()))
+    public = split_index(ctx, "public")
     results = {}
     for rep in get_kind(cfg.study).spaces_for(cfg):
         outcomes = {}
         for split in {s for rows in CONTROLS.values() for _, s, _, _ in rows}:
             if cfg.splits.fractions.get(split, 0) <= 0:
                 continue
-            ids, labels = read_split(ctx.splits_dir, split)
-            truth = dict(zip(ids, labels.tolist()))
+            truth = split_index(ctx, split)
             for model in ("model_a", "model_b"):
                 uri = ctx.search_results(model, split, rep)
-                outcomes[(model, split)] = knn_outcomes(uri, public_labels, truth, manifest["num_classes"])
+                outcomes[(model, split)] = knn_outcomes(uri, public, truth, manifest["num_classes"])
         rep_result = {}
         for control in CONTROLS:
             if any(key not in outcomes for key in [(t, s) for _, s, t, _ in CONTROLS[control]]):
                 continue
-            top1 = build_sides(outcomes, control, cfg.splits.seed, 0)
-            top5 = build_sides(outcomes, control, cfg.splits.seed, 1)
+            top1 = build_sides(outcomes, control, cfg.splits.seed, "top1")
+            top5 = build_sides(outcomes, control, cfg.splits.seed, "top5")
             args = dict(qs=m.quantiles, bootstrap=m.bootstrap, permutations=m.permutations, level=m.confidence_level, seed=m.seed)
             rep_result[control] = {
                 "top1": dejavu_test(top1, **args),

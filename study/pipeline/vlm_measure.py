@@ -8,7 +8,11 @@ image-to-text retrieval on the holdout) is measured beside memorization.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from study import storage
 from study.core.objects import (
@@ -22,11 +26,13 @@ from study.core.objects import (
     sample_level,
 )
 from study.data import records
-from study.data.loading import read_split
+from study.data.loading import iter_split
+from study.data.lookup import IdIndex
 from study.pipeline.context import RunContext, read_marker
-from study.pipeline.kinds import CONTROLS, get_kind, side_ids
-from study.pipeline.neighbours import read_results
+from study.pipeline.kinds import CONTROLS, get_kind, side_mask
+from study.search.results import iter_results, neighbour_matrix
 
+BATCH_ROWS = 65_536  # records or queries per batch
 VARIANTS = ("all", "unnamed")  # ground truth: every object, or those the caption does not name
 
 
@@ -43,13 +49,82 @@ def _matrix(rows: list[list[str]], vocab: dict[str, int]) -> np.ndarray:
     return m
 
 
-def ground_truth(q_ids: list[str], info: dict, variant: str, vocab: dict[str, int]) -> tuple[np.ndarray, np.ndarray]:
-    """(keep (n,) bool: records with ground truth for this variant, gt (kept, C) bool)."""
-    rows = [info[q][0] for q in q_ids]
+def _objects_matrix(objects: pa.Array, vocab: pa.Array) -> np.ndarray:
+    """(n, C) bool object sets of a batch, built from Arrow's flattened lists (no Python loop)."""
+    lengths = pc.fill_null(pc.list_value_length(objects), 0).to_numpy(zero_copy_only=False)
+    cols = pc.index_in(pc.list_flatten(objects), value_set=vocab).to_numpy(zero_copy_only=False)
+    rows = np.repeat(np.arange(len(lengths)), lengths)
+    known = ~np.isnan(cols.astype(float))
+    m = np.zeros((len(lengths), len(vocab)), dtype=bool)
+    m[rows[known], cols[known].astype(np.int64)] = True
+    return m
+
+
+@dataclass
+class ObjectTables:
+    """What the measurement needs of each record, from one scan of the records' metadata: the
+    public set's object sets as a (n public, C) matrix in ``public`` index rows; the attacked
+    records' objects and captions (lists, in ``attacked`` index rows)."""
+
+    vocab: dict[str, int]
+    public: IdIndex
+    public_objects: np.ndarray
+    attacked: IdIndex
+    attacked_objects: list
+    attacked_captions: list
+
+
+def _record_batches(ctx: RunContext, batch_rows: int = BATCH_ROWS):
+    yield from records.dataset(ctx.data_root).to_batches(columns=["id", "objects", "caption"], batch_size=batch_rows)
+
+
+def object_tables(ctx: RunContext, attacked: tuple[str, ...]) -> ObjectTables:
+    """Two streaming passes over (id, objects, caption): the vocabulary, then the tables."""
+    public = IdIndex(b.column("id").to_pylist() for b in iter_split(ctx.splits_dir, "public"))
+    att = IdIndex(b.column("id").to_pylist() for s in attacked for b in iter_split(ctx.splits_dir, s))
+    names = set()
+    for batch in _record_batches(ctx):
+        ids = batch.column("id").to_pylist()
+        used = (public.rows(ids) >= 0) | (att.rows(ids) >= 0)
+        names.update(pc.unique(pc.list_flatten(batch.column("objects").filter(pa.array(used)))).to_pylist())
+    names.discard(None)
+    vocab_names = sorted(names)
+    vocab_arr = pa.array(vocab_names, pa.string())
+    public_objects = np.zeros((len(public), len(vocab_names)), dtype=bool)
+    att_objects, att_captions = [None] * len(att), [None] * len(att)
+    for batch in _record_batches(ctx):
+        ids = batch.column("id").to_pylist()
+        rows = public.rows(ids)
+        hit = rows >= 0
+        if hit.any():
+            public_objects[rows[hit]] = _objects_matrix(batch.column("objects").filter(pa.array(hit)), vocab_arr)
+        rows = att.rows(ids)
+        for j in np.flatnonzero(rows >= 0):  # attacked records only: their ground truth, per record
+            att_objects[rows[j]] = batch.column("objects")[int(j)].as_py() or []
+            att_captions[rows[j]] = batch.column("caption")[int(j)].as_py() or ""
+    return ObjectTables({o: j for j, o in enumerate(vocab_names)}, public, public_objects, att, att_objects,
+                        att_captions)
+
+
+def ground_truth(objects: list, captions: list, variant: str, vocab: dict[str, int]) -> tuple[np.ndarray, np.ndarray]:
+    """(keep (n,) bool: records with ground truth for this variant, gt (kept, C) bool), from the
+    queries' objects and captions in query order."""
+    rows = objects
     if variant == "unnamed":
-        rows = [sorted(set(o) - set(named_objects(info[q][1], o))) for q, o in zip(q_ids, rows)]
+        rows = [sorted(set(o) - set(named_objects(c, o))) for o, c in zip(objects, captions)]
     keep = np.array([len(g) > 0 for g in rows], dtype=bool)
     return keep, _matrix([g for g, k in zip(rows, keep) if k], vocab)
+
+
+def read_neighbours(uri: str, public: IdIndex) -> tuple[np.ndarray, np.ndarray]:
+    """(query ids (n,) str, neighbour rows of the public set (n, k)) of one search, in batches."""
+    ids, rows = [], []
+    for batch in iter_results(uri, BATCH_ROWS):
+        ids.append(np.asarray(batch.column("query_id").to_pylist(), dtype=str))
+        rows.append(neighbour_matrix(batch.column("neighbor_ids"), public.rows))
+    k = max((r.shape[1] for r in rows), default=0)
+    rows = [np.pad(r, ((0, 0), (0, k - r.shape[1])), constant_values=-1) for r in rows]
+    return (np.concatenate(ids) if ids else np.zeros(0, str)), (np.concatenate(rows) if rows else np.zeros((0, 0), np.int64))
 
 
 def record_scores(I: np.ndarray, public_objects: np.ndarray, gt: np.ndarray, k: int, rule: str, top_n: int) -> dict:
@@ -61,30 +136,33 @@ def record_scores(I: np.ndarray, public_objects: np.ndarray, gt: np.ndarray, k: 
 def run_measure(ctx: RunContext) -> dict:
     cfg, m = ctx.cfg, ctx.cfg.measure
     kind = get_kind(cfg.study)
-    pub_ids = list(read_split(ctx.splits_dir, "public")[0])
     attacked = kind.attacked_sets(cfg)
-    info = object_table(ctx, pub_ids + [i for s in attacked for i in read_split(ctx.splits_dir, s)[0]])
-    vocab = {o: j for j, o in enumerate(sorted({o for objs, _ in info.values() for o in objs}))}
-    pub_row = {i: r for r, i in enumerate(pub_ids)}
-    public_objects = _matrix([info[i][0] for i in pub_ids], vocab)
+    tables = object_tables(ctx, attacked)
+    vocab, public_objects = tables.vocab, tables.public_objects
     test_args = dict(bootstrap=m.bootstrap, permutations=m.permutations, level=m.confidence_level, seed=m.seed)
     results, skipped = {}, {}
     for space in kind.spaces_for(cfg):
         scores = {}  # (model, split) -> (ids, {(k, rule, variant): overlap dict})
         for split in attacked:
-            searched = {model: read_results(ctx.search_results(model, split, space)) for model in kind.models}
+            searched = {model: read_neighbours(ctx.search_results(model, split, space), tables.public)
+                        for model in kind.models}
             q_ids = next(iter(searched.values()))[0]
-            truths = {variant: ground_truth(q_ids, info, variant, vocab) for variant in VARIANTS}  # same for every model
+            order = np.argsort(q_ids, kind="stable")  # id order: results do not depend on file order
+            searched = {model: (ids[order], I[order]) for model, (ids, I) in searched.items()}
+            q_ids = q_ids[order]
+            rows = tables.attacked.rows(q_ids)
+            objects = [tables.attacked_objects[r] for r in rows]
+            captions = [tables.attacked_captions[r] for r in rows]
+            truths = {variant: ground_truth(objects, captions, variant, vocab) for variant in VARIANTS}  # same for every model
             for variant, (keep, _) in truths.items():
                 skipped[f"{split}/{variant}"] = int((~keep).sum())
-            for model, (ids, nbrs) in searched.items():
-                assert ids == q_ids  # one query order per set, whichever model
-                I = np.array([[pub_row[n] if n is not None else -1 for n in row] for row in nbrs], dtype=np.int64)
+            for model, (ids, I) in searched.items():
+                assert np.array_equal(ids, q_ids)  # one query order per set, whichever model
                 per = {}
                 for variant, (keep, gt) in truths.items():
                     for k in m.ks:
                         for rule in PREDICTION_RULES:
-                            per[(k, rule, variant)] = (np.asarray(q_ids, dtype=object)[keep], record_scores(I[keep], public_objects, gt, k, rule, m.top_n))
+                            per[(k, rule, variant)] = (q_ids[keep], record_scores(I[keep], public_objects, gt, k, rule, m.top_n))
                 scores[(model, split)] = per
         space_result = {}
         for control, rows in CONTROLS.items():
@@ -96,8 +174,7 @@ def run_measure(ctx: RunContext) -> dict:
                 for side_name, split, tgt, ref in rows:
                     t_ids, t_sc = scores[(tgt, split)][key]
                     _, r_sc = scores[(ref, split)][key]
-                    keep_ids = set(side_ids(list(t_ids), control, side_name, cfg.splits.seed))
-                    sel = np.array([i in keep_ids for i in t_ids], dtype=bool)
+                    sel = side_mask(t_ids, control, side_name, cfg.splits.seed)
                     sides.append(ObjectSide(
                         ids=t_ids[sel],
                         target_precision=t_sc["precision"][sel], target_recall=t_sc["recall"][sel], target_hits=t_sc["hits"][sel],
@@ -121,7 +198,7 @@ def run_measure(ctx: RunContext) -> dict:
                 ctx.log("measure", f"{space} {control:<8} k={head['k']} {head['rule']} unnamed objects: PPG {head['ppg']['value']:+.3f} "
                         f"[{head['ppg']['ci'][0]:+.3f}, {head['ppg']['ci'][1]:+.3f}] p={head['ppg']['p_value']:.4f}")
         results[space] = space_result
-    utility = measure_utility(ctx)
+    utility = measure_utility(ctx, tables)
     ctx.log("measure", "utility: " + ", ".join(f"{k} {v:.3f}" for k, v in utility.items() if isinstance(v, float)))
     storage.write_json(ctx.measure_results, {"spaces": results, "utility": utility, "skipped_no_gt": skipped,
                                              "vocabulary": list(vocab), "headline_key": headline_key(m)})
@@ -140,7 +217,7 @@ def headline_key(m) -> str:
     return f"k={headline_k(m.ks)}/{m.headline_rule}/unnamed"
 
 
-def measure_utility(ctx: RunContext) -> dict:
+def measure_utility(ctx: RunContext, tables: ObjectTables) -> dict:
     """Zero-shot classification and image->text recall@1/@5 of each model on holdout records.
 
     Zero-shot: each image is classified by its most similar prompt over the object vocabulary
@@ -156,9 +233,15 @@ def measure_utility(ctx: RunContext) -> dict:
     cfg = ctx.cfg
     if cfg.splits.fractions.get("holdout", 0) <= 0:
         return {"note": "no holdout split: utility not measured"}
-    ids, _ = read_split(ctx.splits_dir, "holdout")
-    table = object_table(ctx, list(ids))
-    ids = [i for i in ids if records.has_text(table[i][1])][: cfg.measure.utility_records]  # retrieval needs the caption
+    # The first records of the holdout in id order that have a caption (retrieval needs it).
+    candidates = []
+    for batch in iter_split(ctx.splits_dir, "holdout"):
+        ids = np.asarray(batch.column("id").to_pylist(), dtype=str)
+        rows = tables.attacked.rows(ids)
+        candidates.append(ids[[records.has_text(tables.attacked_captions[r]) for r in rows]])
+    ids = np.sort(np.concatenate(candidates))[: cfg.measure.utility_records].tolist() if candidates else []
+    rows = tables.attacked.rows(ids)
+    table = {i: (tables.attacked_objects[r], tables.attacked_captions[r]) for i, r in zip(ids, rows)}
     vocab = sorted({o for i in ids for o in table[i][0]})
     data = (read_marker(ctx.stage_dir("data")) or {}).get("summary", {})
     prompt = cfg.measure.zero_shot_prompt or data.get("prompt") or "a photo of a {}"
