@@ -39,6 +39,11 @@ def s3_env():
     }
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
+    import s3fs
+
+    # fsspec caches one S3 filesystem per set of arguments, with the endpoint it saw first: a
+    # module that reuses the fixture after another module's server stopped must not get that one.
+    s3fs.S3FileSystem.clear_instance_cache()
     try:
         import boto3
 
@@ -55,6 +60,7 @@ def s3_env():
     finally:
         server.terminate()
         server.wait(timeout=10)
+        s3fs.S3FileSystem.clear_instance_cache()
         for k, v in saved.items():
             if v is None:
                 os.environ.pop(k, None)
