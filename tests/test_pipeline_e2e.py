@@ -59,6 +59,8 @@ def test_report_structure(study_run):
     for key in ("headline", "results", "splits", "embedded", "k", "crop_rule", "config", "versions", "stage_seconds"):
         assert key in report
     assert report["config"]["name"] == "e2e" and report["k"] == 20
+    assert sorted(report["search_indexes"]) == [f"{m}/{r}" for m in ("model_a", "model_b") for r in ("backbone", "projector")]
+    assert "faiss" in report["versions"]
     for rep in ("projector", "backbone"):
         for control in ("positive", "null"):
             res = report["results"][rep][control]

@@ -61,6 +61,9 @@ def setting_report(ctx: RunContext) -> dict:
         "results": results,
         "embedded": markers["embed"].get("summary", {}),
         "training": markers["train"].get("summary", {}),
+        # Per model and space: index type, shards, parameters and, for an approximate index, its
+        # recall@k against exact search on a sample of queries.
+        "search_indexes": markers["search"].get("summary", {}).get("indexes", {}),
         "stage_seconds": {s: m.get("seconds") for s, m in markers.items()},
         **kind.extras(ctx),
     }
