@@ -60,6 +60,17 @@ def test_recall_at_k():
         ivf.recall_at_k(approx[:1], exact, 3)
 
 
+def test_recall_at_k_equals_set_intersection():
+    rng = np.random.default_rng(3)
+    exact = np.stack([rng.permutation(60)[:20] for _ in range(40)])
+    approx = np.stack([rng.permutation(60)[:20] for _ in range(40)])
+    exact[::7, -4:] = -1
+    approx[::5, -2:] = -1
+    for k in (1, 5, 20):
+        naive = [len(set(a[:k]) & set(e[:k][e[:k] >= 0])) / max(1, (e[:k] >= 0).sum()) for a, e in zip(approx, exact)]
+        np.testing.assert_allclose(ivf.recall_at_k(approx, exact, k), naive)
+
+
 def test_bytes_per_vector_and_fixed_part():
     assert bytes_per_vector("flat", 512) == 2048 + 8
     assert bytes_per_vector("ivfpq", 512, m=64, name_bytes=20) == (64 + 8) * 1.5 + 28
