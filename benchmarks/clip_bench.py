@@ -105,6 +105,7 @@ def bench_embed(cfg, ctx, model_uri: str, args) -> dict:
     from study import storage
     from study.data import records
     from study.data.loading import read_split
+    from study.core.split_plan import SplitPlan
     from study.embed.captions import IMAGE, TEXT, ClipEmbedder, prepare_vlm_batch
     from study.embed.pipeline import embed_all, pool_size
     from study.train.clip import encode_images, encode_texts, load_clip, tokenize
@@ -135,7 +136,7 @@ def bench_embed(cfg, ctx, model_uri: str, args) -> dict:
     modes = {"public": IMAGE, "target": TEXT}
 
     def pipeline(out: str) -> tuple[int, float]:
-        prepare = partial(prepare_vlm_batch, split_seed=cfg.splits.seed, fractions=cfg.splits.fractions, modes=modes,
+        prepare = partial(prepare_vlm_batch, plan=SplitPlan(dict(cfg.splits.fractions), cfg.splits.seed), modes=modes,
                           image_size=cfg.data.image_size)
         start = time.perf_counter()
         written = embed_all(ctx.data_root, ["id", "image", "caption", "objects"], prepare, ClipEmbedder,
@@ -155,12 +156,13 @@ def bench_embed(cfg, ctx, model_uri: str, args) -> dict:
 
 def _fixed_cost(ctx, cfg, model_uri: str) -> float:
     """Seconds of an embed pipeline that embeds nothing (every record read, none kept)."""
+    from study.core.split_plan import SplitPlan
     from study.embed.captions import ClipEmbedder, IMAGE, prepare_vlm_batch
     from study.embed.pipeline import embed_all
     from study import storage
     from functools import partial
 
-    prepare = partial(prepare_vlm_batch, split_seed=cfg.splits.seed, fractions=cfg.splits.fractions,
+    prepare = partial(prepare_vlm_batch, plan=SplitPlan(dict(cfg.splits.fractions), cfg.splits.seed),
                       modes={"nothing": IMAGE}, image_size=cfg.data.image_size)
     start = time.perf_counter()
     embed_all(ctx.data_root, ["id", "image", "caption", "objects"], prepare, ClipEmbedder,

@@ -38,6 +38,7 @@ from PIL import Image
 from study import storage
 from study.config import CropConfig, EmbedConfig
 from study.data import records
+from study.core.split_plan import SplitPlan
 from study.embed.views import WHOLE, prepare_batch, resize
 from study.train.models import normalize
 
@@ -102,7 +103,7 @@ def bare_loop(shards: list[str], model: torch.nn.Module, batch: int, size: int) 
 def ray_pipeline(root: str, uri: str, cfg: EmbedConfig, size: int, out: str, modes: dict) -> tuple[dict, float]:
     from study.embed.pipeline import embed_all
 
-    prepare = partial(prepare_batch, split_seed=0, fractions={"public": 1.0}, modes=modes, crop_cfg=CropConfig(),
+    prepare = partial(prepare_batch, plan=SplitPlan({"public": 1.0}, 0), modes=modes, crop_cfg=CropConfig(),
                       image_size=size)
     start = time.perf_counter()
     written = embed_all(root, ["id", "image", "width", "height", "label", "boxes"], prepare, ResNetEmbedder,

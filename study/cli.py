@@ -1,6 +1,9 @@
 """Command line: ``dejavu run CONFIG`` runs a study, ``dejavu report URI`` prints a summary,
-``dejavu data synth`` writes synthetic records in img2dataset's layouts (inputs for the
-``webdataset`` and ``img2dataset`` sources at any scale, without downloading anything).
+``dejavu data synth`` writes synthetic records in every input layout the product reads
+(img2dataset's tar and Parquet output, COCO, VOC class folders) at any scale, without
+downloading anything,
+``dejavu data inspect`` prints what a study would get from an input (nothing is written but the
+optional page).
 
 A StudyError (bad config, missing input) prints as one ``error:`` line with exit status 2;
 anything else is a bug and keeps its traceback.
@@ -8,6 +11,7 @@ anything else is a bug and keeps its traceback.
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 
 from study.errors import StudyError
@@ -24,8 +28,9 @@ def _parser() -> argparse.ArgumentParser:
     rep = sub.add_parser("report", help="print the summary of a finished report")
     rep.add_argument("uri", help="report.json, its directory, or a run directory (local path or fsspec URI)")
     data = sub.add_parser("data", help="data tools").add_subparsers(dest="data_command", required=True)
-    synth = data.add_parser("synth", help="write synthetic records as img2dataset output (one Ray task per shard)")
-    synth.add_argument("--format", required=True, help="webdataset (NNNNN.tar) or parquet (NNNNN.parquet)")
+    synth = data.add_parser("synth", help="write synthetic records in an input layout (one Ray task per shard)")
+    synth.add_argument("--format", required=True,
+                       help="webdataset (NNNNN.tar), parquet (img2dataset's NNNNN.parquet), coco or voc")
     synth.add_argument("--num", type=int, required=True, help="number of records")
     synth.add_argument("--output", required=True, help="output folder: a local directory or any fsspec URI")
     synth.add_argument("--objects", help="side table of objects, labels and boxes (default OUTPUT/objects.parquet)")
@@ -34,6 +39,15 @@ def _parser() -> argparse.ArgumentParser:
     synth.add_argument("--overwrite", action="store_true", help="replace what OUTPUT already holds")
     synth.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                        help="a data.* generator option or a ray.* setting, e.g. --set data.image_size=64")
+    inspect = data.add_parser("inspect", help="statistics of an input as a study would read it (one Ray Data pass)")
+    inspect.add_argument("uri", help="the input: a local directory or any fsspec URI (s3://bucket/prefix)")
+    inspect.add_argument("--source", default="parquet",
+                         help="how to read it: a data.source (default parquet: record shards)")
+    inspect.add_argument("--study", default="ssl_dejavu", help="ssl_dejavu (crop check) or vlm_dejavu (caption check)")
+    inspect.add_argument("--html", metavar="OUT.html", help="also write a page with the statistics and a montage")
+    inspect.add_argument("--sample", type=int, default=24, help="records in the page's montage (default 24)")
+    inspect.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                         help="a data.*, embed.crop.* or ray.* setting, e.g. --set data.objects=URI")
     return p
 
 
@@ -60,12 +74,13 @@ def _data_synth(args: argparse.Namespace) -> int:
 
     from study import storage
     from study.config_load import load_config
-    from study.data.synth_write import FORMAT_SOURCES, throttled, write_synthetic
+    from study.data.synth_formats import FORMATS
+    from study.data.synth_write import throttled
     from study.errors import ConfigError
     from study.pipeline.runner import ensure_ray
 
-    if args.format not in FORMAT_SOURCES:
-        raise StudyError(f"data synth: unknown format '{args.format}'; choose from {sorted(FORMAT_SOURCES)}")
+    if args.format not in FORMATS:
+        raise StudyError(f"data synth: unknown format '{args.format}'; choose from {sorted(FORMATS)}")
     foreign = [o for o in args.overrides if not o.startswith(("data.", "ray."))]
     if foreign:
         raise ConfigError(f"data synth: --set takes data.* and ray.* keys, got {foreign[0]!r}")
@@ -85,17 +100,37 @@ def _data_synth(args: argparse.Namespace) -> int:
               flush=True)
 
     objects = args.objects and storage.absolute(args.objects)
-    out = write_synthetic(cfg.data, args.format, output, objects, throttled(progress, every_s=2.0))
-    print(f"{out['records']} records in {out['shards']} {args.format} shards under {output}; "
-          f"side table {out['objects']}")
-    print(f"use them with: --set data.source={FORMAT_SOURCES[args.format]} --set data.path={output} "
-          f"--set data.objects={out['objects']}")
+    fmt = FORMATS[args.format]()
+    out = fmt.write(cfg.data, output, objects, throttled(progress, every_s=2.0))
+    print(fmt.describe(out))
+    print("use them with: " + " ".join(f"--set {shlex.quote(flag)}" for flag in fmt.flags(out)))
     return 0
+
+
+def _data_inspect(args: argparse.Namespace) -> int:
+    import json
+
+    from study.config_load import load_config
+    from study.errors import ConfigError
+    from study.pipeline.inspect import run_inspect
+
+    foreign = [o for o in args.overrides if not o.startswith(("data.", "embed.crop.", "ray."))]
+    if foreign:
+        raise ConfigError(f"data inspect: --set takes data.*, embed.crop.* and ray.* keys, got {foreign[0]!r}")
+    # JSON-quoted: the URI and names are taken as they are, never read as YAML (a path "1e3" or "[raw]/x")
+    flags = [f"data.source={json.dumps(args.source)}", f"data.path={json.dumps(args.uri)}",
+             f"study={json.dumps(args.study)}"]
+    run_inspect(load_config(None, flags + args.overrides), args.html, args.sample)
+    return 0
+
+
+def _data(args: argparse.Namespace) -> int:
+    return {"synth": _data_synth, "inspect": _data_inspect}[args.data_command](args)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    commands = {"run": _run, "report": _report, "data": _data_synth}
+    commands = {"run": _run, "report": _report, "data": _data}
     try:
         return commands[args.command](args)
     except StudyError as exc:
@@ -107,6 +142,24 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted: rerun the same command to resume from the last finished stage", file=sys.stderr)
         return 130
+    except Exception as exc:  # a user mistake found inside a Ray task arrives wrapped by Ray
+        found = _study_error(exc)
+        if found is None:
+            raise
+        print(f"error: {found}", file=sys.stderr)
+        return 2
+
+
+def _study_error(exc: BaseException) -> StudyError | None:
+    """The StudyError a Ray task raised, from the exception Ray re-raised on the driver (its
+    ``cause`` or ``__cause__`` chain), else None."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, StudyError):
+            return exc
+        exc = getattr(exc, "cause", None) or exc.__cause__
+    return None
 
 
 if __name__ == "__main__":

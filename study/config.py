@@ -18,7 +18,53 @@ def _check(ok: bool, key: str, message: str) -> None:
         raise ConfigError(f"{key}: {message}")
 
 
-DATA_SOURCES = ("synthetic", "parquet", "webdataset", "img2dataset")  # study.pipeline.ingest.SOURCES
+DATA_SOURCES = ("synthetic", "parquet", "webdataset", "img2dataset", "coco", "voc", "hf")  # study.pipeline.ingest.SOURCES
+HF_FORMATS = ("auto", "disk", "parquet", "imagefolder")  # "auto" and study.data.hf.LAYOUT_NAMES
+HF_FIELDS = ("id", "image", "label", "caption", "objects", "boxes", "box_labels")  # study.data.hf.FIELDS
+HF_BOX_FORMATS = ("xyxy", "xywh")  # study.data.hf.BOX_FORMATS
+COCO_LABEL_RULES = ("largest", "most_frequent", "none")  # study.data.coco.LABEL_RULES
+COCO_CAPTION_MODES = ("first", "each")  # study.data.coco.CAPTION_MODES
+
+
+@dataclass(frozen=True)
+class CocoConfig:
+    """COCO-style annotations for ``data.source: coco`` (images under ``data.path``): the
+    instances JSON (boxes, categories -> boxes, objects and a label by ``label_rule``) and/or the
+    captions JSON (one record per image with its first caption, or one per caption)."""
+
+    instances: str | None = None
+    captions: str | None = None
+    label_rule: str = "largest"
+    caption_mode: str = "first"
+
+    def __post_init__(self) -> None:
+        _check(self.label_rule in COCO_LABEL_RULES, "data.coco.label_rule", f"must be one of {list(COCO_LABEL_RULES)}")
+        _check(self.caption_mode in COCO_CAPTION_MODES, "data.coco.caption_mode",
+               f"must be one of {list(COCO_CAPTION_MODES)}")
+
+
+@dataclass(frozen=True)
+class VocConfig:
+    """ImageNet-style class folders under ``data.path`` with Pascal-VOC XML boxes under
+    ``annotations`` (``<annotations>/<class>/<image stem>.xml``; optional)."""
+
+    annotations: str | None = None
+
+
+@dataclass(frozen=True)
+class HfConfig:
+    """A Hugging Face dataset under ``data.path``: its layout (``auto``: detected), split, the
+    record fields' columns (unnamed ones guessed) and how its boxes are written."""
+
+    format: str = "auto"
+    split: str = "train"
+    columns: Mapping[str, str] = field(default_factory=dict)
+    box_format: str = "xyxy"
+
+    def __post_init__(self) -> None:
+        _check(self.format in HF_FORMATS, "data.hf.format", f"must be one of {list(HF_FORMATS)}")
+        _check(set(self.columns) <= set(HF_FIELDS), "data.hf.columns", f"keys must be among {list(HF_FIELDS)}")
+        _check(self.box_format in HF_BOX_FORMATS, "data.hf.box_format", f"must be one of {list(HF_BOX_FORMATS)}")
 
 
 @dataclass(frozen=True)
@@ -29,7 +75,10 @@ class DataConfig:
     record-schema shards under ``path`` in place; ``webdataset`` and ``img2dataset`` ingest
     img2dataset's tar or Parquet output under ``path`` (local or any fsspec URI) once into record
     shards under the run, joining ``objects`` (an optional side Parquet keyed by record key with
-    objects, label and boxes). ``shard_size`` is the number of records per written shard.
+    objects, label and boxes); ``coco`` ingests the images under ``path`` with the annotations
+    named in ``coco``; ``voc`` ingests class folders under ``path`` with VOC XML boxes under
+    ``voc.annotations``; ``hf`` ingests a Hugging Face dataset under ``path`` as ``hf`` says.
+    ``shard_size`` is the number of records per written shard.
     """
 
     source: str = "synthetic"
@@ -46,9 +95,14 @@ class DataConfig:
     cooccurrence: float = 0.0
     seed: int = 0
     shard_size: int = 1000
+    coco: CocoConfig = field(default_factory=CocoConfig)
+    voc: VocConfig = field(default_factory=VocConfig)
+    hf: HfConfig = field(default_factory=HfConfig)
 
     def __post_init__(self) -> None:
         _check(self.source in DATA_SOURCES, "data.source", f"must be one of {list(DATA_SOURCES)}")
+        _check(self.source != "coco" or bool(self.coco.instances or self.coco.captions), "data.coco",
+               "needs instances or captions (a COCO JSON file's path or URI) when data.source is 'coco'")
         _check(self.source == "synthetic" or bool(self.path), "data.path",
                f"is required when data.source is '{self.source}'")
         _check(self.objects is None or self.source in ("webdataset", "img2dataset"), "data.objects",
@@ -68,15 +122,45 @@ class DataConfig:
 
 
 @dataclass(frozen=True)
+class NearDuplicateConfig:
+    """Near-duplicate images across splits by perceptual hash (``core.phash``): found when
+    ``detect``, reported (count and ``examples`` pairs); with ``drop`` the attacked sets' records
+    that have a near-duplicate in another split are quarantined."""
+
+    detect: bool = False
+    max_distance: int = 4
+    drop: bool = False
+    examples: int = 10
+
+    def __post_init__(self) -> None:
+        _check(0 <= self.max_distance <= 16, "splits.near_duplicates.max_distance", "must be in [0, 16] (bits of 64)")
+        _check(not self.drop or self.detect, "splits.near_duplicates.drop", "needs detect: true")
+        _check(self.examples >= 0, "splits.near_duplicates.examples", "must be >= 0")
+
+
+@dataclass(frozen=True)
 class SplitConfig:
-    """Keyed-hash split plan: fractions of records per split (the rest stays unused)."""
+    """Keyed-hash split plan: fractions of records per split (the rest stays unused), or with
+    ``per_class`` a number of records of every class per split (fractions are then not used)."""
 
     seed: int = 0
     fractions: Mapping[str, float] = field(
         default_factory=lambda: {"target": 0.14, "reference": 0.14, "public": 0.57, "holdout": 0.14, "shared": 0.0}
     )
+    per_class: Mapping[str, int] = field(default_factory=dict)
+    near_duplicates: NearDuplicateConfig = field(default_factory=NearDuplicateConfig)
 
     def __post_init__(self) -> None:
+        bad = sorted(set(self.per_class) - set(SPLIT_NAMES))
+        _check(not bad, "splits.per_class", f"unknown split(s) {bad}; expected {list(SPLIT_NAMES)}")
+        _check(all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in self.per_class.values()),
+               "splits.per_class", "records per class must be whole numbers >= 0")
+        if self.per_class:
+            for name in ("target", "reference", "public"):
+                _check(self.per_class.get(name, 0) > 0, f"splits.per_class.{name}", "must be > 0")
+            # Splits take their quotas in the canonical order (the attacked pair first).
+            object.__setattr__(self, "per_class", {s: int(self.per_class[s]) for s in SPLIT_NAMES
+                                                   if self.per_class.get(s, 0) > 0})
         unknown = sorted(set(self.fractions) - set(SPLIT_NAMES))
         _check(not unknown, "splits.fractions", f"unknown split(s) {unknown}; expected {list(SPLIT_NAMES)}")
         full = {name: float(self.fractions.get(name, 0.0)) for name in SPLIT_NAMES}
@@ -85,6 +169,10 @@ class SplitConfig:
         for name in ("target", "reference", "public"):
             _check(full[name] > 0, f"splits.fractions.{name}", "must be > 0")
         object.__setattr__(self, "fractions", full)
+
+    def uses(self, split: str) -> bool:
+        """Whether the plan puts any record in ``split``."""
+        return (self.per_class.get(split, 0) if self.per_class else self.fractions.get(split, 0)) > 0
 
 
 @dataclass(frozen=True)

@@ -83,11 +83,16 @@ def _parse_override(item: str) -> tuple[str, Any]:
     if "=" not in item:
         raise ConfigError(f"--set expects key=value, got {item!r}")
     key, text = item.split("=", 1)
+    key = key.strip()
     try:
         value = yaml.load(text, Loader=_Loader) if text else ""
-    except yaml.YAMLError:
-        value = text
-    return key.strip(), value
+    except yaml.YAMLError as exc:
+        # Falling back to the raw text would turn a mistyped list or mapping into a string that
+        # only fails later, or never (a path); plain words and paths parse as YAML strings.
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{key}: --set value {text!r} is not valid YAML ({problem}); "
+                          "put it in quotes to pass it as a string") from None
+    return key, value
 
 
 def _seed_mapping_default(raw: dict[str, Any], key: str) -> None:

@@ -11,7 +11,9 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Ray's own notices (token auth at start-up, Ray Data's once-per-process warnings) when the error
 # comes from a stage that runs on Ray: not the product's output.
-RAY_LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}\t(INFO|WARNING) ")
+# Ray's own log lines: timestamped INFO/WARNING lines, and lines forwarded from its processes
+# ("(pid=gcs_server) ...") when the cluster shuts down after the error.
+RAY_LOG_LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}\t(INFO|WARNING) |\((pid|raylet|gcs_server)[=\w, ]*\) )")
 
 
 def dejavu(*args: str, tmp_path) -> subprocess.CompletedProcess:
@@ -46,6 +48,7 @@ def assert_one_line_error(proc: subprocess.CompletedProcess, *fragments: str) ->
         (["--set", "model.backbone=vit"], ["model.backbone", "small_cnn"]),
         (["--set", "splits.fractions={target: 0.9, reference: 0.2, public: 0.1}"], ["splits.fractions", "sum"]),
         (["--set", "data.source=parquet", "--set", "data.path=/nonexistent/records"], ["input path does not exist", "/nonexistent/records"]),
+        (["--set", "data.path=[oops"], ["data.path", "'[oops'", "not valid YAML"]),
     ],
 )
 def test_bad_config_gives_one_error_line(tmp_path, args, fragments):
@@ -101,17 +104,19 @@ def test_bad_vlm_config_gives_one_error_line(tmp_path, args, fragments):
     assert_one_line_error(proc, *fragments)
 
 
-def test_undecodable_image_names_its_record(tmp_path):
+def test_wholly_unreadable_input_is_one_error_line(tmp_path):
+    """Records whose images all fail to decode: nothing is usable, so the run stops naming the path
+    and the count per reason (a few bad images are quarantined instead; tests/test_faults.py)."""
     from study.config import DataConfig
     from study.data import records, synthetic
 
     (tmp_path / "in").mkdir()
     for shard, rows in synthetic.iter_shards(DataConfig(num_images=60, shard_size=60)):
-        rows["image"][7] = b"not an image"
+        rows["image"] = [b"not an image"] * len(rows["image"])
         records.write_shard(str(tmp_path / "in" / f"part-{shard:05d}.parquet"), rows)
     proc = dejavu("run", "configs/tiny.yaml", "--output", str(tmp_path / "out"), "--set", "data.source=parquet",
                   "--set", f"data.path={tmp_path / 'in'}", tmp_path=tmp_path)
-    assert_one_line_error(proc, "1 of 60 records", "cannot be decoded", "syn-0-00000007")
+    assert_one_line_error(proc, "no usable record", str(tmp_path / "in"), "60 read", "'undecodable': 60")
 
 
 def test_vlm_input_without_captions_column(tmp_path):
@@ -127,3 +132,19 @@ def test_vlm_input_without_captions_column(tmp_path):
     proc = dejavu("run", "configs/quickstart-vlm.yaml", "--output", str(tmp_path / "out"), "--set", "data.source=parquet",
                   "--set", f"data.path={tmp_path / 'in'}", tmp_path=tmp_path)
     assert_one_line_error(proc, "caption")
+
+
+def test_ssl_input_without_boxes_column(tmp_path):
+    import pyarrow.parquet as pq
+
+    from study.config import DataConfig
+    from study.data import records, synthetic
+
+    (tmp_path / "in").mkdir()
+    for shard, rows in synthetic.iter_shards(DataConfig(num_images=60, shard_size=60)):
+        table = records.pa.table(rows, schema=records.RECORD_SCHEMA).drop_columns(["boxes"])
+        pq.write_table(table, tmp_path / "in" / f"part-{shard:05d}.parquet")
+    proc = dejavu("run", "configs/tiny.yaml", "--output", str(tmp_path / "out"), "--set", "data.source=parquet",
+                  "--set", f"data.path={tmp_path / 'in'}", tmp_path=tmp_path)
+    assert_one_line_error(proc, "lack column(s) ['boxes']", "ssl_dejavu")
+    assert not (tmp_path / "out").exists()  # stopped before any stage

@@ -202,3 +202,27 @@ def test_one_entry_of_a_mapping_can_be_overridden(tmp_path):
     path = write(tmp_path, "splits:\n  fractions: {target: 0.3, reference: 0.3, public: 0.4}\n")
     cfg = load_config(path, ["splits.fractions.public=0.3"])
     assert cfg.splits.fractions["holdout"] == 0.0 and cfg.splits.fractions["public"] == 0.3
+
+
+@pytest.mark.parametrize(
+    "override,key,value",
+    [
+        ("data.path=[oops", "data.path", "[oops"),
+        ("splits.fractions={target: 0.2", "splits.fractions", "{target: 0.2"),
+        ("name=a: b: c", "name", "a: b: c"),
+        ("data.path=@home", "data.path", "@home"),
+    ],
+)
+def test_override_that_is_not_yaml_names_key_and_value(override, key, value):
+    with pytest.raises(ConfigError) as err:
+        load_config(None, [override])
+    msg = str(err.value)
+    assert msg.startswith(key + ":") and repr(value) in msg and "not valid YAML" in msg
+    assert "\n" not in msg
+
+
+def test_plain_strings_and_paths_still_pass_as_overrides():
+    cfg = load_config(None, ["data.source=webdataset", "data.path=s3://b/x", "data.objects=/tmp/a b"])
+    assert (cfg.data.source, cfg.data.path, cfg.data.objects) == ("webdataset", "s3://b/x", "/tmp/a b")
+    assert load_config(None, ["data.source=parquet", "data.path=/tmp/x"]).data.source == "parquet"
+    assert load_config(None, ['data.path="[quoted"']).data.path == "[quoted"

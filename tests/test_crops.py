@@ -175,3 +175,17 @@ def test_largest_free_rect_matches_brute_force(seed):
         for bx0, by0, bx1, by1 in boxes:
             assert not (min(x1, bx1) > max(x0, bx0) and min(y1, by1) > max(y0, by0))
         assert area(rect) == expected
+
+
+@pytest.mark.parametrize("boxes, reason", [
+    ([(6, 6, 2, 8)], "box_inverted"),  # x1 < x0
+    ([(3, 3, 3, 7)], "box_zero_area"),
+    ([(12, 0, 15, 5)], "box_outside_image"),
+    ([(0.2, 0.2, 0.6, 0.7)], "box_normalised"),
+    ([(1, 1, 4, 4), (2, 2, float("nan"), 3)], "box_not_finite"),
+])
+def test_unusable_boxes_never_crop_to_the_whole_image(boxes, reason):
+    """A box that would be dropped as empty must not turn the record's crop into the whole image
+    (object included): the crop is refused with the box's reason."""
+    rect, why = background_crop(10, 10, boxes, min_side=1)
+    assert rect is None and why == reason

@@ -23,6 +23,7 @@ from study.data import records
 from study.data.synthetic import make_record
 from study.embed.pipeline import Embedder, EmbeddingSink, embed_all, pool_size
 from study.embed.shards import ShardWriter, file_name
+from study.core.split_plan import SplitPlan
 from study.embed.views import prepare_batch
 from study.errors import ConfigError
 from test_object_storage import BUCKET, s3_env  # noqa: F401  (the local S3 server, a module fixture)
@@ -186,7 +187,7 @@ def study_inputs(tmp_path_factory):
                 "num_classes": 10, "image_size": 32}
         uris[model] = storage.join(root, f"{model}.pt")
         storage.write_bytes(uris[model], save_model(enc, meta))
-    prepare = partial(prepare_batch, split_seed=0, fractions=FRACTIONS, modes=MODES,
+    prepare = partial(prepare_batch, plan=SplitPlan(FRACTIONS, 0), modes=MODES,
                       crop_cfg=CropConfig(rule="corner", corner_fraction=0.5), image_size=32)
     return root, uris, prepare
 

@@ -205,7 +205,7 @@ def test_ingest_gives_the_generators_records(written, tmp_path, fmt):
     ctx = context(tmp_path, synth_write.FORMAT_SOURCES[fmt], path, side)
     summary = ingest.run_data(ctx)
     assert (summary["records_read"], summary["records_written"], summary["with_objects"], summary["without_objects"],
-            summary["not_downloaded"]) == (N, N, N, 0, 0)
+            summary["quarantined"]) == (N, N, N, 0, {})
     got, want = read_back(ctx), truth()
     assert sorted(got) == sorted(want)
     for rid, r in want.items():
@@ -240,7 +240,7 @@ def test_join_attaches_objects_to_exactly_the_listed_records(written, tmp_path):
     pq.write_table(failed, inputs / "00009.parquet")
     ctx = context(tmp_path, "img2dataset", str(inputs), str(tmp_path / "partial.parquet"))
     summary = ingest.run_data(ctx)
-    assert (summary["records_read"], summary["records_written"], summary["not_downloaded"]) == (N + 1, N, 1)
+    assert (summary["records_read"], summary["records_written"], summary["quarantined"]) == (N + 1, N, {"not_downloaded": 1})
     assert (summary["with_objects"], summary["without_objects"]) == (len(listed), N - len(listed))
     got, want = read_back(ctx), truth()
     assert sorted(got) == sorted(want)
@@ -252,7 +252,7 @@ def test_join_attaches_objects_to_exactly_the_listed_records(written, tmp_path):
         assert g["boxes"] is None  # the side table had no boxes column
 
 
-def test_undecodable_image_stops_the_stage_naming_it(written, tmp_path):
+def test_undecodable_image_is_quarantined(written, tmp_path):
     path, _ = written["webdataset"]
     bad = tmp_path / "bad"
     bad.mkdir()
@@ -264,8 +264,11 @@ def test_undecodable_image_stops_the_stage_naming_it(written, tmp_path):
             member.size = len(data)
             tar.addfile(member, io.BytesIO(data))
     ctx = context(tmp_path, "webdataset", str(bad), None)
-    with pytest.raises(DataError, match=r"1 of 25 records .* cannot be decoded \(first: syn-3-00000001\)"):
-        ingest.run_data(ctx)
+    summary = ingest.run_data(ctx)
+    assert (summary["records_read"], summary["records"], summary["quarantined"]) == (25, 24, {"undecodable": 1})
+    held = pq.read_table(ctx.quarantine_dir).to_pylist()
+    assert held == [{"id": "syn-3-00000001", "reason": "undecodable"}]
+    assert "syn-3-00000001" not in records.dataset(ctx.data_root).to_table(columns=["id"]).column("id").to_pylist()
 
 
 def test_ingest_on_object_storage(written, tmp_path):
@@ -306,7 +309,7 @@ def test_vlm_study_on_webdataset_runs_through_splits(written, tmp_path, capsys):
             _run_stage(ctx, stage, digests, timings)
         return capsys.readouterr().out
 
-    assert "ingested 60 of 60 records" in run()
+    assert "wrote 60 of 60 records" in run()
     manifest = storage.read_json(ctx.manifest)
     assert sum(manifest["counts"].values()) + manifest["unassigned"] == N
     assert run().count("reusing finished stage") == 2

@@ -49,7 +49,6 @@ def test_batched_outcomes_equal_the_dictionary_oracle(tmp_path):
     _write_split(splits_dir, "target", queries, q_labels)
     nbrs = [list(rng.choice(pub, 12, replace=False)) for _ in queries]
     nbrs[5] = nbrs[5][:4] + [None] * 8  # fewer neighbours than k
-    nbrs[9][3] = "not-a-public-id"
     out = {}
     for model, seed in (("model_a", 0), ("model_b", 1)):
         uri = str(tmp_path / model)

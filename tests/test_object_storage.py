@@ -85,7 +85,10 @@ def test_storage_helpers_round_trip(s3_env, tmp_path):
 
 
 def test_whole_study_on_object_storage(s3_env, tmp_path):
-    env = {**os.environ, **s3_env, "PYTHONPATH": ROOT}
+    """...and the credentials, taken from the standard environment chain, appear in no output:
+    a planted secret is searched for in the run's every file, its logs and the report command's."""
+    secret = "planted-" + os.urandom(8).hex()
+    env = {**os.environ, **s3_env, "PYTHONPATH": ROOT, "AWS_SECRET_ACCESS_KEY": secret}
     out = f"s3://{BUCKET}/runs"
     run = subprocess.run(
         [sys.executable, "-m", "study.cli", "run", "configs/tiny.yaml", "--output", out, "--set", "ray.num_cpus=2"],
@@ -109,3 +112,5 @@ def test_whole_study_on_object_storage(s3_env, tmp_path):
     )
     assert rep.returncode == 0, rep.stderr
     assert "projector/positive" in rep.stdout and "projector/null" in rep.stdout
+    blobs = [run.stdout, run.stderr, rep.stdout, rep.stderr] + [fs.cat_file(n) for n in names]
+    assert all(secret.encode() not in (b if isinstance(b, bytes) else b.encode()) for b in blobs)

@@ -5,16 +5,16 @@ import glob
 import os
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from study import storage
 from study.config import DataConfig, SplitConfig, StudyConfig
+from study.core.split_plan import SplitPlan
 from study.core.splits import UNASSIGNED, assign_splits, split_digest
 from study.data import records, synthetic
 from study.data.loading import read_split
-from study.errors import DataError, StudyError
+from study.errors import StudyError
 from study.pipeline.context import RunContext
 from study.pipeline.manifest import run_splits, verify_splits
 
@@ -59,14 +59,6 @@ def test_streamed_plan_equals_in_memory_plan(ray_local, tmp_path):
         verify_splits(ctx.splits_dir)
 
 
-def test_duplicate_ids_stop_the_stage(ray_local, tmp_path):
-    ctx = _context(tmp_path, num=60, shard_size=60)
-    first = pq.read_table(os.path.join(ctx.data_root, "part-00000.parquet"))
-    pq.write_table(first.slice(10, 3), os.path.join(ctx.data_root, "part-00001.parquet"))
-    with pytest.raises(DataError, match="duplicated"):
-        run_splits(ctx)
-
-
 def test_empty_split_is_a_clear_error(ray_local, tmp_path):
     ctx = _context(tmp_path, num=12, shard_size=12)
     cfg = StudyConfig(output=str(tmp_path), data=ctx.cfg.data,
@@ -90,9 +82,9 @@ def test_embed_plan_counted_by_tasks_equals_in_memory_plan(ray_local, tmp_path):
     def crops(batch, s, wanted):
         return plan_crops(batch, s, wanted, crop_cfg)[1]
 
-    public, plan = count_plan(ctx.data_root, ["id", "width", "height", "label", "boxes"], crops, sets, FRACTIONS, 3)
+    public, plan = count_plan(ctx.data_root, ["id", "width", "height", "label", "boxes"], crops, sets, SplitPlan(FRACTIONS, 3))
     assert public == int((split_of == "public").sum())
     assert plan == plan_crops(meta, split_of, sets, crop_cfg)[1]
     assert all(c["skipped"] for c in plan.values())
-    _, plan = count_plan(ctx.data_root, ["id", "caption", "objects"], plan_captions, sets, FRACTIONS, 3)
+    _, plan = count_plan(ctx.data_root, ["id", "caption", "objects"], plan_captions, sets, SplitPlan(FRACTIONS, 3))
     assert plan == plan_captions(meta, split_of, sets)

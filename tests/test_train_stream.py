@@ -5,11 +5,11 @@ from __future__ import annotations
 import os
 
 import numpy as np
-import pyarrow.parquet as pq
 import pytest
 
 from study import storage
 from study.config import DataConfig, ModelConfig, SplitConfig, StudyConfig, TrainConfig
+from study.core.split_plan import SplitPlan
 from study.data import records, synthetic
 from study.data.loading import load_training_pairs, load_training_set, read_split
 from study.pipeline.context import RunContext
@@ -46,16 +46,16 @@ def _take_all(ds) -> dict:
 def test_streamed_rows_equal_the_in_memory_loader(planned):
     ctx = planned
     splits = ("target",)
-    streamed = _take_all(training_dataset(ctx.data_root, FRACTIONS, 1, splits, 16, text=False))
+    streamed = _take_all(training_dataset(ctx.data_root, SplitPlan(FRACTIONS, 1), splits, 16, text=False))
     images, labels = load_training_set(ctx.data_root, ctx.splits_dir, splits)
     assert list(streamed["id"]) == list(read_split(ctx.splits_dir, "target")[0])
     np.testing.assert_array_equal(streamed["image"], images)
     np.testing.assert_array_equal(streamed["label"], labels)
-    pairs = _take_all(training_dataset(ctx.data_root, FRACTIONS, 1, ("target", "reference"), 16, text=True))
+    pairs = _take_all(training_dataset(ctx.data_root, SplitPlan(FRACTIONS, 1), ("target", "reference"), 16, text=True))
     images, captions = load_training_pairs(ctx.data_root, ctx.splits_dir, ("target", "reference"))
     np.testing.assert_array_equal(pairs["image"], images)
     assert list(pairs["caption"]) == captions
-    inside, usable = count_rows(ctx.data_root, FRACTIONS, 1, ("target", "reference"), text=True)
+    inside, usable = count_rows(ctx.data_root, SplitPlan(FRACTIONS, 1), ("target", "reference"), text=True)
     assert usable == len(captions) and inside - usable > 0
     assert inside == sum(len(read_split(ctx.splits_dir, s)[0]) for s in ("target", "reference"))
 
@@ -71,13 +71,13 @@ def test_auto_streams_only_large_sets():
 def test_both_recipes_train_from_the_stream_on_two_workers(planned, recipe, method, tmp_path):
     ctx = planned
     splits = ("target",)
-    inside, usable = count_rows(ctx.data_root, FRACTIONS, 1, splits, text=recipe == "clip")
+    inside, usable = count_rows(ctx.data_root, SplitPlan(FRACTIONS, 1), splits, text=recipe == "clip")
     cfg = TrainConfig(method=method, epochs=2, global_batch_size=16, num_workers=2, cpus_per_worker=0.5,
                       checkpoint_every=1, stream="always")
     model_cfg = ModelConfig(backbone="small_cnn", projector_dims=(32, 16), clip="dejavu-tiny")
     size = 32 if recipe == "clip" else 16  # the tiny CLIP tower needs 32 px; the stream resizes
     context = {"recipe": recipe, "data_root": ctx.data_root, "splits_dir": ctx.splits_dir, "num_classes": 4,
-               "image_size": size, "fractions": FRACTIONS, "split_seed": 1}
+               "image_size": size, "split_plan": SplitPlan(FRACTIONS, 1)}
     out = str(tmp_path / recipe)
     fit(TrainJob("m", splits, out, usable, stream=True), cfg, model_cfg, context, use_gpu=False)
     history = [line for line in open(os.path.join(out, "metrics.jsonl"))]

@@ -13,6 +13,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from study.core.quality import box_reason
+
 Rect = tuple[int, int, int, int]
 
 REASON_NO_BOXES = "no_boxes"
@@ -21,7 +23,9 @@ REASON_TOO_SMALL = "crop_too_small"
 
 
 def pixel_boxes(width: int, height: int, boxes: Sequence[Sequence[float]]) -> list[Rect]:
-    """Round boxes outwards to whole pixels and clip them to the image; drop empty ones."""
+    """Round boxes outwards to whole pixels and clip them to the image; drop empty ones (callers
+    first reject records with unusable boxes, ``core.quality.box_reason``: dropping one here
+    would let a crop show its object)."""
     out = []
     for x0, y0, x1, y1 in boxes:
         r = (
@@ -89,6 +93,9 @@ def background_crop(width: int, height: int, boxes: Sequence[Sequence[float]], m
     """DESIGN §2.1 rule: the largest box-free rectangle, kept only if its shorter side >= min_side."""
     if len(boxes) == 0:
         return None, REASON_NO_BOXES
+    bad = box_reason(width, height, boxes)
+    if bad is not None:  # an inverted, empty, outside or normalised box: no crop could be trusted
+        return None, bad
     rect = largest_free_rect(width, height, boxes)
     if rect is None:
         return None, REASON_COVERED

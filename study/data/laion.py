@@ -25,21 +25,17 @@ import posixpath
 from functools import partial
 
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from PIL import Image
 
 from study import storage
-from study.data.records import BOX_TYPE, RECORD_SCHEMA
+from study.core.quality import NOT_DOWNLOADED, OK, UNDECODABLE
+from study.data.records import BOX_TYPE, MATCHED, STATUS, to_record_schema  # noqa: F401  (the readers' contract)
 from study.errors import DataError
 
 IMAGE_COLUMNS = ("jpg", "png", "webp", "jpeg")  # img2dataset's encode formats, as column or file suffix
 KEY_COLUMNS = ("key", "id")  # how the side table may name the record key
 SIDE_COLUMNS = {"objects": pa.list_(pa.string()), "label": pa.int32(), "boxes": pa.list_(BOX_TYPE)}
-# Per-record outcome of reading, counted by the ingest stage and never written.
-STATUS = "_status"
-OK, NOT_DOWNLOADED, UNDECODABLE = "ok", "not_downloaded", "undecodable"
-MATCHED = "_matched"  # set on side-table rows, so a left join leaves it null for records without them
 JOIN_PARTITION_BYTES = 256 * 2**20
 
 
@@ -154,24 +150,6 @@ def side_batch(batch: pa.Table, key: str) -> pa.Table:
         cols[name] = batch.column(name).cast(typ) if name in batch.column_names else pa.nulls(n, typ)
     cols[MATCHED] = pa.array([True] * n, pa.bool_())
     return pa.table(cols)
-
-
-def to_record_schema(table: pa.Table) -> pa.Table:
-    """The record schema's columns in order, cast; columns the input lacks are null."""
-    n = table.num_rows
-    cols = [table.column(f.name).cast(f.type) if f.name in table.column_names else pa.nulls(n, f.type)
-            for f in RECORD_SCHEMA]
-    return pa.Table.from_arrays(cols, schema=RECORD_SCHEMA)
-
-
-def status_counts(table: pa.Table) -> dict[str, int]:
-    """Records per read status, and how many carry a side-table row."""
-    counts = {s: 0 for s in (OK, NOT_DOWNLOADED, UNDECODABLE)}
-    for row in pc.value_counts(table.column(STATUS)).to_pylist():
-        counts[row["values"]] = row["counts"]
-    matched = table.column(MATCHED) if MATCHED in table.column_names else pa.nulls(table.num_rows, pa.bool_())
-    counts["matched"] = int(pc.sum(pc.and_(pc.is_valid(matched), pc.equal(table.column(STATUS), OK))).as_py() or 0)
-    return counts
 
 
 # -- readers (Ray Data) ---------------------------------------------------------------------------

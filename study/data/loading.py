@@ -2,7 +2,7 @@
 batch at a time for a training set streamed through Ray Data (``decode_training_batch``)."""
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from typing import Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -88,17 +88,16 @@ def load_training_pairs(data_root: str, splits_dir: str, splits: Sequence[str]) 
     return np.ascontiguousarray(stack), [by_id[i][1] for i in ids]
 
 
-def decode_training_batch(batch: pa.Table, fractions: Mapping[str, float], seed: int, splits: Sequence[str],
-                          image_size: int, text: bool) -> dict[str, np.ndarray]:
+def decode_training_batch(batch: pa.Table, plan, splits: Sequence[str], image_size: int,
+                          text: bool) -> dict[str, np.ndarray]:
     """Records -> the training rows among them, decoded: {"id", "image" (n, 3, S, S) uint8, and
     "label" (n,) int64 (-1 where missing) or, with ``text``, "caption" (n,)}. Rows are kept when the
-    keyed-hash plan puts them in one of ``splits`` (and, with ``text``, their caption says
-    something: the rule ``training_pair_ids`` counts by)."""
-    from study.core.splits import assign_splits
+    split plan (``core.split_plan.SplitPlan``) puts them in one of ``splits`` (and, with ``text``,
+    their caption says something: the rule ``training_pair_ids`` counts by)."""
     from study.embed.views import resize
 
     ids = batch.column("id").to_pylist()
-    keep = np.isin(assign_splits(ids, fractions, seed), list(splits))
+    keep = np.isin(plan.assign(batch), list(splits))
     captions = batch.column("caption").to_pylist() if text else None
     if text:
         keep &= np.fromiter((records.has_text(c) for c in captions), bool, len(ids))

@@ -17,6 +17,7 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from study import storage
+from study.core.quality import has_text  # noqa: F401  (the readers' and stages' caption rule)
 from study.errors import DataError
 
 BOX_TYPE = pa.struct(
@@ -35,11 +36,30 @@ RECORD_SCHEMA = pa.schema(
     ]
 )
 METADATA_COLUMNS = ["id", "width", "height", "label", "boxes"]
+STATUS = "_status"  # readers' per-record read status (core.quality: ok or a read reason), never stored
+MATCHED = "_matched"  # set on side-table rows, so a left join leaves it null for records without them
 
 
-def has_text(caption) -> bool:
-    """Whether a caption says anything: null and whitespace-only captions do not."""
-    return caption is not None and bool(str(caption).strip())
+def read_image_file(fs, path: str) -> tuple[bytes | None, str]:
+    """(bytes, ``ok``) of an image file, or (None, read reason): ``missing_image`` when it is not
+    there, ``unreadable`` when it is but cannot be read (permissions, a folder by that name, a
+    failing store). Decoding is checked separately."""
+    from study.core import quality
+
+    try:
+        return fs.cat_file(path), quality.OK
+    except FileNotFoundError:
+        return None, quality.MISSING_IMAGE
+    except Exception:  # the file is there but unusable
+        return None, quality.UNREADABLE
+
+
+def to_record_schema(table: pa.Table) -> pa.Table:
+    """The record schema's columns in order, cast; columns the input lacks are null."""
+    n = table.num_rows
+    cols = [table.column(f.name).cast(f.type) if f.name in table.column_names else pa.nulls(n, f.type)
+            for f in RECORD_SCHEMA]
+    return pa.Table.from_arrays(cols, schema=RECORD_SCHEMA)
 
 
 def encode_png(image: np.ndarray) -> bytes:
@@ -90,7 +110,41 @@ def dataset(root: str) -> pads.Dataset:
     missing = [f.name for f in RECORD_SCHEMA if f.name in ("id", "image", "width", "height") and f.name not in ds.schema.names]
     if missing:
         raise DataError(f"record shards under {root} lack required column(s) {missing}")
+    for f in RECORD_SCHEMA:
+        if f.name in ds.schema.names and not fits(ds.schema.field(f.name).type, f.type):
+            raise DataError(f"record shards under {root}: column '{f.name}' is {ds.schema.field(f.name).type}, "
+                            f"expected {f.type}")
     return ds
+
+
+def fits(actual: pa.DataType, expected: pa.DataType) -> bool:
+    """Whether a column of type ``actual`` holds values of the record schema's ``expected`` type:
+    the same kind of value at any width (int64 labels, double or large-list boxes), lists and
+    structs element by element; an all-null column fits anything. Arrow casts strings to numbers
+    and drops missing struct fields, so its cast rules would let a text label or a box without
+    its label through."""
+    t = pa.types
+    if t.is_null(actual) or actual == expected:
+        return True
+    if t.is_dictionary(actual):
+        return fits(actual.value_type, expected)
+    if t.is_integer(expected):
+        return t.is_integer(actual)
+    if t.is_floating(expected):
+        return t.is_integer(actual) or t.is_floating(actual)
+    if t.is_string(expected):
+        return t.is_string(actual) or t.is_large_string(actual) or t.is_string_view(actual)
+    if t.is_binary(expected):
+        return t.is_binary(actual) or t.is_large_binary(actual) or t.is_binary_view(actual)
+    if t.is_list(expected):
+        lists = t.is_list(actual) or t.is_large_list(actual) or t.is_fixed_size_list(actual) or t.is_list_view(actual)
+        return lists and fits(actual.value_type, expected.value_type)
+    if t.is_struct(expected):
+        if not t.is_struct(actual):
+            return False
+        names = [actual.field(i).name for i in range(actual.num_fields)]
+        return all(f.name in names and fits(actual.field(f.name).type, f.type) for f in expected)
+    return False
 
 
 def undecodable_images(root: str, batch_rows: int = 1024) -> list[str]:

@@ -15,7 +15,7 @@ import pyarrow as pa
 import torch
 
 from study import storage
-from study.core.splits import assign_splits
+from study.core.split_plan import SplitPlan
 from study.data import records
 from study.embed.views import resize
 
@@ -43,14 +43,14 @@ def plan_captions(meta: pa.Table, split_of: np.ndarray, sets: tuple[str, ...]) -
 
 
 def prepare_vlm_batch(
-    batch: pa.Table, split_seed: int, fractions: Mapping[str, float], modes: Mapping[str, str], image_size: int
+    batch: pa.Table, plan: SplitPlan, modes: Mapping[str, str], image_size: int
 ) -> dict[str, np.ndarray]:
     """Records -> {"id", "set", "pixels" (n, S, S, 3) uint8, "caption" (n,)} for wanted sets.
 
     Image rows carry pixels (and an empty caption), text rows a caption (and zero pixels).
     """
     ids = batch.column("id").to_pylist()
-    split_of = assign_splits(ids, fractions, split_seed)
+    split_of = plan.assign(batch)
     images = batch.column("image").to_pylist()
     captions = batch.column("caption").to_pylist()
     objects = batch.column("objects").to_pylist()

@@ -15,7 +15,7 @@ from PIL import Image
 
 from study.config import CropConfig
 from study.core.crops import CROP_RULES
-from study.core.splits import assign_splits
+from study.core.split_plan import SplitPlan
 from study.data import records
 
 REASON_NO_LABEL = "no_label"
@@ -59,15 +59,14 @@ def resize(image: np.ndarray, size: int) -> np.ndarray:
 
 def prepare_batch(
     batch: pa.Table,
-    split_seed: int,
-    fractions: Mapping[str, float],
+    plan: SplitPlan,
     modes: Mapping[str, str],
     crop_cfg: CropConfig,
     image_size: int,
 ) -> dict[str, np.ndarray]:
     """Records -> model inputs: {"id", "set", "pixels" (n, S, S, 3) uint8} for wanted sets only."""
     ids = batch.column("id").to_pylist()
-    split_of = assign_splits(ids, fractions, split_seed)
+    split_of = plan.assign(batch)
     images = batch.column("image").to_pylist()
     widths = batch.column("width").to_pylist()
     heights = batch.column("height").to_pylist()

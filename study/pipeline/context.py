@@ -4,7 +4,9 @@ Layout (all paths are built here and nowhere else)::
 
     <output>/<name>/<run id>/
         config.json, timings.json
-        data/records/part-*.parquet           synthetic records (user shards stay where they are)
+        data/records/part-*.parquet           generated or ingested records (user shards stay where
+                                              they are unless some must be quarantined)
+        data/quarantine/part-*.parquet        (id, reason) of records the data stage could not use
         splits/<split>.parquet, manifest.json
         [settings/<setting>/]train/<model>/model.pt, metrics.jsonl, ray_train/
         [settings/<setting>/]embed/<model>/<set>/<view>/part-*.parquet
@@ -68,9 +70,36 @@ class RunContext:
     def data_root(self) -> str:
         """The record shards every stage after ``data`` reads: a user's record shards in place, else
         those the data stage writes under the run (generated, or ingested from img2dataset output)."""
-        if self.cfg.data.source == "parquet":
+        copy = self.stage_dir("data", "records")
+        if self.cfg.data.source == "parquet" and not storage.exists(copy):  # a copy: some were unusable
             return storage.absolute(self.cfg.data.path)
-        return self.stage_dir("data", "records")
+        return copy
+
+    @property
+    def quarantine_dir(self) -> str:
+        """(id, reason) of the records the data stage could not use."""
+        return self.stage_dir("data", "quarantine")
+
+    def split_plan(self, thresholds: dict | None = None):
+        """The split rule every stage after ``data`` applies (``core.split_plan.SplitPlan``): this
+        config's fractions and seed, the study kind's needs, the records' columns, and with
+        ``splits.per_class`` the per-class thresholds (given, or from the split manifest)."""
+        from study.core.split_plan import SplitPlan
+        from study.data import records
+        from study.pipeline.kinds import get_kind
+
+        cfg = self.cfg.splits
+        names = records.dataset(self.data_root).schema.names
+        needs = get_kind(self.cfg.study).needs
+        excluded: frozenset = frozenset()
+        if thresholds is None and (cfg.per_class or cfg.near_duplicates.drop):  # what the splits stage decided
+            from study.pipeline.balance import read_thresholds
+
+            manifest = storage.read_json(self.manifest)
+            thresholds = read_thresholds(manifest)
+            excluded = frozenset((manifest.get("near_duplicates") or {}).get("dropped", []))
+        return SplitPlan(dict(cfg.fractions), cfg.seed, dict(needs), tuple(names), dict(cfg.per_class),
+                         thresholds or {}, excluded)
 
     @property
     def splits_dir(self) -> str:

@@ -66,6 +66,8 @@ class StudyKind:
     models: Mapping[str, str] = field(default_factory=lambda: dict(MODELS))  # model -> its own split
     attacked: tuple[str, ...] = ("target", "reference", "holdout")
     record_columns: tuple[str, ...] = ()  # optional record columns the kind reads (checked up front)
+    # split -> record fields a record of that split must have, else it is quarantined (core.quality)
+    needs: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
     def spaces_for(self, cfg: StudyConfig) -> tuple[str, ...]:
         """The search spaces a config asks for (``search.representations``; empty = all)."""
@@ -76,7 +78,7 @@ class StudyKind:
         return wanted
 
     def attacked_sets(self, cfg: StudyConfig) -> tuple[str, ...]:
-        return tuple(s for s in self.attacked if cfg.splits.fractions.get(s, 0) > 0)
+        return tuple(s for s in self.attacked if cfg.splits.uses(s))
 
 
 def get_kind(name: str) -> StudyKind:

@@ -14,7 +14,7 @@ import time
 from study import storage
 from study.errors import ConfigError, DataError
 from study.pipeline.context import RunContext, is_complete, write_marker
-from study.pipeline.kinds import get_kind
+from study.pipeline.kinds import StudyKind, get_kind
 from study.pipeline.manifest import verify_splits
 from study.train.driver import TrainJob, fit_all
 from study.train.stream import use_stream
@@ -24,6 +24,18 @@ def training_splits(models: dict[str, str], counts: dict[str, int]) -> dict[str,
     """Splits each model trains on: its own, plus the shared split when that has records."""
     shared = ("shared",) if counts.get("shared", 0) > 0 else ()
     return {model: (split, *shared) for model, split in models.items()}
+
+
+def check_labels(kind: StudyKind, manifest: dict, data_root: str) -> None:
+    """A kind that reads labels needs at least two classes among the records: without labels the
+    split plan counts none, and the models would train a zero-way classifier and every k-NN
+    prediction would be empty."""
+    n = manifest["num_classes"]
+    if "label" not in kind.record_columns or n >= 2:
+        return
+    what = "carry no labels" if n == 0 else "carry a single label"
+    raise DataError(f"the records under {data_root} {what} (num_classes = {n}); "
+                    f"the {kind.name} study needs a label per record, of at least two classes")
 
 
 def count_skipped(recipe: str, ctx: RunContext, splits: tuple[str, ...], counts: dict[str, int],
@@ -36,7 +48,7 @@ def count_skipped(recipe: str, ctx: RunContext, splits: tuple[str, ...], counts:
     total = sum(counts.get(s, 0) for s in splits)
     out = {}
     if stream and recipe == "clip":  # the only recipe that leaves records out: those without a caption
-        inside, usable = count_rows(ctx.data_root, ctx.cfg.splits.fractions, ctx.cfg.splits.seed, splits, text=True)
+        inside, usable = count_rows(ctx.data_root, ctx.split_plan(), splits, text=True)
         out = {"empty_caption": inside - usable} if inside > usable else {}
     elif recipe in TRAINING_SKIPS:
         out = TRAINING_SKIPS[recipe](ctx.data_root, ctx.splits_dir, splits)
@@ -67,6 +79,7 @@ def run_train(ctx: RunContext, digest: str) -> dict:
     cfg = ctx.cfg
     kind = get_kind(cfg.study)
     manifest = verify_splits(ctx.splits_dir)
+    check_labels(kind, manifest, ctx.data_root)
     splits_of = training_splits(dict(kind.models), manifest["counts"])
     jobs, summary, skipped = [], {}, {}
     for model in kind.models:
@@ -103,8 +116,7 @@ def run_train(ctx: RunContext, digest: str) -> dict:
             "splits_dir": ctx.splits_dir,
             "num_classes": manifest["num_classes"],
             "image_size": cfg.data.image_size,
-            "fractions": dict(cfg.splits.fractions),
-            "split_seed": cfg.splits.seed,
+            "split_plan": ctx.split_plan(),
         }
         fit_all(jobs, train_cfg, cfg.model, context, cfg.ray.use_gpu)
         seconds = time.perf_counter() - start

@@ -6,13 +6,15 @@ batch and write the manifest as Parquet, partitioned by split::
     splits/members/split=<name>/*.parquet    (id, label)
     splits/manifest.json                      seed, fractions, counts, digest, num_classes
 
-Counts, the order-free digest and the uniqueness of ids come from Ray Data aggregates; the driver
-sees only those aggregates. One row per record with one split each makes the splits disjoint
-exactly when no id repeats, so the uniqueness check is the disjointness check. Before any model
-trains, ``verify_splits`` recomputes the digest from the member files.
+Counts, quarantine reasons and the order-free digest come from one Ray Data aggregate; the driver
+sees only that. One row per record with one split each makes the splits disjoint exactly when no
+id repeats: the data stage guarantees that for every input (it quarantines repeated ids; the
+generator's are unique by construction), so the manifest is disjoint by construction. Before any
+model trains, ``verify_splits`` recomputes the digest from the member files.
 """
 from __future__ import annotations
 
+import dataclasses
 from functools import partial
 from typing import Mapping
 
@@ -22,35 +24,37 @@ import ray
 from ray.data.aggregate import Count, Max, Sum
 
 from study import storage
-from study.core.splits import UNASSIGNED, assign_splits, digest_terms, plan_digest
+from study.core.split_plan import QUARANTINED, SplitPlan
+from study.core.splits import UNASSIGNED, digest_terms, plan_digest
 from study.data import records
-from study.data.loading import MEMBERS, members_dir
-from study.errors import DataError, StudyError
+from study.data.loading import MEMBERS, members_dir, split_uri
+from study.errors import StudyError
+from study.pipeline import balance, near_dups
 from study.pipeline.context import RunContext
 
 TASK_CPUS = 0.25  # planning is light; leave room for other work on a small machine
 
 
-def plan_batch(batch: pa.Table, fractions: Mapping[str, float], seed: int) -> pa.Table:
-    """Records (id[, label]) -> manifest rows (id, split, label; label -1 where missing)."""
+def plan_batch(batch: pa.Table, plan: SplitPlan) -> pa.Table:
+    """Records (id and the plan's columns) -> manifest rows (id, split, label, reason): label -1
+    where missing; reason null but for records the plan quarantines."""
     n = batch.num_rows
     label = batch.column("label") if "label" in batch.column_names else pa.nulls(n, pa.int32())
-    split = assign_splits(batch.column("id").to_pylist(), fractions, seed)
+    split, reasons = plan.assign_with_reasons(batch)
     return pa.table({
         "id": batch.column("id").cast(pa.string()),
         "split": pa.array(split.astype(str), pa.string()),
         "label": pc.fill_null(label.cast(pa.int32()), -1),
+        "reason": pa.array(reasons, pa.string()),
     })
 
 
 def digest_batch(batch: pa.Table) -> pa.Table:
-    """Manifest rows -> (split, label, lo, hi): the per-record terms of the plan digest."""
+    """Manifest rows -> (split, reason, label, lo, hi): the per-record terms of the plan digest."""
     lo, hi = digest_terms(batch.column("id").to_pylist())
-    return pa.table({"split": batch.column("split"), "label": batch.column("label"), "lo": lo, "hi": hi})
-
-
-def _keep_repeated(batch: pa.Table) -> pa.Table:
-    return batch.filter(pc.greater(batch.column("n"), 1))
+    reason = batch.column("reason") if "reason" in batch.column_names else pa.nulls(batch.num_rows, pa.string())
+    return pa.table({"split": batch.column("split"), "reason": pc.fill_null(reason.cast(pa.string()), ""),
+                     "label": batch.column("label"), "lo": lo, "hi": hi})
 
 
 def _read(uri: str, **kwargs) -> "ray.data.Dataset":
@@ -59,56 +63,90 @@ def _read(uri: str, **kwargs) -> "ray.data.Dataset":
 
 
 def plan_aggregates(members: "ray.data.Dataset") -> dict[str, dict]:
-    """{split: {"count", "lo", "hi", "max_label"}} of a manifest dataset (columns id, split, label)."""
+    """{split: {"count", "lo", "hi", "max_label", "reasons": {reason: n}}} of a manifest dataset
+    (columns id, split, label, reason), from one groupby on (split, reason); the sums wrap mod 2^64
+    when added up here, as the digest's do."""
     rows = (
         members.map_batches(digest_batch, batch_format="pyarrow", num_cpus=TASK_CPUS)
-        .groupby("split")
+        .groupby(["split", "reason"])
         .aggregate(Count(alias_name="count"), Sum("lo", alias_name="lo"), Sum("hi", alias_name="hi"),
                    Max("label", alias_name="max_label"))
         .take_all()
     )
-    return {r["split"]: {k: int(r[k]) for k in ("count", "lo", "hi", "max_label")} for r in rows}
+    out: dict[str, dict] = {}
+    for r in rows:
+        a = out.setdefault(r["split"], {"count": 0, "lo": 0, "hi": 0, "max_label": -1, "reasons": {}})
+        a["count"] += int(r["count"])
+        a["lo"], a["hi"] = a["lo"] + int(r["lo"]), a["hi"] + int(r["hi"])
+        a["max_label"] = max(a["max_label"], int(r["max_label"]))
+        if r["reason"]:
+            a["reasons"][r["reason"]] = int(r["count"])
+    return out
 
 
-def repeated_ids(members: "ray.data.Dataset", limit: int = 5) -> list[str]:
-    """Up to ``limit`` ids that occur more than once (a groupby aggregate, not a driver-side set)."""
-    counts = members.select_columns(["id"]).groupby("id").aggregate(Count(alias_name="n"))
-    return sorted(r["id"] for r in counts.map_batches(_keep_repeated, batch_format="pyarrow").take(limit))
+def write_members(ctx: RunContext, plan: SplitPlan) -> None:
+    """Plan every record in Ray Data tasks and write the member files, partitioned by split."""
+    columns = list(dict.fromkeys(["id", *plan.columns()]))
+    fs, paths = storage.arrow_fs_paths(records.shard_uris(ctx.data_root))
+    planned = ray.data.read_parquet(paths, filesystem=fs).select_columns(columns).map_batches(
+        partial(plan_batch, plan=plan), batch_format="pyarrow", num_cpus=TASK_CPUS)
+    out_fs, (out_path,) = storage.arrow_fs_paths([members_dir(ctx.splits_dir)])
+    planned.write_parquet(out_path, filesystem=out_fs, partition_cols=["split"])
 
 
 def run_splits(ctx: RunContext) -> dict:
     cfg = ctx.cfg.splits
-    columns = [c for c in ("id", "label") if c in records.dataset(ctx.data_root).schema.names]
-    out = members_dir(ctx.splits_dir)
+    plan = ctx.split_plan(thresholds={})
+    per_class = None
+    if cfg.per_class:  # the per-class thresholds first: the plan below applies them
+        thresholds, taken = balance.compute_thresholds(ctx.data_root, plan)
+        plan = dataclasses.replace(plan, thresholds=thresholds)
+        per_class = balance.manifest_entry(cfg.per_class, thresholds, taken)
+        short = {s: len(c) for s, c in per_class["short"].items() if c}
+        ctx.log("splits", f"per-class quotas {dict(cfg.per_class)} over {len(thresholds)} classes"
+                          + (f"; classes short of their quota: {short}" if short else ""))
     storage.remove(ctx.splits_dir)  # no stray member files from an earlier plan
-    fs, paths = storage.arrow_fs_paths(records.shard_uris(ctx.data_root))
-    planned = ray.data.read_parquet(paths, filesystem=fs).select_columns(columns).map_batches(
-        partial(plan_batch, fractions=dict(cfg.fractions), seed=cfg.seed), batch_format="pyarrow", num_cpus=TASK_CPUS)
-    out_fs, (out_path,) = storage.arrow_fs_paths([out])
-    planned.write_parquet(out_path, filesystem=out_fs, partition_cols=["split"])
+    write_members(ctx, plan)
+    near = None
+    if cfg.near_duplicates.detect:
+        near = near_dups.summarise(near_dups.find_pairs(ctx.data_root, plan, cfg.near_duplicates.max_distance),
+                                   cfg.near_duplicates)
+        ctx.log("splits", f"{near['pairs']} near-duplicate pairs across splits {near['by_splits']}")
+        if near["dropped"]:  # quarantine the attacked records among them, and plan again
+            plan = dataclasses.replace(plan, excluded=frozenset(near["dropped"]))
+            storage.remove(members_dir(ctx.splits_dir))
+            write_members(ctx, plan)
     ctx.log("splits", "wrote the manifest; counting and checking it")
-    members = read_members(ctx.splits_dir)
-    repeated = repeated_ids(members)
-    if repeated:
-        raise DataError(f"record ids must be unique; duplicated: {repeated}")
-    agg = plan_aggregates(members)
-    counts = {name: agg.get(name, {}).get("count", 0) for name in cfg.fractions}
-    for name, frac in cfg.fractions.items():
-        if frac > 0 and counts[name] == 0:
+    agg = plan_aggregates(read_members(ctx.splits_dir))
+    names = list(cfg.per_class) if cfg.per_class else list(cfg.fractions)
+    counts = {name: agg.get(name, {}).get("count", 0) for name in names}
+    quarantined = dict(sorted(agg.get(QUARANTINED, {}).get("reasons", {}).items()))
+    for name in names:
+        want = cfg.per_class.get(name) or cfg.fractions.get(name, 0)
+        if want > 0 and counts[name] == 0:
             total = sum(a["count"] for a in agg.values())
-            raise StudyError(f"split '{name}' is empty: {total} records are too few for fraction {frac}")
-    max_label = max((a["max_label"] for a in agg.values()), default=-1)
+            why = f" ({sum(quarantined.values())} quarantined: {quarantined})" if quarantined else ""
+            what = f"{want} per class" if cfg.per_class else f"fraction {want}"
+            raise StudyError(f"split '{name}' is empty: {total} records{why} are too few for {what}")
+    max_label = max((a["max_label"] for s, a in agg.items() if s != QUARANTINED), default=-1)
     manifest = {
         "seed": cfg.seed,
         "fractions": dict(cfg.fractions),
+        **({"per_class": per_class} if per_class else {}),
+        **({"near_duplicates": near} if near else {}),
         "counts": counts,
         "unassigned": agg.get(UNASSIGNED, {}).get("count", 0),
+        "quarantined": quarantined,
         "num_classes": max_label + 1 if max_label >= 0 else 0,
         "members": MEMBERS,
         "digest": _digest(cfg.seed, agg),
     }
     storage.write_json(storage.join(ctx.splits_dir, "manifest.json"), manifest)
     ctx.log("splits", "  ".join(f"{k}={v}" for k, v in counts.items()) + f"  (unassigned={manifest['unassigned']})")
+    if quarantined:
+        ctx.log("splits", f"quarantined {sum(quarantined.values())} records their split cannot use: "
+                          + ", ".join(f"{n} {r}" for r, n in quarantined.items())
+                          + f" (ids in {split_uri(ctx.splits_dir, QUARANTINED)})")
     return manifest
 
 
@@ -118,7 +156,8 @@ def read_members(splits_dir: str) -> "ray.data.Dataset":
 
 
 def _digest(seed: int, agg: Mapping[str, dict]) -> str:
-    return plan_digest(seed, {s: (a["count"], a["lo"], a["hi"]) for s, a in agg.items() if s != UNASSIGNED})
+    return plan_digest(seed, {s: (a["count"], a["lo"], a["hi"]) for s, a in agg.items()
+                              if s not in (UNASSIGNED, QUARANTINED)})
 
 
 def verify_splits(splits_dir: str) -> dict:

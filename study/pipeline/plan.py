@@ -9,23 +9,22 @@ reason whatever the number of records.
 from __future__ import annotations
 
 from functools import partial
-from typing import Callable, Mapping
+from typing import Callable
 
 import pyarrow as pa
 import ray
 from ray.data.aggregate import Sum
 
 from study import storage
-from study.core.splits import assign_splits
+from study.core.split_plan import SplitPlan
 from study.data import records
 
 EMBEDDED = "embedded"
 PUBLIC = "public"
 
 
-def _count_batch(batch: pa.Table, planner: Callable, sets: tuple[str, ...], fractions: Mapping[str, float],
-                 seed: int) -> pa.Table:
-    split_of = assign_splits(batch.column("id").to_pylist(), fractions, seed)
+def _count_batch(batch: pa.Table, planner: Callable, sets: tuple[str, ...], plan: SplitPlan) -> pa.Table:
+    split_of = plan.assign(batch)
     summary = planner(batch, split_of, sets)
     rows = [(PUBLIC, EMBEDDED, int((split_of == PUBLIC).sum()))]
     for s, c in summary.items():
@@ -36,15 +35,17 @@ def _count_batch(batch: pa.Table, planner: Callable, sets: tuple[str, ...], frac
 
 
 def count_plan(data_root: str, columns: list[str], planner: Callable, sets: tuple[str, ...],
-               fractions: Mapping[str, float], seed: int) -> tuple[int, dict]:
+               plan: SplitPlan) -> tuple[int, dict]:
     """(public records, {set: {"embedded": n, "skipped": {reason: n}}}) over every record.
 
-    ``planner(batch, split_of, sets)`` returns that summary for one batch of records."""
+    ``planner(batch, split_of, sets)`` returns that summary for one batch of records; quarantined
+    records are in no set (the splits stage counts them)."""
+    columns = list(dict.fromkeys([*columns, *plan.columns()]))
     fs, paths = storage.arrow_fs_paths(records.shard_uris(data_root))
     counted = (
         ray.data.read_parquet(paths, filesystem=fs)
         .select_columns(columns)
-        .map_batches(partial(_count_batch, planner=planner, sets=sets, fractions=dict(fractions), seed=seed),
+        .map_batches(partial(_count_batch, planner=planner, sets=sets, plan=plan),
                      batch_format="pyarrow", num_cpus=0.25)
         .groupby(["set", "reason"])
         .aggregate(Sum("n", alias_name="n"))

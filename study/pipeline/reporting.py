@@ -69,6 +69,26 @@ def setting_report(ctx: RunContext) -> dict:
     }
 
 
+def quarantine_summary(ctx: RunContext, manifest: dict) -> dict:
+    """Records read and quarantined per reason: by the data stage (unusable as read) and by the
+    split plan (unusable in their split), with where their ids are."""
+    from study.data.loading import split_uri
+
+    data = (read_marker(ctx.stage_dir("data")) or {}).get("summary", {})
+    by_stage = {"data": dict(data.get("quarantined", {})), "splits": dict(manifest.get("quarantined", {}))}
+    total: dict[str, int] = {}
+    for counts in by_stage.values():
+        for reason, n in counts.items():
+            total[reason] = total.get(reason, 0) + n
+    return {
+        "records_read": data.get("records_read", data.get("records")),
+        "used": sum(manifest.get("counts", {}).values()) + manifest.get("unassigned", 0),
+        "quarantined": dict(sorted(total.items())),
+        "by_stage": by_stage,
+        "ids": {"data": ctx.quarantine_dir, "splits": split_uri(ctx.splits_dir, "quarantined")},
+    }
+
+
 def build_report(ctx: RunContext) -> dict:
     cfg = ctx.cfg
     settings = settings_of(cfg)
@@ -79,6 +99,7 @@ def build_report(ctx: RunContext) -> dict:
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "splits": storage.read_json(ctx.manifest),
     }
+    report["quarantine"] = quarantine_summary(ctx, report["splits"])
     if cfg.sweep:
         (key, values), = cfg.sweep.items()
         report["sweep"] = {

@@ -61,7 +61,7 @@ def stages() -> list[Stage]:
               needs_ray=True, takes_digest=True),
         Stage("embed", lambda c: (c.study, c.embed, c.splits, c.data.image_size), ("data", "splits", "train"), embed,
               needs_ray=True),
-        Stage("search", lambda c: (c.study, c.search, c.splits.fractions), ("embed",), run_search, needs_ray=True),
+        Stage("search", lambda c: (c.study, c.search, c.splits), ("embed",), run_search, needs_ray=True),
         Stage("measure", lambda c: (c.study, c.measure, c.search, c.splits, c.report.gallery_size, c.data.image_size),
               ("data", "splits", "train", "search"), measure),
         Stage("report", lambda c: (config_to_dict(c),), ("data", "splits", "measure"), run_report),

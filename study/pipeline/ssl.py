@@ -43,13 +43,14 @@ def run_embed(ctx: RunContext) -> dict:
     cfg = ctx.cfg
     attacked = KIND.attacked_sets(cfg)
     planner = partial(_crop_summary, crop_cfg=cfg.embed.crop)
-    public_n, crops = count_plan(ctx.data_root, ["id", "width", "height", "label", "boxes"], planner, attacked,
-                                 cfg.splits.fractions, cfg.splits.seed)
+    plan = ctx.split_plan()
+    public_n, crops = count_plan(ctx.data_root, ["id", "width", "height", "label", "boxes"], planner, attacked, plan)
     modes = {PUBLIC: WHOLE, **{s: CROP for s in attacked}}
-    prepare = partial(prepare_batch, split_seed=cfg.splits.seed, fractions=cfg.splits.fractions, modes=modes,
+    prepare = partial(prepare_batch, plan=plan, modes=modes,
                       crop_cfg=cfg.embed.crop, image_size=cfg.data.image_size)
     sets = embed_planned(ctx, KIND.models, public_n, crops, f"crops ({cfg.embed.crop.rule} rule)",
-                         ["id", "image", "width", "height", "label", "boxes"], prepare, Embedder, {s: VIEWS for s in modes})
+                         list(dict.fromkeys(["id", "image", "width", "height", "label", "boxes", *plan.columns()])),
+                         prepare, Embedder, {s: VIEWS for s in modes})
     return {"sets": sets, "crop": vars(cfg.embed.crop)}
 
 
@@ -129,6 +130,7 @@ KIND = StudyKind(
     title="SSL déjà vu test (label inference from a background crop)",
     spaces={"projector": ("projector", "projector"), "backbone": ("backbone", "backbone")},
     recipe="ssl",
+    record_columns=("label", "boxes"),  # the attack's ground truth, and where its crop must not look
     check=check,
     embed=run_embed,
     measure=run_measure,
@@ -136,4 +138,7 @@ KIND = StudyKind(
     extras=extras,
     gallery=gallery,
     html=render_body,
+    # Attacked sets need a label to infer and boxes to crop around; the public set votes with labels.
+    needs={"target": ("label", "boxes"), "reference": ("label", "boxes"), "holdout": ("label", "boxes"),
+           "public": ("label",)},
 )

@@ -17,7 +17,7 @@ from study.data.loading import iter_split
 from study.data.lookup import IdIndex
 from study.pipeline.context import RunContext
 from study.pipeline.kinds import CONTROLS, get_kind, side_mask
-from study.search.results import iter_results, neighbour_matrix
+from study.search.results import check_queries, check_same_queries, iter_results, public_rows
 
 BATCH_ROWS = 65_536  # queries per batch of search results
 
@@ -31,6 +31,9 @@ class Outcomes:
     top1: np.ndarray  # (n,) bool
     top5: np.ndarray  # (n,) bool
     confidence: np.ndarray  # (n,) float64
+    neighbours: int = 0  # public neighbours read
+    unlabelled_neighbours: int = 0  # of them, records without a label: no vote
+    unlabelled_queries: int = 0  # queries without a label: no ground truth, left out
 
 
 def split_index(ctx: RunContext, split: str) -> tuple[IdIndex, np.ndarray]:
@@ -49,23 +52,37 @@ def split_index(ctx: RunContext, split: str) -> tuple[IdIndex, np.ndarray]:
 def knn_outcomes(search_uri: str, public: tuple[IdIndex, np.ndarray], truth: tuple[IdIndex, np.ndarray],
                  num_classes: int, batch_rows: int = BATCH_ROWS) -> Outcomes:
     """Top-1/top-5 correctness and confidence per query from its neighbours' labels, read one batch
-    of search results at a time."""
+    of search results at a time. Neighbours and queries must be records of the public and the
+    attacked split (a StudyError otherwise); those without a label are counted: a neighbour
+    without one casts no vote, a query without one is left out."""
     pub_index, pub_labels = public
     truth_index, truth_labels = truth
-    parts = []
+    parts, neighbours, unlabelled, no_truth = [], 0, 0, 0
     for batch in iter_results(search_uri, batch_rows):
-        rows = neighbour_matrix(batch.column("neighbor_ids"), pub_index.rows)
+        rows = public_rows(batch.column("neighbor_ids"), pub_index, search_uri)
         nl = np.where(rows >= 0, pub_labels[np.clip(rows, 0, None)], -1)
+        neighbours += int((rows >= 0).sum())
+        unlabelled += int(((rows >= 0) & (nl < 0)).sum())
         pred, top5, conf = predict_from_votes(label_votes(nl, num_classes), top=5)
         q_ids = np.asarray(batch.column("query_id").to_pylist(), dtype=str)
         t_rows = truth_index.rows(q_ids)
-        labels = np.where(t_rows >= 0, truth_labels[np.clip(t_rows, 0, None)], -2)  # -2: never a prediction
-        parts.append((q_ids, pred == labels, (top5 == labels[:, None]).any(axis=1), conf))
+        check_queries(q_ids, t_rows, search_uri)
+        labels = truth_labels[t_rows]
+        keep = labels >= 0  # an unlabelled query would count as right when no neighbour votes (-1 == -1)
+        no_truth += int((~keep).sum())
+        parts.append((q_ids[keep], (pred == labels)[keep], (top5 == labels[:, None]).any(axis=1)[keep], conf[keep]))
+    counts = dict(neighbours=neighbours, unlabelled_neighbours=unlabelled, unlabelled_queries=no_truth)
     if not parts:
-        return Outcomes(np.zeros(0, str), np.zeros(0, bool), np.zeros(0, bool), np.zeros(0))
+        return Outcomes(np.zeros(0, str), np.zeros(0, bool), np.zeros(0, bool), np.zeros(0), **counts)
     ids, top1, top5, conf = (np.concatenate(c) for c in zip(*parts))
     order = np.argsort(ids, kind="stable")
-    return Outcomes(ids[order], top1[order], top5[order], conf[order])
+    return Outcomes(ids[order], top1[order], top5[order], conf[order], **counts)
+
+
+def dropped_counts(outcomes) -> dict[str, int]:
+    """Neighbours read, and neighbours and queries without a label, summed over ``Outcomes``."""
+    keys = ("neighbours", "unlabelled_neighbours", "unlabelled_queries")
+    return {key: sum(getattr(o, key) for o in outcomes) for key in keys}
 
 
 def build_sides(outcomes: dict, control: str, seed: int, metric: str) -> list[Side]:
@@ -91,16 +108,22 @@ def run_measure(ctx: RunContext) -> dict:
     m = cfg.measure
     manifest = storage.read_json(ctx.manifest)
     public = split_index(ctx, "public")
-    results = {}
+    results, dropped = {}, {}
     for rep in get_kind(cfg.study).spaces_for(cfg):
         outcomes = {}
         for split in {s for rows in CONTROLS.values() for _, s, _, _ in rows}:
-            if cfg.splits.fractions.get(split, 0) <= 0:
+            if not cfg.splits.uses(split):
                 continue
             truth = split_index(ctx, split)
-            for model in ("model_a", "model_b"):
-                uri = ctx.search_results(model, split, rep)
+            uris = {model: ctx.search_results(model, split, rep) for model in ("model_a", "model_b")}
+            for model, uri in uris.items():
                 outcomes[(model, split)] = knn_outcomes(uri, public, truth, manifest["num_classes"])
+            check_same_queries({model: outcomes[(model, split)].ids for model in uris}, uris)
+        dropped[rep] = dropped_counts(outcomes.values())
+        if dropped[rep]["unlabelled_neighbours"] or dropped[rep]["unlabelled_queries"]:
+            ctx.log("measure", f"{rep}: {dropped[rep]['unlabelled_neighbours']} of {dropped[rep]['neighbours']} "
+                    f"neighbours have no label (no vote); {dropped[rep]['unlabelled_queries']} queries without "
+                    "a label left out")
         rep_result = {}
         for control in CONTROLS:
             if any(key not in outcomes for key in [(t, s) for _, s, t, _ in CONTROLS[control]]):
@@ -122,4 +145,4 @@ def run_measure(ctx: RunContext) -> dict:
                     f"[{gap['ci'][0]:+.3f}, {gap['ci'][1]:+.3f}] p={gap['p_value']:.4f}")
         results[rep] = rep_result
     storage.write_json(ctx.measure_results, results)
-    return {"representations": list(results)}
+    return {"representations": list(results), "dropped": dropped}

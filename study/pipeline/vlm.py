@@ -44,13 +44,12 @@ def run_embed(ctx: RunContext) -> dict:
 
     cfg = ctx.cfg
     attacked = KIND.attacked_sets(cfg)
-    public_n, plan = count_plan(ctx.data_root, ["id", "caption", "objects"], plan_captions, attacked,
-                                cfg.splits.fractions, cfg.splits.seed)
+    split_plan = ctx.split_plan()
+    public_n, plan = count_plan(ctx.data_root, ["id", "caption", "objects"], plan_captions, attacked, split_plan)
     modes = {PUBLIC: IMAGE, **{s: TEXT for s in attacked}}
-    prepare = partial(prepare_vlm_batch, split_seed=cfg.splits.seed, fractions=cfg.splits.fractions, modes=modes,
-                      image_size=cfg.data.image_size)
-    sets = embed_planned(ctx, KIND.models, public_n, plan, "captions",
-                         ["id", "image", "caption", "objects"], prepare, ClipEmbedder, {s: (v,) for s, v in modes.items()})
+    prepare = partial(prepare_vlm_batch, plan=split_plan, modes=modes, image_size=cfg.data.image_size)
+    columns = list(dict.fromkeys(["id", "image", "caption", "objects", *split_plan.columns()]))
+    sets = embed_planned(ctx, KIND.models, public_n, plan, "captions", columns, prepare, ClipEmbedder, {s: (v,) for s, v in modes.items()})
     return {"sets": sets}
 
 
@@ -101,7 +100,7 @@ def gallery(ctx: RunContext, report: dict) -> list[dict]:
         objects, caption = info[r["id"]]
         unnamed = sorted(set(objects) - set(named_objects(caption, objects)))
         retrieved = {o for n in neighbours[r["id"]][: report["k"]] for o in info[n][0]}
-        marks = [b for b in (boxes[r["id"]] or []) if names and b["label"] < len(names) and names[b["label"]] in unnamed]
+        marks = [b for b in (boxes[r["id"]] or []) if names and 0 <= b["label"] < len(names) and names[b["label"]] in unnamed]
         out.append({
             **r,
             "caption": caption,
@@ -128,4 +127,8 @@ KIND = StudyKind(
     gallery=gallery,
     html=render_body,
     record_columns=("caption", "objects"),
+    # Training pairs need a caption; attacked records a caption to query with and objects to recover;
+    # the public set's objects are what neighbours contribute.
+    needs={"target": ("caption", "objects"), "reference": ("caption", "objects"), "holdout": ("caption", "objects"),
+           "public": ("objects",), "shared": ("caption",)},
 )

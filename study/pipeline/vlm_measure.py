@@ -30,7 +30,7 @@ from study.data.loading import iter_split
 from study.data.lookup import IdIndex
 from study.pipeline.context import RunContext, read_marker
 from study.pipeline.kinds import CONTROLS, get_kind, side_mask
-from study.search.results import iter_results, neighbour_matrix
+from study.search.results import check_queries, check_same_queries, iter_results, public_rows
 
 BATCH_ROWS = 65_536  # records or queries per batch
 VARIANTS = ("all", "unnamed")  # ground truth: every object, or those the caption does not name
@@ -117,14 +117,22 @@ def ground_truth(objects: list, captions: list, variant: str, vocab: dict[str, i
 
 
 def read_neighbours(uri: str, public: IdIndex) -> tuple[np.ndarray, np.ndarray]:
-    """(query ids (n,) str, neighbour rows of the public set (n, k)) of one search, in batches."""
+    """(query ids (n,) str, neighbour rows of the public set (n, k)) of one search, in batches; a
+    StudyError if a neighbour is not a public record."""
     ids, rows = [], []
     for batch in iter_results(uri, BATCH_ROWS):
         ids.append(np.asarray(batch.column("query_id").to_pylist(), dtype=str))
-        rows.append(neighbour_matrix(batch.column("neighbor_ids"), public.rows))
+        rows.append(public_rows(batch.column("neighbor_ids"), public, uri))
     k = max((r.shape[1] for r in rows), default=0)
     rows = [np.pad(r, ((0, 0), (0, k - r.shape[1])), constant_values=-1) for r in rows]
     return (np.concatenate(ids) if ids else np.zeros(0, str)), (np.concatenate(rows) if rows else np.zeros((0, 0), np.int64))
+
+
+def in_id_order(ids: np.ndarray, I: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Query ids and neighbour rows sorted by id: results do not depend on the order of the
+    result files, and the models' rows align once they hold the same queries."""
+    order = np.argsort(ids, kind="stable")
+    return ids[order], I[order]
 
 
 def record_scores(I: np.ndarray, public_objects: np.ndarray, gt: np.ndarray, k: int, rule: str, top_n: int) -> dict:
@@ -144,20 +152,19 @@ def run_measure(ctx: RunContext) -> dict:
     for space in kind.spaces_for(cfg):
         scores = {}  # (model, split) -> (ids, {(k, rule, variant): overlap dict})
         for split in attacked:
-            searched = {model: read_neighbours(ctx.search_results(model, split, space), tables.public)
-                        for model in kind.models}
+            uris = {model: ctx.search_results(model, split, space) for model in kind.models}
+            searched = {model: read_neighbours(uri, tables.public) for model, uri in uris.items()}
+            check_same_queries({model: ids for model, (ids, _) in searched.items()}, uris)
+            searched = {model: in_id_order(ids, I) for model, (ids, I) in searched.items()}
             q_ids = next(iter(searched.values()))[0]
-            order = np.argsort(q_ids, kind="stable")  # id order: results do not depend on file order
-            searched = {model: (ids[order], I[order]) for model, (ids, I) in searched.items()}
-            q_ids = q_ids[order]
             rows = tables.attacked.rows(q_ids)
+            check_queries(q_ids, rows, next(iter(uris.values())))
             objects = [tables.attacked_objects[r] for r in rows]
             captions = [tables.attacked_captions[r] for r in rows]
             truths = {variant: ground_truth(objects, captions, variant, vocab) for variant in VARIANTS}  # same for every model
             for variant, (keep, _) in truths.items():
                 skipped[f"{split}/{variant}"] = int((~keep).sum())
-            for model, (ids, I) in searched.items():
-                assert np.array_equal(ids, q_ids)  # one query order per set, whichever model
+            for model, (_, I) in searched.items():
                 per = {}
                 for variant, (keep, gt) in truths.items():
                     for k in m.ks:
@@ -231,7 +238,7 @@ def measure_utility(ctx: RunContext, tables: ObjectTables) -> dict:
     from study.train.clip import load_clip, retrieval_recall, tokenize, zero_shot_accuracy
 
     cfg = ctx.cfg
-    if cfg.splits.fractions.get("holdout", 0) <= 0:
+    if not cfg.splits.uses("holdout"):
         return {"note": "no holdout split: utility not measured"}
     # The first records of the holdout in id order that have a caption (retrieval needs it).
     candidates = []

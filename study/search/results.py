@@ -11,8 +11,17 @@ and the key they were written under (index, queries, k, batching): a rerun with 
 resumes after the last finished part, with the same batches as an undisturbed run; any other key
 starts the directory afresh. A part is trusted only once ``_parts.json`` counts it, so a part cut
 short (on an object store, where a failed upload may still land) is rewritten.
+
+The measure stages read results through checks that they belong to the run's split manifest: a
+neighbour that is not a public record, a query that is not a record of the set it attacks, or a
+record one model was queried with and the other was not, means the results were written for
+another split plan or data set, or by a search cut short. Measuring anyway would leave those
+records out without a word and compare the two models on different records, so each check stops
+the run with one line naming the results and the first few ids.
 """
 from __future__ import annotations
+
+from typing import Mapping
 
 import numpy as np
 import pyarrow as pa
@@ -21,8 +30,12 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from study import storage
+from study.data.lookup import IdIndex
+from study.errors import StudyError
 
 PARTS = "_parts.json"
+FIRST_IDS = 5  # how many offending ids a check's message names
+RERUN = "rerun the search stage (remove the run's search/ directory)"
 SCHEMA = pa.schema([
     ("query_id", pa.string()),
     ("neighbor_ids", pa.list_(pa.string())),
@@ -118,14 +131,59 @@ def iter_results(uri: str, batch_rows: int, columns: tuple[str, ...] = ("query_i
     yield from _dataset(uri).to_batches(columns=list(columns), batch_size=batch_rows)
 
 
-def neighbour_matrix(neighbor_ids: pa.Array, rows_of) -> np.ndarray:
+def neighbour_matrix(neighbor_ids: pa.Array, rows_of) -> tuple[np.ndarray, np.ndarray]:
     """(nq, k) int64 rows of a batch's neighbours (``rows_of``: ids -> rows, -1 unknown), -1 where
-    a query has fewer than k neighbours or names a record ``rows_of`` does not know."""
+    a query has fewer than k neighbours or names a record ``rows_of`` does not know; and the
+    neighbour ids it does not know (object array, nulls excluded), for the caller to judge."""
     lengths = pc.list_value_length(neighbor_ids).to_numpy(zero_copy_only=False)
     nq, k = len(lengths), int(lengths.max()) if len(lengths) else 0
     out = np.full((nq, k), -1, dtype=np.int64)
-    flat = neighbor_ids.flatten().to_pylist()
+    flat_ids = neighbor_ids.flatten()
+    flat = flat_ids.to_pylist()
     rows = rows_of(flat)
     col = np.arange(len(flat)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
     out[np.repeat(np.arange(nq), lengths), col] = rows
-    return out
+    unknown = (rows < 0) & pc.is_valid(flat_ids).to_numpy(zero_copy_only=False)
+    return out, (np.asarray(flat, dtype=object)[unknown] if unknown.any() else np.zeros(0, dtype=object))
+
+
+def first_ids(ids) -> str:
+    """The first few of ``ids`` in sorted order, for a message."""
+    shown = sorted({str(i) for i in ids})
+    return ", ".join(shown[:FIRST_IDS]) + (", ..." if len(shown) > FIRST_IDS else "")
+
+
+def public_rows(neighbor_ids: pa.Array, public: IdIndex, uri: str) -> np.ndarray:
+    """(nq, k) rows of one batch's neighbours in the public set, -1 where a query has fewer than k
+    neighbours; a StudyError if any neighbour is not a public record of this run."""
+    rows, unknown = neighbour_matrix(neighbor_ids, public.rows)
+    if len(unknown):
+        raise StudyError(f"search results under {uri} name {len(unknown)} neighbour(s) in a batch of {len(rows)} "
+                         f"queries that are not records of this run's public split (first: {first_ids(unknown)}): "
+                         f"they were searched for other splits or data; {RERUN}")
+    return rows
+
+
+def check_queries(q_ids: np.ndarray, rows: np.ndarray, uri: str) -> None:
+    """Every query must be a record of the set it attacks (``rows``: its row there, -1 if none)."""
+    unknown = np.asarray(q_ids)[np.asarray(rows) < 0]
+    if len(unknown):
+        raise StudyError(f"search results under {uri} hold {len(unknown)} of {len(q_ids)} queries that are not "
+                         f"records of the set they attack (first: {first_ids(unknown)}); {RERUN}")
+
+
+def check_same_queries(ids: Mapping[str, np.ndarray], uris: Mapping[str, str]) -> None:
+    """Every model must have been queried with the same records (``ids``: model -> query ids, any
+    order), or the models' sides would cover different records."""
+    (first, first_q), *others = ids.items()
+    for model, q in others:
+        if np.array_equal(np.sort(first_q), np.sort(q)):
+            continue
+        only_first, only_other = np.setdiff1d(first_q, q), np.setdiff1d(q, first_q)
+        differ = np.concatenate([only_first, only_other])
+        detail = "the same records, some of them repeated"
+        if len(differ):
+            detail = (f"{len(only_first)} only in {first}'s, {len(only_other)} only in {model}'s "
+                      f"(first: {first_ids(differ)})")
+        raise StudyError(f"the search results of {first} ({uris[first]}) hold {len(first_q)} queries and those of "
+                         f"{model} ({uris[model]}) {len(q)}: {detail}; {RERUN}")

@@ -128,8 +128,8 @@ def fit(job: TrainJob, cfg: TrainConfig, model_cfg: ModelConfig, context: dict, 
     if job.stream:
         from study.train.stream import training_dataset
 
-        datasets["train"] = training_dataset(context["data_root"], context["fractions"], context["split_seed"],
-                                             job.splits, context["image_size"], text=context["recipe"] == "clip")
+        datasets["train"] = training_dataset(context["data_root"], context["split_plan"], job.splits,
+                                             context["image_size"], text=context["recipe"] == "clip")
     trainer = TorchTrainer(
         train_func,
         train_loop_config={

@@ -10,7 +10,6 @@ checkpoints, resumption, distribution and progress the same way for every recipe
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import partial
 from typing import Callable
 
 import torch

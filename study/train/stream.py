@@ -11,7 +11,7 @@ so the driver never lists the set's ids.
 from __future__ import annotations
 
 from functools import partial
-from typing import Mapping, Sequence
+from typing import Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -19,7 +19,7 @@ import ray
 
 from study import storage
 from study.config import TrainConfig
-from study.core.splits import assign_splits
+from study.core.split_plan import SplitPlan
 from study.data import records
 from study.data.loading import decode_training_batch
 
@@ -38,32 +38,28 @@ def _read(data_root: str, columns: list[str]) -> "ray.data.Dataset":
     return ray.data.read_parquet(paths, filesystem=fs).select_columns(columns)
 
 
-def training_dataset(data_root: str, fractions: Mapping[str, float], seed: int, splits: Sequence[str],
-                     image_size: int, text: bool) -> "ray.data.Dataset":
+def training_dataset(data_root: str, plan: SplitPlan, splits: Sequence[str], image_size: int,
+                     text: bool) -> "ray.data.Dataset":
     """The decoded training rows of ``splits`` (see ``decode_training_batch``), as a stream."""
-    columns = ["id", "image"] + (["caption"] if text else [c for c in ("label",) if c in _schema(data_root)])
-    decode = partial(decode_training_batch, fractions=dict(fractions), seed=seed, splits=list(splits),
-                     image_size=image_size, text=text)
+    wanted = ["caption"] if text else [c for c in ("label",) if c in records.dataset(data_root).schema.names]
+    columns = list(dict.fromkeys(["id", "image", *plan.columns(), *wanted]))
+    decode = partial(decode_training_batch, plan=plan, splits=list(splits), image_size=image_size, text=text)
     return _read(data_root, columns).map_batches(decode, batch_format="pyarrow", num_cpus=TASK_CPUS)
 
 
-def _schema(data_root: str) -> list[str]:
-    return records.dataset(data_root).schema.names
-
-
-def _count_batch(batch: pa.Table, fractions: Mapping[str, float], seed: int, splits: list[str], text: bool) -> dict:
-    inside = np.isin(assign_splits(batch.column("id").to_pylist(), fractions, seed), splits)
+def _count_batch(batch: pa.Table, plan: SplitPlan, splits: list[str], text: bool) -> dict:
+    inside = np.isin(plan.assign(batch), splits)
     usable = inside.copy()
     if text:
         usable &= np.fromiter((records.has_text(c) for c in batch.column("caption").to_pylist()), bool, len(inside))
     return {"inside": np.array([inside.sum()], np.int64), "usable": np.array([usable.sum()], np.int64)}
 
 
-def count_rows(data_root: str, fractions: Mapping[str, float], seed: int, splits: Sequence[str],
-               text: bool) -> tuple[int, int]:
+def count_rows(data_root: str, plan: SplitPlan, splits: Sequence[str], text: bool) -> tuple[int, int]:
     """(records in ``splits``, those a model can train on) over every record, counted by tasks."""
-    counted = _read(data_root, ["id"] + (["caption"] if text else [])).map_batches(
-        partial(_count_batch, fractions=dict(fractions), seed=seed, splits=list(splits), text=text),
+    columns = list(dict.fromkeys(["id", *plan.columns()] + (["caption"] if text else [])))
+    counted = _read(data_root, columns).map_batches(
+        partial(_count_batch, plan=plan, splits=list(splits), text=text),
         batch_format="pyarrow", num_cpus=TASK_CPUS)
     totals = counted.sum(["inside", "usable"]) or {}
     return int(totals.get("sum(inside)", 0) or 0), int(totals.get("sum(usable)", 0) or 0)
