@@ -241,3 +241,28 @@ def test_synth_cli_writes_a_layout_its_printed_flags_read(ray_local, tmp_path, c
     assert {"label", "boxes", "objects"} <= columns
     if fmt != "hf":  # a saved Hugging Face dataset keeps its images inside its Arrow files
         assert len(list((tmp_path / fmt).rglob("*.png"))) == 12
+
+
+def test_hugging_face_dataset(ray_local, tmp_path):
+    """A saved Hugging Face dataset with a corrupt image, boxes in another split's needs, a -1
+    ("no label") class label: the quarantine per reason, through the mapping."""
+    import datasets
+
+    from study.data.synth_hf import write_hf
+
+    write_hf(GEN_CFG, str(tmp_path / "hf"), "disk")
+    ds = datasets.load_from_disk(str(tmp_path / "hf"))
+    rows = ds.to_dict()
+    rows["image"][7] = {"bytes": b"not an image", "path": None}
+    rows["label"][8] = -1
+    rows["boxes"][9] = [[9.0, 2.0, 3.0, 8.0]]  # inverted
+    rows["box_labels"][9] = [0]
+    datasets.Dataset.from_dict(rows, features=ds.features).save_to_disk(str(tmp_path / "hf2"))
+    cols = "data.hf.columns={objects: objects, boxes: boxes, box_labels: box_labels}"
+    ctx, data, manifest, summary = run(tmp_path, "hf", str(tmp_path / "hf2"), extra=(cols,))
+    split = dict(zip(IDS, assign_splits(IDS, load_config(None, GEN).splits.fractions, 0)))
+    want = {"undecodable": 1, "box_inverted": 1}
+    if "label" in get_kind("ssl_dejavu").needs.get(split[IDS[8]], ()):
+        want["missing_label"] = 1
+    assert summary["quarantined"] == dict(sorted(want.items()))
+    check_books(ctx, data, summary, N)
