@@ -266,3 +266,23 @@ def test_hugging_face_dataset(ray_local, tmp_path):
         want["missing_label"] = 1
     assert summary["quarantined"] == dict(sorted(want.items()))
     check_books(ctx, data, summary, N)
+
+
+def test_damaged_tars_lose_only_what_is_damaged(ray_local, tmp_path):
+    """A shard that is not a tar, and one cut short in the middle of a member: the samples read
+    before the damage are used, the damaged member and the damaged shards are quarantined."""
+    src = tmp_path / "wds"
+    synth_write.write_synthetic(GEN_CFG, "webdataset", str(src))
+    (src / "00000.tar").write_bytes(b"garbage!" * 100)
+    whole = (src / "00001.tar").read_bytes()
+    with tarfile.open(src / "00001.tar") as tar:
+        members = tar.getmembers()
+    cut = members[9]  # the fourth sample's image (three members per sample)
+    (src / "00001.tar").write_bytes(whole[: cut.offset_data + cut.size // 2])
+    sets = GEN + ["study=vlm_dejavu", "data.source=webdataset", f"data.path={src}", f"data.objects={src}/objects.parquet"]
+    ctx = RunContext.create(load_config(None, sets, str(tmp_path / "runs")))
+    data = ingest.run_data(ctx)  # three records are too few for the splits: the data stage alone
+    held = {r["id"]: r["reason"] for r in pq.read_table(ctx.quarantine_dir).to_pylist()}
+    assert held == {"file:00000.tar": "unreadable", "file:00001.tar": "unreadable", IDS[43]: "unreadable"}
+    assert (data["records"], data["records_read"]) == (3, 6)  # the three samples of 00001.tar before the cut
+    assert sorted(records.dataset(ctx.data_root).to_table(columns=["id"]).column("id").to_pylist()) == IDS[40:43]

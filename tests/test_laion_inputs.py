@@ -285,6 +285,11 @@ def test_ingest_on_object_storage(written, tmp_path):
     fingerprint = ingest.input_fingerprint(ctx.cfg.data)
     assert [n for n, _ in fingerprint["shards"]] == ["00000.tar", "00001.tar", "00002.tar"]
     assert [n for n, _ in fingerprint["objects"]] == ["objects.parquet"]
+    # `dejavu data inspect` streams the same S3 input and writes its page to S3.
+    page = f"s3://{BUCKET}/pages/wds.html"
+    assert main(["data", "inspect", src, "--source", "webdataset", "--study", "vlm_dejavu", "--html", page,
+                 "--sample", "4", "--set", f"data.objects={src}/objects.parquet"]) == 0
+    assert storage.read_bytes(page).decode().count("<img") == 4
 
 
 def test_vlm_study_on_webdataset_runs_through_splits(written, tmp_path, capsys):

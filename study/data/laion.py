@@ -158,15 +158,17 @@ def _read_args(files: list[tuple[str, int]]) -> tuple:
 
 
 def read_webdataset(files: list[tuple[str, int]]):
-    """img2dataset tar shards -> Dataset of records and read status. The decoder is off: image
-    bytes stay encoded and text stays bytes until ``webdataset_batch``."""
+    """img2dataset tar shards -> Dataset of records and read status: each shard is read whole by a
+    task and split into samples member by member (``study.data.tars``: a damaged shard loses only
+    what is damaged, and that is quarantined); image bytes stay encoded."""
     import ray
+
+    from study.data.tars import shard_rows
 
     fs, paths = _read_args(files)
     # One block per tar: Ray's default splits a few files into ~200 tiny blocks, each its own task.
-    ds = ray.data.read_webdataset(paths, filesystem=fs, decoder=None, file_extensions=["tar"],
-                                  override_num_blocks=len(paths))
-    return ds.map_batches(webdataset_batch, batch_format="pyarrow")
+    ds = ray.data.read_binary_files(paths, filesystem=fs, include_paths=True, override_num_blocks=len(paths))
+    return ds.map_batches(partial(shard_rows, to_records=webdataset_batch), batch_format="pyarrow", batch_size=1)
 
 
 def img2dataset_columns(uri: str) -> tuple[str, list[str]]:

@@ -82,8 +82,8 @@ def check_in_place(ctx: RunContext) -> dict:
     ctx.log("data", f"checking {total} records under {src}")
     sink = RecordSink(ctx.stage_dir("data", "records"), ctx.quarantine_dir, cfg.shard_size, write_records=False)
     _read_records(src).write_datasink(sink)
-    repeated = quarantine.repeated_ids(src)
-    if not _quarantined(sink.counts) and not repeated:
+    repeated = quarantine.repeated_hashes(sink.id_hashes)
+    if not _quarantined(sink.counts) and not len(repeated):
         ctx.log("data", f"using {total} records from {src} in place (every image decodes, ids are unique)")
         return {"source": "parquet", "path": src, "records": total, "records_read": total, "quarantined": {}}
     storage.remove(ctx.stage_dir("data"))
@@ -103,7 +103,7 @@ def _finish(ctx: RunContext, ds: "ray.data.Dataset", summary: dict) -> dict:
     ds.write_datasink(sink)
     counts = sink.counts
     if counts.get(quality.OK):
-        dropped = quarantine.drop_repeated(root, ctx.quarantine_dir)
+        dropped = quarantine.drop_repeated(root, ctx.quarantine_dir, quarantine.repeated_hashes(sink.id_hashes))
         if dropped:
             counts[quality.OK] -= dropped
             counts[quality.DUPLICATE_ID] = counts.get(quality.DUPLICATE_ID, 0) + dropped
@@ -173,10 +173,33 @@ def read_img2dataset(cfg: DataConfig, log: Callable[[str], None], layout: Img2da
 
 def ingest(ctx: RunContext, read: Callable) -> dict:
     """Read the input as records with a read status (``read(cfg, log) -> (Dataset, summary)``) and
-    write it under the run through the sink."""
+    write it under the run through the sink. A file the reader cannot parse at all (a corrupt tar
+    or Parquet file) stops the stage with one line naming the input, not a Ray traceback."""
     storage.remove(ctx.stage_dir("data"))  # a half-written earlier attempt must not leave stray shards
     ds, summary = read(ctx.cfg.data, lambda message: ctx.log("data", message))
-    return _finish(ctx, ds, summary)
+    try:
+        return _finish(ctx, ds, summary)
+    except DataError:
+        raise
+    except Exception as exc:
+        cause = _unreadable_cause(exc)
+        if cause is None:
+            raise
+        raise DataError(f"cannot read the input under {ctx.cfg.data.path}: {type(cause).__name__}: "
+                        f"{str(cause).splitlines()[0] if str(cause) else 'no detail'}") from None
+
+
+def _unreadable_cause(exc: BaseException) -> BaseException | None:
+    """The file-format error (tar, Arrow, I/O) behind an exception Ray re-raised, if any."""
+    import tarfile
+
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, (tarfile.TarError, pa.ArrowInvalid, EOFError, OSError)):
+            return exc
+        exc = getattr(exc, "cause", None) or exc.__cause__
+    return None
 
 
 # -- COCO-style annotations -------------------------------------------------------------------------

@@ -1,53 +1,54 @@
-"""Repeated record ids, found by a Ray Data aggregate and quarantined (DESIGN §3: splits are
-disjoint exactly when no id repeats).
+"""Repeated record ids, found from the id hashes the record sink left in the object store, and
+quarantined (DESIGN §3: splits are disjoint exactly when no id repeats).
+
+One task gathers every write task's file of 64-bit id hashes (``core.splits.id_hash64``; 8 bytes
+a record, in files beside the quarantine, never on the driver) and returns the hashes that occur more than
+once: none, for a sound input. Two different ids share a 64-bit hash with probability about
+N^2 / 2^65 (1e-4 at 50 million records); such a pair would be quarantined as repeated too.
 
 Which of two records with one id is the right one cannot be known, so every copy goes: the
-written record shards that hold one are rewritten without it, by one task per shard, and the
-copies are listed in the quarantine with reason ``duplicate_id``. The driver holds the repeated
-ids only (none, for a sound input).
+written record shards that hold one are rewritten without it, one task per shard, and the copies
+are listed in the quarantine with reason ``duplicate_id``.
 """
 from __future__ import annotations
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import ray
-from ray.data.aggregate import Count
 
 from study import storage
 from study.core.quality import DUPLICATE_ID
+from study.core.splits import id_hash64
 from study.data import records
 from study.pipeline.record_sink import QUARANTINE_SCHEMA
 
 TASK_CPUS = 0.25
 
 
-def _keep_repeated(batch: pa.Table) -> pa.Table:
-    return batch.filter(pc.greater(batch.column("n"), 1))
+def _repeats(uris: list[str]) -> np.ndarray:
+    arrays = []
+    for uri in uris:
+        with storage.open_read(uri) as fh:
+            arrays.append(np.load(fh))
+    values, counts = np.unique(np.concatenate(arrays) if arrays else np.zeros(0, np.uint64), return_counts=True)
+    for uri in uris:
+        storage.remove(uri)
+    return values[counts > 1]
 
 
-def repeated(ds: "ray.data.Dataset", limit: int | None = None) -> list[str]:
-    """Ids that occur more than once in a dataset with an ``id`` column (up to ``limit``), sorted."""
-    counts = ds.select_columns(["id"]).groupby("id").aggregate(Count(alias_name="n"))
-    found = counts.map_batches(_keep_repeated, batch_format="pyarrow")
-    rows = found.take_all() if limit is None else found.take(limit)
-    return sorted(r["id"] for r in rows)
+def repeated_hashes(uris: list[str]) -> np.ndarray:
+    """The id hashes that occur more than once across the hash files (which it then removes)."""
+    if not uris:
+        return np.zeros(0, np.uint64)
+    return ray.get(ray.remote(_repeats).options(num_cpus=TASK_CPUS).remote(list(uris)))
 
 
-def _read_ids(root: str) -> "ray.data.Dataset":
-    fs, paths = storage.arrow_fs_paths(records.shard_uris(root))
-    return ray.data.read_parquet(paths, filesystem=fs).select_columns(["id"])
-
-
-def repeated_ids(root: str) -> list[str]:
-    """Ids repeated across the record shards under ``root`` (only the id column is read)."""
-    return repeated(_read_ids(root))
-
-
-def _drop_from_shard(uri: str, ids: list[str], quarantine: str) -> int:
+def _drop_from_shard(uri: str, repeated: np.ndarray, quarantine: str) -> int:
     with storage.open_read(uri) as fh:
         table = pq.read_table(fh)
-    hit = pc.is_in(table.column("id"), value_set=pa.array(ids, pa.string()))
+    hit = pa.array(np.isin(id_hash64(table.column("id").to_pylist()), repeated))
     n = int(pc.sum(hit).as_py() or 0)
     if n:
         stem = uri.rsplit("/", 1)[-1].rsplit(".", 1)[0]
@@ -64,12 +65,11 @@ def _drop_from_shard(uri: str, ids: list[str], quarantine: str) -> int:
     return n
 
 
-def drop_repeated(root: str, quarantine: str) -> int:
-    """Quarantine every record whose id repeats under ``root`` (shards rewritten in place); returns
-    how many records went."""
-    ids = repeated_ids(root)
-    if not ids:
+def drop_repeated(root: str, quarantine: str, repeated: np.ndarray) -> int:
+    """Quarantine every record under ``root`` whose id hash is in ``repeated`` (shards rewritten in
+    place); returns how many records went."""
+    if not len(repeated):
         return 0
     task = ray.remote(_drop_from_shard).options(num_cpus=TASK_CPUS)
-    ids_ref = ray.put(ids)
-    return sum(ray.get([task.remote(uri, ids_ref, quarantine) for uri in records.shard_uris(root)]))
+    ref = ray.put(np.asarray(repeated, np.uint64))
+    return sum(ray.get([task.remote(uri, ref, quarantine) for uri in records.shard_uris(root)]))

@@ -5,12 +5,14 @@ a read status per record (``core.quality``: ``ok`` or a read reason). ``RecordSi
 split each block by status: usable records go to record shards ``part-<task>-<k>.parquet`` of at
 most ``rows_per_shard`` records, the others to ``<quarantine>/part-<task>.parquet`` as (id,
 reason). Each task returns its counts and the stage reads their sums, so the driver never sees a
-record. A retried task rewrites the same files.
+record; the usable ids' hashes go to ``_id_hashes/`` beside the quarantine, for
+``pipeline.quarantine`` to find repeated ids. A retried task rewrites the same files.
 """
 from __future__ import annotations
 
 import contextlib
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -18,9 +20,11 @@ from ray.data import Datasink
 
 from study import storage
 from study.core import quality
+from study.core.splits import id_hash64
 from study.data import records
 from study.data.records import MATCHED, STATUS, to_record_schema
 
+ID_HASHES = "id_hashes"
 QUARANTINE_SCHEMA = pa.schema([("id", pa.string()), ("reason", pa.string())])
 
 
@@ -48,6 +52,7 @@ class RecordSink(Datasink):
         self.root, self.quarantine = root, quarantine
         self.rows_per_shard, self.write_records = rows_per_shard, write_records
         self.counts: dict = {}
+        self.id_hashes: list = []  # per write task, the file of the usable records' id hashes
 
     @property
     def min_rows_per_write(self) -> int:
@@ -57,6 +62,7 @@ class RecordSink(Datasink):
         from ray.data.block import BlockAccessor
 
         counts: dict = {"read": 0}
+        hashes = []
         shards = ShardWriter(self.root, f"part-{ctx.task_idx:05d}", self.rows_per_shard) if self.write_records else None
         held = ShardWriter(self.quarantine, f"part-{ctx.task_idx:05d}", 2**62, QUARANTINE_SCHEMA)
         with shards or contextlib.nullcontext(), held:
@@ -69,15 +75,23 @@ class RecordSink(Datasink):
                 if bad.num_rows:
                     held.write(pa.table({"id": bad.column("id").cast(pa.string()),
                                          "reason": bad.column(STATUS).cast(pa.string())}, schema=QUARANTINE_SCHEMA))
+                usable = table.filter(ok)
+                hashes.append(id_hash64(usable.column("id").to_pylist()))
                 if shards is not None:
-                    shards.write(to_record_schema(table.filter(ok)))
-        return counts
+                    shards.write(to_record_schema(usable))
+        # The usable ids' 64-bit hashes go to a file beside the quarantine (not through the driver;
+        # an object in the store would be lost with the worker that made it): one task looks for repeats.
+        uri = storage.join(self.quarantine.rstrip("/").rsplit("/", 1)[0], "_id_hashes", f"part-{ctx.task_idx:05d}.npy")
+        with storage.open_atomic(uri, "wb") as fh:
+            np.save(fh, np.concatenate(hashes) if hashes else np.zeros(0, np.uint64))
+        return {"counts": counts, ID_HASHES: uri}
 
     def on_write_complete(self, write_result) -> None:
         total: dict = {}
-        for counts in write_result.write_returns:
-            add_counts(total, counts)
+        for out in write_result.write_returns:
+            add_counts(total, out["counts"])
         self.counts = total
+        self.id_hashes = [out[ID_HASHES] for out in write_result.write_returns]
 
 
 class ShardWriter:
