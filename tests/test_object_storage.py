@@ -91,7 +91,8 @@ def test_whole_study_on_object_storage(s3_env, tmp_path):
     env = {**os.environ, **s3_env, "PYTHONPATH": ROOT, "AWS_SECRET_ACCESS_KEY": secret}
     out = f"s3://{BUCKET}/runs"
     run = subprocess.run(
-        [sys.executable, "-m", "study.cli", "run", "configs/tiny.yaml", "--output", out, "--set", "ray.num_cpus=2"],
+        [sys.executable, "-m", "study.cli", "run", "configs/tiny.yaml", "--output", out, "--set", "ray.num_cpus=2",
+         "--set", "train.epochs=2", "--set", "measure.bootstrap=50", "--set", "measure.permutations=50"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
     )
     assert run.returncode == 0, run.stderr[-3000:]

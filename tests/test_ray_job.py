@@ -82,7 +82,7 @@ def test_job_without_token_is_refused(ray_head):
 
 def test_study_runs_as_a_ray_job(ray_head, tmp_path):
     env, address, _ = ray_head
-    proc = submit(env, address, "configs/tiny.yaml", "--output", str(tmp_path), "--set", "name=job")
+    proc = submit(env, address, "configs/tiny.yaml", "--output", str(tmp_path), "--set", "name=job", "--set", "train.epochs=2", "--set", "measure.bootstrap=50", "--set", "measure.permutations=50")
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
     assert "succeeded" in proc.stdout + proc.stderr
     reports = [os.path.join(d, f) for d, _, fs in os.walk(tmp_path) for f in fs if f == "report.json"]
