@@ -1,5 +1,11 @@
 """The Ray job entry point, submitted for real: ``ray start --head`` with token authentication
-on, then ``ray job submit --working-dir . -- <venv python> ray_jobs/run_study.py CONFIG``."""
+on, then ``ray job submit --working-dir . -- <venv python> ray_jobs/run_study.py CONFIG``.
+
+The job's study writes to a real S3-compatible server on 127.0.0.1 (moto's standalone server,
+``test_object_storage.s3_env``): records, checkpoints, embeddings, search results and the report
+all live in the bucket, and ``dejavu report s3://...`` reads it back. The credentials come from
+the standard environment chain (the cluster's environment); a planted secret must appear in no
+output of the run."""
 from __future__ import annotations
 
 import json
@@ -12,6 +18,7 @@ import sys
 import time
 
 import pytest
+from test_object_storage import BUCKET, s3_env  # noqa: F401  (the local S3 server fixture)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.dirname(sys.executable)
@@ -23,10 +30,14 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+SECRET = "planted-" + secrets.token_hex(8)
+
+
 @pytest.fixture(scope="module")
-def ray_head(tmp_path_factory):
+def ray_head(s3_env, tmp_path_factory):  # noqa: F811
     ports = {name: _free_port() for name in ("gcs", "dashboard", "agent", "metrics")}
-    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
+    env = {**os.environ, **s3_env, "AWS_SECRET_ACCESS_KEY": SECRET, "RAY_AUTH_MODE": "token",
+           "RAY_AUTH_TOKEN": secrets.token_hex(32)}
     env.pop("RAY_ADDRESS", None)
     temp = str(tmp_path_factory.mktemp("ray"))
     start = subprocess.run(
@@ -80,13 +91,29 @@ def test_job_without_token_is_refused(ray_head):
     assert "auth" in (proc.stdout + proc.stderr).lower()
 
 
-def test_study_runs_as_a_ray_job(ray_head, tmp_path):
+def test_study_runs_as_a_ray_job_on_object_storage(ray_head):
+    import fsspec
+
     env, address, _ = ray_head
-    proc = submit(env, address, "configs/tiny.yaml", "--output", str(tmp_path), "--set", "name=job", "--set", "train.epochs=2", "--set", "measure.bootstrap=50", "--set", "measure.permutations=50")
+    out = f"s3://{BUCKET}/jobs"
+    proc = submit(env, address, "configs/tiny.yaml", "--output", out, "--set", "name=job", "--set", "train.epochs=2",
+                  "--set", "measure.bootstrap=50", "--set", "measure.permutations=50")
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
     assert "succeeded" in proc.stdout + proc.stderr
-    reports = [os.path.join(d, f) for d, _, fs in os.walk(tmp_path) for f in fs if f == "report.json"]
-    assert len(reports) == 1
-    with open(reports[0]) as fh:
-        report = json.load(fh)
+    fs = fsspec.filesystem("s3")
+    names = fs.find(f"{BUCKET}/jobs/job")
+    for needle in ("/report/report.json", "/report/report.html", "/splits/manifest.json", "/train/model_a/model.pt",
+                   "/embed/model_b/public/projector/part-00000.parquet",
+                   "/search/model_a/target/projector/part-00000.parquet"):
+        assert any(n.endswith(needle) for n in names), needle
+    report_uri = next(n for n in names if n.endswith("/report/report.json"))
+    report = json.loads(fs.cat_file(report_uri))
     assert report["name"] == "job" and set(report["headline"]) >= {"projector/positive", "projector/null"}
+    run_dir = "s3://" + report_uri.rsplit("/report/", 1)[0]
+    rep = subprocess.run([sys.executable, "-m", "study.cli", "report", run_dir], cwd=ROOT,
+                         env={**env, "PYTHONPATH": ROOT}, capture_output=True, text=True, timeout=120)
+    assert rep.returncode == 0, rep.stderr
+    assert "projector/positive" in rep.stdout and "projector/null" in rep.stdout
+    # The credentials appear in no output: every file of the run, the job's log, the report command.
+    blobs = [proc.stdout, proc.stderr, rep.stdout, rep.stderr] + [fs.cat_file(n) for n in names]
+    assert all(SECRET.encode() not in (b if isinstance(b, bytes) else b.encode()) for b in blobs)
