@@ -147,18 +147,6 @@ def fits(actual: pa.DataType, expected: pa.DataType) -> bool:
     return False
 
 
-def undecodable_images(root: str, batch_rows: int = 1024) -> list[str]:
-    """Ids of records whose image bytes do not decode, streaming the shards a batch at a time."""
-    bad = []
-    for batch in dataset(root).to_batches(columns=["id", "image"], batch_size=batch_rows):
-        for rid, data in zip(batch.column("id").to_pylist(), batch.column("image").to_pylist()):
-            try:
-                decode_image(data)
-            except Exception:  # PIL raises several types for bad bytes; a null image fails too
-                bad.append(rid)
-    return bad
-
-
 def read_metadata(root: str) -> pa.Table:
     """Everything but the image bytes: cheap enough to plan splits and crops in the driver."""
     ds = dataset(root)
