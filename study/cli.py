@@ -1,4 +1,5 @@
-"""Command line: ``dejavu run CONFIG`` runs a study, ``dejavu report URI`` prints a summary,
+"""Command line: ``dejavu run CONFIG`` runs a study, ``dejavu report URI`` prints a summary
+(``report pull`` copies a report to a local directory, ``report list`` lists the runs under a prefix),
 ``dejavu data synth`` writes synthetic records in every input layout the product reads
 (img2dataset's tar and Parquet output, COCO, VOC class folders) at any scale, without
 downloading anything,
@@ -25,8 +26,10 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--output", help="output root: a local directory or any fsspec URI (s3://bucket/prefix)")
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                      help="override a config value, e.g. --set train.epochs=20 (repeatable)")
-    rep = sub.add_parser("report", help="print the summary of a finished report")
-    rep.add_argument("uri", help="report.json, its directory, or a run directory (local path or fsspec URI)")
+    run.add_argument("--until", metavar="STAGE",
+                     help="run the stages up to and including STAGE only (data, splits, train, embed, search, "
+                          "measure, report); finished ones are reused")
+    _report_parser(sub)
     data = sub.add_parser("data", help="data tools").add_subparsers(dest="data_command", required=True)
     synth = data.add_parser("synth", help="write synthetic records in an input layout (one Ray task per shard)")
     synth.add_argument("--format", required=True,
@@ -51,22 +54,71 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+REPORT_COMMANDS = ("show", "pull", "list")
+REPORT_URI_HELP = "report.json, its directory, or a run directory (local path or fsspec URI)"
+
+
+def _report_parser(sub) -> None:
+    rep = sub.add_parser(
+        "report", help="print, pull or list reports (dejavu report URI prints a summary)",
+        description="dejavu report URI is short for dejavu report show URI. A run directory literally "
+                    "named show, pull or list is given as ./list (or after show).")
+    cmds = rep.add_subparsers(dest="report_command", required=True, metavar="{show,pull,list}")
+    show = cmds.add_parser("show", help="print the summary of a finished report (the default)")
+    show.add_argument("uri", help=REPORT_URI_HELP)
+    pull = cmds.add_parser("pull", help="copy a finished report (report.json, report.html) to a local directory")
+    pull.add_argument("uri", help=REPORT_URI_HELP)
+    pull.add_argument("dest", nargs="?",
+                      help="where to put it: a local directory or any fsspec URI (default ./<name>/<run id>/report)")
+    pull.add_argument("--overwrite", action="store_true", help="replace what DEST already holds")
+    runs = cmds.add_parser("list", help="the runs under a prefix: finished stages, headline numbers, last activity")
+    runs.add_argument("uri", help="an output root, a study's directory or a run directory (local path or fsspec URI)")
+
+
+def _with_report_default(argv: list[str]) -> list[str]:
+    """``dejavu report URI`` as ``dejavu report show URI``."""
+    if len(argv) >= 2 and argv[0] == "report" and argv[1] not in (*REPORT_COMMANDS, "-h", "--help"):
+        return ["report", "show", *argv[1:]]
+    return argv
+
+
 def _run(args: argparse.Namespace) -> int:
     from study.config_load import load_config
     from study.pipeline.runner import run_study
     from study.report.summary import print_summary
 
     cfg = load_config(args.config, args.overrides, args.output)
-    ctx = run_study(cfg)
+    ctx = run_study(cfg, until=args.until)
+    if args.until and args.until != "report":
+        print(f"finished the stages up to {args.until} in {ctx.run_dir}; rerun without --until to go on")
+        return 0
     print_summary(ctx.report_json)
     return 0
 
 
-def _report(args: argparse.Namespace) -> int:
+def _report_show(args: argparse.Namespace) -> int:
     from study.report.summary import print_summary
 
     print_summary(args.uri)
     return 0
+
+
+def _report_pull(args: argparse.Namespace) -> int:
+    from study.report.pull import print_pulled, pull_report
+
+    print_pulled(pull_report(args.uri, args.dest, args.overwrite))
+    return 0
+
+
+def _report_list(args: argparse.Namespace) -> int:
+    from study.report.runs import print_runs
+
+    print_runs(args.uri)
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    return {"show": _report_show, "pull": _report_pull, "list": _report_list}[args.report_command](args)
 
 
 def _data_synth(args: argparse.Namespace) -> int:
@@ -129,7 +181,7 @@ def _data(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args = _parser().parse_args(_with_report_default(sys.argv[1:] if argv is None else list(argv)))
     commands = {"run": _run, "report": _report, "data": _data}
     try:
         return commands[args.command](args)
@@ -145,21 +197,41 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # a user mistake found inside a Ray task arrives wrapped by Ray
         found = _study_error(exc)
         if found is None:
+            found = _credentials_error(exc)
+        if found is None:
             raise
         print(f"error: {found}", file=sys.stderr)
         return 2
 
 
-def _study_error(exc: BaseException) -> StudyError | None:
-    """The StudyError a Ray task raised, from the exception Ray re-raised on the driver (its
-    ``cause`` or ``__cause__`` chain), else None."""
+# Object-store clients' "no usable credentials" errors (botocore, google-auth), by class name so
+# that the command line imports neither.
+CREDENTIAL_ERRORS = ("NoCredentialsError", "PartialCredentialsError", "DefaultCredentialsError")
+
+
+def _credentials_error(exc: BaseException) -> StudyError | None:
+    """A one-line StudyError for an object store that was reached without credentials, else None."""
+    for err in _chain(exc):
+        if type(err).__name__ in CREDENTIAL_ERRORS:
+            return StudyError(f"no credentials for object storage ({type(err).__name__}: {err}); give them the "
+                              "usual way: AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, ~/.aws, an instance profile "
+                              "(gs://: GOOGLE_APPLICATION_CREDENTIALS or a service account)")
+    return None
+
+
+def _chain(exc: BaseException | None):
+    """``exc`` and its causes (Ray re-raises a task's failure with the original as ``cause``)."""
     seen = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
-        if isinstance(exc, StudyError):
-            return exc
+        yield exc
         exc = getattr(exc, "cause", None) or exc.__cause__
-    return None
+
+
+def _study_error(exc: BaseException) -> StudyError | None:
+    """The StudyError a Ray task raised, from the exception Ray re-raised on the driver (its
+    ``cause`` or ``__cause__`` chain), else None."""
+    return next((e for e in _chain(exc) if isinstance(e, StudyError)), None)
 
 
 if __name__ == "__main__":

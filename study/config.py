@@ -405,8 +405,12 @@ class RayConfig:
     address: str | None = None
     num_cpus: int | None = None
     use_gpu: bool = False
+    # A stage that fails because Ray lost a node, a worker process or an actor's host is run
+    # again (finished parts are reused) up to this many times before the study stops.
+    stage_retries: int = 2
 
     def __post_init__(self) -> None:
+        _check(self.stage_retries >= 0, "ray.stage_retries", "must be >= 0")
         # One CPU cannot hold an embedding replica and Ray Data's read tasks at once: the embed
         # stage would stall without an error.
         _check(self.num_cpus is None or self.num_cpus >= 2, "ray.num_cpus", "must be at least 2 (or unset: all CPUs)")

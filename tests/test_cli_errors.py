@@ -27,6 +27,17 @@ def dejavu(*args: str, tmp_path) -> subprocess.CompletedProcess:
     )
 
 
+def dejavu_here(capsys, *args: str) -> subprocess.CompletedProcess:
+    """The command line in this process, for mistakes found before anything runs: the same
+    ``main`` and output as the subprocess, without paying for Python's and torch's start-up."""
+    from study.cli import main
+
+    code = main(list(args))
+    out, err = capsys.readouterr()
+    assert "ray" not in sys.modules or not sys.modules["ray"].is_initialized()  # stopped before Ray
+    return subprocess.CompletedProcess(["dejavu", *args], code, out, err)
+
+
 def assert_one_line_error(proc: subprocess.CompletedProcess, *fragments: str) -> None:
     assert proc.returncode == 2, proc.stderr
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip() and not RAY_LOG_LINE.match(ln)]
@@ -51,13 +62,29 @@ def assert_one_line_error(proc: subprocess.CompletedProcess, *fragments: str) ->
         (["--set", "data.path=[oops"], ["data.path", "'[oops'", "not valid YAML"]),
     ],
 )
-def test_bad_config_gives_one_error_line(tmp_path, args, fragments):
-    proc = dejavu("run", "configs/tiny.yaml", "--output", str(tmp_path), *args, tmp_path=tmp_path)
+def test_bad_config_gives_one_error_line(tmp_path, capsys, args, fragments):
+    proc = dejavu_here(capsys, "run", "configs/tiny.yaml", "--output", str(tmp_path), *args)
     assert_one_line_error(proc, *fragments)
 
 
 def test_missing_config_file(tmp_path):
     assert_one_line_error(dejavu("run", str(tmp_path / "nope.yaml"), tmp_path=tmp_path), "config file not found")
+
+
+def test_object_storage_without_credentials(tmp_path, capsys, monkeypatch):
+    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(key, raising=False)
+    # Nothing listens there, no config file or instance metadata: no credentials at all.
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    import s3fs
+
+    s3fs.S3FileSystem.clear_instance_cache()
+    proc = dejavu_here(capsys, "report", "list", "s3://some-bucket/studies")
+    s3fs.S3FileSystem.clear_instance_cache()
+    assert_one_line_error(proc, "no credentials for object storage", "AWS_ACCESS_KEY_ID")
 
 
 def test_report_of_missing_run(tmp_path):
@@ -99,8 +126,8 @@ def test_output_location_that_cannot_be_a_directory(tmp_path):
         (["--set", "sweep={data.num_images: [100, 200]}"], ["sweep", "cannot be swept"]),
     ],
 )
-def test_bad_vlm_config_gives_one_error_line(tmp_path, args, fragments):
-    proc = dejavu("run", "configs/quickstart-vlm.yaml", "--output", str(tmp_path), *args, tmp_path=tmp_path)
+def test_bad_vlm_config_gives_one_error_line(tmp_path, capsys, args, fragments):
+    proc = dejavu_here(capsys, "run", "configs/quickstart-vlm.yaml", "--output", str(tmp_path), *args)
     assert_one_line_error(proc, *fragments)
 
 

@@ -1,6 +1,6 @@
 """Object storage through a real S3-compatible server on 127.0.0.1 (moto's standalone server):
 the ``s3_env`` fixture other modules use, and the storage helpers. The whole study on object
-storage runs as a Ray job in tests/test_ray_job.py.
+storage runs as Ray jobs on a launched cluster in tests/test_ray_up.py.
 """
 from __future__ import annotations
 
@@ -20,6 +20,15 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def local_or_s3(request, tmp_path, name: str) -> str:
+    """The body of a fixture parametrized ``["local", "s3"]``: a local directory, or a prefix of
+    the test's own on the local S3 server (``s3_env``)."""
+    if request.param == "local":
+        return str(tmp_path / name)
+    request.getfixturevalue("s3_env")
+    return f"s3://{BUCKET}/{name}-{request.node.name.replace('[', '-').rstrip(']')}"
 
 
 @pytest.fixture(scope="module")

@@ -17,6 +17,7 @@ from study import storage
 from study.config import StudyConfig
 from study.config_load import config_hash, config_to_dict
 from study.errors import StudyError
+from study.faults import fault
 from study.pipeline.context import SHARED_STAGES, RunContext, is_complete, write_marker
 from study.pipeline.sweep import settings_of
 
@@ -99,11 +100,13 @@ def _run_stage(ctx: RunContext, stage: Stage, digests: dict[str, str], timings: 
         ctx.log(stage.name, f"reusing finished stage ({done['seconds']:.1f} s when run)")
         timings[key] = 0.0
     else:
+        if fault("fail_before_stage") == stage.name:
+            raise StudyError(f"fault injected before stage {stage.name} (DEJAVU_FAULTS); rerun without it to resume")
         if stage.needs_ray:
             ensure_ray(ctx.cfg)
         ctx.log(stage.name, "starting")
         start = time.perf_counter()
-        summary = stage.run(ctx, digest) if stage.takes_digest else stage.run(ctx)
+        summary = _run_retrying(ctx, stage, digest)
         seconds = time.perf_counter() - start
         write_marker(stage_dir, digest, summary, seconds)
         timings[key] = seconds
@@ -111,10 +114,49 @@ def _run_stage(ctx: RunContext, stage: Stage, digests: dict[str, str], timings: 
     digests[stage.name] = digest
 
 
-def run_study(cfg: StudyConfig) -> RunContext:
-    """Run (or resume) every stage; returns the run's context (its directory holds the report)."""
+STAGE_NAMES = ("data", "splits", "train", "embed", "search", "measure", "report")
+
+
+def _run_retrying(ctx: RunContext, stage: Stage, digest: str) -> dict:
+    """Run a stage; when Ray lost a node or process under it, run it again (its finished parts,
+    such as training checkpoints and written embedding files, are reused)."""
+    retries = ctx.cfg.ray.stage_retries
+    for attempt in range(retries + 1):
+        try:
+            return stage.run(ctx, digest) if stage.takes_digest else stage.run(ctx)
+        except Exception as exc:
+            lost = lost_node_or_worker(exc)
+            if lost is None or attempt == retries:
+                raise
+            ctx.log(stage.name, f"Ray lost a node or worker ({lost}); running the stage again "
+                                f"({attempt + 1}/{retries} retries)")
+    raise AssertionError("unreachable")
+
+
+def lost_node_or_worker(exc: BaseException) -> str | None:
+    """The name of the Ray error that says a node, worker process or actor host was lost, found
+    in ``exc`` or its causes (Ray re-raises a task's failure wrapped), else None."""
+    import ray.exceptions as rex
+
+    lost = (rex.NodeDiedError, rex.ActorDiedError, rex.ActorUnavailableError, rex.WorkerCrashedError,
+            rex.ObjectLostError, rex.OwnerDiedError, rex.ObjectReconstructionFailedError)
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, lost):
+            return type(exc).__name__
+        exc = getattr(exc, "cause", None) or exc.__cause__ or exc.__context__
+    return None
+
+
+def run_study(cfg: StudyConfig, until: str | None = None) -> RunContext:
+    """Run (or resume) every stage, or with ``until`` the stages up to and including that one
+    (a job per stage); returns the run's context (its directory holds the report)."""
     from study.pipeline.validate import check_registries
 
+    if until is not None and until not in STAGE_NAMES:
+        raise StudyError(f"unknown stage {until!r}; choose from {', '.join(STAGE_NAMES)}")
+    wanted = set(STAGE_NAMES[: STAGE_NAMES.index(until) + 1] if until else STAGE_NAMES)
     check_registries(cfg)
     settings = settings_of(cfg)  # checks the sweep before anything runs
     ctx = RunContext.create(cfg)
@@ -124,21 +166,25 @@ def run_study(cfg: StudyConfig) -> RunContext:
         storage.write_json(storage.join(ctx.run_dir, "config.json"), config_to_dict(cfg))
     except OSError as exc:
         raise StudyError(f"cannot write to the output location {cfg.output}: {exc.strerror or exc}") from None
-    all_stages = stages()
+    all_stages = [s for s in stages() if s.name in wanted]
     shared = {s.name: s for s in all_stages if s.name in ("data", "splits")}
     per_setting = [s for s in all_stages if s.name not in SHARED_STAGES]
-    report = next(s for s in all_stages if s.name == "report")
+    report = next((s for s in all_stages if s.name == "report"), None)
     digests: dict[str, str] = {}
     timings: dict[str, float] = {}
     for stage in shared.values():
         _run_stage(ctx, stage, digests, timings)
+    if not per_setting:
+        return ctx
     measure_digests = []
     for name, setting_cfg in settings:
         sctx = ctx.for_setting(setting_cfg, name) if name else ctx
         setting_digests = dict(digests)
         for stage in per_setting:
             _run_stage(sctx, stage, setting_digests, timings)
-        measure_digests.append(setting_digests["measure"])
+        measure_digests.append(setting_digests.get("measure"))
+    if report is None:
+        return ctx
     digests["measure"] = config_hash(measure_digests)
     _run_stage(ctx, report, digests, timings)
     storage.write_json(storage.join(ctx.run_dir, "timings.json"), timings)

@@ -6,6 +6,9 @@ of the training records (or takes this worker's shard of a Ray Data stream, for 
 hands one back (a rerun with the same ``RunConfig(name, storage_path)`` resumes) and runs the
 recipe's plain-PyTorch epochs. Rank 0 keeps the per-epoch
 metrics in ``metrics.jsonl`` and writes the final ``model.pt`` beside it.
+
+Concurrent fits (``fit_all``) run one trainer per thread; the first failure, or a Ctrl-C, aborts
+the other trainers (``_Trainer.abort``, Ray's own graceful abort) before the error is raised.
 """
 from __future__ import annotations
 
@@ -15,8 +18,10 @@ import os
 import sys
 import tempfile
 import threading
+import time
 from dataclasses import dataclass
 
+import ray
 import ray.train
 import torch
 from ray.train import Checkpoint, CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
@@ -24,6 +29,7 @@ from ray.train.torch import TorchTrainer
 
 from study import storage
 from study.config import ModelConfig, TrainConfig
+from study.faults import fault
 from study.train.recipes import RECIPES, Fit
 
 
@@ -67,8 +73,9 @@ def train_func(config: dict) -> None:
     fit = RECIPES[config["recipe"]](config, rank, world, stream)
     model = ray.train.torch.prepare_model(fit.model)  # to this worker's device; DDP when world > 1
 
-    # Restore: weights, optimiser, schedule and metrics history of the last finished epoch.
-    start_epoch, history = 0, []
+    # Restore: weights, optimiser, schedule and metrics history of the last finished epoch. Ray
+    # Train hands the last checkpoint back both to a rerun and to a worker group it restarted.
+    start_epoch, history, attempt = 0, [], 0
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:
         with checkpoint.as_directory() as d:
@@ -77,6 +84,7 @@ def train_func(config: dict) -> None:
         fit.optimizer.load_state_dict(state["optimizer"])
         fit.scheduler.load_state_dict(state["scheduler"])
         start_epoch, history = state["epoch"], state["history"]
+        attempt = state.get("attempt", 0) + 1  # restores so far; marks the epochs trained after this one
         if rank == 0:
             _progress(f"[train {config['name']}] resuming after epoch {start_epoch}/{cfg.epochs}")
 
@@ -85,8 +93,10 @@ def train_func(config: dict) -> None:
     for epoch in range(start_epoch, cfg.epochs):
         # Per-epoch seeding makes a resumed run draw the same views as an uninterrupted one.
         gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch * 101 + rank)
+        if rank == 0 and not checkpoint and config.get("kill_at_epoch") == epoch + 1:
+            fit.optimizer.register_step_post_hook(_kill_worker(config["name"], epoch + 1))
         metrics = fit.run_epoch(model, epoch, gen)
-        history.append({"epoch": epoch + 1, **metrics})
+        history.append({"epoch": epoch + 1, "attempt": attempt, **metrics})
         done = epoch + 1 == cfg.epochs
         if (epoch + 1) % cfg.checkpoint_every and not done:
             continue
@@ -98,6 +108,7 @@ def train_func(config: dict) -> None:
                 "scheduler": fit.scheduler.state_dict(),
                 "epoch": epoch + 1,
                 "history": history,
+                "attempt": attempt,
             }
             torch.save(state, os.path.join(d, "state.pt"))
             if rank == 0:
@@ -107,6 +118,23 @@ def train_func(config: dict) -> None:
                     f"({metrics['seconds']:.2f} s/epoch)"
                 )
             ray.train.report({"epoch": epoch + 1, "loss": metrics["loss"]}, checkpoint=Checkpoint.from_directory(d))
+
+
+def _kill_worker(name: str, epoch: int):
+    """Fault ``kill_train_worker`` (``study.faults``): an optimiser hook that ends this worker's
+    process abruptly after the first step of ``epoch``, midway through it."""
+    from ray.train.v2._internal.execution.context import get_train_context
+
+    def hook(optimizer, args, kwargs) -> None:
+        # Ray Train commits a reported checkpoint when its controller next polls the worker (every
+        # 2 s); a death before that resumes from the one before. Model a death after the commit.
+        results, deadline = get_train_context().get_result_queue(), time.monotonic() + 60
+        while not results.empty() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        _progress(f"[train {name}] fault injected: worker exits midway through epoch {epoch}")
+        os._exit(1)
+
+    return hook
 
 
 def _export(config: dict, fit: Fit, model: torch.nn.Module, history: list, final: bool) -> None:
@@ -122,15 +150,75 @@ def _unwrap(module: torch.nn.Module) -> torch.nn.Module:
     return getattr(module, "module", module)
 
 
+class _Trainer(TorchTrainer):
+    """A ``TorchTrainer`` whose run another thread can stop with ``abort()``.
+
+    Ray keeps its controller actor's handle inside ``fit()`` and, in the main thread only, installs
+    a SIGINT handler that aborts it. This override is Ray 2.60's ``_initialize_and_run_controller``
+    (the version is pinned), keeping the handle instead; a KeyboardInterrupt while waiting aborts
+    the run and then reaches the caller, in the main thread as anywhere (the CLI's resume hint).
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._lock = threading.Lock()
+        self._controller = None
+        self.aborted = False
+
+    def _initialize_and_run_controller(self, **controller_init_kwargs):
+        from ray._common.constants import RAY_WARN_BLOCKING_GET_INSIDE_ASYNC_ENV_VAR as WARN_VAR
+        from ray.train.v2._internal.constants import (
+            DEFAULT_RAY_WARN_BLOCKING_GET_INSIDE_ASYNC_VALUE as WARN_VALUE, get_env_vars_to_propagate)
+        from ray.train.v2._internal.execution.controller import TrainController
+
+        env_vars = get_env_vars_to_propagate()
+        env_vars.setdefault(WARN_VAR, WARN_VALUE)
+        controller_cls = ray.remote(
+            num_cpus=0,
+            label_selector={ray._raylet.RAY_NODE_ID_KEY: ray.get_runtime_context().get_node_id()},
+            runtime_env={"env_vars": env_vars},
+        )(TrainController)
+        with self._lock:
+            if self.aborted:
+                raise RuntimeError(f"training run {self.run_config.name} aborted before it started")
+            controller = self._controller = controller_cls.remote(**controller_init_kwargs)
+        try:
+            ray.get(controller.run.remote())
+            return ray.get(controller.get_result.remote())
+        except KeyboardInterrupt:
+            self.abort()
+            raise
+        finally:
+            with self._lock:  # the handle alone keeps a finished controller alive
+                self._controller = None
+
+    def abort(self) -> None:
+        """Stop the run as Ray's Ctrl-C does: the controller aborts its workers and exits. No-op
+        once finished; before the start, the run will not start."""
+        with self._lock:
+            self.aborted = True
+            controller = self._controller
+        if controller is not None:
+            try:
+                ray.get(controller.abort.remote())
+            except ray.exceptions.RayActorError:  # it exits within the call
+                pass
+
+
 def fit(job: TrainJob, cfg: TrainConfig, model_cfg: ModelConfig, context: dict, use_gpu: bool) -> None:
     """Fit one model; rerunning with the same ``job.out_dir`` resumes from its last checkpoint."""
+    _trainer(job, cfg, model_cfg, context, use_gpu).fit()
+
+
+def _trainer(job: TrainJob, cfg: TrainConfig, model_cfg: ModelConfig, context: dict, use_gpu: bool) -> _Trainer:
     datasets = {}
     if job.stream:
         from study.train.stream import training_dataset
 
         datasets["train"] = training_dataset(context["data_root"], context["split_plan"], job.splits,
                                              context["image_size"], text=context["recipe"] == "clip")
-    trainer = TorchTrainer(
+    kill_at = fault("kill_train_worker")  # read here: a remote cluster's workers lack the driver's env
+    return _Trainer(
         train_func,
         train_loop_config={
             "name": job.name,
@@ -140,6 +228,7 @@ def fit(job: TrainJob, cfg: TrainConfig, model_cfg: ModelConfig, context: dict, 
             "out_dir": job.out_dir,
             "stream": job.stream,
             "train_records": job.records,
+            "kill_at_epoch": int(kill_at) if kill_at else None,
             **context,
         },
         datasets=datasets,
@@ -156,27 +245,57 @@ def fit(job: TrainJob, cfg: TrainConfig, model_cfg: ModelConfig, context: dict, 
             logging_config=LoggingConfig(log_level="WARNING"),  # the study prints its own progress
         ),
     )
-    trainer.fit()
 
 
 def fit_all(jobs: list[TrainJob], cfg: TrainConfig, model_cfg: ModelConfig, context: dict, use_gpu: bool) -> None:
-    """Fit the jobs, concurrently when ``cfg.concurrent`` (each trainer holds its own workers)."""
+    """Fit the jobs, concurrently when ``cfg.concurrent`` (each trainer holds its own workers).
+
+    Concurrently, the first failure aborts the other trainers and a KeyboardInterrupt aborts them
+    all (each resumes from its last checkpoint on a rerun); the error raised names every model
+    that failed, chaining the first failure.
+    """
     if not cfg.concurrent or len(jobs) == 1:
         for job in jobs:
             fit(job, cfg, model_cfg, context, use_gpu)
         return
-    errors: list[BaseException] = []
+    trainers = {job.name: _trainer(job, cfg, model_cfg, context, use_gpu) for job in jobs}
+    failed: dict[str, BaseException] = {}
 
-    def run(job: TrainJob) -> None:
+    def run(name: str, trainer: _Trainer) -> None:
         try:
-            fit(job, cfg, model_cfg, context, use_gpu)
-        except BaseException as exc:  # re-raised below, in the caller's thread
-            errors.append(exc)
+            trainer.fit()
+        except BaseException as exc:  # reported below, in the caller's thread
+            if not trainer.aborted:  # an aborted run's error is the abort itself
+                failed[name] = exc
+                for other in trainers.values():
+                    if other is not trainer:
+                        other.abort()
 
-    threads = [threading.Thread(target=run, args=(job,), name=f"fit-{job.name}") for job in jobs]
+    threads = [threading.Thread(target=run, args=item, name=f"fit-{item[0]}", daemon=True) for item in trainers.items()]
     for t in threads:
         t.start()
-    for t in threads:
-        t.join()
-    if errors:
-        raise errors[0]
+    try:
+        for t in threads:
+            while t.is_alive():
+                t.join(timeout=0.5)  # not join(): a KeyboardInterrupt must reach this thread
+    except KeyboardInterrupt:
+        for trainer in trainers.values():
+            trainer.abort()
+        for t in threads:
+            t.join(timeout=60)
+        raise
+    if failed:
+        lines = "; ".join(f"{name}: {_summary(exc)}" for name, exc in failed.items())
+        raise RuntimeError(f"training failed for {', '.join(failed)} ({lines})") from next(iter(failed.values()))
+
+
+def _summary(exc: BaseException) -> str:
+    """One line for an error; Ray Train's WorkerGroupError by its workers' own errors."""
+    failures = getattr(exc, "worker_failures", None) or {}
+    parts = [f"rank {rank}: {_one_line(e)}" for rank, e in sorted(failures.items())]
+    return "; ".join(parts) or _one_line(exc)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
