@@ -3,8 +3,8 @@
 The cluster is Ray's own fake multi-node provider (``FakeMultiNodeProvider``: each added node is
 a real raylet with the resources of its node type, started by the autoscaler on this machine),
 loaded as an external provider because this Ray wheel lacks the provider's defaults file. The
-head has 1 CPU; the study (tests/cluster_study.py) trains with two 1-CPU workers, so the
-autoscaler must add worker nodes (2 CPUs each, at most two) before it can finish. Once training
+head has 1 CPU; the study (tests/cluster_study.py) trains its two models side by side on a 1-CPU
+worker each, so the autoscaler must add worker nodes (2 CPUs each, at most two) before it can finish. Once training
 has started, one worker node is killed (its raylet and every process on it): the study completes,
 and its report's numbers equal an undisturbed run's (tests/test_ray_up.py's run of the same
 study, resumed across three jobs on a one-node cluster; a local run when that test did not run).

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import _thread
 import dataclasses
+import faulthandler
 import json
 import os
+import signal
 import threading
 import time
 
@@ -46,6 +48,15 @@ def context(ray_local, tmp_path_factory):
         pq.write_table(pa.table({"id": rows["id"], "label": rows["label"]}),
                        os.path.join(split_uri(splits_dir, "target"), f"part-{shard:05d}.parquet"))
     return {"recipe": "ssl", "data_root": data_root, "splits_dir": splits_dir, "num_classes": 4, "image_size": 16}
+
+
+@pytest.fixture()
+def hang_guard():
+    """The long fits below end only when stopped: should stopping ever fail, the suite ends with
+    every thread's traceback after 10 minutes instead of waiting for 100,000 epochs."""
+    faulthandler.dump_traceback_later(600, exit=True)
+    yield
+    faulthandler.cancel_dump_traceback_later()
 
 
 def history(out_dir: str) -> list[dict]:
@@ -103,7 +114,7 @@ def test_killed_worker_resumes_from_the_last_checkpoint(context, tmp_path, monke
     assert_all_stopped()
 
 
-def test_a_failed_fit_stops_the_other_and_is_named(context, tmp_path, monkeypatch):
+def test_a_failed_fit_stops_the_other_and_is_named(context, tmp_path, monkeypatch, hang_guard):
     # Ray Train would restart the failing worker twice first (max_failures=2): spare the test that.
     monkeypatch.setattr(driver, "FailureConfig", lambda max_failures: FailureConfig(max_failures=0))
     long = dataclasses.replace(TRAIN, epochs=100_000, checkpoint_every=1000)  # model_a alone: an hour
@@ -117,7 +128,7 @@ def test_a_failed_fit_stops_the_other_and_is_named(context, tmp_path, monkeypatc
     assert_all_stopped()
 
 
-def test_ctrl_c_stops_both_trainers(context, tmp_path):
+def test_ctrl_c_stops_both_trainers(context, tmp_path, hang_guard):
     long = dataclasses.replace(TRAIN, epochs=100_000)
     jobs = [TrainJob(name, ("target",), str(tmp_path / name)) for name in ("model_a", "model_b")]
 
@@ -129,9 +140,15 @@ def test_ctrl_c_stops_both_trainers(context, tmp_path):
             time.sleep(0.1)
         _thread.interrupt_main()
 
+    # A handler that swallows Ctrl-C, as a library may leave one installed: fit_all still stops.
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN)
     threading.Thread(target=press_ctrl_c_once_both_train, daemon=True).start()
-    with pytest.raises(KeyboardInterrupt):
-        fit_all(jobs, long, MODEL, context, use_gpu=False)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            fit_all(jobs, long, MODEL, context, use_gpu=False)
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN  # put back as it was
+    finally:
+        signal.signal(signal.SIGINT, before)
     for job in jobs:  # both were training when stopped
         assert history(job.out_dir)
     assert_all_stopped()

@@ -12,9 +12,11 @@ the other trainers (``_Trainer.abort``, Ray's own graceful abort) before the err
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import signal
 import sys
 import tempfile
 import threading
@@ -275,9 +277,10 @@ def fit_all(jobs: list[TrainJob], cfg: TrainConfig, model_cfg: ModelConfig, cont
     for t in threads:
         t.start()
     try:
-        for t in threads:
-            while t.is_alive():
-                t.join(timeout=0.5)  # not join(): a KeyboardInterrupt must reach this thread
+        with _ctrl_c_raises():
+            for t in threads:
+                while t.is_alive():
+                    t.join(timeout=0.5)  # not join(): a KeyboardInterrupt must reach this thread
     except KeyboardInterrupt:
         for trainer in trainers.values():
             trainer.abort()
@@ -287,6 +290,20 @@ def fit_all(jobs: list[TrainJob], cfg: TrainConfig, model_cfg: ModelConfig, cont
     if failed:
         lines = "; ".join(f"{name}: {_summary(exc)}" for name, exc in failed.items())
         raise RuntimeError(f"training failed for {', '.join(failed)} ({lines})") from next(iter(failed.values()))
+
+
+@contextlib.contextmanager
+def _ctrl_c_raises():
+    """Python's own SIGINT handler (KeyboardInterrupt) while waiting, whatever a library installed
+    before (Ray's handlers abort their own runs and may swallow the signal); the main thread only."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, before)
 
 
 def _summary(exc: BaseException) -> str:
