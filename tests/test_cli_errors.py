@@ -13,7 +13,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # comes from a stage that runs on Ray: not the product's output.
 # Ray's own log lines: timestamped INFO/WARNING lines, and lines forwarded from its processes
 # ("(pid=gcs_server) ...") when the cluster shuts down after the error.
-RAY_LOG_LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}\t(INFO|WARNING) |\((pid|raylet|gcs_server)[=\w, ]*\) )")
+RAY_LOG_LINE = re.compile(r"^(\x1b\[\d+m)?(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}\t(INFO|WARNING) |\((pid|raylet|gcs_server)[=\w, ]*\) )")
 
 
 def dejavu(*args: str, tmp_path) -> subprocess.CompletedProcess:
@@ -28,13 +28,18 @@ def dejavu(*args: str, tmp_path) -> subprocess.CompletedProcess:
 
 
 def dejavu_here(capsys, *args: str) -> subprocess.CompletedProcess:
-    """The command line in this process, for mistakes found before anything runs: the same
-    ``main`` and output as the subprocess, without paying for Python's and torch's start-up."""
+    """The command line in this process: the same ``main`` and output as the subprocess, without
+    paying for Python's, torch's and Ray's start-up (mistakes found on Ray use the module's
+    instance, ``ray_local``)."""
     from study.cli import main
 
+    def ray_up() -> bool:
+        return "ray" in sys.modules and sys.modules["ray"].is_initialized()
+
+    before = ray_up()
     code = main(list(args))
     out, err = capsys.readouterr()
-    assert "ray" not in sys.modules or not sys.modules["ray"].is_initialized()  # stopped before Ray
+    assert ray_up() == before  # no Ray instance of its own left behind (tests on Ray use ray_local)
     return subprocess.CompletedProcess(["dejavu", *args], code, out, err)
 
 
@@ -91,24 +96,22 @@ def test_report_of_missing_run(tmp_path):
     assert_one_line_error(dejavu("report", str(tmp_path / "no-run"), tmp_path=tmp_path), "no report.json found")
 
 
-def test_parquet_without_required_columns(tmp_path):
+def test_parquet_without_required_columns(tmp_path, capsys, ray_local):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     (tmp_path / "bad").mkdir()
     pq.write_table(pa.table({"id": ["a"], "caption": ["x"]}), tmp_path / "bad" / "part-0.parquet")
-    proc = dejavu(
-        "run", "configs/tiny.yaml", "--output", str(tmp_path / "out"),
-        "--set", "data.source=parquet", "--set", f"data.path={tmp_path / 'bad'}", tmp_path=tmp_path,
-    )
+    proc = dejavu_here(capsys, "run", "configs/tiny.yaml", "--output", str(tmp_path / "out"),
+        "--set", "data.source=parquet", "--set", f"data.path={tmp_path / 'bad'}")
     assert_one_line_error(proc, "lack required column")
 
 
 
-def test_output_location_that_cannot_be_a_directory(tmp_path):
+def test_output_location_that_cannot_be_a_directory(tmp_path, capsys, ray_local):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a directory")
-    proc = dejavu("run", "configs/tiny.yaml", "--output", str(blocker / "runs"), tmp_path=tmp_path)
+    proc = dejavu_here(capsys, "run", "configs/tiny.yaml", "--output", str(blocker / "runs"))
     assert_one_line_error(proc, "cannot write to the output location", str(blocker))
 
 
@@ -141,12 +144,14 @@ def test_wholly_unreadable_input_is_one_error_line(tmp_path):
     for shard, rows in synthetic.iter_shards(DataConfig(num_images=60, shard_size=60)):
         rows["image"] = [b"not an image"] * len(rows["image"])
         records.write_shard(str(tmp_path / "in" / f"part-{shard:05d}.parquet"), rows)
+    # A process of its own: Ray Data logs through a handler that an in-process run would leave
+    # holding pytest's captured stderr.
     proc = dejavu("run", "configs/tiny.yaml", "--output", str(tmp_path / "out"), "--set", "data.source=parquet",
                   "--set", f"data.path={tmp_path / 'in'}", tmp_path=tmp_path)
     assert_one_line_error(proc, "no usable record", str(tmp_path / "in"), "60 read", "'undecodable': 60")
 
 
-def test_vlm_input_without_captions_column(tmp_path):
+def test_vlm_input_without_captions_column(tmp_path, capsys, ray_local):
     import pyarrow.parquet as pq
 
     from study.config import DataConfig
@@ -156,12 +161,12 @@ def test_vlm_input_without_captions_column(tmp_path):
     for shard, rows in synthetic.iter_shards(DataConfig(num_images=300, objects_per_image=(2, 3), shard_size=300)):
         table = records.pa.table(rows, schema=records.RECORD_SCHEMA).drop_columns(["caption"])
         pq.write_table(table, tmp_path / "in" / f"part-{shard:05d}.parquet")
-    proc = dejavu("run", "configs/quickstart-vlm.yaml", "--output", str(tmp_path / "out"), "--set", "data.source=parquet",
-                  "--set", f"data.path={tmp_path / 'in'}", tmp_path=tmp_path)
+    proc = dejavu_here(capsys, "run", "configs/quickstart-vlm.yaml", "--output", str(tmp_path / "out"), "--set", "data.source=parquet",
+                  "--set", f"data.path={tmp_path / 'in'}")
     assert_one_line_error(proc, "caption")
 
 
-def test_ssl_input_without_boxes_column(tmp_path):
+def test_ssl_input_without_boxes_column(tmp_path, capsys, ray_local):
     import pyarrow.parquet as pq
 
     from study.config import DataConfig
@@ -171,7 +176,7 @@ def test_ssl_input_without_boxes_column(tmp_path):
     for shard, rows in synthetic.iter_shards(DataConfig(num_images=60, shard_size=60)):
         table = records.pa.table(rows, schema=records.RECORD_SCHEMA).drop_columns(["boxes"])
         pq.write_table(table, tmp_path / "in" / f"part-{shard:05d}.parquet")
-    proc = dejavu("run", "configs/tiny.yaml", "--output", str(tmp_path / "out"), "--set", "data.source=parquet",
-                  "--set", f"data.path={tmp_path / 'in'}", tmp_path=tmp_path)
+    proc = dejavu_here(capsys, "run", "configs/tiny.yaml", "--output", str(tmp_path / "out"), "--set", "data.source=parquet",
+                  "--set", f"data.path={tmp_path / 'in'}")
     assert_one_line_error(proc, "lack column(s) ['boxes']", "ssl_dejavu")
     assert not (tmp_path / "out").exists()  # stopped before any stage
