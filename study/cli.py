@@ -15,7 +15,7 @@ import argparse
 import shlex
 import sys
 
-from study.errors import StudyError
+from study.errors import StudyError, causes
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -140,10 +140,7 @@ def _data_synth(args: argparse.Namespace) -> int:
                                                                          ("seed", args.seed)) if v is not None]
     cfg = load_config(None, args.overrides + flags)
     output = storage.absolute(args.output)
-    if storage.exists(output) and storage.list_files(output):
-        if not args.overwrite:
-            raise StudyError(f"{output} already holds files; choose an empty location or pass --overwrite")
-        storage.remove(output)
+    storage.clear_for_writing(output, args.overwrite)
     ensure_ray(cfg)
     start = time.perf_counter()
 
@@ -211,7 +208,7 @@ CREDENTIAL_ERRORS = ("NoCredentialsError", "PartialCredentialsError", "DefaultCr
 
 def _credentials_error(exc: BaseException) -> StudyError | None:
     """A one-line StudyError for an object store that was reached without credentials, else None."""
-    for err in _chain(exc):
+    for err in causes(exc):
         if type(err).__name__ in CREDENTIAL_ERRORS:
             return StudyError(f"no credentials for object storage ({type(err).__name__}: {err}); give them the "
                               "usual way: AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, ~/.aws, an instance profile "
@@ -219,19 +216,10 @@ def _credentials_error(exc: BaseException) -> StudyError | None:
     return None
 
 
-def _chain(exc: BaseException | None):
-    """``exc`` and its causes (Ray re-raises a task's failure with the original as ``cause``)."""
-    seen = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        yield exc
-        exc = getattr(exc, "cause", None) or exc.__cause__
-
-
 def _study_error(exc: BaseException) -> StudyError | None:
     """The StudyError a Ray task raised, from the exception Ray re-raised on the driver (its
     ``cause`` or ``__cause__`` chain), else None."""
-    return next((e for e in _chain(exc) if isinstance(e, StudyError)), None)
+    return next((e for e in causes(exc) if isinstance(e, StudyError)), None)
 
 
 if __name__ == "__main__":

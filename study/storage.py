@@ -22,6 +22,8 @@ from typing import Any, Iterator
 import fsspec
 import pyarrow.fs as pafs
 
+from study.errors import StudyError
+
 
 def is_local(uri: str) -> bool:
     return "://" not in uri or uri.startswith("file://")
@@ -100,6 +102,14 @@ def remove(uri: str) -> None:
     fs, path = fs_and_path(uri)
     if fs.exists(path):
         fs.rm(path, recursive=True)
+
+
+def clear_for_writing(uri: str, overwrite: bool) -> None:
+    """A command's output location must be empty, or be emptied when the user said --overwrite."""
+    if exists(uri) and list_files(uri):
+        if not overwrite:
+            raise StudyError(f"{uri} already holds files; choose an empty location or pass --overwrite")
+        remove(uri)
 
 
 def _temporary(path: str) -> str:

@@ -16,7 +16,7 @@ from typing import Any, Callable
 from study import storage
 from study.config import StudyConfig
 from study.config_load import config_hash, config_to_dict
-from study.errors import StudyError
+from study.errors import StudyError, causes
 from study.faults import fault
 from study.pipeline.context import SHARED_STAGES, RunContext, is_complete, write_marker
 from study.pipeline.sweep import settings_of
@@ -140,13 +140,7 @@ def lost_node_or_worker(exc: BaseException) -> str | None:
 
     lost = (rex.NodeDiedError, rex.ActorDiedError, rex.ActorUnavailableError, rex.WorkerCrashedError,
             rex.ObjectLostError, rex.OwnerDiedError, rex.ObjectReconstructionFailedError)
-    seen = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        if isinstance(exc, lost):
-            return type(exc).__name__
-        exc = getattr(exc, "cause", None) or exc.__cause__ or exc.__context__
-    return None
+    return next((type(e).__name__ for e in causes(exc, context=True) if isinstance(e, lost)), None)
 
 
 def run_study(cfg: StudyConfig, until: str | None = None) -> RunContext:

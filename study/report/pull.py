@@ -48,10 +48,7 @@ def pull_report(uri: str, dest: str | None = None, overwrite: bool = False) -> P
     dest = storage.absolute(dest or default_dest(report, report_json))
     if _overlaps(source, dest):
         raise StudyError(f"destination {dest} overlaps the report being pulled ({source}); choose another")
-    if storage.exists(dest) and storage.list_files(dest):
-        if not overwrite:
-            raise StudyError(f"{dest} already holds files; choose an empty destination or pass --overwrite")
-        storage.remove(dest)
+    storage.clear_for_writing(dest, overwrite)
     root = storage.fs_and_path(source)[1]
     names = {posixpath.relpath(storage.fs_and_path(src)[1], root): src for src in storage.list_files(source)}
     files = {}
