@@ -65,6 +65,7 @@ def assert_one_line_error(proc: subprocess.CompletedProcess, *fragments: str) ->
         (["--set", "splits.fractions={target: 0.9, reference: 0.2, public: 0.1}"], ["splits.fractions", "sum"]),
         (["--set", "data.source=parquet", "--set", "data.path=/nonexistent/records"], ["input path does not exist", "/nonexistent/records"]),
         (["--set", "data.path=[oops"], ["data.path", "'[oops'", "not valid YAML"]),
+        (["--until", "bogus"], ["unknown stage 'bogus'", "measure"]),
     ],
 )
 def test_bad_config_gives_one_error_line(tmp_path, capsys, args, fragments):
