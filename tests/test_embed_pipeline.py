@@ -192,11 +192,17 @@ def study_inputs(tmp_path_factory):
     return root, uris, prepare
 
 
-def test_streamed_embeddings_equal_in_memory_reference(ray_local, study_inputs):
+def test_streamed_embeddings_equal_in_memory_reference(ray_local, study_inputs, monkeypatch):
+    import ray.data
+
     root, uris, prepare = study_inputs
     out = storage.join(root, "embed")
     views = {s: ("backbone", "projector") for s in MODES}
-    cfg = EmbedConfig(batch_size=8, rows_per_file=25, write_batch_mb=0.15)
+    # More replicas than the instance has CPUs, as when a node is gone by the time the pool starts:
+    # the pool grows only as far as the CPUs allow (a fixed pool of 3 takes both CPUs and the reads
+    # never run; a stall fails here in a minute, not Ray Data's default half hour).
+    cfg = EmbedConfig(batch_size=8, rows_per_file=25, write_batch_mb=0.15, actors=3)
+    monkeypatch.setattr(ray.data.DataContext.get_current(), "execution_no_progress_timeout_s", 60)
     written = embed_all(storage.join(root, "data"), ["id", "image", "width", "height", "label", "boxes"], prepare,
                         Embedder, {"model_uris": uris}, views, cfg, out, log=lambda m: None)
 
@@ -231,7 +237,7 @@ def _embedded_rows(batch):
 
 
 def test_a_killed_write_task_is_retried_without_duplicates(ray_local, tmp_path):
-    import ray
+    import ray.data
     import ray.cloudpickle
 
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import this test module

@@ -92,7 +92,9 @@ def cluster(tmp_path_factory):
     temp = os.path.join(tmp, "ray")
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env.update(RAY_FAKE_CLUSTER="1", RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32),
-               RAY_USAGE_STATS_ENABLED="0")
+               RAY_USAGE_STATS_ENABLED="0",
+               # A stalled pipeline fails the test in minutes, not after Ray Data's default half hour.
+               RAY_DATA_EXECUTION_NO_PROGRESS_TIMEOUT_S="300")
     start = subprocess.run(
         [os.path.join(BIN, "ray"), "start", "--head", f"--port={gcs}", "--num-cpus=1", f"--autoscaling-config={path}",
          f"--temp-dir={temp}", "--include-dashboard=false", f"--dashboard-agent-listen-port={_free_port()}",

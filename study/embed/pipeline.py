@@ -161,7 +161,7 @@ def embed_all(
 ) -> dict[tuple, int]:
     """Embed the records that ``prepare`` keeps with ``embedder``; rows written per (model, set, view)."""
     actors, cpus = pool_size(cfg, ray.cluster_resources(), use_gpu)
-    log(f"embedding with {actors} replica(s) x {cpus:g} CPU{' + 1 GPU' if use_gpu else ''}, batch {cfg.batch_size}, "
+    log(f"embedding with up to {actors} replica(s) x {cpus:g} CPU{' + 1 GPU' if use_gpu else ''}, batch {cfg.batch_size}, "
         f"files of <= {cfg.rows_per_file} rows from ~{cfg.write_batch_mb:g} MiB per write task")
     fs, paths = storage.arrow_fs_paths(records.shard_uris(data_root))
     ds = ray.data.read_parquet(paths, filesystem=fs).select_columns(columns)
@@ -173,7 +173,10 @@ def embed_all(
                                "tally": tally},
         batch_size=cfg.batch_size,
         batch_format="numpy",
-        compute=ActorPoolStrategy(size=actors),
+        # From one replica up to ``actors`` as Ray Data's budget allows: a fixed pool sized from the
+        # CPUs counted now stalls without an error when fewer are there once it starts (a node lost
+        # or released by the autoscaler): its replicas take every CPU and the read tasks never run.
+        compute=ActorPoolStrategy(min_size=1, max_size=actors),
         num_cpus=cpus,
         num_gpus=1 if use_gpu else 0,
     )
