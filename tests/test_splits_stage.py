@@ -88,3 +88,25 @@ def test_embed_plan_counted_by_tasks_equals_in_memory_plan(ray_local, tmp_path):
     assert all(c["skipped"] for c in plan.values())
     _, plan = count_plan(ctx.data_root, ["id", "caption", "objects"], plan_captions, sets, SplitPlan(FRACTIONS, 3))
     assert plan == plan_captions(meta, split_of, sets)
+
+
+def test_tally_equals_totals_in_a_plain_loop(ray_local):
+    """Per-batch group totals added up on the driver equal the same totals over all rows at once,
+    whatever the blocks (uneven, some with a group missing)."""
+    import pyarrow as pa
+
+    from study.pipeline.tally import tally
+
+    rng = np.random.default_rng(5)
+    n = 997
+    table = pa.table({"g": rng.choice(["a", "b", "c"], n), "h": rng.choice(["", "x"], n),
+                      "v": rng.integers(0, 2**31, n), "w": rng.integers(-50, 50, n)})
+    ds = ray_local.data.from_arrow(table).repartition(7)
+    got = tally(ds, lambda t: t, ["g", "h"], sums=["v"], maxes=["w"])
+    want: dict = {}
+    for r in table.to_pylist():
+        t = want.setdefault((r["g"], r["h"]), {"count": 0, "v": 0, "w": -(10**9)})
+        t["count"] += 1
+        t["v"] += r["v"]
+        t["w"] = max(t["w"], r["w"])
+    assert got == want

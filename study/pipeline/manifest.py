@@ -6,8 +6,8 @@ batch and write the manifest as Parquet, partitioned by split::
     splits/members/split=<name>/*.parquet    (id, label)
     splits/manifest.json                      seed, fractions, counts, digest, num_classes
 
-Counts, quarantine reasons and the order-free digest come from one Ray Data aggregate; the driver
-sees only that. One row per record with one split each makes the splits disjoint exactly when no
+Counts, quarantine reasons and the order-free digest are totalled per batch in tasks
+(``study.pipeline.tally``); the driver sees only the totals. One row per record with one split each makes the splits disjoint exactly when no
 id repeats: the data stage guarantees that for every input (it quarantines repeated ids; the
 generator's are unique by construction), so the manifest is disjoint by construction. Before any
 model trains, ``verify_splits`` recomputes the digest from the member files.
@@ -21,7 +21,6 @@ from typing import Mapping
 import pyarrow as pa
 import pyarrow.compute as pc
 import ray
-from ray.data.aggregate import Count, Max, Sum
 
 from study import storage
 from study.core.split_plan import QUARANTINED, SplitPlan
@@ -31,6 +30,7 @@ from study.data.loading import MEMBERS, members_dir, split_uri
 from study.errors import StudyError
 from study.pipeline import balance, near_dups
 from study.pipeline.context import RunContext
+from study.pipeline.tally import COUNT, tally
 
 TASK_CPUS = 0.25  # planning is light; leave room for other work on a small machine
 
@@ -64,23 +64,17 @@ def _read(uri: str, **kwargs) -> "ray.data.Dataset":
 
 def plan_aggregates(members: "ray.data.Dataset") -> dict[str, dict]:
     """{split: {"count", "lo", "hi", "max_label", "reasons": {reason: n}}} of a manifest dataset
-    (columns id, split, label, reason), from one groupby on (split, reason); the sums wrap mod 2^64
-    when added up here, as the digest's do."""
-    rows = (
-        members.map_batches(digest_batch, batch_format="pyarrow", num_cpus=TASK_CPUS)
-        .groupby(["split", "reason"])
-        .aggregate(Count(alias_name="count"), Sum("lo", alias_name="lo"), Sum("hi", alias_name="hi"),
-                   Max("label", alias_name="max_label"))
-        .take_all()
-    )
+    (columns id, split, label, reason), totalled per (split, reason) by ``tally``; the sums wrap
+    mod 2^64 in the digest."""
     out: dict[str, dict] = {}
-    for r in rows:
-        a = out.setdefault(r["split"], {"count": 0, "lo": 0, "hi": 0, "max_label": -1, "reasons": {}})
-        a["count"] += int(r["count"])
-        a["lo"], a["hi"] = a["lo"] + int(r["lo"]), a["hi"] + int(r["hi"])
-        a["max_label"] = max(a["max_label"], int(r["max_label"]))
-        if r["reason"]:
-            a["reasons"][r["reason"]] = int(r["count"])
+    for (split, reason), t in tally(members, digest_batch, ["split", "reason"], sums=["lo", "hi"], maxes=["label"],
+                                    num_cpus=TASK_CPUS).items():
+        a = out.setdefault(split, {"count": 0, "lo": 0, "hi": 0, "max_label": -1, "reasons": {}})
+        a["count"] += t[COUNT]
+        a["lo"], a["hi"] = a["lo"] + t["lo"], a["hi"] + t["hi"]
+        a["max_label"] = max(a["max_label"], t["label"])
+        if reason:
+            a["reasons"][reason] = t[COUNT]
     return out
 
 

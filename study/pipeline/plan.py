@@ -3,8 +3,8 @@ with N on the driver).
 
 A kind's batch planner (``plan_crops``, ``plan_captions``) decides per record, from metadata only,
 whether an attacked record can be tested and why not; here every batch is planned in a task and
-the counts come back through a groupby aggregate, so the driver holds a few rows per set and
-reason whatever the number of records.
+the counts are totalled per batch there and added up as they stream back (``study.pipeline.tally``),
+so the driver holds a few rows per set and reason whatever the number of records.
 """
 from __future__ import annotations
 
@@ -13,11 +13,11 @@ from typing import Callable
 
 import pyarrow as pa
 import ray
-from ray.data.aggregate import Sum
 
 from study import storage
 from study.core.split_plan import SplitPlan
 from study.data import records
+from study.pipeline.tally import tally
 
 EMBEDDED = "embedded"
 PUBLIC = "public"
@@ -42,24 +42,17 @@ def count_plan(data_root: str, columns: list[str], planner: Callable, sets: tupl
     records are in no set (the splits stage counts them)."""
     columns = list(dict.fromkeys([*columns, *plan.columns()]))
     fs, paths = storage.arrow_fs_paths(records.shard_uris(data_root))
-    counted = (
-        ray.data.read_parquet(paths, filesystem=fs)
-        .select_columns(columns)
-        .map_batches(partial(_count_batch, planner=planner, sets=sets, plan=plan),
-                     batch_format="pyarrow", num_cpus=0.25)
-        .groupby(["set", "reason"])
-        .aggregate(Sum("n", alias_name="n"))
-        .take_all()
-    )
+    ds = ray.data.read_parquet(paths, filesystem=fs).select_columns(columns)
+    counted = tally(ds, partial(_count_batch, planner=planner, sets=sets, plan=plan), ["set", "reason"], sums=["n"])
     plan = {s: {EMBEDDED: 0, "skipped": {}} for s in sets}
     public = 0
-    for row in counted:
-        if row["set"] == PUBLIC:
-            public += int(row["n"])
-        elif row["reason"] == EMBEDDED:
-            plan[row["set"]][EMBEDDED] += int(row["n"])
-        elif int(row["n"]):
-            plan[row["set"]]["skipped"][row["reason"]] = int(row["n"])
+    for (name, reason), t in counted.items():
+        if name == PUBLIC:
+            public += t["n"]
+        elif reason == EMBEDDED:
+            plan[name][EMBEDDED] += t["n"]
+        elif t["n"]:
+            plan[name]["skipped"][reason] = t["n"]
     for c in plan.values():
         c["skipped"] = dict(sorted(c["skipped"].items()))
     return public, plan
