@@ -150,6 +150,13 @@ def _join(prefix: str, key: Any) -> str:
     return f"{prefix}.{key}" if prefix else str(key)
 
 
+def _sizes(spec: str, key: str) -> list[int]:
+    parts = spec.split("-")
+    if not all(p.strip().isdigit() and int(p) > 0 for p in parts):
+        raise ConfigError(f"{key}: expected sizes like 8192-8192-8192 (positive integers joined by '-'), got {spec!r}")
+    return [int(p) for p in parts]
+
+
 def _coerce(tp: Any, value: Any, key: str) -> Any:
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
@@ -161,6 +168,8 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
         inner = [a for a in args if a is not type(None)]
         return _coerce(inner[0], value, key)
     if origin is tuple:
+        if isinstance(value, str) and args == (int, Ellipsis):  # sizes as the papers write them: 8192-8192-8192
+            value = _sizes(value, key)
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{key}: expected a list, got {value!r}")
         if len(args) == 2 and args[1] is Ellipsis:

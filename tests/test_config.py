@@ -108,6 +108,8 @@ def test_unknown_key_in_yaml(tmp_path):
         ("data.objects_per_image=[1, x]", "data.objects_per_image[1]"),
         ("train=5", "train"),
         ("name=3", "name"),
+        ("model.projector_dims=8192x8192", "model.projector_dims"),
+        ("model.projector_dims=64-0", "model.projector_dims"),
     ],
 )
 def test_wrong_type_names_the_key(override, key):
@@ -226,3 +228,17 @@ def test_plain_strings_and_paths_still_pass_as_overrides():
     assert (cfg.data.source, cfg.data.path, cfg.data.objects) == ("webdataset", "s3://b/x", "/tmp/a b")
     assert load_config(None, ["data.source=parquet", "data.path=/tmp/x"]).data.source == "parquet"
     assert load_config(None, ['data.path="[quoted"']).data.path == "[quoted"
+
+
+def test_projector_sizes_as_the_papers_write_them():
+    assert load_config(None, ["model.projector_dims=8192-8192-8192"]).model.projector_dims == (8192, 8192, 8192)
+    assert load_config(None, ["model.projector_dims=[64, 32]"]).model.projector_dims == (64, 32)
+
+
+def test_dino_needs_hidden_bottleneck_and_output_sizes():
+    from study.pipeline.kinds import get_kind
+
+    cfg = load_config(None, ["train.method=dino", "model.projector_dims=64-32"])
+    with pytest.raises(ConfigError, match=r"^model\.projector_dims: dino takes 3 sizes"):
+        get_kind(cfg.study).check(cfg)
+    get_kind(cfg.study).check(load_config(None, ["train.method=dino", "model.projector_dims=64-16-128"]))

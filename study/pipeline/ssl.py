@@ -26,12 +26,17 @@ VIEWS = ("backbone", "projector")
 def check(cfg: StudyConfig) -> None:
     from study.core.crops import CROP_RULES
     from study.pipeline.validate import one_of
-    from study.train.methods import method_params
+    from study.errors import ConfigError
+    from study.train.methods import METHODS, method_params
     from study.train.models import BACKBONES
 
     one_of(cfg.model.backbone, BACKBONES, "model.backbone")
     one_of(cfg.embed.crop.rule, CROP_RULES, "embed.crop.rule")
     method_params(cfg.train.method, cfg.train.params)
+    want = METHODS[cfg.train.method].projector_sizes
+    if want and len(cfg.model.projector_dims) != want:
+        raise ConfigError(f"model.projector_dims: {cfg.train.method} takes {want} sizes (DINO: hidden-bottleneck-output, "
+                          f"e.g. 2048-256-65536), got {len(cfg.model.projector_dims)}")
 
 
 def run_embed(ctx: RunContext) -> dict:

@@ -9,12 +9,15 @@ import torch
 
 from study.config import TrainConfig
 from study.train.augment import random_view
+from study.train.learner import Step
 from study.train.methods import Method
-from study.train.models import Encoder, normalize
+from study.train.models import normalize
 
 
-def make_optimizer(encoder: Encoder, cfg: TrainConfig) -> torch.optim.Optimizer:
-    return torch.optim.AdamW(encoder.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW over the parameters that train (a teacher's follow by moving average instead)."""
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    return torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int):
@@ -52,7 +55,7 @@ def memory_batches(batch_size_per_worker: int, gen: torch.Generator, *arrays: to
 
 
 def train_epoch(
-    encoder: torch.nn.Module,
+    learner: torch.nn.Module,
     method: Method,
     params,
     batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
@@ -60,24 +63,32 @@ def train_epoch(
     scheduler,
     cfg: TrainConfig,
     gen: torch.Generator,
+    epoch: int = 0,
+    total_steps: int = 1,
 ) -> dict:
     """One pass over this worker's batches of (images (B, 3, H, W) uint8, labels (B,)): from
-    memory (``memory_batches``) or streamed from a Ray Data shard.
+    memory (``memory_batches``) or streamed from a Ray Data shard. ``learner`` is a
+    ``study.train.learner.Learner`` (possibly under DistributedDataParallel); the scheduler's
+    step count says where training stands out of ``total_steps``.
 
     Returns the epoch's mean loss and its wall time.
     """
-    encoder.train()
-    device = next(encoder.parameters()).device
+    learner.train()
+    parts = getattr(learner, "module", learner)
+    device = next(learner.parameters()).device
     start = time.perf_counter()
     total, count = 0.0, 0
     for images, labels in batches:
         x = normalize(images.to(device, non_blocking=True))
         views = [random_view(x, cfg.augment, gen) for _ in range(method.num_views)]
-        loss = method.loss(encoder, views, labels.to(device), params)
+        step = Step(epoch, scheduler.last_epoch, total_steps)
+        loss = method.loss(learner, views, labels.to(device), params, step)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         scheduler.step()
+        if method.after_step is not None:
+            method.after_step(parts, params, step)
         total += float(loss.detach())
         count += 1
     return {"loss": total / max(1, count), "seconds": time.perf_counter() - start, "lr": scheduler.get_last_lr()[0]}

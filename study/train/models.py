@@ -30,16 +30,30 @@ def small_cnn() -> tuple[nn.Module, int]:
     return net, 256
 
 
-def resnet18() -> tuple[nn.Module, int]:
-    """torchvision ResNet-18 with a 3x3 stride-1 stem and no max-pool (small images)."""
-    net = torchvision.models.resnet18(weights=None)
-    net.conv1 = nn.Conv2d(3, 64, 3, 1, 1, bias=False)
-    net.maxpool = nn.Identity()
-    net.fc = nn.Identity()
-    return net, 512
+def _resnet(name: str, small_images: bool) -> Callable[[], tuple[nn.Module, int]]:
+    """A torchvision ResNet, from scratch, without its classifier. ``small_images``: a 3x3
+    stride-1 stem and no max-pool (32-64 px images, as the CIFAR-sized SSL recipes do);
+    otherwise torchvision's ImageNet stem (7x7 stride 2, max-pool) for 224 px images."""
+
+    def build() -> tuple[nn.Module, int]:
+        net = getattr(torchvision.models, name)(weights=None)
+        if small_images:
+            net.conv1 = nn.Conv2d(3, 64, 3, 1, 1, bias=False)
+            net.maxpool = nn.Identity()
+        dim = net.fc.in_features
+        net.fc = nn.Identity()
+        return net, dim
+
+    return build
 
 
-BACKBONES: dict[str, Callable[[], tuple[nn.Module, int]]] = {"small_cnn": small_cnn, "resnet18": resnet18}
+BACKBONES: dict[str, Callable[[], tuple[nn.Module, int]]] = {
+    "small_cnn": small_cnn,
+    "resnet18": _resnet("resnet18", small_images=True),
+    "resnet50": _resnet("resnet50", small_images=True),
+    "resnet18-imagenet": _resnet("resnet18", small_images=False),
+    "resnet50-imagenet": _resnet("resnet50", small_images=False),
+}
 
 
 class Encoder(nn.Module):

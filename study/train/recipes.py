@@ -56,12 +56,15 @@ def ssl_fit(config: dict, rank: int, world: int, stream: Callable | None = None)
             return ((torch.from_numpy(b["image"]), torch.from_numpy(b["label"]))
                     for b in stream(epoch, batch_size_per_worker))
 
-    encoder = build_encoder(model_cfg, cfg.method, params, config["num_classes"])
-    optimizer = loop.make_optimizer(encoder, cfg)
-    scheduler = loop.make_scheduler(optimizer, cfg, loop.steps_per_epoch(n_local, batch_size_per_worker))
+    learner = method.learner(lambda: build_encoder(model_cfg, cfg.method, params, config["num_classes"]),
+                             model_cfg.projector_dims, params)
+    optimizer = loop.make_optimizer(learner, cfg)
+    steps = loop.steps_per_epoch(n_local, batch_size_per_worker)
+    scheduler = loop.make_scheduler(optimizer, cfg, steps)
 
     def run_epoch(model: nn.Module, epoch: int, gen: torch.Generator) -> dict:
-        return loop.train_epoch(model, method, params, batches(epoch, gen), optimizer, scheduler, cfg, gen)
+        return loop.train_epoch(model, method, params, batches(epoch, gen), optimizer, scheduler, cfg, gen,
+                                epoch=epoch, total_steps=cfg.epochs * steps)
 
     meta = {
         "method": cfg.method,
@@ -71,7 +74,9 @@ def ssl_fit(config: dict, rank: int, world: int, stream: Callable | None = None)
         "image_size": config["image_size"],
         "trained_on": list(config["splits"]),
     }
-    return Fit(encoder, optimizer, scheduler, run_epoch, lambda m, history: save_model(m, meta))
+    # The network the study measures: the encoder, or the teacher that follows it (DINO).
+    return Fit(learner, optimizer, scheduler, run_epoch,
+               lambda m, history: save_model(getattr(m, method.measured), meta))
 
 
 def clip_fit(config: dict, rank: int, world: int, stream: Callable | None = None) -> Fit:
