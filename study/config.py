@@ -247,9 +247,19 @@ class TrainConfig:
     in_memory_gb: float = 2.0
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     text_randomization: TextRandomizationConfig = field(default_factory=TextRandomizationConfig)
+    # The model the later stages measure: as it was after this epoch (0: the last). Training keeps
+    # one at every checkpoint; a sweep over snapshot trains once (DESIGN §7, training length).
+    snapshot: int = 0
+    # Mixed precision for the forward passes and losses: fp32 (none), bf16 (CPU or GPU) or fp16
+    # (GPU only, with loss scaling). Weights and optimiser state stay fp32.
+    precision: str = "fp32"
 
     def __post_init__(self) -> None:
         _check(self.epochs >= 1, "train.epochs", "must be >= 1")
+        _check(self.snapshot == 0 or (self.snapshot <= self.epochs
+                                      and (self.snapshot % self.checkpoint_every == 0 or self.snapshot == self.epochs)),
+               "train.snapshot", f"models are kept every train.checkpoint_every ({self.checkpoint_every}) epochs and "
+               f"after the last ({self.epochs}); choose one of those epochs (0: the last)")
         _check(self.global_batch_size >= 2, "train.global_batch_size", "must be >= 2")
         _check(self.lr > 0, "train.lr", "must be > 0")
         _check(self.weight_decay >= 0, "train.weight_decay", "must be >= 0")
@@ -260,6 +270,7 @@ class TrainConfig:
         _check(self.checkpoint_every >= 1, "train.checkpoint_every", "must be >= 1")
         _check(self.stream in ("auto", "always", "never"), "train.stream", "must be 'auto', 'always' or 'never'")
         _check(self.in_memory_gb > 0, "train.in_memory_gb", "must be > 0")
+        _check(self.precision in ("fp32", "bf16", "fp16"), "train.precision", "must be 'fp32', 'bf16' or 'fp16'")
 
 
 @dataclass(frozen=True)

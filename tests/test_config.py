@@ -129,6 +129,8 @@ def test_wrong_type_names_the_key(override, key):
         ("train.augment.scale=[0, 1]", "train.augment.scale"),
         ("embed.crop.min_side=0", "embed.crop.min_side"),
         ("name=a/b", "name"),
+        ("train.precision=fp8", "train.precision"),
+        ("train.snapshot=3", "train.snapshot"),
     ],
 )
 def test_bad_value_names_the_key(override, key):
@@ -235,10 +237,13 @@ def test_projector_sizes_as_the_papers_write_them():
     assert load_config(None, ["model.projector_dims=[64, 32]"]).model.projector_dims == (64, 32)
 
 
-def test_dino_needs_hidden_bottleneck_and_output_sizes():
+def test_dino_takes_at_most_hidden_bottleneck_and_output_sizes():
     from study.pipeline.kinds import get_kind
 
-    cfg = load_config(None, ["train.method=dino", "model.projector_dims=64-32"])
-    with pytest.raises(ConfigError, match=r"^model\.projector_dims: dino takes 3 sizes"):
+    cfg = load_config(None, ["train.method=dino", "model.projector_dims=64-32-16-8"])
+    with pytest.raises(ConfigError, match=r"^model\.projector_dims: dino takes at most 3 sizes"):
         get_kind(cfg.study).check(cfg)
-    get_kind(cfg.study).check(load_config(None, ["train.method=dino", "model.projector_dims=64-16-128"]))
+    for sizes in ("64-16-128", "64-32"):
+        get_kind(cfg.study).check(load_config(None, ["train.method=dino", f"model.projector_dims={sizes}"]))
+    with pytest.raises(ConfigError, match=r"^train\.precision: fp16 needs a GPU"):
+        get_kind(cfg.study).check(load_config(None, ["train.precision=fp16"]))

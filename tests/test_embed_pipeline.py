@@ -141,7 +141,8 @@ def test_the_writer_loads_no_ray():
 @pytest.mark.parametrize("resources,use_gpu,cfg,want", [
     ({"CPU": 8.0}, False, EmbedConfig(), (7, 1.0)),  # one CPU stays for reading and decoding
     ({"CPU": 2.0}, False, EmbedConfig(), (1, 1.0)),
-    ({"CPU": 1.0}, False, EmbedConfig(), (1, 0.5)),
+    ({"CPU": 1.0}, False, EmbedConfig(), (1, 0.0)),  # Ray Data's listing and reads need the whole CPU
+    ({"CPU": 1.5}, False, EmbedConfig(), (1, 0.0)),
     ({"CPU": 64.0, "GPU": 2.0}, False, EmbedConfig(), (63, 1.0)),  # GPUs unused without ray.use_gpu
     ({"CPU": 64.0, "GPU": 2.0}, True, EmbedConfig(), (2, 16.0)),  # one replica per GPU, half its CPUs
     ({"CPU": 96.0, "GPU": 8.0}, True, EmbedConfig(), (8, 6.0)),

@@ -63,9 +63,10 @@ def pool_size(
     """(replicas, CPUs per replica) from the config, else from the cluster's ``resources``
     (``ray.cluster_resources()`` when None).
 
-    CPU only: one replica per CPU but one. On a small machine, replicas that take every CPU starve
-    the read and decode tasks and the pipeline stalls without an error, so one CPU (or half of a
-    single one) stays for them.
+    CPU only: one replica per CPU but one. Replicas that take every CPU starve the read and decode
+    tasks and the pipeline stalls without an error, so one whole CPU stays for them: Ray Data's
+    file-listing and read tasks each ask for one. A cluster of under two CPUs (a head whose workers
+    are gone) gets one replica that reserves no CPU, sharing it with those tasks.
     With ``use_gpu``: one replica per GPU Ray has (each asks for a whole GPU), and half of a GPU's
     share of the CPUs per replica: on GPU nodes decoding, which runs in the prepare tasks, is the
     usual bottleneck, not the replica's CPU-side work. Never so many that no CPU is left for them.
@@ -74,8 +75,8 @@ def pool_size(
         resources = ray.cluster_resources()
     total = float(resources.get("CPU", 1.0))
     if not use_gpu:
-        cpus = cfg.cpus_per_actor or (1.0 if total >= 2 else total / 2)
-        return cfg.actors or max(1, int((total - 1.0) // cpus)), cpus
+        cpus = cfg.cpus_per_actor or (1.0 if total >= 2 else 0.0)
+        return cfg.actors or (max(1, int((total - 1.0) // cpus)) if cpus else 1), cpus
     gpus = int(resources.get("GPU", 0))
     if gpus < 1 and not cfg.actors:
         raise ConfigError("ray.use_gpu: the Ray cluster has no GPU (set ray.use_gpu=false; on a cluster that "

@@ -30,9 +30,11 @@ from typing import Any
 from study import storage
 from study.config import StudyConfig
 from study.config_load import config_hash
+from study.train import layout
 
 MARKER = "_COMPLETE.json"
 SHARED_STAGES = ("data", "splits", "report")
+
 
 
 def run_id_for(cfg: StudyConfig) -> str:
@@ -48,6 +50,9 @@ class RunContext:
     cfg: StudyConfig
     run_dir: str
     setting: str = ""
+    # The sweep setting whose train stage this one shares (settings that differ only in what is
+    # measured of the same training, such as train.snapshot); None: its own.
+    train_setting: str | None = None
     started: float = field(default_factory=time.perf_counter)
 
     @classmethod
@@ -61,8 +66,9 @@ class RunContext:
 
     # -- stage directories -------------------------------------------------------------------
     def stage_dir(self, stage: str, *parts: str) -> str:
-        if self.setting and stage not in SHARED_STAGES:
-            return storage.join(self.run_dir, "settings", self.setting, stage, *parts)
+        setting = self.train_setting if stage == "train" and self.train_setting is not None else self.setting
+        if setting and stage not in SHARED_STAGES:
+            return storage.join(self.run_dir, "settings", setting, stage, *parts)
         return storage.join(self.run_dir, stage, *parts)
 
     # -- artifacts -----------------------------------------------------------------------------
@@ -113,7 +119,11 @@ class RunContext:
         return self.stage_dir("train", model)
 
     def model_file(self, model: str) -> str:
-        return self.stage_dir("train", model, "model.pt")
+        """The model the later stages measure: the last, or the ``train.snapshot`` epoch's."""
+        snapshot = self.cfg.train.snapshot
+        if snapshot in (0, self.cfg.train.epochs):
+            return self.stage_dir("train", model, layout.MODEL)
+        return self.stage_dir("train", model, layout.SNAPSHOTS, layout.snapshot_name(snapshot))
 
     @property
     def embed_dir(self) -> str:

@@ -14,7 +14,6 @@ from study import storage
 from study.config_load import config_to_dict
 from study.pipeline.context import RunContext, read_marker
 from study.pipeline.kinds import get_kind
-from study.pipeline.sweep import settings_of
 from study.report.page import render_page
 
 PACKAGES = ("dejavu-study", "torch", "torchvision", "ray", "numpy", "pyarrow", "lightly", "open_clip_torch")
@@ -90,8 +89,10 @@ def quarantine_summary(ctx: RunContext, manifest: dict) -> dict:
 
 
 def build_report(ctx: RunContext) -> dict:
+    from study.pipeline.runner import setting_contexts
+
     cfg = ctx.cfg
-    settings = settings_of(cfg)
+    settings = setting_contexts(ctx)
     report = {
         "study": cfg.study,
         "name": cfg.name,
@@ -105,8 +106,8 @@ def build_report(ctx: RunContext) -> dict:
         report["sweep"] = {
             "key": key,
             "settings": [
-                {"name": name, "value": value, **setting_report(ctx.for_setting(scfg, name))}
-                for (name, scfg), value in zip(settings, values)
+                {"name": name, "value": value, **setting_report(sctx)}
+                for (name, sctx), value in zip(settings, values)
             ],
         }
         first = report["sweep"]["settings"][0]
@@ -122,9 +123,10 @@ def build_report(ctx: RunContext) -> dict:
 def run_report(ctx: RunContext) -> dict:
     kind = get_kind(ctx.cfg.study)
     report = build_report(ctx)
-    name, first_cfg = settings_of(ctx.cfg)[0]
+    from study.pipeline.runner import setting_contexts
+
     # The gallery shows the records of the first (or only) setting, whose numbers top the report.
-    gallery_ctx = ctx.for_setting(first_cfg, name) if name else ctx
+    _, gallery_ctx = setting_contexts(ctx)[0]
     page = render_page(report, kind.html(report, kind.gallery(gallery_ctx, report)))
     storage.write_bytes(ctx.report_html, page.encode())
     storage.write_json(ctx.report_json, report)

@@ -8,6 +8,7 @@ and one report covers all settings.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from dataclasses import dataclass
@@ -58,13 +59,14 @@ def stages() -> list[Stage]:
     return [
         Stage("data", lambda c: (c.data, _inputs(c)), (), run_data, needs_ray=True),
         Stage("splits", lambda c: (c.splits,), ("data",), run_splits, needs_ray=True),
-        Stage("train", lambda c: (c.study, c.model, c.train, c.data.image_size), ("data", "splits"), run_train,
-              needs_ray=True, takes_digest=True),
-        Stage("embed", lambda c: (c.study, c.embed, c.splits, c.data.image_size), ("data", "splits", "train"), embed,
-              needs_ray=True),
+        # Which snapshot is measured does not change the training: the stages after train read it.
+        Stage("train", lambda c: (c.study, c.model, dataclasses.replace(c.train, snapshot=0), c.data.image_size),
+              ("data", "splits"), run_train, needs_ray=True, takes_digest=True),
+        Stage("embed", lambda c: (c.study, c.embed, c.splits, c.data.image_size, c.train.snapshot),
+              ("data", "splits", "train"), embed, needs_ray=True),
         Stage("search", lambda c: (c.study, c.search, c.splits), ("embed",), run_search, needs_ray=True),
-        Stage("measure", lambda c: (c.study, c.measure, c.search, c.splits, c.report.gallery_size, c.data.image_size),
-              ("data", "splits", "train", "search"), measure),
+        Stage("measure", lambda c: (c.study, c.measure, c.search, c.splits, c.report.gallery_size, c.data.image_size,
+                                    c.train.snapshot), ("data", "splits", "train", "search"), measure),
         Stage("report", lambda c: (config_to_dict(c),), ("data", "splits", "measure"), run_report),
     ]
 
@@ -82,7 +84,9 @@ def ensure_ray(cfg: StudyConfig) -> None:
     ray.data.DataContext.get_current().enable_progress_bars = False
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
     address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
-    kwargs: dict[str, Any] = {"address": address} if address else {"num_cpus": cfg.ray.num_cpus}
+    # Without an address, an instance of the study's own: Ray would otherwise join whatever cluster
+    # was last started on this machine (``ray.address=auto`` asks for that).
+    kwargs: dict[str, Any] = {"address": address} if address else {"address": "local", "num_cpus": cfg.ray.num_cpus}
     ray.init(log_to_driver=True, logging_level=logging.WARNING, **kwargs)
 
 
@@ -143,6 +147,20 @@ def lost_node_or_worker(exc: BaseException) -> str | None:
     return next((type(e).__name__ for e in causes(exc, context=True) if isinstance(e, lost)), None)
 
 
+def setting_contexts(ctx: RunContext) -> list[tuple[str, RunContext]]:
+    """(setting name, its context) per sweep setting, ``[("", ctx)]`` without a sweep. Settings
+    whose training is the same (they differ only in what is measured of it: ``train.snapshot``)
+    share the first one's train stage."""
+    train = next(s for s in stages() if s.name == "train")
+    out, trained = [], {}
+    for name, scfg in settings_of(ctx.cfg):
+        if not name:
+            return [("", ctx)]
+        first = trained.setdefault(config_hash(*train.reads(scfg)), name)
+        out.append((name, dataclasses.replace(ctx.for_setting(scfg, name), train_setting=first)))
+    return out
+
+
 def run_study(cfg: StudyConfig, until: str | None = None) -> RunContext:
     """Run (or resume) every stage, or with ``until`` the stages up to and including that one
     (a job per stage); returns the run's context (its directory holds the report)."""
@@ -152,7 +170,7 @@ def run_study(cfg: StudyConfig, until: str | None = None) -> RunContext:
         raise StudyError(f"unknown stage {until!r}; choose from {', '.join(STAGE_NAMES)}")
     wanted = set(STAGE_NAMES[: STAGE_NAMES.index(until) + 1] if until else STAGE_NAMES)
     check_registries(cfg)
-    settings = settings_of(cfg)  # checks the sweep before anything runs
+    settings_of(cfg)  # checks the sweep before anything runs
     ctx = RunContext.create(cfg)
     ctx.log("study", f"run directory {ctx.run_dir}")
     try:
@@ -171,8 +189,7 @@ def run_study(cfg: StudyConfig, until: str | None = None) -> RunContext:
     if not per_setting:
         return ctx
     measure_digests = []
-    for name, setting_cfg in settings:
-        sctx = ctx.for_setting(setting_cfg, name) if name else ctx
+    for _, sctx in setting_contexts(ctx):
         setting_digests = dict(digests)
         for stage in per_setting:
             _run_stage(sctx, stage, setting_digests, timings)

@@ -33,9 +33,11 @@ def check(cfg: StudyConfig) -> None:
     one_of(cfg.model.backbone, BACKBONES, "model.backbone")
     one_of(cfg.embed.crop.rule, CROP_RULES, "embed.crop.rule")
     method_params(cfg.train.method, cfg.train.params)
-    want = METHODS[cfg.train.method].projector_sizes
-    if want and len(cfg.model.projector_dims) != want:
-        raise ConfigError(f"model.projector_dims: {cfg.train.method} takes {want} sizes (DINO: hidden-bottleneck-output, "
+    if cfg.train.precision == "fp16" and not cfg.ray.use_gpu:
+        raise ConfigError("train.precision: fp16 needs a GPU (ray.use_gpu=true); on CPU use bf16")
+    most = METHODS[cfg.train.method].max_projector_sizes
+    if most and len(cfg.model.projector_dims) > most:
+        raise ConfigError(f"model.projector_dims: {cfg.train.method} takes at most {most} sizes (hidden-bottleneck-output, "
                           f"e.g. 2048-256-65536), got {len(cfg.model.projector_dims)}")
 
 
@@ -82,7 +84,10 @@ def headline(results: dict) -> dict:
 
 
 def extras(ctx: RunContext) -> dict:
-    return {"k": ctx.cfg.search.k, "metric": ctx.cfg.search.metric, "crop_rule": config_to_dict(ctx.cfg.embed.crop)}
+    from study.pipeline.ssl_utility import read_utility
+
+    return {"k": ctx.cfg.search.k, "metric": ctx.cfg.search.metric, "crop_rule": config_to_dict(ctx.cfg.embed.crop),
+            "utility": read_utility(ctx)}
 
 
 def gallery(ctx: RunContext, report: dict) -> list[dict]:

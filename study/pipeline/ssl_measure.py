@@ -17,6 +17,7 @@ from study.data.loading import iter_split
 from study.data.lookup import IdIndex
 from study.pipeline.context import RunContext
 from study.pipeline.kinds import CONTROLS, get_kind, side_mask
+from study.pipeline.ssl_utility import measure_utility
 from study.search.results import check_queries, check_same_queries, iter_results, public_rows
 
 BATCH_ROWS = 65_536  # queries per batch of search results
@@ -145,4 +146,9 @@ def run_measure(ctx: RunContext) -> dict:
                     f"[{gap['ci'][0]:+.3f}, {gap['ci'][1]:+.3f}] p={gap['p_value']:.4f}")
         results[rep] = rep_result
     storage.write_json(ctx.measure_results, results)
-    return {"representations": list(results), "dropped": dropped}
+    utility = measure_utility(ctx, get_kind(cfg.study).models)
+    for rep, per_model in utility.get("linear_probe", {}).items():
+        ctx.log("measure", f"{rep:<9} linear probe " + ", ".join(
+            f"{m} {a['value']:.3f} [{a['ci'][0]:.3f}, {a['ci'][1]:.3f}]" for m, a in per_model.items())
+            + f" (chance {utility['chance']:.3f})")
+    return {"representations": list(results), "dropped": dropped, "utility": utility}

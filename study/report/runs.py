@@ -65,8 +65,10 @@ def _stages(files: dict[str, storage.FileInfo], settings: list[str]) -> dict[str
         if stage in SHARED_STAGES or settings == [""]:
             out[stage] = (int(f"{stage}/{MARKER}" in files), 1)
         else:
-            done = sum(f"settings/{s}/{stage}/{MARKER}" in files for s in settings)
-            out[stage] = (done, len(settings))
+            # A sweep over train.snapshot trains once, in its first setting (runner.setting_contexts).
+            own = settings[:1] if stage == "train" and settings[0].startswith("snapshot=") else settings
+            done = sum(f"settings/{s}/{stage}/{MARKER}" in files for s in own)
+            out[stage] = (done, len(own))
     return out
 
 

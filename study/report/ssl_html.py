@@ -8,6 +8,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from study.report.page import fmt, image_uri, png, table
+from study.report.sweep_html import probe_cell, sweep_section
 
 
 def curve_plot(results: dict) -> str:
@@ -73,6 +74,18 @@ def gallery_html(items: list[dict]) -> str:
     return table(["crop (what the attack sees)", "original", "nearest public images", "record"], rows)
 
 
+def utility_html(utility: dict | None) -> str:
+    if not utility:
+        return ""
+    if "linear_probe" not in utility:
+        return f"<h2>Utility</h2><p>{html.escape(utility.get('note', ''))}</p>"
+    rows = [[html.escape(rep), probe_cell(per_model)] for rep, per_model in utility["linear_probe"].items()]
+    r = utility["records"]
+    return (f"<h2>Utility: linear probe</h2><p>A logistic regression on frozen features of {r['train']} public records, "
+            f"scored on {r['test']} holdout records (95 % bootstrap intervals; chance {utility['chance']:.3f}).</p>"
+            + table(["representation", "accuracy per model"], rows))
+
+
 def render_body(report: dict, gallery: list[dict]) -> str:
     results = report["results"]
     heads = "".join(
@@ -84,8 +97,10 @@ def render_body(report: dict, gallery: list[dict]) -> str:
 crop rule {html.escape(str(report['crop_rule']))}. Gaps are target minus reference accuracy at q = 1 with 95 % bootstrap
 intervals and paired-test p-values. The null control should cover 0.</p>
 <ul>{heads}</ul>
+{sweep_section(report)}
 <h2>Accuracy vs confidence fraction</h2><img src="{curve_plot(results)}">
 <h2>Quadrants</h2><img src="{quadrant_plot(results)}">
+{utility_html(report.get("utility"))}
 <h2>All numbers</h2>{results_table(results)}
 <h2>Most-memorized records</h2>{gallery_html(gallery)}
 """

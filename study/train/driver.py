@@ -32,6 +32,7 @@ from ray.train.torch import TorchTrainer
 from study import storage
 from study.config import ModelConfig, TrainConfig
 from study.faults import fault
+from study.train import layout
 from study.train.recipes import RECIPES, Fit
 
 
@@ -140,12 +141,16 @@ def _kill_worker(name: str, epoch: int):
 
 
 def _export(config: dict, fit: Fit, model: torch.nn.Module, history: list, final: bool) -> None:
-    """Rank 0: metrics so far to ``metrics.jsonl``; at the end also the model to ``model.pt``."""
+    """Rank 0, at a checkpoint: metrics so far to ``metrics.jsonl`` and the model as it is now to
+    ``snapshots/`` (what a ``train.snapshot`` setting measures); at the end also to ``model.pt``."""
     out_dir = config["out_dir"]
     lines = "".join(json.dumps(h) + "\n" for h in history)
-    storage.write_bytes(storage.join(out_dir, "metrics.jsonl"), lines.encode())
-    if final:
-        storage.write_bytes(storage.join(out_dir, "model.pt"), fit.export(_unwrap(model), history))
+    storage.write_bytes(storage.join(out_dir, layout.METRICS), lines.encode())
+    blob = fit.export(_unwrap(model), history)
+    if not final:
+        storage.write_bytes(storage.join(out_dir, layout.SNAPSHOTS, layout.snapshot_name(history[-1]["epoch"])), blob)
+    else:
+        storage.write_bytes(storage.join(out_dir, layout.MODEL), blob)
 
 
 def _unwrap(module: torch.nn.Module) -> torch.nn.Module:

@@ -1,6 +1,7 @@
 """The training recipe in plain PyTorch: optimiser, schedule, one epoch. Knows nothing of Ray."""
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from typing import Iterable
@@ -54,6 +55,16 @@ def memory_batches(batch_size_per_worker: int, gen: torch.Generator, *arrays: to
         yield tuple(a[idx] for a in arrays)
 
 
+def precision(name: str, device: torch.device):
+    """(autocast context, gradient scaler) for ``train.precision``: bf16 autocasts on CPU or GPU;
+    fp16 autocasts on a GPU only and scales the loss against underflow; fp32 does neither."""
+    if name == "fp16" and device.type != "cuda":
+        raise ValueError("train.precision=fp16 needs a GPU (ray.use_gpu=true); on CPU use bf16")
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(name)
+    autocast = torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext()
+    return autocast, torch.amp.GradScaler(device.type, enabled=name == "fp16")
+
+
 def train_epoch(
     learner: torch.nn.Module,
     method: Method,
@@ -76,16 +87,19 @@ def train_epoch(
     learner.train()
     parts = getattr(learner, "module", learner)
     device = next(learner.parameters()).device
+    autocast, scaler = precision(cfg.precision, device)
     start = time.perf_counter()
     total, count = 0.0, 0
     for images, labels in batches:
         x = normalize(images.to(device, non_blocking=True))
         views = [random_view(x, cfg.augment, gen) for _ in range(method.num_views)]
         step = Step(epoch, scheduler.last_epoch, total_steps)
-        loss = method.loss(learner, views, labels.to(device), params, step)
+        with autocast:
+            loss = method.loss(learner, views, labels.to(device), params, step)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        scaler.scale(loss.float()).backward()
+        scaler.step(optimizer)
+        scaler.update()
         scheduler.step()
         if method.after_step is not None:
             method.after_step(parts, params, step)

@@ -51,8 +51,8 @@ class Method:
     ``learner(make_encoder, projector sizes, params)`` builds it: the encoder and a method's extra
     parts; ``after_step``
     runs after each optimiser step (a teacher's moving average); ``measured`` names the network
-    whose embeddings the study measures; ``projector_sizes`` how many sizes the projector takes
-    (0: any)."""
+    whose embeddings the study measures; ``max_projector_sizes`` the most sizes its projector
+    takes (0: any number)."""
 
     params_type: type
     num_views: int
@@ -63,7 +63,7 @@ class Method:
         lambda make_encoder, dims, params: Learner(make_encoder()))
     after_step: Callable[[Learner, Any, Step], None] | None = None
     measured: str = "encoder"
-    projector_sizes: int = 0
+    max_projector_sizes: int = 0
 
 
 def _classifier(in_dim, dims, num_classes, params):
@@ -113,7 +113,7 @@ METHODS: dict[str, Method] = {
     "byol": Method(teachers.BYOLParams, 2, teachers.byol_projector, teachers.byol_loss,
                    learner=teachers.byol_learner, after_step=teachers.follow_teacher),
     "dino": Method(teachers.DINOParams, 2, teachers.dino_projector, teachers.dino_loss, learner=teachers.dino_learner,
-                   after_step=teachers.follow_teacher, measured="teacher", projector_sizes=3),
+                   after_step=teachers.follow_teacher, measured="teacher", max_projector_sizes=3),
 }
 
 

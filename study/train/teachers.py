@@ -59,7 +59,10 @@ class DINOParams:
 
 
 def dino_projector(in_dim, dims, num_classes, params):
-    hidden, bottleneck, out = dims
+    """lightly's DINO head from hidden-bottleneck-output sizes; from two (hidden-output, so that a
+    sweep over methods can share one projector setting) the bottleneck is the output's size; from
+    one, every size is it."""
+    hidden, bottleneck, out = (dims[0], dims[-1], dims[-1]) if len(dims) < 3 else dims[:3]
     return DINOProjectionHead(in_dim, hidden, bottleneck, out)
 
 
