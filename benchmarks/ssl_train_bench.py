@@ -75,17 +75,19 @@ def main() -> None:
     args = ap.parse_args()
 
     import ray
+    import ray.data
     import torch
 
     from study import storage
     from study.train import driver
     from study.train.methods import METHODS
 
+    # Ray is up for both runs, so its daemons cost the bare loop what they cost the worker.
+    ray.init(num_cpus=max(2, args.threads), include_dashboard=False, log_to_driver=False,
+             logging_level=logging.WARNING)
+    ray.data.DataContext.get_current().enable_progress_bars = False
     with tempfile.TemporaryDirectory() as out:
         cfg, ctx, context = _prepare(out, args)
-        # Ray is up for both runs, so its daemons cost the bare loop what they cost the worker.
-        ray.init(num_cpus=max(2, args.threads), include_dashboard=False, log_to_driver=False,
-                 logging_level=logging.WARNING)
         torch.set_num_threads(args.threads)
         seconds, images = _bare(cfg, context, args.method, args.epochs)
         bare = images / statistics.median(seconds[1:])

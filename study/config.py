@@ -380,8 +380,13 @@ class MeasureConfig:
     permutations: int = 2000
     confidence_level: float = 0.95
     seed: int = 0
+    # The one-model test's naive-Bayes predictor (SSL, DESIGN §2.3): the tagger of what a crop shows
+    # (study.pipeline.taggers; "" turns the test off) and its add-alpha smoothing.
+    one_model_tagger: str = "synthetic_background"
+    one_model_alpha: float = 1.0
 
     def __post_init__(self) -> None:
+        _check(self.one_model_alpha > 0, "measure.one_model_alpha", "must be > 0")
         _check(all(0 < q <= 1 for q in self.quantiles) and self.quantiles, "measure.quantiles", "must be in (0, 1]")
         _check(all(k >= 1 for k in self.ks) and self.ks, "measure.ks", "must be >= 1")
         _check(self.top_n >= 1, "measure.top_n", "must be >= 1")

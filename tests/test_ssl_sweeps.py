@@ -14,7 +14,11 @@ from study.cli import main
 from study.config_load import load_config
 from study.pipeline.context import RunContext
 from study.pipeline.neighbours import read_embeddings
+from study.core.naive_bayes import TagCounts, predict
+from study.data import records
+from study.data.loading import read_split
 from study.pipeline.runner import setting_contexts
+from study.pipeline.taggers import synthetic_background
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(ROOT, "configs/tiny.yaml")
@@ -62,8 +66,29 @@ def test_snapshot_sweep_trains_once_and_measures_each_epoch(swept, capsys):
         assert s["training"]  # the shared training's summary, in both settings
     page = open(ctx.report_html).read()
     assert "Sweep over train.snapshot" in page and "Utility: linear probe" in page
+    assert "One-model test (no reference model)" in page
+
+    # The one-model test: its predictor's accuracy is naive Bayes over the captions' background words,
+    # learnt from the public records (computed here from the records directly).
+    one = report["one_model"]
+    assert one["tagger"] == "synthetic_background" and set(one["headline"]) == {"projector/positive", "projector/null"}
+    table = TagCounts.empty(storage.read_json(ctx.manifest)["num_classes"])
+    pub_ids, pub_labels = read_split(ctx.splits_dir, "public")
+    table.add(_tags(a, pub_ids), pub_labels)
+    accuracy = []
+    for split in ("target", "reference"):
+        ids, labels = read_split(ctx.splits_dir, split)
+        accuracy.append(np.mean(predict(table, _tags(a, ids))[0] == labels))
+    assert one["headline"]["projector/positive"]["reference"] == pytest.approx(np.mean(accuracy))
+    assert one["headline"]["projector/positive"]["target"] == pytest.approx(report["headline"]["projector/positive"]["target"])
 
     from study.report.runs import find_runs
 
     (run,) = find_runs(ctx.cfg.output)
     assert run.all_finished, run.stages  # the shared train stage counts as finished for both settings
+
+
+def _tags(ctx, ids) -> list[list[str]]:
+    table = records.read_records(ctx.data_root, [str(i) for i in ids], columns=["id", "caption"])
+    caption = dict(zip(table.column("id").to_pylist(), table.column("caption").to_pylist()))
+    return [synthetic_background(caption[str(i)]) for i in ids]

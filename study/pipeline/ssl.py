@@ -33,6 +33,10 @@ def check(cfg: StudyConfig) -> None:
     one_of(cfg.model.backbone, BACKBONES, "model.backbone")
     one_of(cfg.embed.crop.rule, CROP_RULES, "embed.crop.rule")
     method_params(cfg.train.method, cfg.train.params)
+    if cfg.measure.one_model_tagger:
+        from study.pipeline.taggers import TAGGERS
+
+        one_of(cfg.measure.one_model_tagger, TAGGERS, "measure.one_model_tagger")
     if cfg.train.precision == "fp16" and not cfg.ray.use_gpu:
         raise ConfigError("train.precision: fp16 needs a GPU (ray.use_gpu=true); on CPU use bf16")
     most = METHODS[cfg.train.method].max_projector_sizes
@@ -84,10 +88,14 @@ def headline(results: dict) -> dict:
 
 
 def extras(ctx: RunContext) -> dict:
+    from study.pipeline.one_model import read_one_model
     from study.pipeline.ssl_utility import read_utility
 
+    one_model = read_one_model(ctx)
+    if one_model and "results" in one_model:
+        one_model["headline"] = headline(one_model["results"])
     return {"k": ctx.cfg.search.k, "metric": ctx.cfg.search.metric, "crop_rule": config_to_dict(ctx.cfg.embed.crop),
-            "utility": read_utility(ctx)}
+            "utility": read_utility(ctx), "one_model": one_model}
 
 
 def gallery(ctx: RunContext, report: dict) -> list[dict]:

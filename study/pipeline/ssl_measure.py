@@ -17,6 +17,7 @@ from study.data.loading import iter_split
 from study.data.lookup import IdIndex
 from study.pipeline.context import RunContext
 from study.pipeline.kinds import CONTROLS, get_kind, side_mask
+from study.pipeline.one_model import ONE_MODEL_CONTROLS, PREDICTOR, predictor_outcomes, write_one_model
 from study.pipeline.ssl_utility import measure_utility
 from study.search.results import check_queries, check_same_queries, iter_results, public_rows
 
@@ -86,11 +87,11 @@ def dropped_counts(outcomes) -> dict[str, int]:
     return {key: sum(getattr(o, key) for o in outcomes) for key in keys}
 
 
-def build_sides(outcomes: dict, control: str, seed: int, metric: str) -> list[Side]:
+def build_sides(outcomes: dict, control: str, seed: int, metric: str, controls: dict = CONTROLS) -> list[Side]:
     """Sides of one control with top-1 (``metric`` "top1") or top-5 ("top5") correctness, over the
     records both models were queried with, in id order."""
     sides = []
-    for side_name, split, tgt, ref in CONTROLS[control]:
+    for side_name, split, tgt, ref in controls[control]:
         t, r = outcomes[(tgt, split)], outcomes[(ref, split)]
         common = np.intersect1d(t.ids, r.ids, assume_unique=True)
         ti, ri = np.searchsorted(t.ids, common), np.searchsorted(r.ids, common)
@@ -104,17 +105,42 @@ def build_sides(outcomes: dict, control: str, seed: int, metric: str) -> list[Si
     return sides
 
 
+def control_results(ctx: RunContext, outcomes: dict, controls: dict, label: str) -> dict:
+    """{control: results} of one representation's outcomes over the ``controls`` whose outcomes are
+    all there (the two-model test's, or the one-model test's with the predictor as reference)."""
+    cfg, m = ctx.cfg, ctx.cfg.measure
+    out = {}
+    for control, rows in controls.items():
+        if any((t, s) not in outcomes or (r, s) not in outcomes for _, s, t, r in rows):
+            continue
+        top1 = build_sides(outcomes, control, cfg.splits.seed, "top1", controls)
+        top5 = build_sides(outcomes, control, cfg.splits.seed, "top5", controls)
+        args = dict(qs=m.quantiles, bootstrap=m.bootstrap, permutations=m.permutations, level=m.confidence_level, seed=m.seed)
+        out[control] = {
+            "top1": dejavu_test(top1, **args),
+            "top5": dejavu_test(top5, **args),
+            "curve": accuracy_curve(top1, m.curve_points),
+            "most_memorized": [
+                {**row, "split": rows[row["side"]][1], "target_model": rows[row["side"]][2]}
+                for row in most_memorized(top1, cfg.report.gallery_size)
+            ],
+        }
+        gap = max(out[control]["top1"]["by_q"], key=lambda e: e["q"])["gap"]
+        ctx.log("measure", f"{label:<9} {control:<8} gap@q=1 {gap['value']:+.3f} "
+                f"[{gap['ci'][0]:+.3f}, {gap['ci'][1]:+.3f}] p={gap['p_value']:.4f}")
+    return out
+
+
 def run_measure(ctx: RunContext) -> dict:
     cfg = ctx.cfg
-    m = cfg.measure
     manifest = storage.read_json(ctx.manifest)
     public = split_index(ctx, "public")
-    results, dropped = {}, {}
+    attacked = sorted({s for rows in CONTROLS.values() for _, s, _, _ in rows if cfg.splits.uses(s)})
+    predicted = predictor_outcomes(ctx, attacked, manifest["num_classes"], Outcomes)
+    results, one_model, dropped = {}, {}, {}
     for rep in get_kind(cfg.study).spaces_for(cfg):
         outcomes = {}
-        for split in {s for rows in CONTROLS.values() for _, s, _, _ in rows}:
-            if not cfg.splits.uses(split):
-                continue
+        for split in attacked:
             truth = split_index(ctx, split)
             uris = {model: ctx.search_results(model, split, rep) for model in ("model_a", "model_b")}
             for model, uri in uris.items():
@@ -125,30 +151,17 @@ def run_measure(ctx: RunContext) -> dict:
             ctx.log("measure", f"{rep}: {dropped[rep]['unlabelled_neighbours']} of {dropped[rep]['neighbours']} "
                     f"neighbours have no label (no vote); {dropped[rep]['unlabelled_queries']} queries without "
                     "a label left out")
-        rep_result = {}
-        for control in CONTROLS:
-            if any(key not in outcomes for key in [(t, s) for _, s, t, _ in CONTROLS[control]]):
-                continue
-            top1 = build_sides(outcomes, control, cfg.splits.seed, "top1")
-            top5 = build_sides(outcomes, control, cfg.splits.seed, "top5")
-            args = dict(qs=m.quantiles, bootstrap=m.bootstrap, permutations=m.permutations, level=m.confidence_level, seed=m.seed)
-            rep_result[control] = {
-                "top1": dejavu_test(top1, **args),
-                "top5": dejavu_test(top5, **args),
-                "curve": accuracy_curve(top1, m.curve_points),
-                "most_memorized": [
-                    {**row, "split": CONTROLS[control][row["side"]][1], "target_model": CONTROLS[control][row["side"]][2]}
-                    for row in most_memorized(top1, cfg.report.gallery_size)
-                ],
-            }
-            gap = max(rep_result[control]["top1"]["by_q"], key=lambda e: e["q"])["gap"]
-            ctx.log("measure", f"{rep:<9} {control:<8} gap@q=1 {gap['value']:+.3f} "
-                    f"[{gap['ci'][0]:+.3f}, {gap['ci'][1]:+.3f}] p={gap['p_value']:.4f}")
-        results[rep] = rep_result
+        results[rep] = control_results(ctx, outcomes, CONTROLS, rep)
+        if predicted:
+            outcomes.update({(PREDICTOR, split): o for split, o in predicted.items()})
+            one_model[rep] = control_results(ctx, outcomes, ONE_MODEL_CONTROLS, f"{rep} vs. predictor")
     storage.write_json(ctx.measure_results, results)
+    write_one_model(ctx, {"predictor": "naive_bayes", "tagger": cfg.measure.one_model_tagger, "results": one_model}
+                    if predicted else {"note": "one-model test off (measure.one_model_tagger) or no public record "
+                                               "has a tag"})
     utility = measure_utility(ctx, get_kind(cfg.study).models)
     for rep, per_model in utility.get("linear_probe", {}).items():
         ctx.log("measure", f"{rep:<9} linear probe " + ", ".join(
             f"{m} {a['value']:.3f} [{a['ci'][0]:.3f}, {a['ci'][1]:.3f}]" for m, a in per_model.items())
             + f" (chance {utility['chance']:.3f})")
-    return {"representations": list(results), "dropped": dropped, "utility": utility}
+    return {"representations": list(results), "dropped": dropped, "utility": utility, "one_model": bool(predicted)}

@@ -86,6 +86,24 @@ def utility_html(utility: dict | None) -> str:
             + table(["representation", "accuracy per model"], rows))
 
 
+def one_model_html(one_model: dict | None, headline: dict) -> str:
+    """The one-model test beside the two-model test, per representation and control."""
+    if not one_model:
+        return ""
+    if "headline" not in one_model:
+        return f"<h2>One-model test</h2><p>{html.escape(one_model.get('note', ''))}</p>"
+
+    def gap(v):
+        return f"{v['gap']:+.3f} [{v['ci'][0]:+.3f}, {v['ci'][1]:+.3f}], p = {v['p_value']:.4f}"
+
+    rows = [[html.escape(key), gap(headline[key]) if key in headline else "", gap(v), f"{v['target']:.3f}",
+             f"{v['reference']:.3f}"] for key, v in one_model["headline"].items()]
+    return (f"<h2>One-model test (no reference model)</h2><p>The attacked model's k-NN accuracy minus that of a "
+            f"naive-Bayes predictor over the crop's tags ({html.escape(one_model['tagger'])}), learnt from the public "
+            f"records: what the crop alone tells about the label. Beside it, the two-model gap.</p>"
+            + table(["representation/control", "two-model gap", "one-model gap", "k-NN acc.", "predictor acc."], rows))
+
+
 def render_body(report: dict, gallery: list[dict]) -> str:
     results = report["results"]
     heads = "".join(
@@ -100,6 +118,7 @@ intervals and paired-test p-values. The null control should cover 0.</p>
 {sweep_section(report)}
 <h2>Accuracy vs confidence fraction</h2><img src="{curve_plot(results)}">
 <h2>Quadrants</h2><img src="{quadrant_plot(results)}">
+{one_model_html(report.get("one_model"), report["headline"])}
 {utility_html(report.get("utility"))}
 <h2>All numbers</h2>{results_table(results)}
 <h2>Most-memorized records</h2>{gallery_html(gallery)}

@@ -1,0 +1,71 @@
+"""The one-model SSL test (DESIGN §2.3): the attacked model against a correlation predictor that
+sees only what the crop shows, with no reference model.
+
+The predictor is naive Bayes over the crop's tags (``study.core.naive_bayes``; tags from
+``measure.one_model_tagger``, ``study.pipeline.taggers``): per-class tag counts over the public
+records, then class scores per attacked record, ranked as the k-NN attack's votes are (confidence =
+minus their entropy). Sides, as in the two-model test (``study.core.metrics``), with the predictor
+in the reference's place: the positive control holds model A's k-NN outcomes on its own training
+records (target) and model B's on its own (reference); the null control the two halves of the
+holdout. The gap is k-NN accuracy minus the predictor's, with the same intervals, p-values and
+ranking of memorized records (k-NN right, predictor wrong, by confidence difference).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from study import storage
+from study.core.naive_bayes import TagCounts, probabilities
+from study.core.topk import predict_from_votes
+from study.data import records
+from study.data.loading import iter_split, read_split
+from study.pipeline.context import RunContext
+from study.pipeline.taggers import COLUMNS, TAGGERS
+
+PREDICTOR = "predictor"
+ONE_MODEL = "one_model.json"
+ONE_MODEL_CONTROLS = {
+    "positive": [("a", "target", "model_a", PREDICTOR), ("b", "reference", "model_b", PREDICTOR)],
+    "null": [("a", "holdout", "model_a", PREDICTOR), ("b", "holdout", "model_b", PREDICTOR)],
+}
+
+
+def _tags(ctx: RunContext, ids) -> list[list[str]]:
+    name = ctx.cfg.measure.one_model_tagger
+    column = COLUMNS[name]
+    table = records.read_records(ctx.data_root, [str(i) for i in ids], columns=["id", column])
+    by_id = dict(zip(table.column("id").to_pylist(), map(TAGGERS[name], table.column(column).to_pylist())))
+    return [by_id.get(str(i), []) for i in ids]
+
+
+def predictor_outcomes(ctx: RunContext, splits, num_classes: int, outcomes_type) -> dict | None:
+    """{split: Outcomes} of the predictor on each attacked split's labelled records, or None when
+    the test is off or no public record has a tag (nothing to learn a correlation from)."""
+    if not ctx.cfg.measure.one_model_tagger:
+        return None
+    table = TagCounts.empty(num_classes)
+    for batch in iter_split(ctx.splits_dir, "public"):
+        ids = batch.column("id").to_pylist()
+        labels = batch.column("label").fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
+        table.add(_tags(ctx, ids), labels)
+    if not table.vocab:
+        return None
+    out = {}
+    for split in splits:
+        ids, labels = read_split(ctx.splits_dir, split)
+        keep = labels >= 0
+        ids, labels = ids[keep].astype(str), labels[keep]
+        pred, top5, conf = predict_from_votes(probabilities(table, _tags(ctx, ids), ctx.cfg.measure.one_model_alpha))
+        order = np.argsort(ids, kind="stable")
+        out[split] = outcomes_type(ids[order], (pred == labels)[order], (top5 == labels[:, None]).any(axis=1)[order],
+                                   conf[order])
+    return out
+
+
+def write_one_model(ctx: RunContext, results: dict) -> None:
+    storage.write_json(ctx.stage_dir("measure", ONE_MODEL), results)
+
+
+def read_one_model(ctx: RunContext) -> dict | None:
+    uri = ctx.stage_dir("measure", ONE_MODEL)
+    return storage.read_json(uri) if storage.exists(uri) else None
