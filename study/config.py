@@ -253,6 +253,8 @@ class TrainConfig:
     # Mixed precision for the forward passes and losses: fp32 (none), bf16 (CPU or GPU) or fp16
     # (GPU only, with loss scaling). Weights and optimiser state stay fp32.
     precision: str = "fp32"
+    # SSL: also train the one-model test's crop classifier (supervised, on the public set's crops).
+    crop_classifier: bool = False
 
     def __post_init__(self) -> None:
         _check(self.epochs >= 1, "train.epochs", "must be >= 1")

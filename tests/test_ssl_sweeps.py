@@ -1,6 +1,7 @@
 """An SSL study over training length, end to end on the tiny config: a sweep over train.snapshot
 trains each model once (BYOL, through Ray Train) and measures the model as it was after each chosen
-epoch, with each model's linear probe beside the gaps."""
+epoch, with each model's linear probe beside the gaps and the one-model test (naive Bayes over
+crop tags, and a crop classifier trained by Ray Train) checked against predictions computed here."""
 from __future__ import annotations
 
 import os
@@ -8,6 +9,7 @@ import re
 
 import numpy as np
 import pytest
+import torch
 
 from study import storage
 from study.cli import main
@@ -19,12 +21,15 @@ from study.data import records
 from study.data.loading import read_split
 from study.pipeline.runner import setting_contexts
 from study.pipeline.taggers import synthetic_background
+from study.embed.views import labelled_crops
+from study.train.models import load_model, normalize
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(ROOT, "configs/tiny.yaml")
 OVERRIDES = ["name=snapshots", "train.method=byol", "train.epochs=2", "train.checkpoint_every=1",
              "sweep={train.snapshot: [2, 1]}", "measure.bootstrap=50", "measure.permutations=50",
-             "measure.utility_records=60", "search.representations=[projector]"]
+             "measure.utility_records=60", "search.representations=[projector]",
+             "train.crop_classifier=true"]
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +76,9 @@ def test_snapshot_sweep_trains_once_and_measures_each_epoch(swept, capsys):
     # The one-model test: its predictor's accuracy is naive Bayes over the captions' background words,
     # learnt from the public records (computed here from the records directly).
     one = report["one_model"]
-    assert one["tagger"] == "synthetic_background" and set(one["headline"]) == {"projector/positive", "projector/null"}
+    assert one["tagger"] == "synthetic_background" and set(one["headline"]) == {"naive_bayes", "crop_classifier"}
+    for head in one["headline"].values():
+        assert set(head) == {"projector/positive", "projector/null"}
     table = TagCounts.empty(storage.read_json(ctx.manifest)["num_classes"])
     pub_ids, pub_labels = read_split(ctx.splits_dir, "public")
     table.add(_tags(a, pub_ids), pub_labels)
@@ -79,8 +86,23 @@ def test_snapshot_sweep_trains_once_and_measures_each_epoch(swept, capsys):
     for split in ("target", "reference"):
         ids, labels = read_split(ctx.splits_dir, split)
         accuracy.append(np.mean(predict(table, _tags(a, ids))[0] == labels))
-    assert one["headline"]["projector/positive"]["reference"] == pytest.approx(np.mean(accuracy))
-    assert one["headline"]["projector/positive"]["target"] == pytest.approx(report["headline"]["projector/positive"]["target"])
+    nb = one["headline"]["naive_bayes"]["projector/positive"]
+    assert nb["reference"] == pytest.approx(np.mean(accuracy))
+    assert nb["target"] == pytest.approx(report["headline"]["projector/positive"]["target"])
+    # The crop classifier, trained by Ray Train on the public set's crops, answers for the same records.
+    cc = one["headline"]["crop_classifier"]["projector/positive"]
+    model, meta = load_model(storage.read_bytes(a.stage_dir("train", "crop_classifier", "model.pt")))
+    assert meta["method"] == "supervised" and meta["trained_on"] == ["public"]
+    accuracy = []
+    for split in ("target", "reference"):
+        ids = [str(i) for i in read_split(ctx.splits_dir, split)[0]]
+        table = records.read_records(a.data_root, ids, columns=["id", "image", "width", "height", "label", "boxes"])
+        _, crops, labels = labelled_crops(table, a.cfg.embed.crop, a.cfg.data.image_size)
+        with torch.inference_mode():
+            _, logits = model(normalize(torch.from_numpy(crops)))
+        accuracy.append(np.mean(logits.argmax(1).numpy() == labels))
+    assert cc["target"] == pytest.approx(nb["target"]) and cc["reference"] == pytest.approx(np.mean(accuracy))
+    assert report["training"]["crop_classifier"]["splits"] == ["public"]
 
     from study.report.runs import find_runs
 

@@ -51,6 +51,32 @@ def plan_crops(meta: pa.Table, split_of: np.ndarray, crop_sets: tuple[str, ...],
     return rows, summary
 
 
+def cropped(png: bytes, width: int, height: int, boxes, label, crop_cfg: CropConfig) -> np.ndarray | None:
+    """The record's crop under the configured rule, decoded, or None when the rule skips it."""
+    rect, _ = crop_for(width, height, boxes, label, crop_cfg)
+    if rect is None:
+        return None
+    x0, y0, x1, y1 = rect
+    return records.decode_image(png)[y0:y1, x0:x1]
+
+
+def labelled_crops(table: pa.Table, crop_cfg: CropConfig, image_size: int) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """(ids, crops (n, 3, S, S) uint8, labels (n,)) of the records (id, image, width, height, label,
+    boxes) that have a label and a crop: the one-model test's crop classifier's inputs."""
+    ids, pixels, labels = [], [], []
+    for row, boxes in zip(table.select(["id", "image", "width", "height", "label"]).to_pylist(),
+                          records.iter_boxes(table.column("boxes"))):
+        if row["label"] is None or row["label"] < 0:
+            continue
+        image = cropped(row["image"], row["width"], row["height"], boxes, row["label"], crop_cfg)
+        if image is not None:
+            ids.append(row["id"])
+            pixels.append(resize(image, image_size))
+            labels.append(row["label"])
+    stack = np.stack(pixels).transpose(0, 3, 1, 2).copy() if pixels else np.zeros((0, 3, image_size, image_size), np.uint8)
+    return ids, stack, np.asarray(labels, np.int64)
+
+
 def resize(image: np.ndarray, size: int) -> np.ndarray:
     if image.shape[0] == size and image.shape[1] == size:
         return image
@@ -76,13 +102,12 @@ def prepare_batch(
         mode = modes.get(split_of[i])
         if mode is None:
             continue
-        image = records.decode_image(images[i])
         if mode == CROP:
-            rect, _ = crop_for(widths[i], heights[i], boxes, labels[i], crop_cfg)
-            if rect is None:
+            image = cropped(images[i], widths[i], heights[i], boxes, labels[i], crop_cfg)
+            if image is None:
                 continue
-            x0, y0, x1, y1 = rect
-            image = image[y0:y1, x0:x1]
+        else:
+            image = records.decode_image(images[i])
         out_ids.append(ids[i])
         out_sets.append(split_of[i])
         pixels.append(resize(image, image_size))

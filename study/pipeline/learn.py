@@ -121,8 +121,38 @@ def run_train(ctx: RunContext, digest: str) -> dict:
         fit_all(jobs, train_cfg, cfg.model, context, cfg.ray.use_gpu)
         seconds = time.perf_counter() - start
         for job in jobs:
-            history = storage.read_bytes(storage.join(job.out_dir, "metrics.jsonl")).decode().splitlines()
-            summary[job.name] = {"splits": list(job.splits), "epochs": len(history), "final": json.loads(history[-1]),
-                                 "skipped": skipped[job.name]}
-            write_marker(job.out_dir, digest, summary[job.name], seconds)
+            _finish(job, digest, summary, skipped[job.name], seconds)
+    if cfg.train.crop_classifier and kind.recipe == "ssl":
+        _crop_classifier(ctx, digest, manifest, summary)
     return summary
+
+
+def _finish(job: TrainJob, digest: str, summary: dict, skipped: dict, seconds: float) -> None:
+    history = storage.read_bytes(storage.join(job.out_dir, "metrics.jsonl")).decode().splitlines()
+    summary[job.name] = {"splits": list(job.splits), "epochs": len(history), "final": json.loads(history[-1]),
+                         "skipped": skipped}
+    write_marker(job.out_dir, digest, summary[job.name], seconds)
+
+
+def _crop_classifier(ctx: RunContext, digest: str, manifest: dict, summary: dict) -> None:
+    """The one-model test's crop classifier, on the public set's crops, through Ray Train
+    (``recipes.crop_fit``), after the pair; reused like a model of the pair."""
+    from study.pipeline.one_model import CROP_CLASSIFIER
+    from study.train.driver import fit
+
+    cfg = ctx.cfg
+    out_dir = ctx.model_dir(CROP_CLASSIFIER)
+    done = is_complete(out_dir, digest)
+    if done:
+        ctx.log("train", f"{CROP_CLASSIFIER}: reusing finished model")
+        summary[CROP_CLASSIFIER] = done["summary"]
+        return
+    storage.remove(out_dir)  # in memory and short: no checkpoint of another recipe to resume
+    ctx.log("train", f"{CROP_CLASSIFIER}: supervised on the public set's crops ({cfg.embed.crop.rule} rule), "
+                     f"{cfg.train.epochs} epochs")
+    context = {"recipe": "crop", "data_root": ctx.data_root, "splits_dir": ctx.splits_dir, "crop": cfg.embed.crop,
+               "num_classes": manifest["num_classes"], "image_size": cfg.data.image_size}
+    job = TrainJob(CROP_CLASSIFIER, ("public",), out_dir, manifest["counts"].get("public", 0))
+    start = time.perf_counter()
+    fit(job, dataclasses.replace(cfg.train, method="supervised", params={}), cfg.model, context, cfg.ray.use_gpu)
+    _finish(job, digest, summary, {}, time.perf_counter() - start)

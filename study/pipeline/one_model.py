@@ -24,6 +24,7 @@ from study.pipeline.taggers import COLUMNS, TAGGERS
 
 PREDICTOR = "predictor"
 ONE_MODEL = "one_model.json"
+CROP_CLASSIFIER = "crop_classifier"  # the train stage's model dir of the crop classifier
 ONE_MODEL_CONTROLS = {
     "positive": [("a", "target", "model_a", PREDICTOR), ("b", "reference", "model_b", PREDICTOR)],
     "null": [("a", "holdout", "model_a", PREDICTOR), ("b", "holdout", "model_b", PREDICTOR)],
@@ -38,9 +39,47 @@ def _tags(ctx: RunContext, ids) -> list[list[str]]:
     return [by_id.get(str(i), []) for i in ids]
 
 
-def predictor_outcomes(ctx: RunContext, splits, num_classes: int, outcomes_type) -> dict | None:
-    """{split: Outcomes} of the predictor on each attacked split's labelled records, or None when
-    the test is off or no public record has a tag (nothing to learn a correlation from)."""
+def predictors(ctx: RunContext, splits, num_classes: int, outcomes_type) -> dict[str, dict]:
+    """{predictor: {split: Outcomes}} of the predictors this study has."""
+    out = {"naive_bayes": naive_bayes_outcomes(ctx, splits, num_classes, outcomes_type),
+           CROP_CLASSIFIER: crop_classifier_outcomes(ctx, splits, outcomes_type)}
+    return {name: o for name, o in out.items() if o}
+
+
+def crop_classifier_outcomes(ctx: RunContext, splits, outcomes_type) -> dict | None:
+    """{split: Outcomes} of the crop classifier (trained by the train stage when
+    ``train.crop_classifier``) on each attacked split's labelled, croppable records."""
+    import torch
+
+    from study.embed.views import labelled_crops
+    from study.train import layout
+    from study.train.models import load_model, normalize
+
+    if not ctx.cfg.train.crop_classifier:
+        return None
+    model, _ = load_model(storage.read_bytes(ctx.stage_dir("train", CROP_CLASSIFIER, layout.MODEL)))
+    out = {}
+    for split in splits:
+        ids = [str(i) for i in read_split(ctx.splits_dir, split)[0]]
+        table = records.read_records(ctx.data_root, ids, columns=["id", "image", "width", "height", "label", "boxes"])
+        got, crops, labels = labelled_crops(table, ctx.cfg.embed.crop, ctx.cfg.data.image_size)
+        probs = []
+        with torch.inference_mode():
+            for start in range(0, len(crops), 256):
+                _, logits = model(normalize(torch.from_numpy(crops[start:start + 256])))
+                probs.append(torch.softmax(logits.float(), dim=1).numpy())
+        p = np.concatenate(probs) if probs else np.zeros((0, model.projector.out_features))
+        pred, top5, conf = predict_from_votes(p)
+        got = np.asarray(got, dtype=str)
+        order = np.argsort(got, kind="stable")
+        out[split] = outcomes_type(got[order], (pred == labels)[order], (top5 == labels[:, None]).any(axis=1)[order],
+                                   conf[order])
+    return out
+
+
+def naive_bayes_outcomes(ctx: RunContext, splits, num_classes: int, outcomes_type) -> dict | None:
+    """{split: Outcomes} of the naive-Bayes predictor on each attacked split's labelled records, or
+    None when it is off or no public record has a tag (nothing to learn a correlation from)."""
     if not ctx.cfg.measure.one_model_tagger:
         return None
     table = TagCounts.empty(num_classes)

@@ -60,7 +60,8 @@ def stages() -> list[Stage]:
         Stage("data", lambda c: (c.data, _inputs(c)), (), run_data, needs_ray=True),
         Stage("splits", lambda c: (c.splits,), ("data",), run_splits, needs_ray=True),
         # Which snapshot is measured does not change the training: the stages after train read it.
-        Stage("train", lambda c: (c.study, c.model, dataclasses.replace(c.train, snapshot=0), c.data.image_size),
+        Stage("train", lambda c: (c.study, c.model, dataclasses.replace(c.train, snapshot=0), c.data.image_size,
+                                  c.embed.crop if c.train.crop_classifier else None),
               ("data", "splits"), run_train, needs_ray=True, takes_digest=True),
         Stage("embed", lambda c: (c.study, c.embed, c.splits, c.data.image_size, c.train.snapshot),
               ("data", "splits", "train"), embed, needs_ray=True),

@@ -92,8 +92,8 @@ def extras(ctx: RunContext) -> dict:
     from study.pipeline.ssl_utility import read_utility
 
     one_model = read_one_model(ctx)
-    if one_model and "results" in one_model:
-        one_model["headline"] = headline(one_model["results"])
+    if one_model and "predictors" in one_model:
+        one_model["headline"] = {name: headline(results) for name, results in one_model["predictors"].items()}
     return {"k": ctx.cfg.search.k, "metric": ctx.cfg.search.metric, "crop_rule": config_to_dict(ctx.cfg.embed.crop),
             "utility": read_utility(ctx), "one_model": one_model}
 

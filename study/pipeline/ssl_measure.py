@@ -17,7 +17,7 @@ from study.data.loading import iter_split
 from study.data.lookup import IdIndex
 from study.pipeline.context import RunContext
 from study.pipeline.kinds import CONTROLS, get_kind, side_mask
-from study.pipeline.one_model import ONE_MODEL_CONTROLS, PREDICTOR, predictor_outcomes, write_one_model
+from study.pipeline.one_model import ONE_MODEL_CONTROLS, PREDICTOR, predictors, write_one_model
 from study.pipeline.ssl_utility import measure_utility
 from study.search.results import check_queries, check_same_queries, iter_results, public_rows
 
@@ -136,8 +136,8 @@ def run_measure(ctx: RunContext) -> dict:
     manifest = storage.read_json(ctx.manifest)
     public = split_index(ctx, "public")
     attacked = sorted({s for rows in CONTROLS.values() for _, s, _, _ in rows if cfg.splits.uses(s)})
-    predicted = predictor_outcomes(ctx, attacked, manifest["num_classes"], Outcomes)
-    results, one_model, dropped = {}, {}, {}
+    predicted = predictors(ctx, attacked, manifest["num_classes"], Outcomes)
+    results, one_model, dropped = {}, {name: {} for name in predicted}, {}
     for rep in get_kind(cfg.study).spaces_for(cfg):
         outcomes = {}
         for split in attacked:
@@ -152,16 +152,16 @@ def run_measure(ctx: RunContext) -> dict:
                     f"neighbours have no label (no vote); {dropped[rep]['unlabelled_queries']} queries without "
                     "a label left out")
         results[rep] = control_results(ctx, outcomes, CONTROLS, rep)
-        if predicted:
-            outcomes.update({(PREDICTOR, split): o for split, o in predicted.items()})
-            one_model[rep] = control_results(ctx, outcomes, ONE_MODEL_CONTROLS, f"{rep} vs. predictor")
+        for name, by_split in predicted.items():
+            with_predictor = {**outcomes, **{(PREDICTOR, split): o for split, o in by_split.items()}}
+            one_model[name][rep] = control_results(ctx, with_predictor, ONE_MODEL_CONTROLS, f"{rep} vs. {name}")
     storage.write_json(ctx.measure_results, results)
-    write_one_model(ctx, {"predictor": "naive_bayes", "tagger": cfg.measure.one_model_tagger, "results": one_model}
-                    if predicted else {"note": "one-model test off (measure.one_model_tagger) or no public record "
-                                               "has a tag"})
+    write_one_model(ctx, {"tagger": cfg.measure.one_model_tagger, "predictors": one_model} if predicted else
+                    {"note": "no predictor: measure.one_model_tagger is off or no public record has a tag, and "
+                             "train.crop_classifier is off"})
     utility = measure_utility(ctx, get_kind(cfg.study).models)
     for rep, per_model in utility.get("linear_probe", {}).items():
         ctx.log("measure", f"{rep:<9} linear probe " + ", ".join(
             f"{m} {a['value']:.3f} [{a['ci'][0]:.3f}, {a['ci'][1]:.3f}]" for m, a in per_model.items())
             + f" (chance {utility['chance']:.3f})")
-    return {"representations": list(results), "dropped": dropped, "utility": utility, "one_model": bool(predicted)}
+    return {"representations": list(results), "dropped": dropped, "utility": utility, "one_model": sorted(predicted)}

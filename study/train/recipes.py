@@ -30,8 +30,9 @@ class Fit:
     export: Callable[[nn.Module, list], bytes]  # (unwrapped model, history) -> model file bytes
 
 
-def ssl_fit(config: dict, rank: int, world: int, stream: Callable | None = None) -> Fit:
-    """SSL encoders and the supervised baseline: images and labels of the training splits."""
+def ssl_fit(config: dict, rank: int, world: int, stream: Callable | None = None, arrays=None) -> Fit:
+    """SSL encoders and the supervised baseline: images and labels of the training splits (or the
+    given ``arrays``: (images (n, 3, S, S) uint8, labels (n,)) in a fixed order)."""
     from study.data.loading import load_training_set
     from study.train import loop
     from study.train.methods import METHODS, method_params
@@ -42,7 +43,7 @@ def ssl_fit(config: dict, rank: int, world: int, stream: Callable | None = None)
     method, params = METHODS[cfg.method], method_params(cfg.method, cfg.params)
     batch_size_per_worker = max(2, cfg.global_batch_size // world)
     if stream is None:
-        images, labels = load_training_set(config["data_root"], config["splits_dir"], config["splits"])
+        images, labels = arrays or load_training_set(config["data_root"], config["splits_dir"], config["splits"])
         share = loop.worker_share(len(images), rank, world)
         images, labels = torch.from_numpy(images[share]), torch.from_numpy(labels[share])
         n_local = len(images)
@@ -154,6 +155,28 @@ def clip_skipped(data_root: str, splits_dir: str, splits) -> dict[str, int]:
     return {"empty_caption": empty} if empty else {}
 
 
-RECIPES: dict[str, Callable[..., Fit]] = {"ssl": ssl_fit, "clip": clip_fit}
+def crop_fit(config: dict, rank: int, world: int, stream: Callable | None = None) -> Fit:
+    """The one-model test's crop classifier (DESIGN §2.3): the supervised recipe on the crops the
+    attack sees (``config["crop"]``, the embed stage's rule) of the training splits' records (the
+    public set), predicting their label. In memory, records in id order."""
+    import dataclasses
+
+    import numpy as np
+
+    from study.data import records
+    from study.data.loading import read_split
+    from study.embed.views import labelled_crops
+
+    if stream is not None:
+        raise ValueError("the crop classifier trains in memory (train.stream=never for it)")
+    ids = sorted(str(i) for s in config["splits"] for i in read_split(config["splits_dir"], s)[0])
+    table = records.read_records(config["data_root"], ids, columns=["id", "image", "width", "height", "label", "boxes"])
+    got, images, labels = labelled_crops(table, config["crop"], config["image_size"])
+    order = np.argsort(np.asarray(got, dtype=str), kind="stable")
+    train = dataclasses.replace(config["train"], method="supervised", params={})
+    return ssl_fit({**config, "train": train}, rank, world, arrays=(images[order], labels[order]))
+
+
+RECIPES: dict[str, Callable[..., Fit]] = {"ssl": ssl_fit, "clip": clip_fit, "crop": crop_fit}
 # Recipe -> (data_root, splits_dir, splits) -> {reason: records skipped}; recipes absent use all.
 TRAINING_SKIPS: dict[str, Callable[..., dict[str, int]]] = {"clip": clip_skipped}
