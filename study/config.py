@@ -255,6 +255,12 @@ class TrainConfig:
     precision: str = "fp32"
     # SSL: also train the one-model test's crop classifier (supervised, on the public set's crops).
     crop_classifier: bool = False
+    # SSL: false trains (or loads) model A only, the attacked model: the one-model test alone.
+    pair: bool = True
+    # SSL: a model file to measure as model A instead of training it (local path or any fsspec URI):
+    # a file this product saved, or a state dict of the encoder model.backbone / projector_dims /
+    # method describe (the backbone's weights alone: search.representations=[backbone]).
+    checkpoint: str = ""
 
     def __post_init__(self) -> None:
         _check(self.epochs >= 1, "train.epochs", "must be >= 1")

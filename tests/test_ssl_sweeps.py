@@ -114,3 +114,32 @@ def _tags(ctx, ids) -> list[list[str]]:
     table = records.read_records(ctx.data_root, [str(i) for i in ids], columns=["id", "caption"])
     caption = dict(zip(table.column("id").to_pylist(), table.column("caption").to_pylist()))
     return [synthetic_background(caption[str(i)]) for i in ids]
+
+
+def test_a_model_trained_elsewhere_alone_gets_the_one_model_test(ray_local, tmp_path, capsys):
+    """train.pair=false with train.checkpoint: model A is a backbone's state dict from elsewhere,
+    nothing trains, and the report holds the one-model test alone (model A's side of each control)."""
+    from study.config import ModelConfig
+    from study.train.methods import method_params
+    from study.train.models import build_encoder
+
+    torch.manual_seed(0)
+    backbone = build_encoder(ModelConfig(), "supervised", method_params("supervised", {}), 10).backbone
+    uri = str(tmp_path / "elsewhere.pt")
+    torch.save({"model": backbone.state_dict()}, uri)
+    overrides = ["name=elsewhere", "train.pair=false", f"train.checkpoint={uri}", "search.representations=[backbone]",
+                 "measure.bootstrap=50", "measure.permutations=50", "measure.utility_records=40"]
+    args = ["run", CONFIG, "--output", str(tmp_path / "runs")]
+    for o in overrides:
+        args += ["--set", o]
+    assert main(args) == 0
+    log = capsys.readouterr().out
+    assert f"model_a: imported {uri} (state dict; projector weights: no)" in log and "fitting" not in log
+    ctx = RunContext.create(load_config(CONFIG, overrides, str(tmp_path / "runs")))
+    assert not os.path.exists(ctx.model_dir("model_b")) and not os.path.exists(ctx.stage_dir("embed", "model_b"))
+    report = storage.read_json(ctx.report_json)
+    assert report["headline"] == {}  # no reference model: no two-model test
+    one = report["one_model"]["predictors"]["naive_bayes"]["backbone"]
+    target = report["embedded"]["sets"]["target"]["embedded"]
+    assert one["positive"]["top1"]["n"] == [target]  # model A's side only
+    assert set(report["utility"]["linear_probe"]["backbone"]) == {"model_a"}

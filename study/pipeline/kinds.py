@@ -77,6 +77,11 @@ class StudyKind:
             raise ConfigError(f"search.representations: {bad} not offered by {self.name}; choose from {list(self.spaces)}")
         return wanted
 
+    def models_for(self, cfg: StudyConfig) -> Mapping[str, str]:
+        """The models a study has: the kind's pair, or model A alone with ``train.pair: false``
+        (the attacked model without a reference: the one-model test only)."""
+        return self.models if cfg.train.pair else {"model_a": self.models["model_a"]}
+
     def attacked_sets(self, cfg: StudyConfig) -> tuple[str, ...]:
         return tuple(s for s in self.attacked if cfg.splits.uses(s))
 

@@ -80,14 +80,17 @@ def run_train(ctx: RunContext, digest: str) -> dict:
     kind = get_kind(cfg.study)
     manifest = verify_splits(ctx.splits_dir)
     check_labels(kind, manifest, ctx.data_root)
-    splits_of = training_splits(dict(kind.models), manifest["counts"])
+    splits_of = training_splits(dict(kind.models_for(cfg)), manifest["counts"])
     jobs, summary, skipped = [], {}, {}
-    for model in kind.models:
+    for model in kind.models_for(cfg):
         out_dir = ctx.model_dir(model)
         done = is_complete(out_dir, digest)
         if done:
             ctx.log("train", f"{model}: reusing finished model ({done['seconds']:.0f} s when trained)")
             summary[model] = done["summary"]
+            continue
+        if model == "model_a" and cfg.train.checkpoint:
+            summary[model] = _import_checkpoint(ctx, digest, manifest, out_dir)
             continue
         # Checkpoints from a different recipe must not be resumed: start that model afresh.
         started = storage.join(out_dir, "_STARTED.json")
@@ -125,6 +128,25 @@ def run_train(ctx: RunContext, digest: str) -> dict:
     if cfg.train.crop_classifier and kind.recipe == "ssl":
         _crop_classifier(ctx, digest, manifest, summary)
     return summary
+
+
+def _import_checkpoint(ctx: RunContext, digest: str, manifest: dict, out_dir: str) -> dict:
+    """Model A from ``train.checkpoint`` (a model trained elsewhere) instead of training it."""
+    from study.train.checkpoints import check_spaces, import_checkpoint
+
+    cfg = ctx.cfg
+    uri = cfg.train.checkpoint
+    if not storage.exists(uri):
+        raise ConfigError(f"train.checkpoint: {uri} does not exist")
+    start = time.perf_counter()
+    data, info = import_checkpoint(storage.read_bytes(uri), cfg.model, cfg.train.method, cfg.train.params,
+                                   manifest["num_classes"], cfg.data.image_size, uri)
+    check_spaces(info, get_kind(cfg.study).spaces_for(cfg))
+    storage.remove(out_dir)
+    storage.write_bytes(storage.join(out_dir, "model.pt"), data)
+    ctx.log("train", f"model_a: imported {uri} ({info['format']}; projector weights: {'yes' if info['projector'] else 'no'})")
+    write_marker(out_dir, digest, info, time.perf_counter() - start)
+    return info
 
 
 def _finish(job: TrainJob, digest: str, summary: dict, skipped: dict, seconds: float) -> None:

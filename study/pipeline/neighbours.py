@@ -78,7 +78,7 @@ def run_search(ctx: RunContext) -> dict:
     kind = get_kind(ctx.cfg.study)
     attacked = kind.attacked_sets(ctx.cfg)
     summary: dict = {"indexes": {}}
-    for model in kind.models:
+    for model in kind.models_for(ctx.cfg):
         for space in kind.spaces_for(ctx.cfg):
             db_view, query_view = kind.spaces[space]
             log = lambda msg, where=f"{model}/{space}": ctx.log("search", f"{where}: {msg}")  # noqa: E731

@@ -41,6 +41,15 @@ def _inputs(cfg: StudyConfig):
     return input_fingerprint(cfg.data)
 
 
+def _checkpoint_file(cfg: StudyConfig):
+    """(size, modified) of ``train.checkpoint``, so that a new file at the same place is imported
+    again; None without one (or when it is missing: the train stage says so)."""
+    if not cfg.train.checkpoint or not storage.exists(cfg.train.checkpoint):
+        return None
+    (info,) = storage.list_info(cfg.train.checkpoint)[:1] or [None]
+    return (info.size, str(info.modified)) if info else None
+
+
 def stages() -> list[Stage]:
     """The stages in run order. Imported lazily so `dejavu report` does not pay for torch and Ray."""
     from study.pipeline.kinds import get_kind
@@ -61,7 +70,7 @@ def stages() -> list[Stage]:
         Stage("splits", lambda c: (c.splits,), ("data",), run_splits, needs_ray=True),
         # Which snapshot is measured does not change the training: the stages after train read it.
         Stage("train", lambda c: (c.study, c.model, dataclasses.replace(c.train, snapshot=0), c.data.image_size,
-                                  c.embed.crop if c.train.crop_classifier else None),
+                                  c.embed.crop if c.train.crop_classifier else None, _checkpoint_file(c)),
               ("data", "splits"), run_train, needs_ray=True, takes_digest=True),
         Stage("embed", lambda c: (c.study, c.embed, c.splits, c.data.image_size, c.train.snapshot),
               ("data", "splits", "train"), embed, needs_ray=True),

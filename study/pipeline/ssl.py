@@ -37,6 +37,8 @@ def check(cfg: StudyConfig) -> None:
         from study.pipeline.taggers import TAGGERS
 
         one_of(cfg.measure.one_model_tagger, TAGGERS, "measure.one_model_tagger")
+    if cfg.train.checkpoint and cfg.train.snapshot:
+        raise ConfigError("train.snapshot: a model from train.checkpoint has no snapshots; leave it at 0")
     if cfg.train.precision == "fp16" and not cfg.ray.use_gpu:
         raise ConfigError("train.precision: fp16 needs a GPU (ray.use_gpu=true); on CPU use bf16")
     most = METHODS[cfg.train.method].max_projector_sizes
@@ -59,7 +61,7 @@ def run_embed(ctx: RunContext) -> dict:
     modes = {PUBLIC: WHOLE, **{s: CROP for s in attacked}}
     prepare = partial(prepare_batch, plan=plan, modes=modes,
                       crop_cfg=cfg.embed.crop, image_size=cfg.data.image_size)
-    sets = embed_planned(ctx, KIND.models, public_n, crops, f"crops ({cfg.embed.crop.rule} rule)",
+    sets = embed_planned(ctx, KIND.models_for(cfg), public_n, crops, f"crops ({cfg.embed.crop.rule} rule)",
                          list(dict.fromkeys(["id", "image", "width", "height", "label", "boxes", *plan.columns()])),
                          prepare, Embedder, {s: VIEWS for s in modes})
     return {"sets": sets, "crop": vars(cfg.embed.crop)}

@@ -105,16 +105,19 @@ def build_sides(outcomes: dict, control: str, seed: int, metric: str, controls: 
     return sides
 
 
-def control_results(ctx: RunContext, outcomes: dict, controls: dict, label: str) -> dict:
+def control_results(ctx: RunContext, outcomes: dict, controls: dict, label: str, one_sided: bool = False) -> dict:
     """{control: results} of one representation's outcomes over the ``controls`` whose outcomes are
-    all there (the two-model test's, or the one-model test's with the predictor as reference)."""
+    all there (the two-model test's), or with ``one_sided`` over the sides whose outcomes are there
+    (the one-model test's, the predictor as reference: model A alone has one side)."""
     cfg, m = ctx.cfg, ctx.cfg.measure
     out = {}
     for control, rows in controls.items():
-        if any((t, s) not in outcomes or (r, s) not in outcomes for _, s, t, r in rows):
+        have = [row for row in rows if (row[2], row[1]) in outcomes and (row[3], row[1]) in outcomes]
+        if len(have) < len(rows) and not (one_sided and have):
             continue
-        top1 = build_sides(outcomes, control, cfg.splits.seed, "top1", controls)
-        top5 = build_sides(outcomes, control, cfg.splits.seed, "top5", controls)
+        rows = have
+        top1 = build_sides(outcomes, control, cfg.splits.seed, "top1", {control: rows})
+        top5 = build_sides(outcomes, control, cfg.splits.seed, "top5", {control: rows})
         args = dict(qs=m.quantiles, bootstrap=m.bootstrap, permutations=m.permutations, level=m.confidence_level, seed=m.seed)
         out[control] = {
             "top1": dejavu_test(top1, **args),
@@ -142,7 +145,7 @@ def run_measure(ctx: RunContext) -> dict:
         outcomes = {}
         for split in attacked:
             truth = split_index(ctx, split)
-            uris = {model: ctx.search_results(model, split, rep) for model in ("model_a", "model_b")}
+            uris = {model: ctx.search_results(model, split, rep) for model in get_kind(cfg.study).models_for(cfg)}
             for model, uri in uris.items():
                 outcomes[(model, split)] = knn_outcomes(uri, public, truth, manifest["num_classes"])
             check_same_queries({model: outcomes[(model, split)].ids for model in uris}, uris)
@@ -154,12 +157,13 @@ def run_measure(ctx: RunContext) -> dict:
         results[rep] = control_results(ctx, outcomes, CONTROLS, rep)
         for name, by_split in predicted.items():
             with_predictor = {**outcomes, **{(PREDICTOR, split): o for split, o in by_split.items()}}
-            one_model[name][rep] = control_results(ctx, with_predictor, ONE_MODEL_CONTROLS, f"{rep} vs. {name}")
+            one_model[name][rep] = control_results(ctx, with_predictor, ONE_MODEL_CONTROLS, f"{rep} vs. {name}",
+                                                   one_sided=True)
     storage.write_json(ctx.measure_results, results)
     write_one_model(ctx, {"tagger": cfg.measure.one_model_tagger, "predictors": one_model} if predicted else
                     {"note": "no predictor: measure.one_model_tagger is off or no public record has a tag, and "
                              "train.crop_classifier is off"})
-    utility = measure_utility(ctx, get_kind(cfg.study).models)
+    utility = measure_utility(ctx, get_kind(cfg.study).models_for(cfg))
     for rep, per_model in utility.get("linear_probe", {}).items():
         ctx.log("measure", f"{rep:<9} linear probe " + ", ".join(
             f"{m} {a['value']:.3f} [{a['ci'][0]:.3f}, {a['ci'][1]:.3f}]" for m, a in per_model.items())

@@ -33,6 +33,9 @@ def check(cfg: StudyConfig) -> None:
     check_model_name(cfg.model.clip)
     clip_params(cfg.train.params)
     one_of(cfg.measure.headline_rule, PREDICTION_RULES, "measure.headline_rule")
+    if not cfg.train.pair or cfg.train.checkpoint or cfg.train.crop_classifier:
+        raise ConfigError("train.pair / train.checkpoint / train.crop_classifier: the vlm_dejavu study trains its "
+                          "model pair itself (its one-model test is not built yet)")
     if max(cfg.measure.ks) > cfg.search.k:
         raise ConfigError(f"measure.ks: {max(cfg.measure.ks)} exceeds search.k = {cfg.search.k} (neighbours retrieved)")
 

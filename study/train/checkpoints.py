@@ -1,0 +1,79 @@
+"""A model trained elsewhere, measured as model A (``train.checkpoint``): its file, read from any
+fsspec URI, turned into this product's saved form.
+
+Accepted: a file this product saved (weights and metadata), or a PyTorch state dict (bare, or
+under "state_dict" / "model" / "encoder") of the encoder that ``model.backbone``,
+``model.projector_dims`` and ``train.method`` describe. Keys may carry a "module." (DDP) or
+"encoder." prefix; a torchvision classifier's "fc." weights are ignored. A state dict with the
+backbone's weights alone has no projector: only the backbone space can be measured. Every weight
+of the backbone must be there with its shape, or the import stops and says what is missing.
+"""
+from __future__ import annotations
+
+import io
+
+import torch
+
+from study.config import ModelConfig
+from study.config_load import config_to_dict
+from study.errors import ConfigError, DataError
+from study.train.methods import method_params
+from study.train.models import build_encoder, load_model, save_model
+
+PREFIXES = ("module.", "encoder.")
+
+
+def _state_dict(blob) -> dict:
+    for key in ("state_dict", "model", "encoder"):
+        if isinstance(blob, dict) and isinstance(blob.get(key), dict):
+            return blob[key]
+    if isinstance(blob, dict) and all(isinstance(v, torch.Tensor) for v in blob.values()):
+        return blob
+    raise DataError("train.checkpoint: not a state dict (nor one under 'state_dict', 'model' or 'encoder')")
+
+
+def _strip(key: str) -> str:
+    for prefix in PREFIXES:
+        if key.startswith(prefix):
+            key = key[len(prefix):]
+    return key
+
+
+def import_checkpoint(data: bytes, model_cfg: ModelConfig, method: str, params: dict, num_classes: int,
+                      image_size: int, uri: str) -> tuple[bytes, dict]:
+    """(this product's model file, what was imported) from a checkpoint file's bytes."""
+    try:
+        encoder, meta = load_model(data)  # a file this product saved
+        return data, {"checkpoint": uri, "format": "dejavu-study", "method": meta["method"], "projector": True}
+    except Exception:
+        pass
+    try:
+        blob = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise DataError(f"train.checkpoint: {uri} is not a PyTorch checkpoint ({str(exc).splitlines()[0]})") from None
+    state = {_strip(k): v for k, v in _state_dict(blob).items()}
+    encoder = build_encoder(model_cfg, method, method_params(method, params), num_classes)
+    want = encoder.state_dict()
+    if not any(k.startswith("backbone.") for k in state):  # a bare backbone's state dict
+        state = {f"backbone.{k}": v for k, v in state.items() if not k.startswith("fc.")}
+    backbone = [k for k in want if k.startswith("backbone.")]
+    missing = [k for k in backbone if k not in state]
+    wrong = [k for k in backbone if k in state and state[k].shape != want[k].shape]
+    if missing or wrong:
+        raise DataError(f"train.checkpoint: {uri} does not hold a {model_cfg.backbone} backbone: "
+                        f"{len(missing)} weight(s) missing (e.g. {missing[:2]}), {len(wrong)} of another shape "
+                        f"(e.g. {wrong[:2]})")
+    projector = [k for k in want if k.startswith("projector.")]
+    has_projector = all(k in state and state[k].shape == want[k].shape for k in projector)
+    kept = {k: v for k, v in state.items() if k in want and (has_projector or k.startswith("backbone."))}
+    encoder.load_state_dict({**want, **kept})
+    meta = {"method": method, "params": dict(params), "model": config_to_dict(model_cfg), "num_classes": num_classes,
+            "image_size": image_size, "trained_on": ["elsewhere"], "checkpoint": uri}
+    return save_model(encoder, meta), {"checkpoint": uri, "format": "state dict", "method": method,
+                                       "projector": has_projector}
+
+
+def check_spaces(info: dict, spaces) -> None:
+    if not info["projector"] and "projector" in spaces:
+        raise ConfigError(f"search.representations: the checkpoint {info['checkpoint']} holds no projector weights "
+                          "for the configured model; set search.representations=[backbone]")
