@@ -201,7 +201,23 @@ class AugmentConfig:
     grayscale_prob: float = 0.0
     flip: bool = True
 
+    # "batched": this product's views (one grid_sample per batch, log-uniform scale; below);
+    # "torchvision": torchvision transforms v2 per image, as the methods' papers prescribe them (each
+    # view's blur and solarize probabilities from the method unless given here).
+    pipeline: str = "batched"
+    hue: float = 0.0
+    jitter_prob: float = 0.8  # torchvision pipeline: how often colour jitter applies
+    blur_prob: tuple[float, ...] | None = None  # per view; None: the method's
+    solarize_prob: tuple[float, ...] | None = None
+
     def __post_init__(self) -> None:
+        _check(self.pipeline in ("batched", "torchvision"), "train.augment.pipeline", "must be 'batched' or 'torchvision'")
+        _check(0 <= self.hue <= 0.5, "train.augment.hue", "must be in [0, 0.5]")
+        _check(0 <= self.jitter_prob <= 1, "train.augment.jitter_prob", "must be in [0, 1]")
+        for key in ("blur_prob", "solarize_prob"):
+            value = getattr(self, key)
+            _check(value is None or (value and all(0 <= p <= 1 for p in value)), f"train.augment.{key}",
+                   "must be one probability in [0, 1] per view")
         _check(0 < self.scale[0] <= self.scale[1] <= 1, "train.augment.scale", "must satisfy 0 < min <= max <= 1")
         _check(0 < self.ratio[0] <= self.ratio[1], "train.augment.ratio", "must satisfy 0 < min <= max")
         for key in ("brightness", "contrast", "saturation", "grayscale_prob"):

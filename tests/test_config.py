@@ -130,6 +130,8 @@ def test_wrong_type_names_the_key(override, key):
         ("embed.crop.min_side=0", "embed.crop.min_side"),
         ("name=a/b", "name"),
         ("train.precision=fp8", "train.precision"),
+        ("train.augment.pipeline=kornia", "train.augment.pipeline"),
+        ("train.augment.blur_prob=[1.0, 1.5]", "train.augment.blur_prob"),
         ("train.snapshot=3", "train.snapshot"),
     ],
 )

@@ -55,6 +55,21 @@ def memory_batches(batch_size_per_worker: int, gen: torch.Generator, *arrays: to
         yield tuple(a[idx] for a in arrays)
 
 
+def _batched_views(images: torch.Tensor, cfg, method: Method, gen: torch.Generator) -> list[torch.Tensor]:
+    x = normalize(images)
+    return [random_view(x, cfg, gen) for _ in range(method.num_views)]
+
+
+def _torchvision_views(images: torch.Tensor, cfg, method: Method, gen: torch.Generator) -> list[torch.Tensor]:
+    from study.train import augment_tv
+
+    return [normalize(v) for v in augment_tv.views(images, cfg, method.views, method.num_views, gen)]
+
+
+# train.augment.pipeline -> (uint8 batch, AugmentConfig, method, generator) -> normalised views
+AUGMENTATIONS = {"batched": _batched_views, "torchvision": _torchvision_views}
+
+
 def precision(name: str, device: torch.device):
     """(autocast context, gradient scaler) for ``train.precision``: bf16 autocasts on CPU or GPU;
     fp16 autocasts on a GPU only and scales the loss against underflow; fp32 does neither."""
@@ -90,9 +105,9 @@ def train_epoch(
     autocast, scaler = precision(cfg.precision, device)
     start = time.perf_counter()
     total, count = 0.0, 0
+    augment = AUGMENTATIONS[cfg.augment.pipeline]
     for images, labels in batches:
-        x = normalize(images.to(device, non_blocking=True))
-        views = [random_view(x, cfg.augment, gen) for _ in range(method.num_views)]
+        views = augment(images.to(device, non_blocking=True), cfg.augment, method, gen)
         step = Step(epoch, scheduler.last_epoch, total_steps)
         with autocast:
             loss = method.loss(learner, views, labels.to(device), params, step)

@@ -64,6 +64,9 @@ class Method:
     after_step: Callable[[Learner, Any, Step], None] | None = None
     measured: str = "encoder"
     max_projector_sizes: int = 0
+    # (Gaussian blur, solarize) probability per view as the method's paper prescribes them, for the
+    # torchvision augmentation pipeline (study.train.augment_tv).
+    views: tuple[tuple[float, float], ...] = ((0.0, 0.0),)
 
 
 def _classifier(in_dim, dims, num_classes, params):
@@ -105,15 +108,20 @@ def _barlow_loss(model, views, labels, params, step):
     return BarlowTwinsLoss(lambda_param=params.lambda_param, gather_distributed=True)(*_both_views(model, views))
 
 
+# SimCLR blurs half of either view; BYOL (and after it Barlow Twins, VICReg and DINO's global
+# crops) always blurs the first view, rarely the second, and solarizes the second only.
+SIMCLR_VIEWS = ((0.5, 0.0), (0.5, 0.0))
+BYOL_VIEWS = ((1.0, 0.0), (0.1, 0.2))
+
 METHODS: dict[str, Method] = {
     "supervised": Method(NoParams, 1, _classifier, _supervised_loss, uses_labels=True),
-    "simclr": Method(SimCLRParams, 2, _simclr_head, _simclr_loss),
-    "vicreg": Method(VICRegParams, 2, _plain_head, _vicreg_loss),
-    "barlow_twins": Method(BarlowTwinsParams, 2, _plain_head, _barlow_loss),
+    "simclr": Method(SimCLRParams, 2, _simclr_head, _simclr_loss, views=SIMCLR_VIEWS),
+    "vicreg": Method(VICRegParams, 2, _plain_head, _vicreg_loss, views=BYOL_VIEWS),
+    "barlow_twins": Method(BarlowTwinsParams, 2, _plain_head, _barlow_loss, views=BYOL_VIEWS),
     "byol": Method(teachers.BYOLParams, 2, teachers.byol_projector, teachers.byol_loss,
-                   learner=teachers.byol_learner, after_step=teachers.follow_teacher),
+                   learner=teachers.byol_learner, after_step=teachers.follow_teacher, views=BYOL_VIEWS),
     "dino": Method(teachers.DINOParams, 2, teachers.dino_projector, teachers.dino_loss, learner=teachers.dino_learner,
-                   after_step=teachers.follow_teacher, measured="teacher", max_projector_sizes=3),
+                   after_step=teachers.follow_teacher, measured="teacher", max_projector_sizes=3, views=BYOL_VIEWS),
 }
 
 
