@@ -143,3 +143,8 @@ def test_a_model_trained_elsewhere_alone_gets_the_one_model_test(ray_local, tmp_
     target = report["embedded"]["sets"]["target"]["embedded"]
     assert one["positive"]["top1"]["n"] == [target]  # model A's side only
     assert set(report["utility"]["linear_probe"]["backbone"]) == {"model_a"}
+    from study.report.summary import summary_lines
+
+    text = "\n".join(summary_lines(report))  # what `dejavu report` prints
+    assert "(no reference model: no two-model test)" in text
+    assert "one-model test, k-NN minus the naive_bayes predictor:" in text and "backbone/positive" in text
