@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 
 import pytest
 import yaml
@@ -9,6 +10,8 @@ import yaml
 from study.config import StudyConfig
 from study.config_load import config_hash, config_to_dict, load_config
 from study.errors import ConfigError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def write(tmp_path, text, name="study.yaml"):
@@ -249,3 +252,15 @@ def test_dino_takes_at_most_hidden_bottleneck_and_output_sizes():
         get_kind(cfg.study).check(load_config(None, ["train.method=dino", f"model.projector_dims={sizes}"]))
     with pytest.raises(ConfigError, match=r"^train\.precision: fp16 needs a GPU"):
         get_kind(cfg.study).check(load_config(None, ["train.precision=fp16"]))
+
+
+def test_every_shipped_study_config_loads_and_passes_its_kinds_checks():
+    import glob
+
+    from study.pipeline.kinds import get_kind
+
+    paths = [p for p in sorted(glob.glob(os.path.join(ROOT, "configs", "*.yaml"))) if "cluster" not in os.path.basename(p)]
+    assert len(paths) >= 6
+    for path in paths:
+        cfg = load_config(path)
+        get_kind(cfg.study).check(cfg)
