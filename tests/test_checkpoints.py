@@ -12,6 +12,7 @@ from study.errors import ConfigError, DataError
 from study.train.checkpoints import check_spaces, import_checkpoint
 from study.train.methods import method_params
 from study.train.models import build_encoder, load_model, save_model
+from test_object_storage import BUCKET, s3_env  # noqa: F401  (s3_env: the local S3 server fixture)
 
 CFG = ModelConfig(backbone="small_cnn", projector_dims=(16, 8))
 
@@ -72,3 +73,19 @@ def test_another_architecture_or_not_a_checkpoint_is_a_clear_error():
         _import(b"not a checkpoint at all")
     with pytest.raises(DataError, match="not a state dict"):
         _import(_bytes({"epoch": 3}))
+
+
+def test_a_checkpoint_on_object_storage_is_read_and_fingerprinted(s3_env):
+    from study import storage
+    from study.config_load import load_config
+    from study.pipeline.runner import _checkpoint_file
+
+    enc = _encoder(3)
+    uri = f"s3://{BUCKET}/models/elsewhere.pt"
+    storage.write_bytes(uri, _bytes({"state_dict": enc.state_dict()}))
+    size, _ = _checkpoint_file(load_config(None, [f"train.checkpoint={uri}"]))
+    assert size == len(storage.read_bytes(uri))  # part of the train stage's hash
+    got, info = import_checkpoint(storage.read_bytes(uri), CFG, "simclr", {}, 4, 32, uri)
+    assert info["projector"] and load_model(got)[1]["checkpoint"] == uri
+    _same(enc, load_model(got)[0], 1)
+    assert _checkpoint_file(load_config(None, [f"train.checkpoint=s3://{BUCKET}/models/missing.pt"])) is None
