@@ -61,6 +61,8 @@ def assert_one_line_error(proc: subprocess.CompletedProcess, *fragments: str) ->
         (["--set", "search.k=0"], ["search.k"]),
         (["--set", "ray.num_cpus=1"], ["ray.num_cpus", "at least 2"]),
         (["--set", "train.method=mocov3"], ["train.method", "simclr"]),
+        (["--set", "model.projector_dims=64-32-16-8", "--set", "sweep={train.method: [simclr, dino]}"],
+         ["model.projector_dims", "dino takes at most 3 sizes"]),
         (["--set", "model.backbone=vit"], ["model.backbone", "small_cnn"]),
         (["--set", "splits.fractions={target: 0.9, reference: 0.2, public: 0.1}"], ["splits.fractions", "sum"]),
         (["--set", "data.source=parquet", "--set", "data.path=/nonexistent/records"], ["input path does not exist", "/nonexistent/records"]),

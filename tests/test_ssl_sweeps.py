@@ -72,6 +72,10 @@ def test_snapshot_sweep_trains_once_and_measures_each_epoch(swept, capsys):
     page = open(ctx.report_html).read()
     assert "Sweep over train.snapshot" in page and "Utility: linear probe" in page
     assert "One-model test (no reference model)" in page
+    top = report["one_model"]["predictors"]["naive_bayes"]["projector"]["positive"]["most_memorized"]
+    assert all(r["split"] in ("target", "reference") for r in top)
+    if top:
+        assert "Most memorized by the one-model test" in page and top[0]["id"] in page
 
     # The one-model test: its predictor's accuracy is naive Bayes over the captions' background words,
     # learnt from the public records (computed here from the records directly).

@@ -174,13 +174,16 @@ def setting_contexts(ctx: RunContext) -> list[tuple[str, RunContext]]:
 def run_study(cfg: StudyConfig, until: str | None = None) -> RunContext:
     """Run (or resume) every stage, or with ``until`` the stages up to and including that one
     (a job per stage); returns the run's context (its directory holds the report)."""
+    from study.pipeline.kinds import get_kind
     from study.pipeline.validate import check_registries
 
     if until is not None and until not in STAGE_NAMES:
         raise StudyError(f"unknown stage {until!r}; choose from {', '.join(STAGE_NAMES)}")
     wanted = set(STAGE_NAMES[: STAGE_NAMES.index(until) + 1] if until else STAGE_NAMES)
     check_registries(cfg)
-    settings_of(cfg)  # checks the sweep before anything runs
+    for name, setting_cfg in settings_of(cfg):  # the sweep, and each setting's config, before anything runs
+        if name:
+            get_kind(setting_cfg.study).check(setting_cfg)
     ctx = RunContext.create(cfg)
     ctx.log("study", f"run directory {ctx.run_dir}")
     try:

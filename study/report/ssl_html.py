@@ -108,10 +108,19 @@ def one_model_html(one_model: dict | None, headline: dict) -> str:
                      *(f"{v['reference']:.3f}" if v else "" for v in per)])
     head = ["representation/control", "two-model gap", *(f"gap vs. {n}" for n in names), "k-NN acc.",
             *(f"{n} acc." for n in names)]
+    memorized = []
+    for name, per_rep in one_model.get("predictors", {}).items():
+        for rep, controls in per_rep.items():
+            rows_m = (controls.get("positive") or {}).get("most_memorized", [])[:10]
+            if rows_m:
+                items = ", ".join(f"{html.escape(r['id'])} ({r['score']:+.2f})" for r in rows_m)
+                memorized.append(f"<li>{html.escape(rep)} vs. {html.escape(name)}: {items}</li>")
+    listed = (f"<p>Most memorized by the one-model test (k-NN right, predictor wrong; by confidence difference), "
+              f"positive control:</p><ul>{''.join(memorized)}</ul>") if memorized else ""
     return (f"<h2>One-model test (no reference model)</h2><p>The attacked model's k-NN accuracy minus that of a "
             f"predictor that sees only the crop, learnt from the public records: naive Bayes over the crop's tags "
             f"({html.escape(str(one_model.get('tagger')))}) and, when trained, a crop classifier. Beside it, the "
-            f"two-model gap.</p>" + table(head, rows))
+            f"two-model gap.</p>" + table(head, rows) + listed)
 
 
 def render_body(report: dict, gallery: list[dict]) -> str:
