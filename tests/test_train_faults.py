@@ -93,7 +93,7 @@ def uninterrupted(context: dict, cfg: TrainConfig) -> tuple[list[float], dict]:
                   for e in range(cfg.epochs)]
     finally:
         torch.set_num_threads(threads)
-    return losses, one.model.state_dict()
+    return losses, one.model.encoder.state_dict()  # the learner's encoder: what model.pt holds
 
 
 def test_killed_worker_resumes_from_the_last_checkpoint(context, tmp_path, monkeypatch):
