@@ -66,3 +66,17 @@ def test_sweep_section_shows_every_setting():
         assert page.count("<tr>") >= 2 * len(values) and "data:image/png;base64" in page
         assert all(f">{v}<" in page for v in values) and "model_a 0.610 [0.500, 0.700]" in page
     assert sweep_section({}) == ""
+
+
+def test_report_summary_lists_every_setting_of_an_ssl_sweep():
+    from study.report.summary import ssl_lines
+
+    def entry(gap):
+        return {"target": 0.5, "reference": 0.5 - gap, "gap": gap, "ci": [gap - 0.1, gap + 0.1], "p_value": 0.01}
+
+    settings = [{"name": f"method={m}", "value": m, "headline": {"projector/positive": entry(g)}}
+                for m, g in (("simclr", 0.1), ("byol", 0.2))]
+    report = {"k": 5, "metric": "l2_normalized", "crop_rule": {"rule": "background"},
+              "headline": settings[0]["headline"], "sweep": {"key": "train.method", "settings": settings}}
+    text = "\n".join(ssl_lines(report))
+    assert "train.method = simclr:" in text and "train.method = byol:" in text and "gap +0.200" in text

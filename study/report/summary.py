@@ -28,10 +28,16 @@ def ssl_lines(report: dict) -> list[str]:
         f"k = {report['k']}, {report['metric']}, crops: {report['crop_rule']['rule']}",
         "gap = target - reference top-1 accuracy at q = 1, 95 % bootstrap interval, paired-test p-value:",
     ]
-    def line(key: str, v: dict, reference: str = "reference") -> str:
-        return (f"  {key:<22} target {v['target']:.3f}  {reference} {v['reference']:.3f}  "
+    def line(key: str, v: dict, reference: str = "reference", indent: str = "  ") -> str:
+        return (f"{indent}{key:<22} target {v['target']:.3f}  {reference} {v['reference']:.3f}  "
                 f"gap {v['gap']:+.3f} [{v['ci'][0]:+.3f}, {v['ci'][1]:+.3f}]  p = {v['p_value']:.4f}")
 
+    sweep = report.get("sweep")
+    for s in sweep["settings"] if sweep else []:  # every setting of a sweep; the first's details follow
+        lines.append(f"  {sweep['key']} = {s['value']}:")
+        lines += [line(key, v, indent="    ") for key, v in s["headline"].items()]
+    if sweep:
+        lines.append(f"{sweep['key']} = {sweep['settings'][0]['value']} (the first setting), in full:")
     lines += [line(key, v) for key, v in report["headline"].items()] or ["  (no reference model: no two-model test)"]
     for name, headline in ((report.get("one_model") or {}).get("headline") or {}).items():
         lines.append(f"one-model test, k-NN minus the {name} predictor:")
