@@ -69,7 +69,7 @@ def test_another_architecture_or_not_a_checkpoint_is_a_clear_error():
     other = build_encoder(ModelConfig(backbone="resnet18", projector_dims=(16, 8)), "simclr", method_params("simclr", {}), 4)
     with pytest.raises(DataError, match=r"does not hold a small_cnn backbone: \d+ weight\(s\) missing"):
         _import(_bytes(other.state_dict()))
-    with pytest.raises(DataError, match="is not a PyTorch checkpoint"):
+    with pytest.raises(DataError, match="is not a PyTorch checkpoint that loads as weights only"):
         _import(b"not a checkpoint at all")
     with pytest.raises(DataError, match="not a state dict"):
         _import(_bytes({"epoch": 3}))

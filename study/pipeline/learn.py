@@ -84,20 +84,12 @@ def run_train(ctx: RunContext, digest: str) -> dict:
     jobs, summary, skipped = [], {}, {}
     for model in kind.models_for(cfg):
         out_dir = ctx.model_dir(model)
-        done = is_complete(out_dir, digest)
-        if done:
-            ctx.log("train", f"{model}: reusing finished model ({done['seconds']:.0f} s when trained)")
-            summary[model] = done["summary"]
+        if _reused(ctx, model, digest, summary):
             continue
         if model == "model_a" and cfg.train.checkpoint:
             summary[model] = _import_checkpoint(ctx, digest, manifest, out_dir)
             continue
-        # Checkpoints from a different recipe must not be resumed: start that model afresh.
-        started = storage.join(out_dir, "_STARTED.json")
-        if storage.exists(started) and storage.read_json(started).get("hash") != digest:
-            ctx.log("train", f"{model}: config changed since its last attempt; discarding its checkpoints")
-            storage.remove(out_dir)
-        storage.write_json(started, {"hash": digest})
+        _start(ctx, model, digest)
         n = sum(manifest["counts"].get(s, 0) for s in splits_of[model])
         stream = use_stream(cfg.train, n, cfg.data.image_size)
         how = "streamed through Ray Data" if stream else "loaded into each worker's memory"
@@ -128,6 +120,26 @@ def run_train(ctx: RunContext, digest: str) -> dict:
     if cfg.train.crop_classifier and kind.recipe == "ssl":
         _crop_classifier(ctx, digest, manifest, summary)
     return summary
+
+
+def _reused(ctx: RunContext, model: str, digest: str, summary: dict) -> bool:
+    """Whether the model's own marker matches: then its summary is taken and it is not trained."""
+    done = is_complete(ctx.model_dir(model), digest)
+    if done:
+        ctx.log("train", f"{model}: reusing finished model ({done['seconds']:.0f} s when trained)")
+        summary[model] = done["summary"]
+    return bool(done)
+
+
+def _start(ctx: RunContext, model: str, digest: str) -> None:
+    """Mark the model's attempt; checkpoints from a different recipe must not be resumed, so a
+    model whose config changed since its last attempt starts afresh."""
+    out_dir = ctx.model_dir(model)
+    started = storage.join(out_dir, "_STARTED.json")
+    if storage.exists(started) and storage.read_json(started).get("hash") != digest:
+        ctx.log("train", f"{model}: config changed since its last attempt; discarding its checkpoints")
+        storage.remove(out_dir)
+    storage.write_json(started, {"hash": digest})
 
 
 def _import_checkpoint(ctx: RunContext, digest: str, manifest: dict, out_dir: str) -> dict:
@@ -164,12 +176,9 @@ def _crop_classifier(ctx: RunContext, digest: str, manifest: dict, summary: dict
 
     cfg = ctx.cfg
     out_dir = ctx.model_dir(CROP_CLASSIFIER)
-    done = is_complete(out_dir, digest)
-    if done:
-        ctx.log("train", f"{CROP_CLASSIFIER}: reusing finished model")
-        summary[CROP_CLASSIFIER] = done["summary"]
+    if _reused(ctx, CROP_CLASSIFIER, digest, summary):
         return
-    storage.remove(out_dir)  # in memory and short: no checkpoint of another recipe to resume
+    _start(ctx, CROP_CLASSIFIER, digest)  # an interrupted attempt resumes from its last checkpoint
     ctx.log("train", f"{CROP_CLASSIFIER}: supervised on the public set's crops ({cfg.embed.crop.rule} rule), "
                      f"{cfg.train.epochs} epochs")
     context = {"recipe": "crop", "data_root": ctx.data_root, "splits_dir": ctx.splits_dir, "crop": cfg.embed.crop,

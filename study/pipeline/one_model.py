@@ -13,12 +13,13 @@ ranking of memorized records (k-NN right, predictor wrong, by confidence differe
 from __future__ import annotations
 
 import numpy as np
+import pyarrow as pa
 
 from study import storage
 from study.core.naive_bayes import TagCounts, probabilities
 from study.core.topk import predict_from_votes
 from study.data import records
-from study.data.loading import iter_split, read_split
+from study.data.loading import read_split
 from study.pipeline.context import RunContext
 from study.pipeline.taggers import COLUMNS, TAGGERS
 
@@ -69,12 +70,15 @@ def crop_classifier_outcomes(ctx: RunContext, splits, outcomes_type) -> dict | N
                 _, logits = model(normalize(torch.from_numpy(crops[start:start + 256])))
                 probs.append(torch.softmax(logits.float(), dim=1).numpy())
         p = np.concatenate(probs) if probs else np.zeros((0, model.projector.out_features))
-        pred, top5, conf = predict_from_votes(p)
-        got = np.asarray(got, dtype=str)
-        order = np.argsort(got, kind="stable")
-        out[split] = outcomes_type(got[order], (pred == labels)[order], (top5 == labels[:, None]).any(axis=1)[order],
-                                   conf[order])
+        out[split] = _outcomes(np.asarray(got, dtype=str), labels, p, outcomes_type)
     return out
+
+
+def _outcomes(ids: np.ndarray, labels: np.ndarray, probs: np.ndarray, outcomes_type):
+    """A predictor's Outcomes from its class scores, ranked as the k-NN votes are, sorted by id."""
+    pred, top5, conf = predict_from_votes(probs)
+    order = np.argsort(ids, kind="stable")
+    return outcomes_type(ids[order], (pred == labels)[order], (top5 == labels[:, None]).any(axis=1)[order], conf[order])
 
 
 def naive_bayes_outcomes(ctx: RunContext, splits, num_classes: int, outcomes_type) -> dict | None:
@@ -82,11 +86,7 @@ def naive_bayes_outcomes(ctx: RunContext, splits, num_classes: int, outcomes_typ
     None when it is off or no public record has a tag (nothing to learn a correlation from)."""
     if not ctx.cfg.measure.one_model_tagger:
         return None
-    table = TagCounts.empty(num_classes)
-    for batch in iter_split(ctx.splits_dir, "public"):
-        ids = batch.column("id").to_pylist()
-        labels = batch.column("label").fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
-        table.add(_tags(ctx, ids), labels)
+    table = _public_tag_counts(ctx, num_classes)
     if not table.vocab:
         return None
     out = {}
@@ -94,11 +94,24 @@ def naive_bayes_outcomes(ctx: RunContext, splits, num_classes: int, outcomes_typ
         ids, labels = read_split(ctx.splits_dir, split)
         keep = labels >= 0
         ids, labels = ids[keep].astype(str), labels[keep]
-        pred, top5, conf = predict_from_votes(probabilities(table, _tags(ctx, ids), ctx.cfg.measure.one_model_alpha))
-        order = np.argsort(ids, kind="stable")
-        out[split] = outcomes_type(ids[order], (pred == labels)[order], (top5 == labels[:, None]).any(axis=1)[order],
-                                   conf[order])
+        probs = probabilities(table, _tags(ctx, ids), ctx.cfg.measure.one_model_alpha)
+        out[split] = _outcomes(ids, labels, probs, outcomes_type)
     return out
+
+
+def _public_tag_counts(ctx: RunContext, num_classes: int) -> TagCounts:
+    """Per-class tag counts of the public records, from one pass over the record shards (the split
+    plan picks the public ones, as every stage does)."""
+    name = ctx.cfg.measure.one_model_tagger
+    plan = ctx.split_plan()
+    columns = list(dict.fromkeys(["id", "label", COLUMNS[name], *plan.columns()]))
+    table = TagCounts.empty(num_classes)
+    for batch in records.dataset(ctx.data_root).to_batches(columns=columns):
+        batch = pa.Table.from_batches([batch])
+        public = plan.assign(batch) == "public"
+        labels = np.where(public, batch.column("label").fill_null(-1).to_numpy(zero_copy_only=False), -1)
+        table.add(map(TAGGERS[name], batch.column(COLUMNS[name]).to_pylist()), labels.astype(np.int64))
+    return table
 
 
 def write_one_model(ctx: RunContext, results: dict) -> None:

@@ -37,6 +37,11 @@ def check(cfg: StudyConfig) -> None:
         from study.pipeline.taggers import TAGGERS
 
         one_of(cfg.measure.one_model_tagger, TAGGERS, "measure.one_model_tagger")
+    if cfg.train.checkpoint:
+        from study import storage
+
+        if not storage.exists(cfg.train.checkpoint):
+            raise ConfigError(f"train.checkpoint: {cfg.train.checkpoint} does not exist")
     if cfg.train.checkpoint and cfg.train.snapshot:
         raise ConfigError("train.snapshot: a model from train.checkpoint has no snapshots; leave it at 0")
     if cfg.train.precision == "fp16" and not cfg.ray.use_gpu:

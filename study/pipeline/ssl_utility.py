@@ -24,15 +24,15 @@ def _labelled(ctx: RunContext, split: str, n: int) -> tuple[list[str], np.ndarra
 
 
 def measure_utility(ctx: RunContext, models) -> dict:
-    from study.train.models import load_model
-    from study.train.probe import accuracy_with_interval, features, fit_predict
-
-    out = _probe(ctx, models, load_model, features, fit_predict, accuracy_with_interval)
+    out = _probe(ctx, models)
     storage.write_json(ctx.stage_dir("measure", UTILITY), out)
     return out
 
 
-def _probe(ctx, models, load_model, features, fit_predict, accuracy_with_interval) -> dict:
+def _probe(ctx: RunContext, models) -> dict:
+    from study.train.models import load_model
+    from study.train.probe import accuracy_with_interval, features, fit_predict
+
     cfg = ctx.cfg
     if not cfg.splits.uses("holdout"):
         return {"note": "no holdout split: the linear probe needs held-out labelled records"}

@@ -49,8 +49,10 @@ def import_checkpoint(data: bytes, model_cfg: ModelConfig, method: str, params: 
         pass
     try:
         blob = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise DataError(f"train.checkpoint: {uri} is not a PyTorch checkpoint ({str(exc).splitlines()[0]})") from None
+    except Exception:
+        # Only tensors and plain containers load (torch.load's weights_only): no code runs from the file.
+        raise DataError(f"train.checkpoint: {uri} is not a PyTorch checkpoint that loads as weights only "
+                        "(save a state dict of tensors)") from None
     state = {_strip(k): v for k, v in _state_dict(blob).items()}
     encoder = build_encoder(model_cfg, method, method_params(method, params), num_classes)
     want = encoder.state_dict()

@@ -160,10 +160,12 @@ def crop_fit(config: dict, rank: int, world: int, stream: Callable | None = None
     attack sees (``config["crop"]``, the embed stage's rule) of the training splits' records (the
     public set), predicting their label. In memory, records in id order."""
     import dataclasses
+    import sys
 
     import numpy as np
 
     from study.data import records
+    from study.errors import DataError
     from study.data.loading import read_split
     from study.embed.views import labelled_crops
 
@@ -172,6 +174,12 @@ def crop_fit(config: dict, rank: int, world: int, stream: Callable | None = None
     ids = sorted(str(i) for s in config["splits"] for i in read_split(config["splits_dir"], s)[0])
     table = records.read_records(config["data_root"], ids, columns=["id", "image", "width", "height", "label", "boxes"])
     got, images, labels = labelled_crops(table, config["crop"], config["image_size"])
+    if rank == 0:  # the records it cannot use, counted in the stage's log
+        sys.stdout.write(f"[train crop_classifier] {len(got)} of {len(ids)} public records have a label and a crop "
+                         f"under the {config['crop'].rule} rule; {len(ids) - len(got)} left out\n")
+        sys.stdout.flush()
+    if not got:
+        raise DataError(f"the crop classifier has no public record with a label and a crop ({len(ids)} public records)")
     order = np.argsort(np.asarray(got, dtype=str), kind="stable")
     train = dataclasses.replace(config["train"], method="supervised", params={})
     return ssl_fit({**config, "train": train}, rank, world, arrays=(images[order], labels[order]))
