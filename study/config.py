@@ -156,7 +156,7 @@ class SplitConfig:
         _check(all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in self.per_class.values()),
                "splits.per_class", "records per class must be whole numbers >= 0")
         if self.per_class:
-            for name in ("target", "reference", "public"):
+            for name in ("target", "reference"):  # the public set: the kinds that search it check it
                 _check(self.per_class.get(name, 0) > 0, f"splits.per_class.{name}", "must be > 0")
             # Splits take their quotas in the canonical order (the attacked pair first).
             object.__setattr__(self, "per_class", {s: int(self.per_class[s]) for s in SPLIT_NAMES
@@ -166,7 +166,7 @@ class SplitConfig:
         full = {name: float(self.fractions.get(name, 0.0)) for name in SPLIT_NAMES}
         _check(all(v >= 0 for v in full.values()), "splits.fractions", "fractions must be >= 0")
         _check(sum(full.values()) <= 1.0 + 1e-9, "splits.fractions", "fractions must sum to at most 1")
-        for name in ("target", "reference", "public"):
+        for name in ("target", "reference"):  # the public set: the kinds that search it check it
             _check(full[name] > 0, f"splits.fractions.{name}", "must be > 0")
         object.__setattr__(self, "fractions", full)
 
@@ -425,6 +425,38 @@ class MeasureConfig:
 
 
 @dataclass(frozen=True)
+class SSLMemConfig:
+    """SSLMem (DESIGN §2.4): n augmented views per record, scored under both encoders.
+
+    The splits play the paper's sets: shared = S_S, target = S_C (candidates, encoder f = model A
+    trains on S_S and S_C), reference = S_I (g = model B on S_S and S_I), holdout = S_E (never
+    trained on). ``layers`` adds intermediate modules of the encoder by dotted name (e.g.
+    ``backbone.layer3`` of a ResNet, ``backbone.5`` of the small CNN), globally average-pooled.
+    A candidate counts as highly memorized when its score exceeds the ``high_quantile`` quantile of
+    the scores of S_E (of S_I without an S_E)."""
+
+    views: int = 5
+    representations: tuple[str, ...] = ("projector", "backbone")
+    layers: tuple[str, ...] = ()
+    high_quantile: float = 0.95
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check(self.views >= 1, "sslmem.views", "must be >= 1")
+        _check(all(r in ("projector", "backbone") for r in self.representations), "sslmem.representations",
+               "choose from projector, backbone (intermediate modules go in sslmem.layers)")
+        _check(bool(self.representations) or bool(self.layers), "sslmem.representations",
+               "name at least one representation or layer")
+        _check(len(set(self.layers)) == len(self.layers) and all(self.layers), "sslmem.layers",
+               "must be distinct, non-empty module names")
+        _check(0 < self.high_quantile < 1, "sslmem.high_quantile", "must be in (0, 1)")
+
+    def spaces(self) -> tuple[str, ...]:
+        """What is scored: the representations, then the layers (each a space of its own)."""
+        return tuple(self.representations) + tuple(self.layers)
+
+
+@dataclass(frozen=True)
 class ReportConfig:
     gallery_size: int = 8
     neighbors_shown: int = 5
@@ -470,6 +502,7 @@ class StudyConfig:
     embed: EmbedConfig = field(default_factory=EmbedConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
     measure: MeasureConfig = field(default_factory=MeasureConfig)
+    sslmem: SSLMemConfig = field(default_factory=SSLMemConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
     sweep: Mapping[str, Any] = field(default_factory=dict)
 

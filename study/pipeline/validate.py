@@ -21,6 +21,9 @@ def check_registries(cfg: StudyConfig) -> None:
     kind = get_kind(cfg.study)
     one_of(cfg.data.background, BACKGROUNDS, "data.background")
     kind.spaces_for(cfg)
+    if "public" in kind.needs and not cfg.splits.uses("public"):
+        key = "splits.per_class.public" if cfg.splits.per_class else "splits.fractions.public"
+        raise ConfigError(f"{key}: must be > 0 (the {kind.name} study searches the public set)")
     kind.check(cfg)
     check_record_columns(cfg, kind.record_columns)
 
