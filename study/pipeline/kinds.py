@@ -19,6 +19,7 @@ from study.errors import ConfigError
 KINDS = {
     "ssl_dejavu": "study.pipeline.ssl",
     "vlm_dejavu": "study.pipeline.vlm",
+    "sslmem": "study.pipeline.sslmem",
 }
 
 MODELS = {"model_a": "target", "model_b": "reference"}
@@ -68,6 +69,8 @@ class StudyKind:
     record_columns: tuple[str, ...] = ()  # optional record columns the kind reads (checked up front)
     # split -> record fields a record of that split must have, else it is quarantined (core.quality)
     needs: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    # Config sections of the kind's own that its embed and measure stages read (their hashes cover them).
+    extra_reads: Callable[[StudyConfig], tuple] = lambda cfg: ()
 
     def spaces_for(self, cfg: StudyConfig) -> tuple[str, ...]:
         """The search spaces a config asks for (``search.representations``; empty = all)."""

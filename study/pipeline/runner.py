@@ -72,11 +72,13 @@ def stages() -> list[Stage]:
         Stage("train", lambda c: (c.study, c.model, dataclasses.replace(c.train, snapshot=0), c.data.image_size,
                                   c.embed.crop if c.train.crop_classifier else None, _checkpoint_file(c)),
               ("data", "splits"), run_train, needs_ray=True, takes_digest=True),
-        Stage("embed", lambda c: (c.study, c.embed, c.splits, c.data.image_size, c.train.snapshot),
+        Stage("embed", lambda c: (c.study, c.embed, c.splits, c.data.image_size, c.train.snapshot,
+                                  *get_kind(c.study).extra_reads(c)),
               ("data", "splits", "train"), embed, needs_ray=True),
         Stage("search", lambda c: (c.study, c.search, c.splits), ("embed",), run_search, needs_ray=True),
         Stage("measure", lambda c: (c.study, c.measure, c.search, c.splits, c.report.gallery_size, c.data.image_size,
-                                    c.train.snapshot), ("data", "splits", "train", "search"), measure),
+                                    c.train.snapshot, *get_kind(c.study).extra_reads(c)),
+              ("data", "splits", "train", "search"), measure),
         Stage("report", lambda c: (config_to_dict(c),), ("data", "splits", "measure"), run_report),
     ]
 

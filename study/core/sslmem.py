@@ -1,0 +1,116 @@
+"""SSLMem (Wang et al., ICLR 2024; DESIGN §2.4): per-record alignment scores and their statistics.
+
+Encoder f trained on the shared set S_S and the candidates S_C, encoder g on S_S and the
+independent set S_I. The alignment of an encoder h at x is the mean over n augmented views of
+``||ĥ(x) − ĥ(view)||₂`` with ĥ the L2-normalised representation; the score is
+``m(x) = align_g(x) − align_f(x)``: positive where f (trained on x) maps x and its views closer
+together than g (which never saw x). The normalised score divides by ``align_g + align_f``: a
+number in [−1, 1] that does not depend on how spread out an encoder's representations are (our
+choice of normalisation, stated in the report).
+
+Populations: the candidates' scores against the independent set's and the never-trained S_E's
+(a mean difference with a bootstrap interval and a permutation p-value, and the AUC, the chance
+that a random candidate outscores a random control record), and the share of candidates above a
+high quantile of the control's scores (1 − quantile when nothing is memorized). Arrays in, plain
+data out; no Ray, no FAISS.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from study.core import stats
+
+QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
+
+
+def alignment(x: np.ndarray, views: np.ndarray) -> np.ndarray:
+    """Mean L2 distance between each record's normalised representation and its views'.
+
+    x (n, d), views (v, n, d) -> (n,) float64, each in [0, 2].
+    """
+    x = np.asarray(x, dtype=np.float64)
+    views = np.asarray(views, dtype=np.float64)
+    xn = x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+    vn = views / np.maximum(np.linalg.norm(views, axis=-1, keepdims=True), 1e-12)
+    return np.linalg.norm(vn - xn[None], axis=-1).mean(axis=0)
+
+
+def scores(align_f: np.ndarray, align_g: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(raw, normalised) SSLMem scores: g's alignment minus f's, and that over their sum (0 where
+    both are 0: the views are the record itself to both encoders)."""
+    f, g = np.asarray(align_f, dtype=np.float64), np.asarray(align_g, dtype=np.float64)
+    total = f + g
+    return g - f, np.divide(g - f, total, out=np.zeros_like(total), where=total > 0)
+
+
+def auc(a: np.ndarray, b: np.ndarray) -> float:
+    """P(A > B) + P(A = B) / 2 for A from ``a``, B from ``b`` (the Mann–Whitney statistic over
+    na·nb), by binary search in the sorted ``b``: O((na + nb) log nb)."""
+    b = np.sort(b)
+    below = np.searchsorted(b, a, side="left")
+    ties = np.searchsorted(b, a, side="right") - below
+    return float((below + 0.5 * ties).sum() / (len(a) * len(b)))
+
+
+def high_share(candidates: np.ndarray, control: np.ndarray, quantile: float) -> float:
+    """Share of candidates scoring above the control's ``quantile``."""
+    return float(np.mean(candidates > np.quantile(control, quantile)))
+
+
+def _resample(values: np.ndarray, seed: int, side: int, draw: int) -> np.ndarray:
+    return values[stats.resample_indices(len(values), stats.draw_rng(seed, stats.BOOTSTRAP, side, draw))]
+
+
+def compare(candidates: np.ndarray, control: np.ndarray, draws: int, permutations: int, level: float,
+            seed: int, quantile: float) -> dict:
+    """Candidates against a control set: mean difference (interval, two-sided permutation
+    p-value), AUC (interval) and the share above the control's ``quantile`` (interval; expected
+    1 − quantile without memorization). Each set is resampled on its own (a two-sample bootstrap);
+    the permutation test shuffles the set labels of the pooled scores."""
+    a, b = np.asarray(candidates, dtype=np.float64), np.asarray(control, dtype=np.float64)
+    observed = (a.mean() - b.mean(), auc(a, b), high_share(a, b, quantile))
+    boot = np.empty((draws, 3))
+    for d in range(draws):
+        ra, rb = _resample(a, seed, 0, d), _resample(b, seed, 1, d)
+        boot[d] = ra.mean() - rb.mean(), auc(ra, rb), high_share(ra, rb, quantile)
+    pooled = np.concatenate([a, b])
+    null = np.empty(permutations)
+    for d in range(permutations):
+        order = stats.draw_rng(seed, stats.SWAP, 0, d).permutation(len(pooled))
+        null[d] = pooled[order[: len(a)]].mean() - pooled[order[len(a):]].mean()
+    lo, hi = stats.percentile_interval(boot, level)
+    p = float(stats.permutation_p_value(np.asarray([observed[0]]), null[:, None])[0])
+    est = [{"value": float(v), "ci": [float(x), float(y)]} for v, x, y in zip(observed, lo, hi)]
+    est[0]["p_value"] = p
+    return {"mean_difference": est[0], "auc": est[1], "high_share": {**est[2], "expected": 1.0 - quantile}}
+
+
+def describe(values: np.ndarray, draws: int, level: float, seed: int, side: int) -> dict:
+    """n, mean (bootstrap interval) and quantiles of one set's scores."""
+    v = np.asarray(values, dtype=np.float64)
+    if not len(v):
+        return {"n": 0}
+    means = np.array([_resample(v, seed, side, d).mean() for d in range(draws)])
+    lo, hi = stats.percentile_interval(means, level)
+    return {"n": int(len(v)), "mean": {"value": float(v.mean()), "ci": [float(lo), float(hi)]},
+            "quantiles": dict(zip((f"{q:g}" for q in QUANTILES), map(float, np.quantile(v, QUANTILES))))}
+
+
+def histogram(by_set: dict[str, np.ndarray], bins: int) -> dict:
+    """Common bin edges over every set's scores and each set's share of records per bin."""
+    present = [np.asarray(v, dtype=np.float64) for v in by_set.values() if len(v)]
+    if not present:
+        return {"edges": [], "shares": {}}
+    lo, hi = min(v.min() for v in present), max(v.max() for v in present)
+    edges = np.linspace(lo, hi if hi > lo else lo + 1e-9, bins + 1)
+    return {"edges": edges.tolist(),
+            "shares": {s: (np.histogram(v, edges)[0] / max(len(v), 1)).tolist() for s, v in by_set.items()}}
+
+
+def most_memorized(ids: Sequence[str], score: np.ndarray, limit: int) -> list[int]:
+    """Positions of the ``limit`` highest scores, ties by id."""
+    ids = np.asarray(ids)
+    return [int(p) for p in stats.top_by_score(np.asarray(score, dtype=np.float64), lambda pos: ids[pos].astype(str),
+                                               limit)]
