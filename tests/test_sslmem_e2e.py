@@ -1,0 +1,83 @@
+"""The SSLMem study end to end on a reduced config on the local Ray instance: every scored record's
+scores written, the streamed scores equal to an in-process computation with the trained encoders,
+each encoder trained on its own sets, and candidates scoring above the independent set (a
+positive control: 80 candidates seen 60 epochs by f)."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from study import storage
+from study.cli import main
+from study.config_load import load_config
+from study.data.loading import load_images, read_split
+from study.embed.alignment import AlignmentScorer
+from study.embed.views import resize
+from study.pipeline.context import RunContext
+from study.pipeline.sslmem_measure import SCORES_FILE
+from study.report.summary import summary_lines
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+OVERRIDES = ["data.num_images=400", "train.epochs=60", "train.checkpoint_every=30", "measure.bootstrap=200",
+             "measure.permutations=500", "sslmem.layers=[backbone.5]"]
+
+
+@pytest.fixture(scope="module")
+def sslmem_run(ray_local, tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("runs"))
+    args = ["run", os.path.join(ROOT, "configs/sslmem.yaml"), "--output", out]
+    for o in OVERRIDES:
+        args += ["--set", o]
+    assert main(args) == 0
+    ctx = RunContext.create(load_config(os.path.join(ROOT, "configs/sslmem.yaml"), OVERRIDES, out))
+    return ctx, storage.read_json(ctx.report_json)
+
+
+def test_every_scored_record_has_its_scores(sslmem_run):
+    ctx, report = sslmem_run
+    table = pq.read_table(ctx.stage_dir("measure", SCORES_FILE)).to_pandas()
+    for split, name in (("target", "candidates"), ("reference", "independent"), ("holdout", "extra")):
+        ids, _ = read_split(ctx.splits_dir, split)
+        assert sorted(table[table["set"] == name]["id"]) == sorted(ids)
+        assert report["results"]["projector"]["raw"]["sets"][name]["n"] == len(ids)
+    assert set(report["results"]) == {"projector", "backbone", "backbone.5"}
+    raw = table["projector/align_g"] - table["projector/align_f"]
+    np.testing.assert_allclose(table["projector/score"], raw)
+    assert report["training"]["model_a"]["splits"] == ["target", "shared"]
+    assert report["training"]["model_b"]["splits"] == ["reference", "shared"]
+
+
+def test_streamed_scores_equal_an_in_process_computation(sslmem_run):
+    ctx, _ = sslmem_run
+    cfg = ctx.cfg
+    table = pq.read_table(ctx.stage_dir("measure", SCORES_FILE)).to_pandas().set_index("id")
+    ids = list(table.index[:12])
+    images = load_images(ctx.data_root, ids)
+    pixels = np.stack([resize(images[i], cfg.data.image_size) for i in ids])
+    torch.set_num_threads(1)
+    scorer = AlignmentScorer({m: ctx.model_file(m) for m in ("model_a", "model_b")}, 1, cfg.sslmem.spaces(),
+                             cfg.sslmem.views, cfg.train.augment, cfg.sslmem.seed)
+    out = scorer({"id": np.array(ids, dtype=object), "set": np.array(["x"] * len(ids), dtype=object), "pixels": pixels})
+    for space in cfg.sslmem.spaces():
+        np.testing.assert_allclose(out[f"model_a/align-{space}"][:, 0], table.loc[ids, f"{space}/align_f"], rtol=1e-4)
+        np.testing.assert_allclose(out[f"model_b/align-{space}"][:, 0], table.loc[ids, f"{space}/align_g"], rtol=1e-4)
+
+
+def test_candidates_stand_above_the_independent_set(sslmem_run):
+    ctx, report = sslmem_run
+    head = report["headline"]["projector/candidates-vs-independent"]
+    assert head["difference"] > 0 and head["ci"][0] > 0 and head["p_value"] < 0.05, head
+    assert head["auc"] > 0.5 and head["high_share"] > head["expected_high_share"]
+    top = report["results"]["projector"]["most_memorized"]
+    assert len(top) == ctx.cfg.report.gallery_size and [t["score"] for t in top] == sorted(
+        (t["score"] for t in top), reverse=True)
+    candidates, _ = read_split(ctx.splits_dir, "target")
+    assert {t["id"] for t in top} <= set(candidates)
+    page = open(ctx.report_html).read()
+    assert "Most memorized candidates" in page and "candidates vs. extra" in page
+    lines = "\n".join(summary_lines(report))
+    assert "projector/candidates-vs-independent" in lines and SCORES_FILE in lines
