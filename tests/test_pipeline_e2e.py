@@ -1,13 +1,17 @@
 """The whole study end to end on a reduced config, on the local Ray instance.
 
 One run serves every assertion: report structure, counts that add up, the positive control's
-direction, streamed embeddings vs an in-memory forward pass, persisted search vs brute force,
-and reuse/resumption of finished stages.
+direction and the null control's absence of a gap, streamed embeddings vs an in-memory forward
+pass, persisted search vs brute force, and reuse/resumption of finished stages. One second run,
+in a fresh process, checks that the same config and seed reproduce the first run's outputs.
 """
 from __future__ import annotations
 
+import glob
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -98,6 +102,19 @@ def test_positive_control_direction(study_run):
     assert head["target"] > head["reference"]
 
 
+def test_null_control_shows_no_gap(study_run):
+    _, _, report = study_run
+    for rep in ("projector", "backbone"):
+        null, positive = report["headline"][f"{rep}/null"], report["headline"][f"{rep}/positive"]
+        # Neither model saw the holdout; each half plays target for one model and reference for the
+        # other, so a model's better or worse accuracy overall cancels between the halves and only
+        # record sampling is left, which the per-record bootstrap and the paired test measure.
+        assert null["ci"][0] <= 0 <= null["ci"][1], (rep, null)
+        assert null["p_value"] > 0.01, (rep, null)
+        # ... and whatever it shows lies below what memorization of the training records shows.
+        assert null["ci"][1] < positive["gap"] and null["gap"] < positive["ci"][0], (rep, null, positive)
+
+
 def test_streamed_embeddings_equal_in_memory_forward(study_run):
     _, ctx, _ = study_run
     encoder, _ = load_model(storage.read_bytes(ctx.stage_dir("train", "model_a", "model.pt")))
@@ -126,6 +143,59 @@ def test_persisted_search_equals_brute_force(study_run):
     assert all(n in labels for row in got for n in row)
 
 
+def _search_results(ctx: RunContext) -> dict[str, dict]:
+    """{result dir: {query id: (neighbour ids, distances)}} of every persisted search result."""
+    import pyarrow.parquet as pq
+
+    root, out = ctx.stage_dir("search"), {}
+    for path in sorted(glob.glob(os.path.join(root, "**", "*.parquet"), recursive=True)):
+        table = pq.read_table(path)
+        rows = out.setdefault(os.path.relpath(os.path.dirname(path), root), {})
+        for q, n, d in zip(*(table.column(c).to_pylist() for c in ("query_id", "neighbor_ids", "distances"))):
+            rows[q] = (n, d)
+    return out
+
+
+def test_same_config_and_seed_reproduce(study_run, tmp_path):
+    import ray
+
+    args, ctx, report = study_run
+    out = str(tmp_path / "again")
+    argv = [*args[:2], "--output", out, *args[4:]]
+    # A fresh process on the module's Ray instance, with other string hashing than this one: a
+    # rerun of a study is a new process, so set or dict order that follows the hashing must not
+    # leak into the numbers.
+    env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address, "HF_HUB_OFFLINE": "1",
+           "PYTHONHASHSEED": "1" if os.environ.get("PYTHONHASHSEED") != "1" else "2"}
+    proc = subprocess.run([sys.executable, "-m", "study.cli", *argv], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=900)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    other = RunContext.create(load_config(os.path.join(ROOT, "configs/quickstart.yaml"), OVERRIDES, out))
+    assert other.run_dir != ctx.run_dir
+
+    # Splits: the manifest (counts, seed, digest) and the ids and labels of every split.
+    assert storage.read_json(other.manifest) == storage.read_json(ctx.manifest)
+    for split, n in report["splits"]["counts"].items():
+        first, second = read_split(ctx.splits_dir, split), read_split(other.splits_dir, split)
+        assert len(first[0]) == n and all(np.array_equal(a, b) for a, b in zip(first, second)), split
+    # Training on CPU: bit-identical weights.
+    for model in ("model_a", "model_b"):
+        a, b = (torch.load(c.stage_dir("train", model, "model.pt"), weights_only=False)["state_dict"] for c in (ctx, other))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), model
+    # Search: the same queries, neighbours and distances, exactly. The rows' order is not compared:
+    # it follows the embedding files, which Ray Data writes in the order its tasks finish, and
+    # every reader of the results aligns them by query id.
+    first, second = _search_results(ctx), _search_results(other)
+    assert len(first) == 12 and first.keys() == second.keys()  # 2 models x 3 sets x 2 spaces
+    for where, rows in first.items():
+        assert rows.keys() == second[where].keys(), where
+        assert all(rows[q] == second[where][q] for q in rows), where
+    # Every number of the report.
+    again = storage.read_json(other.report_json)
+    for key in ("splits", "embedded", "results", "headline", "one_model", "utility"):
+        assert json.dumps(again[key], sort_keys=True) == json.dumps(report[key], sort_keys=True), key
+
+
 def test_rerun_reuses_and_resumes(study_run, capsys):
     args, ctx, report = study_run
     capsys.readouterr()
@@ -134,18 +204,31 @@ def test_rerun_reuses_and_resumes(study_run, capsys):
     for stage in ("data", "splits", "train", "embed", "search", "measure", "report"):
         assert f"{stage:<8} reusing finished stage" in out
     # An interrupted run: model B's export and the later stages' markers are lost.
-    before = torch.load(ctx.stage_dir("train", "model_b", "model.pt"), weights_only=False)["state_dict"]
-    for path in (ctx.stage_dir("train", "model_b", "model.pt"), ctx.stage_dir("train", "model_b", "_COMPLETE.json"),
-                 ctx.stage_dir("train", "_COMPLETE.json"), ctx.stage_dir("search", "_COMPLETE.json")):
+    model_b = ctx.stage_dir("train", "model_b")
+    before = torch.load(os.path.join(model_b, "model.pt"), weights_only=False)["state_dict"]
+    history = storage.read_bytes(os.path.join(model_b, "metrics.jsonl"))
+    for path in (os.path.join(model_b, "model.pt"), os.path.join(model_b, "_COMPLETE.json"),
+                 *(ctx.stage_dir(stage, "_COMPLETE.json") for stage in ("train", "search", "measure", "report"))):
         os.remove(path)
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "model_a: reusing finished model" in out
     assert "splits   reusing finished stage" in out
-    after = torch.load(ctx.stage_dir("train", "model_b", "model.pt"), weights_only=False)["state_dict"]
-    assert all(torch.equal(before[k], after[k]) for k in before)  # resumed from the last checkpoint
-    again = storage.read_json(ctx.stage_dir("report", "report.json"))
-    assert json.dumps(again["results"], sort_keys=True) == json.dumps(report["results"], sort_keys=True)
+    # Model B resumes from its last checkpoint, the final epoch's, and trains no epoch: a retrain
+    # would log its checkpoint epochs, and its per-epoch history (wall-clock seconds included)
+    # would differ from the one the checkpoint carries.
+    assert "[train model_b] resuming after epoch 300/300" in out
+    assert "[train model_b] epoch " not in out
+    assert storage.read_bytes(os.path.join(model_b, "metrics.jsonl")) == history
+    after = torch.load(os.path.join(model_b, "model.pt"), weights_only=False)["state_dict"]
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    # The later stages ran again, and the rewritten report holds the same numbers.
+    for stage in ("train", "search", "measure", "report"):
+        assert f"{stage:<8} starting" in out, stage
+    again = storage.read_json(ctx.report_json)
+    assert again["created"] != report["created"]  # rewritten, not the first run's file
+    for key in ("results", "headline", "one_model", "utility"):
+        assert json.dumps(again[key], sort_keys=True) == json.dumps(report[key], sort_keys=True), key
 
 
 def test_parquet_source_plans_the_same_splits(study_run, tmp_path):

@@ -53,7 +53,9 @@ def probabilities(table: TagCounts, tag_lists: Sequence[Sequence[str]], alpha: f
     prior = table.class_counts / max(1, table.class_counts.sum())
     out = np.tile(prior, (len(tag_lists), 1))
     for i, tags in enumerate(tag_lists):
-        rows = [table.vocab[t] for t in set(tags) if t in table.vocab]
+        # Summed in tag order: a set's order follows the process's string hashing, and float sums
+        # in another order differ in the last bits, so reruns would not give identical scores.
+        rows = [table.vocab[t] for t in sorted(set(tags)) if t in table.vocab]
         if rows:
             score = log_ratio[rows].sum(axis=0)
             p = np.exp(score - score.max())
