@@ -505,8 +505,12 @@ class StudyConfig:
     sslmem: SSLMemConfig = field(default_factory=SSLMemConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
     sweep: Mapping[str, Any] = field(default_factory=dict)
+    # Train every setting this many times, with train.seed + 0 .. repeats-1: the report then gives
+    # the rejection rate of each test over the runs and intervals that include training randomness.
+    repeats: int = 1
 
     def __post_init__(self) -> None:
         # The study kind is checked against the kinds registry (study.pipeline.validate).
         _check(bool(self.name) and "/" not in self.name, "name", "must be a non-empty name without '/'")
         _check(bool(self.run_id) and "/" not in self.run_id, "run_id", "must be a non-empty name without '/'")
+        _check(isinstance(self.repeats, int) and self.repeats >= 1, "repeats", "must be a whole number >= 1")

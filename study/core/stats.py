@@ -9,6 +9,7 @@ still get the same numbers.
 """
 from __future__ import annotations
 
+import math
 from typing import Callable, Iterator, Sequence
 
 import numpy as np
@@ -106,3 +107,45 @@ def top_by_score(score: np.ndarray, ids_at: Callable[[np.ndarray], np.ndarray], 
     candidates = np.flatnonzero(score >= threshold)
     order = np.lexsort((ids_at(candidates), -score[candidates]))  # stable: equal keys keep position order
     return candidates[order[:top]]
+
+
+def _binomial_cdf(k: int, n: int, p: float) -> float:
+    """P(X <= k) for X ~ Binomial(n, p), summed in log space (exact enough for n up to ~10^5)."""
+    if k < 0:
+        return 0.0
+    if k >= n:
+        return 1.0
+    if p <= 0.0:
+        return 1.0
+    if p >= 1.0:
+        return 0.0
+    i = np.arange(k + 1)
+    log_pmf = (math.lgamma(n + 1) - np.array([math.lgamma(j + 1) + math.lgamma(n - j + 1) for j in i])
+               + i * math.log(p) + (n - i) * math.log1p(-p))
+    return float(min(1.0, np.exp(log_pmf).sum()))
+
+
+def binomial_interval(k: int, n: int, level: float) -> tuple[float, float]:
+    """Exact (Clopper–Pearson) interval of a proportion k / n at the given central coverage.
+
+    Written by hand (bisection on the binomial tails) because SciPy's beta quantile is the only
+    library form and SciPy is not otherwise a dependency: lo solves P(X >= k | lo) = (1 - level)/2,
+    hi solves P(X <= k | hi) = (1 - level)/2; lo = 0 when k = 0 and hi = 1 when k = n.
+    """
+    if n <= 0 or not 0 <= k <= n:
+        raise ValueError(f"binomial_interval needs 0 <= k <= n and n > 0, got k={k}, n={n}")
+    tail = (1.0 - level) / 2.0
+
+    def solve(f, increasing: bool) -> float:  # f(p) - tail changes sign once on (0, 1)
+        a, b = 0.0, 1.0
+        for _ in range(60):
+            mid = (a + b) / 2
+            if (f(mid) < tail) == increasing:
+                a = mid
+            else:
+                b = mid
+        return (a + b) / 2
+
+    lo = 0.0 if k == 0 else solve(lambda p: 1.0 - _binomial_cdf(k - 1, n, p), increasing=True)
+    hi = 1.0 if k == n else solve(lambda p: _binomial_cdf(k, n, p), increasing=False)
+    return lo, hi

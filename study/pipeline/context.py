@@ -41,8 +41,12 @@ def run_id_for(cfg: StudyConfig) -> str:
     """``run_id: auto`` names the run by its config, so rerunning a config finds its run again."""
     if cfg.run_id != "auto":
         return cfg.run_id
+    from study.pipeline.kinds import get_kind
+
     parts = (cfg.study, cfg.data, cfg.splits, cfg.model, cfg.train, cfg.embed, cfg.search, cfg.measure, cfg.sweep)
-    return "run-" + config_hash(*parts)[:10]
+    # Added only where they apply, so the runs of configs without them keep their ids.
+    extra = (*get_kind(cfg.study).extra_reads(cfg), *((cfg.repeats,) if cfg.repeats != 1 else ()))
+    return "run-" + config_hash(*parts, *extra)[:10]
 
 
 @dataclass

@@ -14,6 +14,7 @@ from study import storage
 from study.config_load import config_to_dict
 from study.pipeline.context import RunContext, read_marker
 from study.pipeline.kinds import get_kind
+from study.report.calibration_html import calibration_section
 from study.report.page import render_page
 
 PACKAGES = ("dejavu-study", "torch", "torchvision", "ray", "numpy", "pyarrow", "lightly", "open_clip_torch")
@@ -101,20 +102,34 @@ def build_report(ctx: RunContext) -> dict:
         "splits": storage.read_json(ctx.manifest),
     }
     report["quarantine"] = quarantine_summary(ctx, report["splits"])
-    if cfg.sweep:
-        (key, values), = cfg.sweep.items()
+    if cfg.sweep or cfg.repeats > 1:
+        from study.core.calibration import calibrate
+        from study.pipeline.sweep import setting_points
+
+        points = setting_points(dict(cfg.sweep), cfg.repeats, cfg.train.seed)
+        # Without a sweep, repeats are a sweep over train.seed.
+        key = next(iter(cfg.sweep), "train.seed")
         report["sweep"] = {
             "key": key,
+            "repeats": cfg.repeats,
             "settings": [
-                {"name": name, "value": value, **setting_report(sctx)}
-                for (name, sctx), value in zip(settings, values)
+                {"name": name, "value": value if cfg.sweep else seed, "seed": seed, **setting_report(sctx)}
+                for (name, sctx), (_, value, seed) in zip(settings, points)
             ],
         }
+        if cfg.repeats > 1:
+            m = cfg.measure
+            report["calibration"] = calibrate(
+                [(s["value"] if cfg.sweep else None, s["headline"]) for s in report["sweep"]["settings"]],
+                alpha=round(1 - m.confidence_level, 10), level=m.confidence_level, draws=m.bootstrap, seed=m.seed)
         first = report["sweep"]["settings"][0]
     else:
         first = setting_report(ctx)
     # The first (or only) setting's numbers stand at the top level as well.
     report.update({k: first[k] for k in first if k not in ("name", "value")})
+    # Which kind of interval the numbers carry (the calibration section's own are labelled there).
+    report["intervals"] = "per-run: records resampled, conditional on the run's trained models" + (
+        "; calibration: over training seeds" if cfg.repeats > 1 else "")
     report["config"] = config_to_dict(cfg)
     report["versions"] = versions()
     return report
@@ -127,7 +142,7 @@ def run_report(ctx: RunContext) -> dict:
 
     # The gallery shows the records of the first (or only) setting, whose numbers top the report.
     _, gallery_ctx = setting_contexts(ctx)[0]
-    page = render_page(report, kind.html(report, kind.gallery(gallery_ctx, report)))
+    page = render_page(report, kind.html(report, kind.gallery(gallery_ctx, report)) + calibration_section(report))
     storage.write_bytes(ctx.report_html, page.encode())
     storage.write_json(ctx.report_json, report)
     ctx.log("report", f"wrote {ctx.report_json} and report.html")

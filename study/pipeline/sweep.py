@@ -3,7 +3,8 @@
 ``sweep: {train.text_randomization.p: [0, 0.1, 0.3, 0.5]}`` runs the stages after ``splits`` once
 per value, each setting in ``settings/<name>/`` with its own config; finished settings are reused
 on rerun like any stage. Only sections that do not change the records or their split plan may be
-swept.
+swept. ``repeats: R`` trains every setting R times, with ``train.seed`` + 0 .. R-1 (settings
+``seed=3`` or ``p=0.1,seed=3``): the calibration runs (``study.core.calibration``).
 """
 from __future__ import annotations
 
@@ -20,23 +21,41 @@ def setting_name(key: str, value) -> str:
     return f"{key.rsplit('.', 1)[-1]}={text}"
 
 
-def settings_of(cfg: StudyConfig) -> list[tuple[str, StudyConfig]]:
-    """(setting name, resolved config) per setting; ``[("", cfg)]`` without a sweep."""
-    if not cfg.sweep:
-        return [("", cfg)]
-    if len(cfg.sweep) != 1:
-        raise ConfigError(f"sweep: give exactly one key to sweep, got {sorted(cfg.sweep)}")
-    (key, values), = cfg.sweep.items()
-    if not key.startswith(SWEEPABLE):
+def setting_points(sweep: dict, repeats: int, seed: int) -> list[tuple[str, object, int]]:
+    """(setting name, swept value or None, train.seed) per setting, in run order; ``[("", None,
+    seed)]`` without a sweep or repeats. Works on the raw config (``dejavu report list`` uses it)."""
+    if not sweep and repeats == 1:
+        return [("", None, seed)]
+    if len(sweep) > 1:
+        raise ConfigError(f"sweep: give exactly one key to sweep, got {sorted(sweep)}")
+    key, values = next(iter(sweep.items())) if sweep else ("", [None])
+    if sweep and not key.startswith(SWEEPABLE):
         raise ConfigError(f"sweep: '{key}' cannot be swept; choose a key under {', '.join(s[:-1] for s in SWEEPABLE)}")
     if not isinstance(values, (list, tuple)) or not values:
         raise ConfigError(f"sweep.{key}: expected a non-empty list of values")
-    base = config_to_dict(cfg)
-    base["sweep"] = {}
-    out, seen = [], set()
+    if repeats > 1 and key == "train.seed":
+        raise ConfigError("sweep: train.seed cannot be swept with repeats > 1 (repeats set the seeds)")
+    out = []
     for value in values:
-        raw = _with(base, key, value)
-        name = setting_name(key, value)
+        for r in range(repeats):
+            names = ([setting_name(key, value)] if key else []) + ([f"seed={seed + r}"] if repeats > 1 else [])
+            out.append((",".join(names), value, seed + r))
+    return out
+
+
+def settings_of(cfg: StudyConfig) -> list[tuple[str, StudyConfig]]:
+    """(setting name, resolved config) per setting; ``[("", cfg)]`` without a sweep or repeats."""
+    points = setting_points(dict(cfg.sweep), cfg.repeats, cfg.train.seed)
+    if points == [("", None, cfg.train.seed)]:
+        return [("", cfg)]
+    key = next(iter(cfg.sweep), "")
+    base = config_to_dict(cfg)
+    base["sweep"], base["repeats"] = {}, 1
+    out, seen = [], set()
+    for name, value, seed in points:
+        raw = _with(base, key, value) if key else base
+        if cfg.repeats > 1:
+            raw = _with(raw, "train.seed", seed)
         if name in seen:
             raise ConfigError(f"sweep.{key}: value {value!r} is listed twice")
         seen.add(name)

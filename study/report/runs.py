@@ -19,7 +19,7 @@ from study import storage
 from study.errors import StudyError
 from study.pipeline.context import MARKER, SHARED_STAGES
 from study.pipeline.runner import STAGE_NAMES
-from study.pipeline.sweep import setting_name
+from study.pipeline.sweep import setting_points
 
 CONFIG = "config.json"
 REPORT = "report/report.json"
@@ -28,6 +28,7 @@ REPORT = "report/report.json"
 HEADLINE_NUMBERS: dict[str, tuple[str, Callable[[dict], tuple[float, float]]]] = {
     "ssl_dejavu": ("gap", lambda v: (v["gap"], v["p_value"])),
     "vlm_dejavu": ("PPG", lambda v: (v["ppg"]["value"], v["ppg"]["p_value"])),
+    "sslmem": ("score difference", lambda v: (v["difference"], v["p_value"])),
 }
 
 
@@ -51,12 +52,12 @@ class RunState:
 
 
 def _settings(config: dict) -> list[str]:
-    """The sweep's setting names, or [""] for a run without a sweep."""
-    sweep = config.get("sweep") or {}
-    if len(sweep) != 1:
+    """The setting names of a sweep or of repeats, or [""] for a run without them."""
+    try:
+        return [name for name, _, _ in setting_points(config.get("sweep") or {}, int(config.get("repeats", 1)),
+                                                      int((config.get("train") or {}).get("seed", 0)))]
+    except (StudyError, TypeError, ValueError):
         return [""]
-    (key, values), = sweep.items()
-    return [setting_name(key, v) for v in values] if isinstance(values, list) and values else [""]
 
 
 def _stages(files: dict[str, storage.FileInfo], settings: list[str]) -> dict[str, tuple[int, int]]:

@@ -103,7 +103,10 @@ def summary_lines(report: dict) -> list[str]:
     counts = ", ".join(f"{k} {v}" for k, v in report["splits"]["counts"].items() if v)
     if report.get("study") not in SUMMARY_LINES:
         raise StudyError(f"report of unknown study kind {report.get('study')!r}")
-    return [f"study {report['name']} ({report['study']})", f"splits: {counts}", *SUMMARY_LINES[report["study"]](report)]
+    from study.report.calibration_html import calibration_lines
+
+    return [f"study {report['name']} ({report['study']})", f"splits: {counts}", *SUMMARY_LINES[report["study"]](report),
+            *calibration_lines(report)]
 
 
 def print_summary(uri: str) -> None:
