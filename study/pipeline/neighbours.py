@@ -96,7 +96,7 @@ def run_search(ctx: RunContext) -> dict:
                                       rows_per_part(cfg), nprobe)
                     writer = ResultWriter(ctx.search_results(model, s, space), key, rows_per_part(cfg))
                     if writer.start_row:
-                        log(f"{s}: resuming after {writer.start_row} of {qs.n} queries")
+                        log(f"{s}: resuming after {min(writer.start_row, qs.n)} of {qs.n} queries")
                     search_set(index, qs, writer, cfg, nprobe)
                     entry = {"queries": qs.n, "k": min(cfg.k, index.nb)}
                     if "recall" in info:
