@@ -271,7 +271,11 @@ class TrainConfig:
     precision: str = "fp32"
     # SSL: also train the one-model test's crop classifier (supervised, on the public set's crops).
     crop_classifier: bool = False
-    # SSL: false trains (or loads) model A only, the attacked model: the one-model test alone.
+    # VLM: also train a CLIP model on the public set only; its text tower retrieves public captions
+    # for the one-model test (the reference without a second model).
+    text_retriever: bool = False
+    # False trains (or loads) model A only, the attacked model: the one-model test alone (SSL; VLM
+    # with text_retriever).
     pair: bool = True
     # SSL: a model file to measure as model A instead of training it (local path or any fsspec URI):
     # a file this product saved, or a state dict of the encoder model.backbone / projector_dims /
