@@ -3,7 +3,9 @@
 Public images are embedded whole by the image tower; attacked records by their caption through
 the text tower. ``plan_captions`` decides in the driver, from metadata only, which attacked
 records can be tested and counts the others by reason; ``prepare_vlm_batch`` applies the same rule
-(``caption_skip_reason``) inside the pipeline, so the plan and the pipeline cannot disagree.
+(``caption_skip_reason``) inside the pipeline, so the plan and the pipeline cannot disagree. The
+one-model test's text retriever embeds the public records' captions as well (mode ``CAPTION``:
+every public record with a caption, objects or not, as the image tower embeds every public image).
 """
 from __future__ import annotations
 
@@ -22,6 +24,8 @@ from study.embed.views import resize
 REASON_NO_OBJECTS = "no_objects"
 REASON_NO_CAPTION = "empty_caption"
 IMAGE, TEXT = "image", "text"
+CAPTION = "caption"  # a mode, not a view: the caption through the text tower, objects not needed
+PUBLIC, PUBLIC_CAPTIONS = "public", "public_captions"  # the public records, and their captions' plan
 
 
 def caption_skip_reason(caption, objects) -> str | None:
@@ -42,16 +46,29 @@ def plan_captions(meta: pa.Table, split_of: np.ndarray, sets: tuple[str, ...]) -
     return {s: {"embedded": c.pop("embedded", 0), "skipped": dict(sorted(c.items()))} for s, c in counts.items()}
 
 
+def plan_with_public_captions(meta: pa.Table, split_of: np.ndarray, sets: tuple[str, ...]) -> dict:
+    """``plan_captions`` for the attacked sets, and with ``PUBLIC_CAPTIONS`` among ``sets`` the public
+    records' captions: embedded when the caption says something, else skipped as empty."""
+    out = plan_captions(meta, split_of, tuple(s for s in sets if s != PUBLIC_CAPTIONS))
+    if PUBLIC_CAPTIONS in sets:
+        public = split_of == PUBLIC
+        said = sum(records.has_text(c) for c, p in zip(meta.column("caption").to_pylist(), public) if p)
+        empty = int(public.sum()) - said
+        out[PUBLIC_CAPTIONS] = {"embedded": said, "skipped": {REASON_NO_CAPTION: empty} if empty else {}}
+    return out
+
+
 def prepare_vlm_batch(
     batch: pa.Table, plan: SplitPlan, modes: Mapping[str, str], image_size: int
 ) -> dict[str, np.ndarray]:
     """Records -> {"id", "set", "pixels" (n, S, S, 3) uint8, "caption" (n,)} for wanted sets.
 
-    Image rows carry pixels (and an empty caption), text rows a caption (and zero pixels).
+    Image rows carry pixels (and an empty caption), text and caption rows a caption (and zero
+    pixels). Without an image mode the batch need not hold the images.
     """
     ids = batch.column("id").to_pylist()
     split_of = plan.assign(batch)
-    images = batch.column("image").to_pylist()
+    images = batch.column("image").to_pylist() if IMAGE in modes.values() else None
     captions = batch.column("caption").to_pylist()
     objects = batch.column("objects").to_pylist()
     out_ids, out_sets, pixels, texts = [], [], [], []
@@ -60,8 +77,10 @@ def prepare_vlm_batch(
         mode = modes.get(split_of[i])
         if mode is None:
             continue
-        if mode == TEXT:
-            if caption_skip_reason(captions[i], objects[i]):
+        if mode in (TEXT, CAPTION):
+            if mode == TEXT and caption_skip_reason(captions[i], objects[i]):
+                continue
+            if mode == CAPTION and not records.has_text(captions[i]):
                 continue
             pixels.append(blank)
             texts.append(str(captions[i]))

@@ -71,6 +71,9 @@ class StudyKind:
     needs: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     # Config sections of the kind's own that its embed and measure stages read (their hashes cover them).
     extra_reads: Callable[[StudyConfig], tuple] = lambda cfg: ()
+    # Searches besides each model's in each space: (model, space) -> (view of the public set, view of
+    # the queries), such as the VLM one-model test's text retriever (captions -> public captions).
+    extra_searches: Callable[[StudyConfig], Mapping[tuple[str, str], tuple[str, str]]] = lambda cfg: {}
 
     def spaces_for(self, cfg: StudyConfig) -> tuple[str, ...]:
         """The search spaces a config asks for (``search.representations``; empty = all)."""
@@ -84,6 +87,11 @@ class StudyKind:
         """The models a study has: the kind's pair, or model A alone with ``train.pair: false``
         (the attacked model without a reference: the one-model test only)."""
         return self.models if cfg.train.pair else {"model_a": self.models["model_a"]}
+
+    def searches(self, cfg: StudyConfig) -> dict[tuple[str, str], tuple[str, str]]:
+        """Every search the search stage runs: (model, space) -> (public view, query view)."""
+        own = {(m, s): self.spaces[s] for m in self.models_for(cfg) for s in self.spaces_for(cfg)}
+        return {**own, **self.extra_searches(cfg)}
 
     def attacked_sets(self, cfg: StudyConfig) -> tuple[str, ...]:
         return tuple(s for s in self.attacked if cfg.splits.uses(s))

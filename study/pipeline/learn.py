@@ -3,7 +3,9 @@
 Both use the same recipe and seed policy (the kind's recipe: SSL encoders or CLIP-style
 image–text models); with a ``shared`` split, both also train on it. A model whose own marker
 matches is reused, so an interrupted stage retrains only what is missing, and a model interrupted
-mid-training resumes from its last Ray Train checkpoint.
+mid-training resumes from its last Ray Train checkpoint. After the pair, the one-model tests'
+models train on the public split alone, reused and resumed alike: the SSL crop classifier
+(``train.crop_classifier``) and the VLM text retriever (``train.text_retriever``, the pair's recipe).
 """
 from __future__ import annotations
 
@@ -89,13 +91,8 @@ def run_train(ctx: RunContext, digest: str) -> dict:
         if model == "model_a" and cfg.train.checkpoint:
             summary[model] = _import_checkpoint(ctx, digest, manifest, out_dir)
             continue
-        _start(ctx, model, digest)
-        n = sum(manifest["counts"].get(s, 0) for s in splits_of[model])
-        stream = use_stream(cfg.train, n, cfg.data.image_size)
-        how = "streamed through Ray Data" if stream else "loaded into each worker's memory"
-        ctx.log("train", f"{model}: {n} records in {'+'.join(splits_of[model])}, {how} (train.stream={cfg.train.stream})")
-        skipped[model] = count_skipped(kind.recipe, ctx, splits_of[model], manifest["counts"], stream)
-        jobs.append(TrainJob(model, splits_of[model], out_dir, n - sum(skipped[model].values()), stream))
+        job, skipped[model] = _new_job(ctx, kind.recipe, model, splits_of[model], manifest, digest)
+        jobs.append(job)
     if jobs:
         names = ", ".join(f"{j.name} on {'+'.join(j.splits)}" for j in jobs)
         train_cfg = cfg.train
@@ -105,21 +102,40 @@ def run_train(ctx: RunContext, digest: str) -> dict:
         mode = "concurrently" if train_cfg.concurrent and len(jobs) > 1 else "one after the other"
         ctx.log("train", f"fitting {names} {mode}: {cfg.train.method}, {cfg.train.epochs} epochs")
         start = time.perf_counter()
-        context = {
-            "recipe": kind.recipe,
-            "data_root": ctx.data_root,
-            "splits_dir": ctx.splits_dir,
-            "num_classes": manifest["num_classes"],
-            "image_size": cfg.data.image_size,
-            "split_plan": ctx.split_plan(),
-        }
-        fit_all(jobs, train_cfg, cfg.model, context, cfg.ray.use_gpu)
+        fit_all(jobs, train_cfg, cfg.model, _fit_context(ctx, kind.recipe, manifest), cfg.ray.use_gpu)
         seconds = time.perf_counter() - start
         for job in jobs:
             _finish(job, digest, summary, skipped[job.name], seconds)
     if cfg.train.crop_classifier and kind.recipe == "ssl":
         _crop_classifier(ctx, digest, manifest, summary)
+    if cfg.train.text_retriever and kind.recipe == "clip":
+        _text_retriever(ctx, digest, manifest, summary)
     return summary
+
+
+def _new_job(ctx: RunContext, recipe: str, model: str, splits: tuple[str, ...], manifest: dict,
+             digest: str) -> tuple[TrainJob, dict]:
+    """Start a model's attempt: (its job, the training records the recipe leaves out), logged."""
+    cfg = ctx.cfg
+    _start(ctx, model, digest)
+    n = sum(manifest["counts"].get(s, 0) for s in splits)
+    stream = use_stream(cfg.train, n, cfg.data.image_size)
+    how = "streamed through Ray Data" if stream else "loaded into each worker's memory"
+    ctx.log("train", f"{model}: {n} records in {'+'.join(splits)}, {how} (train.stream={cfg.train.stream})")
+    skipped = count_skipped(recipe, ctx, splits, manifest["counts"], stream)
+    return TrainJob(model, splits, ctx.model_dir(model), n - sum(skipped.values()), stream), skipped
+
+
+def _fit_context(ctx: RunContext, recipe: str, manifest: dict) -> dict:
+    """What a recipe's workers read besides the train config: where the records and splits are."""
+    return {
+        "recipe": recipe,
+        "data_root": ctx.data_root,
+        "splits_dir": ctx.splits_dir,
+        "num_classes": manifest["num_classes"],
+        "image_size": ctx.cfg.data.image_size,
+        "split_plan": ctx.split_plan(),
+    }
 
 
 def _reused(ctx: RunContext, model: str, digest: str, summary: dict) -> bool:
@@ -187,3 +203,18 @@ def _crop_classifier(ctx: RunContext, digest: str, manifest: dict, summary: dict
     start = time.perf_counter()
     fit(job, dataclasses.replace(cfg.train, method="supervised", params={}), cfg.model, context, cfg.ray.use_gpu)
     _finish(job, digest, summary, {}, time.perf_counter() - start)
+
+
+def _text_retriever(ctx: RunContext, digest: str, manifest: dict, summary: dict) -> None:
+    """The VLM one-model test's text retriever: a CLIP-style model of the pair's recipe on the
+    public split alone (never the shared split: it must not see what the attacked models saw),
+    after the pair; reused and resumed like a model of the pair."""
+    from study.pipeline.text_retriever import RETRIEVER
+    from study.train.driver import fit
+
+    if _reused(ctx, RETRIEVER, digest, summary):
+        return
+    job, skipped = _new_job(ctx, "clip", RETRIEVER, ("public",), manifest, digest)
+    start = time.perf_counter()
+    fit(job, ctx.cfg.train, ctx.cfg.model, _fit_context(ctx, "clip", manifest), ctx.cfg.ray.use_gpu)
+    _finish(job, digest, summary, skipped, time.perf_counter() - start)

@@ -2,7 +2,9 @@
 
 A kind's search space names which embedding of the public set is the database and which
 embedding of the attacked records are the queries (SSL: crop and whole image in the same
-representation; VLM: caption by the text tower, public images by the image tower).
+representation; VLM: caption by the text tower, public images by the image tower). A kind may add
+searches of its own (``StudyKind.extra_searches``: the VLM text retriever's captions -> public
+captions).
 
 Per model and space: the shard actors read their own slices of the public embeddings from
 storage and build (or load) their indexes (``study.search.build``); for an approximate index the
@@ -78,32 +80,30 @@ def run_search(ctx: RunContext) -> dict:
     kind = get_kind(ctx.cfg.study)
     attacked = kind.attacked_sets(ctx.cfg)
     summary: dict = {"indexes": {}}
-    for model in kind.models_for(ctx.cfg):
-        for space in kind.spaces_for(ctx.cfg):
-            db_view, query_view = kind.spaces[space]
-            log = lambda msg, where=f"{model}/{space}": ctx.log("search", f"{where}: {msg}")  # noqa: E731
-            public = layout.describe(ctx.embeddings(model, PUBLIC, db_view))
-            queries = {s: layout.describe(ctx.embeddings(model, s, query_view)) for s in attacked}
-            index, info = open_index(cfg, public, ctx.search_index(model, space), log)
-            try:
-                nprobe = 0
-                if info["index"]["kind"] != "flat":
-                    samples = sample_queries(queries, cfg.recall_queries, cfg.ivf.seed, cfg.metric == "l2_normalized")
-                    nprobe, info["recall"] = measure_recall(index, samples, cfg.k, info["index"]["nlist"],
-                                                            cfg.ivf.nprobe, cfg.ivf.target_recall, log)
-                for s, qs in queries.items():
-                    key = config_hash(info["index_dir"], qs.fingerprint, cfg.k, cfg.metric, cfg.query_batch_size,
-                                      rows_per_part(cfg), nprobe)
-                    writer = ResultWriter(ctx.search_results(model, s, space), key, rows_per_part(cfg))
-                    if writer.start_row:
-                        log(f"{s}: resuming after {min(writer.start_row, qs.n)} of {qs.n} queries")
-                    search_set(index, qs, writer, cfg, nprobe)
-                    entry = {"queries": qs.n, "k": min(cfg.k, index.nb)}
-                    if "recall" in info:
-                        entry["recall"] = info["recall"]["per_set"].get(s, {})
-                    summary[f"{model}/{s}/{space}"] = entry
-                log(f"queried {', '.join(f'{s} ({q.n})' for s, q in queries.items())}")
-            finally:
-                index.close()
-            summary["indexes"][f"{model}/{space}"] = info
+    for (model, space), (db_view, query_view) in kind.searches(ctx.cfg).items():
+        log = lambda msg, where=f"{model}/{space}": ctx.log("search", f"{where}: {msg}")  # noqa: E731
+        public = layout.describe(ctx.embeddings(model, PUBLIC, db_view))
+        queries = {s: layout.describe(ctx.embeddings(model, s, query_view)) for s in attacked}
+        index, info = open_index(cfg, public, ctx.search_index(model, space), log)
+        try:
+            nprobe = 0
+            if info["index"]["kind"] != "flat":
+                samples = sample_queries(queries, cfg.recall_queries, cfg.ivf.seed, cfg.metric == "l2_normalized")
+                nprobe, info["recall"] = measure_recall(index, samples, cfg.k, info["index"]["nlist"],
+                                                        cfg.ivf.nprobe, cfg.ivf.target_recall, log)
+            for s, qs in queries.items():
+                key = config_hash(info["index_dir"], qs.fingerprint, cfg.k, cfg.metric, cfg.query_batch_size,
+                                  rows_per_part(cfg), nprobe)
+                writer = ResultWriter(ctx.search_results(model, s, space), key, rows_per_part(cfg))
+                if writer.start_row:
+                    log(f"{s}: resuming after {min(writer.start_row, qs.n)} of {qs.n} queries")
+                search_set(index, qs, writer, cfg, nprobe)
+                entry = {"queries": qs.n, "k": min(cfg.k, index.nb)}
+                if "recall" in info:
+                    entry["recall"] = info["recall"]["per_set"].get(s, {})
+                summary[f"{model}/{s}/{space}"] = entry
+            log(f"queried {', '.join(f'{s} ({q.n})' for s, q in queries.items())}")
+        finally:
+            index.close()
+        summary["indexes"][f"{model}/{space}"] = info
     return summary

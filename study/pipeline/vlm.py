@@ -3,7 +3,8 @@
 Models A and B are CLIP-style image–text models (open_clip, from scratch); the public set is
 embedded whole by the image tower, the attacked records by their caption through the text tower;
 the one search space is caption -> public images; the measurement is
-``study.pipeline.vlm_measure``.
+``study.pipeline.vlm_measure``. With ``train.text_retriever`` the one-model test runs beside it
+(``study.pipeline.text_retriever``), and ``train.pair: false`` leaves model A and that test alone.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from study.core.objects import PREDICTION_RULES
 from study.errors import ConfigError
 from study.pipeline.context import RunContext, read_marker
 from study.pipeline.kinds import StudyKind
+from study.pipeline.text_retriever import searches as retriever_searches
 from study.pipeline.validate import one_of
 from study.pipeline.vlm_measure import headline_k, run_measure
 from study.report.vlm_html import render_body
@@ -33,26 +35,38 @@ def check(cfg: StudyConfig) -> None:
     check_model_name(cfg.model.clip)
     clip_params(cfg.train.params)
     one_of(cfg.measure.headline_rule, PREDICTION_RULES, "measure.headline_rule")
-    if not cfg.train.pair or cfg.train.checkpoint or cfg.train.crop_classifier:
-        raise ConfigError("train.pair / train.checkpoint / train.crop_classifier: the vlm_dejavu study trains its "
-                          "model pair itself (its one-model test is not built yet)")
+    if cfg.train.checkpoint or cfg.train.crop_classifier:
+        raise ConfigError("train.checkpoint / train.crop_classifier: the vlm_dejavu study trains its CLIP models itself "
+                          "and has no crop classifier (its one-model test is train.text_retriever)")
+    if not cfg.train.pair and not cfg.train.text_retriever:
+        raise ConfigError("train.pair: false leaves the vlm_dejavu study without a reference; set "
+                          "train.text_retriever: true for the one-model test")
     if max(cfg.measure.ks) > cfg.search.k:
         raise ConfigError(f"measure.ks: {max(cfg.measure.ks)} exceeds search.k = {cfg.search.k} (neighbours retrieved)")
 
 
 def run_embed(ctx: RunContext) -> dict:
-    from study.embed.captions import IMAGE, TEXT, ClipEmbedder, plan_captions, prepare_vlm_batch
+    from study.embed.captions import (IMAGE, PUBLIC_CAPTIONS, TEXT, ClipEmbedder, plan_with_public_captions,
+                                      prepare_vlm_batch)
     from study.pipeline.embedding import embed_planned
     from study.pipeline.plan import count_plan
+    from study.pipeline.text_retriever import embed_captions
 
     cfg = ctx.cfg
     attacked = KIND.attacked_sets(cfg)
     split_plan = ctx.split_plan()
-    public_n, plan = count_plan(ctx.data_root, ["id", "caption", "objects"], plan_captions, attacked, split_plan)
+    # One counting pass plans both: the models' queries, and the text retriever's public captions.
+    planned = attacked + ((PUBLIC_CAPTIONS,) if cfg.train.text_retriever else ())
+    public_n, plan = count_plan(ctx.data_root, ["id", "caption", "objects"], plan_with_public_captions, planned,
+                                split_plan)
+    public_captions = plan.pop(PUBLIC_CAPTIONS, None)
     modes = {PUBLIC: IMAGE, **{s: TEXT for s in attacked}}
     prepare = partial(prepare_vlm_batch, plan=split_plan, modes=modes, image_size=cfg.data.image_size)
     columns = list(dict.fromkeys(["id", "image", "caption", "objects", *split_plan.columns()]))
-    sets = embed_planned(ctx, KIND.models, public_n, plan, "captions", columns, prepare, ClipEmbedder, {s: (v,) for s, v in modes.items()})
+    sets = embed_planned(ctx, KIND.models_for(cfg), public_n, plan, "captions", columns, prepare, ClipEmbedder,
+                         {s: (v,) for s, v in modes.items()})
+    if public_captions is not None:
+        sets[PUBLIC_CAPTIONS] = embed_captions(ctx, public_captions, plan, attacked)
     return {"sets": sets}
 
 
@@ -70,12 +84,18 @@ def headline(results: dict) -> dict:
 
 
 def extras(ctx: RunContext) -> dict:
+    from study.pipeline.one_model import read_one_model
+
     results = storage.read_json(ctx.measure_results)
     ks = list(ctx.cfg.measure.ks)
+    one_model = read_one_model(ctx)
+    if one_model and "predictors" in one_model:
+        one_model["headline"] = {name: headline({"spaces": spaces, "headline_key": results["headline_key"]})
+                                 for name, spaces in one_model["predictors"].items()}
     return {"k": headline_k(ks), "ks": ks, "metric": ctx.cfg.search.metric, "top_n": ctx.cfg.measure.top_n,
             "headline_key": results["headline_key"],
             "utility": results.get("utility", {}), "skipped_no_gt": results.get("skipped_no_gt", {}),
-            "text_randomization": vars(ctx.cfg.train.text_randomization)}
+            "text_randomization": vars(ctx.cfg.train.text_randomization), "one_model": one_model}
 
 
 def gallery(ctx: RunContext, report: dict) -> list[dict]:
@@ -130,6 +150,7 @@ KIND = StudyKind(
     gallery=gallery,
     html=render_body,
     record_columns=("caption", "objects"),
+    extra_searches=retriever_searches,
     # Training pairs need a caption; attacked records a caption to query with and objects to recover;
     # the public set's objects are what neighbours contribute.
     needs={"target": ("caption", "objects"), "reference": ("caption", "objects"), "holdout": ("caption", "objects"),

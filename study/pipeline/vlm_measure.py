@@ -3,8 +3,10 @@
 Per attacked record and model: the objects of its caption's k nearest public images (the union,
 and the top-n by neighbour frequency) are scored against the record's objects, all of them and
 those its caption does not name. Sides and controls are the frame's (``kinds.CONTROLS``):
-positive on each model's own split, null on the holdout. Utility (zero-shot accuracy and
-image-to-text retrieval on the holdout) is measured beside memorization.
+positive on each model's own split, null on the holdout. With the text retriever, its nearest
+public captions are scored the same way and the one-model test (``text_retriever.CONTROLS``) is
+measured beside the two-model test. Utility (zero-shot accuracy and image-to-text retrieval on
+the holdout) is measured beside memorization.
 """
 from __future__ import annotations
 
@@ -141,75 +143,108 @@ def record_scores(I: np.ndarray, public_objects: np.ndarray, gt: np.ndarray, k: 
     return overlap(gt, PREDICTION_RULES[rule](votes, top_n))
 
 
+def split_scores(ctx: RunContext, tables: ObjectTables, split: str, searches: dict[str, str],
+                 skipped: dict) -> dict:
+    """{(model, split): {(k, rule, variant): (ids, overlap dict)}} of one attacked split for each
+    model's search (``searches``: model -> space); records without ground truth for a variant are
+    left out and counted in ``skipped``. Every model must hold the same queries."""
+    m = ctx.cfg.measure
+    uris = {model: ctx.search_results(model, split, space) for model, space in searches.items()}
+    searched = {model: read_neighbours(uri, tables.public) for model, uri in uris.items()}
+    check_same_queries({model: ids for model, (ids, _) in searched.items()}, uris)
+    searched = {model: in_id_order(ids, I) for model, (ids, I) in searched.items()}
+    q_ids = next(iter(searched.values()))[0]
+    rows = tables.attacked.rows(q_ids)
+    check_queries(q_ids, rows, next(iter(uris.values())))
+    objects = [tables.attacked_objects[r] for r in rows]
+    captions = [tables.attacked_captions[r] for r in rows]
+    truths = {variant: ground_truth(objects, captions, variant, tables.vocab) for variant in VARIANTS}  # same for every model
+    for variant, (keep, _) in truths.items():
+        skipped[f"{split}/{variant}"] = int((~keep).sum())
+    scores = {}
+    for model, (_, I) in searched.items():
+        scores[(model, split)] = {
+            (k, rule, variant): (q_ids[keep], record_scores(I[keep], tables.public_objects, gt, k, rule, m.top_n))
+            for variant, (keep, gt) in truths.items() for k in m.ks for rule in PREDICTION_RULES}
+    return scores
+
+
+def control_entries(scores: dict, rows: list, control: str, m, seed: int, gallery_size: int) -> dict:
+    """{"k=../rule/variant": PPG, PRG, AUCG with intervals and p-values, sample-level gaps, most
+    memorized} of one control, from per-record scores ({(model, split): {(k, rule, variant): (ids,
+    overlap dict)}}) and its sides ``rows`` ((side, split, target model, reference model)); pure."""
+    entries = {}
+    test_args = dict(bootstrap=m.bootstrap, permutations=m.permutations, level=m.confidence_level, seed=m.seed)
+    for key in scores[(rows[0][2], rows[0][1])]:
+        sides = []
+        for side_name, split, tgt, ref in rows:
+            t_ids, t_sc = scores[(tgt, split)][key]
+            _, r_sc = scores[(ref, split)][key]
+            sel = side_mask(t_ids, control, side_name, seed)
+            sides.append(ObjectSide(
+                ids=t_ids[sel],
+                target_precision=t_sc["precision"][sel], target_recall=t_sc["recall"][sel], target_hits=t_sc["hits"][sel],
+                reference_precision=r_sc["precision"][sel], reference_recall=r_sc["recall"][sel], reference_hits=r_sc["hits"][sel],
+            ))
+        k, rule, variant = key
+        if sum(len(s) for s in sides) == 0:
+            continue
+        entries[f"k={k}/{rule}/{variant}"] = {
+            "k": k, "rule": rule, "variant": variant,
+            **population_test(sides, bins=100, **test_args),
+            "sample_level": sample_level(sides, m.top_fractions),
+            "most_memorized": [
+                {**r, "split": rows[r["side"]][1], "target_model": rows[r["side"]][2], "reference_model": rows[r["side"]][3]}
+                for r in most_memorized(sides, gallery_size)
+            ],
+        }
+    return entries
+
+
+def control_results(ctx: RunContext, scores: dict, controls: dict, label: str, one_sided: bool = False) -> dict:
+    """{control: entries} over the ``controls`` whose sides' scores are all there (the two-model
+    test's), or with ``one_sided`` over the sides whose scores are there (the one-model test's:
+    model A alone has one side)."""
+    cfg = ctx.cfg
+    out = {}
+    for control, rows in controls.items():
+        have = [row for row in rows if (row[2], row[1]) in scores and (row[3], row[1]) in scores]
+        if len(have) < len(rows) and not (one_sided and have):
+            continue
+        out[control] = control_entries(scores, have, control, cfg.measure, cfg.splits.seed, cfg.report.gallery_size)
+        head = out[control].get(headline_key(cfg.measure))
+        if head:
+            ctx.log("measure", f"{label} {control:<8} k={head['k']} {head['rule']} unnamed objects: PPG {head['ppg']['value']:+.3f} "
+                    f"[{head['ppg']['ci'][0]:+.3f}, {head['ppg']['ci'][1]:+.3f}] p={head['ppg']['p_value']:.4f}")
+    return out
+
+
 def run_measure(ctx: RunContext) -> dict:
-    cfg, m = ctx.cfg, ctx.cfg.measure
+    from study.pipeline import text_retriever
+
+    cfg = ctx.cfg
     kind = get_kind(cfg.study)
     attacked = kind.attacked_sets(cfg)
     tables = object_tables(ctx, attacked)
-    vocab, public_objects = tables.vocab, tables.public_objects
-    test_args = dict(bootstrap=m.bootstrap, permutations=m.permutations, level=m.confidence_level, seed=m.seed)
-    results, skipped = {}, {}
+    retriever = text_retriever.searches(cfg)  # {(model, space): views}, empty when it is off
+    results, one_model, skipped = {}, {}, {}
     for space in kind.spaces_for(cfg):
-        scores = {}  # (model, split) -> (ids, {(k, rule, variant): overlap dict})
+        searches = {**{model: space for model in kind.models_for(cfg)}, **{model: sp for model, sp in retriever}}
+        scores = {}
         for split in attacked:
-            uris = {model: ctx.search_results(model, split, space) for model in kind.models}
-            searched = {model: read_neighbours(uri, tables.public) for model, uri in uris.items()}
-            check_same_queries({model: ids for model, (ids, _) in searched.items()}, uris)
-            searched = {model: in_id_order(ids, I) for model, (ids, I) in searched.items()}
-            q_ids = next(iter(searched.values()))[0]
-            rows = tables.attacked.rows(q_ids)
-            check_queries(q_ids, rows, next(iter(uris.values())))
-            objects = [tables.attacked_objects[r] for r in rows]
-            captions = [tables.attacked_captions[r] for r in rows]
-            truths = {variant: ground_truth(objects, captions, variant, vocab) for variant in VARIANTS}  # same for every model
-            for variant, (keep, _) in truths.items():
-                skipped[f"{split}/{variant}"] = int((~keep).sum())
-            for model, (_, I) in searched.items():
-                per = {}
-                for variant, (keep, gt) in truths.items():
-                    for k in m.ks:
-                        for rule in PREDICTION_RULES:
-                            per[(k, rule, variant)] = (q_ids[keep], record_scores(I[keep], public_objects, gt, k, rule, m.top_n))
-                scores[(model, split)] = per
-        space_result = {}
-        for control, rows in CONTROLS.items():
-            if any((t, s) not in scores for _, s, t, _ in rows):
-                continue
-            entries = {}
-            for key in scores[(rows[0][2], rows[0][1])]:
-                sides = []
-                for side_name, split, tgt, ref in rows:
-                    t_ids, t_sc = scores[(tgt, split)][key]
-                    _, r_sc = scores[(ref, split)][key]
-                    sel = side_mask(t_ids, control, side_name, cfg.splits.seed)
-                    sides.append(ObjectSide(
-                        ids=t_ids[sel],
-                        target_precision=t_sc["precision"][sel], target_recall=t_sc["recall"][sel], target_hits=t_sc["hits"][sel],
-                        reference_precision=r_sc["precision"][sel], reference_recall=r_sc["recall"][sel], reference_hits=r_sc["hits"][sel],
-                    ))
-                k, rule, variant = key
-                if sum(len(s) for s in sides) == 0:
-                    continue
-                entries[f"k={k}/{rule}/{variant}"] = {
-                    "k": k, "rule": rule, "variant": variant,
-                    **population_test(sides, bins=100, **test_args),
-                    "sample_level": sample_level(sides, m.top_fractions),
-                    "most_memorized": [
-                        {**r, "split": rows[r["side"]][1], "target_model": rows[r["side"]][2], "reference_model": rows[r["side"]][3]}
-                        for r in most_memorized(sides, cfg.report.gallery_size)
-                    ],
-                }
-            space_result[control] = entries
-            head = entries.get(headline_key(m))
-            if head:
-                ctx.log("measure", f"{space} {control:<8} k={head['k']} {head['rule']} unnamed objects: PPG {head['ppg']['value']:+.3f} "
-                        f"[{head['ppg']['ci'][0]:+.3f}, {head['ppg']['ci'][1]:+.3f}] p={head['ppg']['p_value']:.4f}")
-        results[space] = space_result
+            scores.update(split_scores(ctx, tables, split, searches, skipped))
+        results[space] = control_results(ctx, scores, CONTROLS, space)
+        if retriever:
+            one_model[space] = control_results(ctx, scores, text_retriever.CONTROLS,
+                                               f"{space} vs. {text_retriever.RETRIEVER}", one_sided=True)
     utility = measure_utility(ctx, tables)
     ctx.log("measure", "utility: " + ", ".join(f"{k} {v:.3f}" for k, v in utility.items() if isinstance(v, float)))
     storage.write_json(ctx.measure_results, {"spaces": results, "utility": utility, "skipped_no_gt": skipped,
-                                             "vocabulary": list(vocab), "headline_key": headline_key(m)})
-    return {"spaces": list(results), "utility": utility}
+                                             "vocabulary": list(tables.vocab), "headline_key": headline_key(cfg.measure)})
+    public_captions = ((read_marker(ctx.stage_dir("embed")) or {}).get("summary", {}).get("sets", {})
+                       .get("public_captions"))
+    text_retriever.write_results(ctx, one_model if retriever else None, public_captions)
+    return {"spaces": list(results), "utility": utility, "one_model": sorted(one_model)}
 
 
 def headline_k(ks) -> int:
@@ -258,7 +293,7 @@ def measure_utility(ctx: RunContext, tables: ObjectTables) -> dict:
     with_objects = truth.any(axis=1)
     out: dict = {"records": len(ids)}
     per_model = {}
-    for model in get_kind(cfg.study).models:
+    for model in get_kind(cfg.study).models_for(cfg):
         clip, tokenizer, _ = load_clip(storage.read_bytes(ctx.model_file(model)))
         entry = {}
         if len(vocab) >= 2 and with_objects.any():

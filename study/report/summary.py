@@ -66,11 +66,15 @@ def vlm_lines(report: dict) -> list[str]:
         if s["name"]:
             lines.append(f"  {sweep['key']} = {s['value']}:")
             indent = "    "
-        lines += _vlm_setting_lines(s["headline"], indent)
+        lines += _vlm_setting_lines(s["headline"], indent) or [f"{indent}(no reference model: no two-model test)"]
         util = s.get("utility") or {}
         if util:
             parts = [f"{k} {v:.3f}" for k, v in util.items() if isinstance(v, float)]
             lines.append(f"{indent}utility: {', '.join(parts)}")
+    for name, headline in ((report.get("one_model") or {}).get("headline") or {}).items():
+        which = f" ({sweep['key']} = {sweep['settings'][0]['value']})" if sweep else ""
+        lines.append(f"one-model test{which}, the target against the {name} (nearest public captions) as reference:")
+        lines += _vlm_setting_lines(headline, "  ")
     return lines
 
 

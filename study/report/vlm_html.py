@@ -27,7 +27,8 @@ def recall_plot(results: dict, key: str) -> str:
         ax.set_xlabel("recall x")
         ax.set_ylabel("fraction of records with recall >= x")
         ax.set_title(f"{space}, {key}")
-        ax.legend(fontsize=7)
+        if ax.get_legend_handles_labels()[0]:  # a space without this entry (no pair) has no curves
+            ax.legend(fontsize=7)
     return png(fig)
 
 
@@ -58,7 +59,8 @@ def sample_table(results: dict, key: str) -> str:
 def utility_text(utility: dict) -> str:
     items = [f"{k} {v:.3f}" for k, v in utility.items() if isinstance(v, float)]
     note = f" ({html.escape(utility['note'])})" if utility.get("note") else ""
-    return (", ".join(items) or "not measured") + note + f", mean of both models over {utility.get('records', 0)} holdout records"
+    models = " and ".join(utility.get("per_model", {})) or "the models"
+    return (", ".join(items) or "not measured") + note + f", mean of {models} over {utility.get('records', 0)} holdout records"
 
 
 def tradeoff_plot(sweep: dict, key: str) -> str:
@@ -90,6 +92,47 @@ def sweep_table(sweep: dict) -> str:
             rows.append([html.escape(str(s["value"])), key, fmt(h["ppg"], True), fmt(h["prg"], True), fmt(h["aucg"], True),
                          f"{u.get('zero_shot', float('nan')):.3f}", f"{u.get('i2t_recall@1', float('nan')):.3f}"])
     return table([sweep["key"], "space/control/k", "PPG", "PRG", "AUCG", "zero-shot acc.", "i2t R@1"], rows)
+
+
+def one_model_html(one_model: dict | None, results: dict, key: str) -> str:
+    """The one-model test beside the two-model test at the headline entry, per space and control:
+    each gap against model B and against the text retriever, and each reference's precision."""
+    if not one_model:
+        return ""
+    if "predictors" not in one_model:
+        return f"<h2>One-model test</h2><p>{html.escape(one_model.get('note', ''))}</p>"
+    rows, memorized = [], []
+    for name, spaces in one_model["predictors"].items():
+        for space, controls in spaces.items():
+            for control, entries in controls.items():
+                one, two = entries.get(key), results["spaces"].get(space, {}).get(control, {}).get(key)
+                if not one:
+                    continue
+                p = one["precision"]
+                rows.append([html.escape(f"{space}/{control}"), html.escape(name), str(sum(one["n"])),
+                             *(f"{fmt(two[g], True)}" if two else "" for g in GAPS), *(fmt(one[g], True) for g in GAPS),
+                             f"{p['target']['value']:.3f} / {two['precision']['reference']['value']:.3f} / "
+                             f"{p['reference']['value']:.3f}" if two else
+                             f"{p['target']['value']:.3f} / &ndash; / {p['reference']['value']:.3f}"])
+                top = one.get("most_memorized", [])[:10] if control == "positive" else []
+                if top:
+                    items = ", ".join(f"{html.escape(r['id'])} ({r['score']:+.0f})" for r in top)
+                    memorized.append(f"<li>{html.escape(space)} vs. {html.escape(name)}: {items}</li>")
+    head = ["space/control", "reference", "records", *(f"two-model {g.upper()}" for g in GAPS),
+            *(f"one-model {g.upper()}" for g in GAPS), "precision: target / model B / retriever"]
+    listed = (f"<p>Most memorized by the one-model test (target hits minus retriever hits), positive control:</p>"
+              f"<ul>{''.join(memorized)}</ul>") if memorized else ""
+    per_space = {"spaces": {f"{space} vs. {name}": controls for name, spaces in one_model["predictors"].items()
+                            for space, controls in spaces.items()}}
+    pc = one_model.get("public_captions") or {}
+    return (f"<h2>One-model test (no reference model): {html.escape(key)}</h2><p>The reference is a text-only "
+            f"retriever: the text tower of a CLIP model trained on the public set only embeds each record's caption "
+            f"and retrieves its k nearest public captions ({pc.get('embedded', '?')} public records with a caption; "
+            f"skipped: {html.escape(str(pc.get('skipped', {})))}); the objects of those captions' images are its "
+            f"prediction. Each model is the target on the records it trained on (model A on its own; model B on its "
+            f"own when the pair exists) and the holdout halves are the null control, as in the two-model test. "
+            f"Beside it, the two-model numbers.</p>" + table(head, rows) + listed
+            + f'<img src="{recall_plot(per_space, key)}"><h3>Every one-model number</h3>{numbers_table(per_space)}')
 
 
 def _marked(image: np.ndarray, marks: list[dict]) -> np.ndarray:
@@ -125,6 +168,8 @@ def render_body(report: dict, gallery: list[dict]) -> str:
         f"AUCG {fmt(v['aucg'], True)}</li>"
         for k, v in report["headline"].items()
     )
+    if not heads:
+        heads = "<li>No reference model (train.pair: false): no two-model test; the one-model test is below.</li>"
     sweep = report.get("sweep")
     sweep_html = ""
     if sweep:
@@ -142,6 +187,7 @@ records where the target model beats the reference on precision/recall minus the
 {sweep_html}
 <h2>Recall curves ({key})</h2><img src="{recall_plot(report['results'], key)}">
 <h2>Sample level ({key}): records ranked by recovered-object gap</h2>{sample_table(report['results'], key)}
+{one_model_html(report.get("one_model"), report["results"], key)}
 <h2>All numbers</h2>{numbers_table(report['results'])}
 <h2>Most-memorized records</h2>{gallery_html(gallery)}
 <p>Records without ground truth for a variant (every object named): {html.escape(str(report.get('skipped_no_gt', {})))}.</p>
