@@ -1,0 +1,139 @@
+"""The VLM one-model test without Ray: its measurement on hand-made neighbour lists (numbers worked
+out by hand), what the retriever's embed pass plans and keeps, and its config rules. The end-to-end
+run (the retriever trained on the public set, its numbers in report.json) is in test_vlm_e2e.py."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from study.config import TrainConfig
+from study.config_load import load_config
+from study.core.split_plan import SplitPlan
+from study.embed.captions import (CAPTION, PUBLIC_CAPTIONS, TEXT, plan_with_public_captions,
+                                  prepare_vlm_batch)
+from study.errors import ConfigError
+from study.pipeline.context import RunContext
+from study.pipeline.kinds import get_kind
+from study.pipeline.text_retriever import CONTROLS, RETRIEVER
+from study.pipeline.validate import check_registries
+from study.pipeline.vlm_measure import control_results, record_scores
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+VLM = os.path.join(ROOT, "configs/quickstart-vlm.yaml")
+SSL = os.path.join(ROOT, "configs/tiny.yaml")
+
+# Objects a, b, c (columns); four public records. Their images' objects are what both the attacked
+# model's retrieved images and the retriever's retrieved captions contribute.
+PUBLIC = np.array([[1, 0, 0],   # p0: a
+                   [0, 1, 0],   # p1: b
+                   [1, 0, 1],   # p2: a, c
+                   [0, 0, 1]],  # p3: c
+                  dtype=bool)
+KEY = (1, "union", "all")
+
+
+def _scores(ids, gt, image_rows, caption_rows):
+    """(target's, retriever's) per-record scores at k = 1 from their nearest public record."""
+    gt = np.array(gt, dtype=bool)
+    t = record_scores(np.array(image_rows)[:, None], PUBLIC, gt, 1, "union", 3)
+    r = record_scores(np.array(caption_rows)[:, None], PUBLIC, gt, 1, "union", 3)
+    ids = np.array(ids)
+    return {KEY: (ids, t)}, {KEY: (ids, r)}
+
+
+def _measured(scores, tmp_path):
+    overrides = ["measure.bootstrap=200", "measure.permutations=200", "report.gallery_size=5"]
+    ctx = RunContext(load_config(VLM, overrides, str(tmp_path)), str(tmp_path))
+    return control_results(ctx, scores, {"positive": CONTROLS["positive"]}, "oracle", one_sided=True)
+
+
+# Side a: model A's training records (target split).
+#   r1: gt {a, c}; A's image p2 {a, c}: P 1, R 1;  retriever's caption p0 {a}: P 1, R 0.5
+#   r2: gt {b};    A's image p0 {a}:    P 0, R 0;  retriever's caption p1 {b}: P 1, R 1
+#   r3: gt {c};    A's image p3 {c}:    P 1, R 1;  retriever's caption p3 {c}: P 1, R 1
+# PPG = (0 - 1 + 0) / 3, PRG = (+1 - 1 + 0) / 3 = 0. A record's share of the AUC of "fraction with
+# recall >= x" on 101 grid points is 1 for R = 1, 0.005 for R = 0 (the trapezoid to the first grid
+# point), 0.505 for R = 0.5: AUCG = (1 + 0.005 + 1 - 0.505 - 1 - 1) / 3 = -1/6.
+SIDE_A = dict(ids=["r1", "r2", "r3"], gt=[[1, 0, 1], [0, 1, 0], [0, 0, 1]], image_rows=[2, 0, 3], caption_rows=[0, 1, 3])
+# Side b: model B's training records (reference split). r4: gt {b}; B's image p1 {b}: P 1, R 1;
+# retriever's caption p2 {a, c}: P 0, R 0. PPG = PRG = +1, AUCG = 1 - 0.005 = 0.995.
+SIDE_B = dict(ids=["r4"], gt=[[0, 1, 0]], image_rows=[1], caption_rows=[2])
+
+
+def test_model_a_alone_against_the_retriever_matches_hand_worked_numbers(tmp_path):
+    target, reference = _scores(**SIDE_A)
+    out = _measured({("model_a", "target"): target, (RETRIEVER, "target"): reference}, tmp_path)
+    e = out["positive"]["k=1/union/all"]
+    assert e["n"] == [3]  # model A's side only: no model B
+    assert e["ppg"]["value"] == pytest.approx(-1 / 3)
+    assert e["prg"]["value"] == pytest.approx(0.0)
+    assert e["aucg"]["value"] == pytest.approx(-1 / 6)
+    assert e["precision"]["target"]["value"] == pytest.approx(2 / 3)
+    assert e["precision"]["reference"]["value"] == pytest.approx(1.0)
+    assert e["recall"]["reference"]["value"] == pytest.approx(2.5 / 3)
+    for gap in ("ppg", "prg", "aucg"):
+        lo, hi = e[gap]["ci"]
+        assert lo <= e[gap]["value"] <= hi and 0 < e[gap]["p_value"] <= 1
+    # Only r1 recovers more true objects with the target (2 hits) than with the retriever (1).
+    assert [(r["id"], r["score"], r["reference_model"]) for r in e["most_memorized"]] == [("r1", 1.0, RETRIEVER)]
+    assert "null" not in out
+
+
+def test_with_the_pair_each_model_is_the_target_on_its_own_records(tmp_path):
+    a_t, a_r = _scores(**SIDE_A)
+    b_t, b_r = _scores(**SIDE_B)
+    scores = {("model_a", "target"): a_t, (RETRIEVER, "target"): a_r,
+              ("model_b", "reference"): b_t, (RETRIEVER, "reference"): b_r}
+    e = _measured(scores, tmp_path)["positive"]["k=1/union/all"]
+    assert e["n"] == [3, 1]
+    assert e["ppg"]["value"] == pytest.approx((-1 / 3 + 1) / 2)  # the mean over sides
+    assert e["prg"]["value"] == pytest.approx((0 + 1) / 2)
+    assert e["aucg"]["value"] == pytest.approx((-1 / 6 + 0.995) / 2)
+    assert {r["id"]: r["split"] for r in e["most_memorized"]} == {"r1": "target", "r4": "reference"}
+
+
+def test_sides_follow_the_two_model_test_with_the_retriever_as_reference():
+    from study.pipeline.kinds import CONTROLS as TWO_MODEL
+
+    for control, rows in CONTROLS.items():
+        assert [(s, split, t) for s, split, t, _ in rows] == [(s, split, t) for s, split, t, _ in TWO_MODEL[control]]
+        assert {ref for *_, ref in rows} == {RETRIEVER}
+
+
+def _batch(split: str) -> pa.Table:
+    rows = {"public": [("p-obj", "a cat", ["cat"]), ("p-noobj", "a dog", []), ("p-blank", "  ", ["cat"])],
+            "target": [("t-ok", "two cats", ["cat"]), ("t-noobj", "a fish", [])]}[split]
+    ids, captions, objects = zip(*rows)
+    return pa.table({"id": list(ids), "image": [b""] * len(ids), "caption": list(captions), "objects": list(objects)})
+
+
+def test_public_captions_are_planned_and_embedded_alike_objects_or_not():
+    """The retriever's database is every public record with a caption (as the image database is
+    every public image); attacked captions still need objects to be tested."""
+    modes = {"public": CAPTION, "target": TEXT}
+    for split, kept, plan_key, planned in (
+            ("public", ["p-obj", "p-noobj"], PUBLIC_CAPTIONS, {"embedded": 2, "skipped": {"empty_caption": 1}}),
+            ("target", ["t-ok"], "target", {"embedded": 1, "skipped": {"no_objects": 1}})):
+        batch, plan = _batch(split), SplitPlan({split: 1.0}, 0)  # every record in that split
+        assert plan_with_public_captions(batch, plan.assign(batch), ("target", PUBLIC_CAPTIONS))[plan_key] == planned
+        rows = prepare_vlm_batch(batch.drop_columns(["image"]), plan, modes, 8)  # no image read
+        assert list(rows["id"]) == kept and all(rows["caption"]) and not rows["pixels"].any()
+        assert rows["pixels"].shape == (len(kept), 8, 8, 3)
+    assert PUBLIC_CAPTIONS not in plan_with_public_captions(_batch("public"), np.array(["public"] * 3), ("target",))
+
+
+def test_config_text_retriever_and_pair_false():
+    assert TrainConfig().text_retriever is False and TrainConfig().pair is True
+    cfg = load_config(VLM, ["train.text_retriever=true", "train.pair=false"])
+    check_registries(cfg)  # model A and the one-model test alone
+    assert list(get_kind(cfg.study).searches(cfg)) == [("model_a", "caption_to_image"), (RETRIEVER, "caption_to_caption")]
+    with pytest.raises(ConfigError, match=r"^train\.pair: false .*train\.text_retriever: true"):
+        check_registries(load_config(VLM, ["train.pair=false"]))
+    for bad in ("train.crop_classifier=true", "train.checkpoint=model.pt"):
+        with pytest.raises(ConfigError, match=r"^train\.checkpoint / train\.crop_classifier: .*train\.text_retriever"):
+            check_registries(load_config(VLM, ["train.text_retriever=true", bad]))
+    with pytest.raises(ConfigError, match=r"^train\.text_retriever: the ssl_dejavu study has no text retriever"):
+        check_registries(load_config(SSL, ["train.text_retriever=true"]))
