@@ -3,7 +3,9 @@
 The records are the synthetic generator's, written as Parquet with a few made unusable (no
 objects, an empty caption), so one run checks the parquet path, skip counting, the report's
 structure, counts that add up, the positive control's direction, streamed embeddings against an
-in-memory forward pass, persisted search against brute force, `dejavu report`, and reuse.
+in-memory forward pass, persisted search against brute force, `dejavu report`, and reuse. The
+same run trains the one-model test's text retriever on the public set and measures the one-model
+test beside the two-model test.
 """
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ from study.data import records, synthetic
 from study.data.loading import load_images, read_split
 from study.pipeline.context import RunContext
 from study.pipeline.neighbours import read_embeddings
+from study.pipeline.text_retriever import RETRIEVER, SPACE
 from study.train.clip import encode_images, encode_texts, load_clip, tokenize
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -44,6 +47,7 @@ OVERRIDES = [
     "measure.permutations=300",
     "measure.utility_records=200",
     "measure.zero_shot_prompt=the digit {}",
+    "train.text_retriever=true",
 ]
 
 
@@ -169,6 +173,80 @@ def test_persisted_search_equals_brute_force(study_run):
     assert np.mean([g == list(pub_ids[row]) for g, row in zip(got, I)]) > 0.99  # float32 near-ties only
     public = set(read_split(ctx.splits_dir, "public")[0])
     assert all(n in public for row in got for n in row)
+
+
+def _split_of(ctx) -> dict[str, str]:
+    ids = [f"syn-0-{i:08d}" for i in range(N)]
+    return dict(zip(ids, assign_splits(ids, ctx.cfg.splits.fractions, ctx.cfg.splits.seed)))
+
+
+def test_text_retriever_trains_and_retrieves_on_the_public_set_only(study_run):
+    """Its training set is the public split (less the pairs without a caption), its database every
+    public caption (objects or not), its queries the attacked captions the pair's are."""
+    _, ctx, report = study_run
+    public = {i for i, s in _split_of(ctx).items() if s == "public"}
+    blank = {i for i in public if int(i[-8:]) in NO_CAPTION and int(i[-8:]) not in NO_OBJECTS}
+    assert blank and any(int(i[-8:]) in NO_OBJECTS for i in public)  # the data exercise both rules
+    training = report["training"][RETRIEVER]
+    assert training["splits"] == ["public"] and training["skipped"] == {"empty_caption": len(blank)}
+    model, tok, meta = load_clip(storage.read_bytes(ctx.model_file(RETRIEVER)))
+    assert meta["trained_on"] == ["public"]
+    assert report["embedded"]["sets"]["public_captions"] == {"embedded": len(public - blank),
+                                                             "skipped": {"empty_caption": len(blank)}}
+    pub_ids, xb = read_embeddings(ctx.embeddings(RETRIEVER, "public", "text"))
+    assert set(pub_ids) == public - blank and not os.path.exists(ctx.embeddings(RETRIEVER, "public", "image"))
+    table = records.read_records(ctx.data_root, list(pub_ids[:32]), columns=["id", "caption"])
+    caption = dict(zip(table.column("id").to_pylist(), table.column("caption").to_pylist()))
+    expect = encode_texts(model, tokenize(tok, [caption[i] for i in pub_ids[:32]])).numpy()
+    np.testing.assert_allclose(xb[:32], expect, rtol=1e-4, atol=1e-5)
+    q_ids, xq = read_embeddings(ctx.embeddings(RETRIEVER, "target", "text"))
+    assert sorted(q_ids) == sorted(read_embeddings(ctx.embeddings("model_a", "target", "text"))[0])
+    _, I = brute_force_knn(xq, xb, 20)
+    got = pq.read_table(ctx.search_results(RETRIEVER, "target", SPACE))
+    assert got.column("query_id").to_pylist() == list(q_ids)
+    rows = got.column("neighbor_ids").to_pylist()
+    assert np.mean([g == list(pub_ids[r]) for g, r in zip(rows, I)]) > 0.99  # float32 near-ties only
+
+
+def test_one_model_numbers_beside_the_two_model_numbers(study_run, capsys):
+    _, ctx, report = study_run
+    one = report["one_model"]
+    two = report["results"]["spaces"]["caption_to_image"]
+    entries = one["predictors"][RETRIEVER]["caption_to_image"]
+    assert set(entries) == {"positive", "null"} and one["public_captions"] == report["embedded"]["sets"]["public_captions"]
+    for control, by_key in entries.items():
+        assert set(by_key) == set(two[control])
+        for key, e in by_key.items():
+            assert e["n"] == two[control][key]["n"]  # the same records on the same sides
+            # The target is the same model on the same records in both tests.
+            assert e["precision"]["target"]["value"] == pytest.approx(two[control][key]["precision"]["target"]["value"])
+            for gap in ("ppg", "prg", "aucg"):
+                lo, hi = e[gap]["ci"]
+                assert lo <= e[gap]["value"] <= hi and 0 < e[gap]["p_value"] <= 1
+    # The retriever's precision, from its persisted neighbours and the records' objects: each side
+    # (model A's records, model B's) scores the union of its 10 nearest public captions' objects.
+    per_side = []
+    for split in ("target", "reference"):
+        got = pq.read_table(ctx.search_results(RETRIEVER, split, SPACE))
+        q_ids, nbrs = got.column("query_id").to_pylist(), [n[:10] for n in got.column("neighbor_ids").to_pylist()]
+        table = records.read_records(ctx.data_root, q_ids + [n for ns in nbrs for n in ns], columns=["id", "objects"])
+        objects = dict(zip(table.column("id").to_pylist(), table.column("objects").to_pylist()))
+        precision = []
+        for q, ns in zip(q_ids, nbrs):
+            pred = {o for n in ns for o in objects[n] or []}
+            precision.append(len(pred & set(objects[q])) / len(pred) if pred else 0.0)
+        per_side.append(np.mean(precision))
+    e = entries["positive"]["k=10/union/all"]
+    assert e["precision"]["reference"]["value"] == pytest.approx(np.mean(per_side))
+    assert set(one["headline"][RETRIEVER]) == set(report["headline"])
+    page = open(ctx.report_html, encoding="utf-8").read()
+    assert "One-model test (no reference model)" in page and "precision: target / model B / retriever" in page
+    capsys.readouterr()
+    assert main(["report", ctx.run_dir]) == 0
+    out = capsys.readouterr().out
+    head = one["headline"][RETRIEVER]["caption_to_image/positive/k=10"]["ppg"]
+    assert f"one-model test, the target against the {RETRIEVER}" in out
+    assert out.split("one-model test")[1].count(f"PPG {head['value']:+.3f} [{head['ci'][0]:+.3f}") == 1
 
 
 def test_report_command_prints_vlm_headline(study_run, capsys):
