@@ -21,7 +21,6 @@ from study.core.stats import (
     percentile_interval,
     permutation_p_value,
     pooled_ids,
-    sign_flip_p_value,
     top_by_score,
 )
 
@@ -160,14 +159,16 @@ def test_null_simulation_is_not_significant():
 
 
 def test_null_false_positive_rate_is_controlled():
+    # 300 null datasets: the rejection rate at 0.05 must not be significantly above 0.05 (the exact
+    # one-sided 99 % lower bound of the rate at most 0.05); 20 % rejections would fail this.
     rejections = 0
-    trials = 40
+    trials = 300
     for seed in range(trials):
         rng = np.random.default_rng(1000 + seed)
         sides = [random_side(rng, 60, 0.5, 0.5, "a"), random_side(rng, 60, 0.5, 0.5, "b")]
         out = dejavu_test(sides, [1.0], bootstrap=10, permutations=200, level=0.95, seed=seed)
         rejections += out["by_q"][0]["gap"]["p_value"] < 0.05
-    assert rejections / trials < 0.2
+    assert stats.binomial_interval(rejections, trials, 0.98)[0] <= 0.05, rejections
 
 
 def test_planted_gap_is_detected():
@@ -372,19 +373,46 @@ def exact_sign_test(n_pos, n_neg):
     return min(1.0, 2 * tail)
 
 
+def discordant(n_pos, n_neg, concordant=15):
+    """(target, reference) outcomes: n_pos target-only right, n_neg reference-only right, the rest
+    concordant (both right or both wrong)."""
+    t = np.array([1] * n_pos + [0] * n_neg + [1, 0] * (concordant // 2) + [1] * (concordant % 2))
+    r = np.array([0] * n_pos + [1] * n_neg + [1, 0] * (concordant // 2) + [1] * (concordant % 2))
+    return t, r
+
+
 @pytest.mark.parametrize("n_pos,n_neg", [(14, 4), (9, 7), (12, 2), (20, 11)])
-def test_sign_flip_matches_exact_sign_test(n_pos, n_neg):
-    # Discordant pairs (+1 target-only right, -1 reference-only right) and concordant zeros.
-    diffs = [1.0] * n_pos + [-1.0] * n_neg + [0.0] * 15
+def test_reported_gap_p_value_matches_exact_sign_test(n_pos, n_neg):
+    # The p-value the SSL report prints (dejavu_test's gap at q = 1) is a sign test on the
+    # discordant records: checked against the exact binomial sign test.
+    t, r = discordant(n_pos, n_neg)
+    rng = np.random.default_rng(n_pos * 100 + n_neg)
+    side = make_side(t, -rng.random(len(t)), r, -rng.random(len(t)))
     draws = 20000
-    p = sign_flip_p_value(diffs, draws=draws, rng=np.random.default_rng(n_pos * 100 + n_neg))
+    p = dejavu_test([side], [1.0], bootstrap=10, permutations=draws, level=0.95, seed=n_pos)["by_q"][0]["gap"]["p_value"]
     exact = exact_sign_test(n_pos, n_neg)
     tol = 4 * math.sqrt(exact * (1 - exact) / draws) + 2 / draws
     assert abs(p - exact) < tol, (p, exact)
 
 
-def test_sign_flip_all_zero_diffs_is_one():
-    assert sign_flip_p_value([0.0, 0.0, 0.0], draws=100, rng=np.random.default_rng(0)) == 1.0
+@pytest.mark.parametrize("n_pos,n_neg", [(14, 4), (9, 7), (20, 11)])
+def test_reported_ppg_p_value_matches_exact_sign_test(n_pos, n_neg):
+    # PPG = share(P_t > P_r) - share(P_t < P_r); its swap test (the VLM report's p-value) is a sign
+    # test on sign(P_t - P_r).
+    from study.core.objects import ObjectSide, population_test
+
+    rng = np.random.default_rng(n_neg)
+    n = n_pos + n_neg + 15
+    pr = rng.uniform(0.2, 0.8, n)
+    pt = pr.copy()
+    pt[:n_pos] += 0.1
+    pt[n_pos:n_pos + n_neg] -= 0.1
+    zeros = np.zeros(n)
+    side = ObjectSide(np.array([f"r{i}" for i in range(n)]), pt, pr, zeros, pr, pr, zeros)
+    draws = 20000
+    p = population_test([side], bootstrap=10, permutations=draws, level=0.95, seed=1)["ppg"]["p_value"]
+    exact = exact_sign_test(n_pos, n_neg)
+    assert abs(p - exact) < 4 * math.sqrt(exact * (1 - exact) / draws) + 2 / draws, (p, exact)
 
 
 def test_draw_chunks_bound_elements_and_cover_draws():

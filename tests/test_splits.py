@@ -36,6 +36,23 @@ def test_hash_unit_in_unit_interval_and_keyed():
     assert abs(np.corrcoef(u, v)[0, 1]) < 0.1
 
 
+def test_hash_and_assignment_are_pinned():
+    # These values pin the published split plan: a change to the hash re-plans every user's splits
+    # (and every study's run id and reuse), so it must be a deliberate, announced change.
+    ids = ["rec-000000", "rec-000001", "syn-0-00000042", "a", "h\u00e9llo"]
+    np.testing.assert_array_equal(hash_unit(ids, 0), [0.5756807955701978, 0.0910472517206119, 0.1140295936320952,
+                                                      0.22660909119342587, 0.0962355976216831])
+    np.testing.assert_array_equal(hash_unit(ids, 7), [0.8659892262700382, 0.30305713840360515, 0.13265164908991278,
+                                                      0.5265280323192209, 0.7214081163786975])
+    from study.core.splits import id_hash64
+
+    assert [int(h) for h in id_hash64(ids)] == [9320429922235980785, 15974498337472746931, 15688383543891629883,
+                                                9266097309480679803, 8174514408940162001]
+    more = ids + [f"x{i}" for i in range(5)]
+    assert list(assign_splits(more, {"target": 0.3, "reference": 0.3, "public": 0.4}, 0)) == [
+        "reference", "target", "target", "target", "target", "public", "reference", "target", "target", "reference"]
+
+
 def test_every_id_gets_exactly_one_known_label():
     labels = assign_splits(IDS, FRACTIONS, seed=0)
     assert labels.shape == (len(IDS),)

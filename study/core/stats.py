@@ -69,14 +69,6 @@ def permutation_p_value(observed: np.ndarray, null_samples: np.ndarray) -> np.nd
     return (1.0 + extreme.sum(axis=0)) / (1.0 + null_samples.shape[0])
 
 
-def sign_flip_p_value(diffs: Sequence[float], draws: int, rng: np.random.Generator) -> float:
-    """Paired sign-flip test of mean(diffs) = 0; the q = 1 special case of the swap test."""
-    d = np.asarray(diffs, dtype=np.float64)
-    signs = np.where(rng.random((draws, len(d))) < 0.5, -1.0, 1.0)
-    null = (signs * d[None, :]).mean(axis=1) if len(d) else np.zeros(draws)
-    return float(permutation_p_value(np.asarray(d.mean() if len(d) else 0.0), null[:, None])[0])
-
-
 def pooled_ids(id_arrays: Sequence[np.ndarray]) -> Callable[[np.ndarray], np.ndarray]:
     """Text of records pooled side after side: positions (k,) into the pooled order -> (k,) str."""
     offsets = np.cumsum([0] + [len(a) for a in id_arrays])

@@ -1,0 +1,102 @@
+"""Property tests (hypothesis) that the published statistics mean what they say, on synthetic
+per-record outcomes with a known true gap: the bootstrap interval of the SSL gap and of the VLM
+PPG covers the true value about 95 % of the time, and the paired test's size under a true gap of 0
+is not above 0.05. Each property draws R datasets per example and judges the count with an exact
+binomial bound, so a broken interval or test fails, not a noisy one."""
+from __future__ import annotations
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from study.core import stats
+from study.core.metrics import Side, dejavu_test
+from study.core.objects import ObjectSide, population_test
+
+R = 120  # datasets per example
+# The percentile bootstrap under-covers a little at these sizes (n >= 80, p away from 0 and 1):
+# coverage is judged against 0.95 minus this slack.
+SLACK = 0.03
+PROPERTY = settings(max_examples=4, deadline=None, derandomize=True)
+
+
+def _side(rng, n: int, p_t: float, p_r: float) -> Side:
+    ids = np.array([f"r{i}" for i in range(n)])
+    return Side(ids, rng.random(n) < p_t, -rng.random(n), rng.random(n) < p_r, -rng.random(n))
+
+
+def _not_below(covered: int, target: float) -> bool:
+    """Coverage count not significantly below ``target`` (exact one-sided 99 % upper bound)."""
+    return stats.binomial_interval(covered, R, 0.98)[1] >= target
+
+
+def _not_above(rejected: int, alpha: float) -> bool:
+    """Rejection count not significantly above ``alpha`` (exact one-sided 99 % lower bound)."""
+    return stats.binomial_interval(rejected, R, 0.98)[0] <= alpha
+
+
+@PROPERTY
+@given(p_t=st.floats(0.2, 0.8), p_r=st.floats(0.2, 0.8), n=st.integers(80, 200))
+def test_ssl_gap_interval_covers_the_true_gap(p_t, p_r, n):
+    rng = np.random.default_rng(int(n + 1000 * p_t + 10**6 * p_r))
+    covered = 0
+    for r in range(R):
+        gap = dejavu_test([_side(rng, n, p_t, p_r)], [1.0], bootstrap=200, permutations=10, level=0.95,
+                          seed=r)["by_q"][0]["gap"]
+        covered += gap["ci"][0] <= p_t - p_r <= gap["ci"][1]
+    assert _not_below(covered, 0.95 - SLACK), (covered, R)
+
+
+@PROPERTY
+@given(p=st.floats(0.2, 0.8), n=st.integers(80, 200))
+def test_ssl_paired_test_size_is_at_most_alpha(p, n):
+    rng = np.random.default_rng(int(n + 1000 * p))
+    rejected = sum(
+        dejavu_test([_side(rng, n, p, p)], [1.0], bootstrap=10, permutations=200, level=0.95,
+                    seed=r)["by_q"][0]["gap"]["p_value"] < 0.05
+        for r in range(R)
+    )
+    assert _not_above(rejected, 0.05), (rejected, R)
+
+
+LEVELS = np.array([0.0, 0.25, 0.5, 1.0])
+
+
+def _object_side(rng, n: int, w_t: np.ndarray, w_r: np.ndarray) -> ObjectSide:
+    pt, pr = rng.choice(LEVELS, n, p=w_t), rng.choice(LEVELS, n, p=w_r)
+    zeros = np.zeros(n)
+    return ObjectSide(np.array([f"r{i}" for i in range(n)]), pt, pt, zeros, pr, pr, zeros)
+
+
+def _weights(raw) -> np.ndarray:
+    w = np.asarray(raw, dtype=np.float64) + 0.05
+    return w / w.sum()
+
+
+@PROPERTY
+@given(a=st.lists(st.floats(0, 1), min_size=4, max_size=4), b=st.lists(st.floats(0, 1), min_size=4, max_size=4),
+       n=st.integers(80, 200))
+def test_vlm_ppg_interval_covers_the_true_ppg(a, b, n):
+    w_t, w_r = _weights(a), _weights(b)
+    # True PPG of independent draws: P(P_t > P_r) - P(P_t < P_r), enumerated over the levels.
+    true = sum(w_t[i] * w_r[j] * np.sign(LEVELS[i] - LEVELS[j]) for i in range(4) for j in range(4))
+    rng = np.random.default_rng(n)
+    covered = 0
+    for r in range(R):
+        ppg = population_test([_object_side(rng, n, w_t, w_r)], bootstrap=200, permutations=10, level=0.95,
+                              seed=r)["ppg"]
+        covered += ppg["ci"][0] <= true <= ppg["ci"][1]
+    assert _not_below(covered, 0.95 - SLACK), (covered, R)
+
+
+@PROPERTY
+@given(a=st.lists(st.floats(0, 1), min_size=4, max_size=4), n=st.integers(80, 200))
+def test_vlm_paired_test_size_is_at_most_alpha(a, n):
+    w = _weights(a)  # target and reference exchangeable: the same distribution, drawn independently
+    rng = np.random.default_rng(n + 7)
+    rejected = sum(
+        population_test([_object_side(rng, n, w, w)], bootstrap=10, permutations=200, level=0.95,
+                        seed=r)["ppg"]["p_value"] < 0.05
+        for r in range(R)
+    )
+    assert _not_above(rejected, 0.05), (rejected, R)
