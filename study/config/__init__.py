@@ -1,0 +1,81 @@
+"""Typed, frozen study configuration: one dataclass per concern, resolved once per run.
+
+Each stage takes the narrowest section it needs. Values are checked in ``__post_init__`` so a bad
+value fails at load time with the key's dotted path in the message (see ``study.config_load``).
+The sections live in ``data`` (data, splits), ``train`` (model, train) and ``stages`` (embed,
+search, measure, sslmem, report, ray); everything is importable from here.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from study.config.checks import SPLIT_NAMES, check as _check
+from study.config.data import (
+    COCO_CAPTION_MODES,
+    COCO_LABEL_RULES,
+    DATA_SOURCES,
+    HF_BOX_FORMATS,
+    HF_FIELDS,
+    HF_FORMATS,
+    CocoConfig,
+    DataConfig,
+    HfConfig,
+    NearDuplicateConfig,
+    SplitConfig,
+    VocConfig,
+)
+from study.config.stages import (
+    CropConfig,
+    EmbedConfig,
+    IVFPQConfig,
+    MeasureConfig,
+    RayConfig,
+    ReportConfig,
+    SearchConfig,
+    SSLMemConfig,
+)
+from study.config.train import (
+    TEXT_RANDOMIZATION_MODES,
+    AugmentConfig,
+    ModelConfig,
+    TextRandomizationConfig,
+    TrainConfig,
+)
+
+__all__ = [
+    "SPLIT_NAMES", "DATA_SOURCES", "HF_FORMATS", "HF_FIELDS", "HF_BOX_FORMATS", "COCO_LABEL_RULES",
+    "COCO_CAPTION_MODES", "TEXT_RANDOMIZATION_MODES",
+    "CocoConfig", "VocConfig", "HfConfig", "DataConfig", "NearDuplicateConfig", "SplitConfig",
+    "ModelConfig", "AugmentConfig", "TextRandomizationConfig", "TrainConfig",
+    "CropConfig", "EmbedConfig", "IVFPQConfig", "SearchConfig", "MeasureConfig", "SSLMemConfig",
+    "ReportConfig", "RayConfig", "StudyConfig",
+]
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    name: str = "study"
+    study: str = "ssl_dejavu"
+    run_id: str = "auto"
+    output: str = "runs"
+    ray: RayConfig = field(default_factory=RayConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    splits: SplitConfig = field(default_factory=SplitConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    embed: EmbedConfig = field(default_factory=EmbedConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
+    measure: MeasureConfig = field(default_factory=MeasureConfig)
+    sslmem: SSLMemConfig = field(default_factory=SSLMemConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
+    sweep: Mapping[str, Any] = field(default_factory=dict)
+    # Train every setting this many times, with train.seed + 0 .. repeats-1: the report then gives
+    # the rejection rate of each test over the runs and intervals that include training randomness.
+    repeats: int = 1
+
+    def __post_init__(self) -> None:
+        # The study kind is checked against the kinds registry (study.pipeline.validate).
+        _check(bool(self.name) and "/" not in self.name, "name", "must be a non-empty name without '/'")
+        _check(bool(self.run_id) and "/" not in self.run_id, "run_id", "must be a non-empty name without '/'")
+        _check(isinstance(self.repeats, int) and self.repeats >= 1, "repeats", "must be a whole number >= 1")
