@@ -99,3 +99,23 @@ def test_binomial_interval_ends_hold_the_tails(k, n):
     if k < n:
         assert _binomial_tail(k, n, hi, upper=False) == pytest.approx(0.05, abs=1e-6)
     assert lo <= k / n <= hi
+
+
+def test_one_model_tests_are_calibrated_beside_the_two_model_ones():
+    """Each run's one-model headline joins its calibration, null controls counted as false positives."""
+    from study.core.calibration import calibrated_headline
+
+    def run(p_pos: float, p_null: float) -> dict:
+        est = lambda p: {"target": 0.6, "reference": 0.5, "gap": 0.1, "ci": [0.0, 0.2], "p_value": p}  # noqa: E731
+        return calibrated_headline({"projector/positive": est(p_pos), "projector/null": est(0.5)},
+                                   {"headline": {"naive_bayes": {"projector/positive": est(p_pos),
+                                                                 "projector/null": est(p_null)}}})
+
+    runs = [(None, run(0.01, 0.01)), (None, run(0.01, 0.6)), (None, run(0.2, 0.7))]
+    tests = calibrate(runs, alpha=0.05, level=0.95, draws=50, seed=0)["settings"][0]["tests"]
+    assert set(tests) == {"projector/positive", "projector/null", "one-model vs naive_bayes: projector/positive",
+                          "one-model vs naive_bayes: projector/null"}
+    null = tests["one-model vs naive_bayes: projector/null"]["rejection_rate"]
+    assert (null["rejections"], null["runs"], null["kind"]) == (1, 3, "false-positive rate")
+    assert tests["one-model vs naive_bayes: projector/positive"]["rejection_rate"]["rejections"] == 2
+    assert calibrated_headline({"a/null": {}}, None) == {"a/null": {}}  # without a one-model test: unchanged

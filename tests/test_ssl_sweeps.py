@@ -77,6 +77,17 @@ def test_snapshot_sweep_trains_once_and_measures_each_epoch(swept, capsys):
     if top:
         assert "Most memorized by the one-model test" in page and top[0]["id"] in page
 
+    # Each setting carries its own one-model test: in `dejavu report`'s lines under the setting and in
+    # the sweep table of the page.
+    from study.report.summary import summary_lines
+
+    text = "\n".join(summary_lines(report))
+    later = text.split("train.snapshot = 1:")[1].split("(the first setting), in full")[0]
+    v = sweep["settings"][1]["one_model"]["headline"]["naive_bayes"]["projector/positive"]
+    gap = f"gap {v['gap']:+.3f} [{v['ci'][0]:+.3f}, {v['ci'][1]:+.3f}]  p = {v['p_value']:.4f}"
+    assert "one-model test, k-NN minus the naive_bayes predictor:" in later and gap in later
+    assert "projector/positive, one-model vs naive_bayes" in page and gap.split("  p")[0][4:] in page
+
     # The one-model test: its predictor's accuracy is naive Bayes over the captions' background words,
     # learnt from the public records (computed here from the records directly).
     one = report["one_model"]

@@ -137,3 +137,26 @@ def test_config_text_retriever_and_pair_false():
             check_registries(load_config(VLM, ["train.text_retriever=true", bad]))
     with pytest.raises(ConfigError, match=r"^train\.text_retriever: the ssl_dejavu study has no text retriever"):
         check_registries(load_config(SSL, ["train.text_retriever=true"]))
+
+
+def test_a_sweep_shows_each_settings_one_model_test():
+    """`dejavu report` and the sweep table give every setting's one-model numbers, not the first's only."""
+    from study.report.summary import vlm_lines
+    from study.report.vlm_html import sweep_table
+
+    def est(v: float) -> dict:
+        return {"value": v, "ci": [v - 0.01, v + 0.01], "p_value": 0.001}
+
+    def head(v: float) -> dict:
+        return {"caption_to_image/positive/k=10": {"ppg": est(v), "prg": est(v), "aucg": est(v)}}
+
+    settings = [{"name": f"p={p}", "value": p, "headline": head(0.1 + p), "utility": {"zero_shot": 0.5},
+                 "one_model": {"headline": {RETRIEVER: head(0.3 + p)}}} for p in (0.0, 0.5)]
+    report = {"headline_key": "k=10/top_n/unnamed", "ks": [10], "metric": "l2_normalized", "headline": settings[0]["headline"],
+              "sweep": {"key": "train.text_randomization.p", "settings": settings}}
+    text = "\n".join(vlm_lines(report))
+    later = text.split("train.text_randomization.p = 0.5:")[1]
+    assert f"one-model test, the target against the {RETRIEVER}" in later and "PPG +0.800 [+0.790, +0.810]" in later
+    assert text.count(f"against the {RETRIEVER}") == 2
+    page = sweep_table(report["sweep"])
+    assert page.count(f"one-model vs {RETRIEVER}") == 2 and "0.800 [0.790, 0.810]" in page

@@ -48,6 +48,15 @@ def headline_tests(headline: dict) -> dict[str, dict]:
     return out
 
 
+def calibrated_headline(headline: dict, one_model: dict | None) -> dict:
+    """The tests a run's calibration covers: its two-model headline and, where the run has them,
+    each one-model test's headline (named ``one-model vs <predictor>: <test>``)."""
+    out = dict(headline)
+    for name, head in ((one_model or {}).get("headline") or {}).items():
+        out.update({f"one-model vs {name}: {key}": entry for key, entry in head.items()})
+    return out
+
+
 def is_null(test: str) -> bool:
     """Whether a headline test is a null control (nothing to find: its rejections are false positives)."""
     return "null" in test.split("/")

@@ -32,17 +32,22 @@ def ssl_lines(report: dict) -> list[str]:
         return (f"{indent}{key:<22} target {v['target']:.3f}  {reference} {v['reference']:.3f}  "
                 f"gap {v['gap']:+.3f} [{v['ci'][0]:+.3f}, {v['ci'][1]:+.3f}]  p = {v['p_value']:.4f}")
 
+    def one_model(setting: dict, indent: str) -> list[str]:
+        out = []
+        for name, headline in ((setting.get("one_model") or {}).get("headline") or {}).items():
+            out.append(f"{indent}one-model test, k-NN minus the {name} predictor:")
+            out += [line(key, v, "predictor", indent + "  ") for key, v in headline.items()]
+        return out
+
     sweep = report.get("sweep")
     for s in sweep["settings"] if sweep else []:  # every setting of a sweep; the first's details follow
         lines.append(f"  {sweep['key']} = {s['value']}:")
         lines += [line(key, v, indent="    ") for key, v in s["headline"].items()]
+        lines += one_model(s, "    ")
     if sweep:
         lines.append(f"{sweep['key']} = {sweep['settings'][0]['value']} (the first setting), in full:")
     lines += [line(key, v) for key, v in report["headline"].items()] or ["  (no reference model: no two-model test)"]
-    for name, headline in ((report.get("one_model") or {}).get("headline") or {}).items():
-        lines.append(f"one-model test, k-NN minus the {name} predictor:")
-        lines += [line(key, v, "predictor") for key, v in headline.items()]
-    return lines
+    return lines + one_model(report, "")
 
 
 def _vlm_setting_lines(headline: dict, indent: str) -> list[str]:
@@ -60,7 +65,8 @@ def vlm_lines(report: dict) -> list[str]:
         "AUCG = area between the recall curves; 95 % bootstrap interval, paired-test p-value:",
     ]
     sweep = report.get("sweep")
-    settings = sweep["settings"] if sweep else [{"name": "", "headline": report["headline"], "utility": report.get("utility")}]
+    settings = sweep["settings"] if sweep else [{"name": "", "headline": report["headline"], "utility": report.get("utility"),
+                                                  "one_model": report.get("one_model")}]
     for s in settings:
         indent = "  "
         if s["name"]:
@@ -71,10 +77,9 @@ def vlm_lines(report: dict) -> list[str]:
         if util:
             parts = [f"{k} {v:.3f}" for k, v in util.items() if isinstance(v, float)]
             lines.append(f"{indent}utility: {', '.join(parts)}")
-    for name, headline in ((report.get("one_model") or {}).get("headline") or {}).items():
-        which = f" ({sweep['key']} = {sweep['settings'][0]['value']})" if sweep else ""
-        lines.append(f"one-model test{which}, the target against the {name} (nearest public captions) as reference:")
-        lines += _vlm_setting_lines(headline, "  ")
+        for name, headline in ((s.get("one_model") or {}).get("headline") or {}).items():
+            lines.append(f"{indent}one-model test, the target against the {name} (nearest public captions) as reference:")
+            lines += _vlm_setting_lines(headline, indent + "  ")
     return lines
 
 

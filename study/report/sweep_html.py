@@ -48,11 +48,17 @@ def settings_table(sweep: dict) -> str:
     for s in sweep["settings"]:
         probe = (s.get("utility") or {}).get("linear_probe") or {}
         for key, v in s["headline"].items():
-            rows.append([html.escape(str(s["value"])), html.escape(key), f"{v['target']:.3f}", f"{v['reference']:.3f}",
-                         f"{v['gap']:+.3f} [{v['ci'][0]:+.3f}, {v['ci'][1]:+.3f}]", f"{v['p_value']:.4f}",
-                         probe_cell(probe.get(key.split("/")[0], {}))])
-    return table([sweep["key"], "representation/control", "target", "reference", "gap [95 % CI]", "p",
+            rows.append(_row(s["value"], key, v, probe_cell(probe.get(key.split("/")[0], {}))))
+        # The one-model test per setting: its predictor in the reference's column.
+        for name, head in ((s.get("one_model") or {}).get("headline") or {}).items():
+            rows += [_row(s["value"], f"{key}, one-model vs {name}", v, "") for key, v in head.items()]
+    return table([sweep["key"], "representation/control", "target", "reference (or predictor)", "gap [95 % CI]", "p",
                   "linear probe acc. per model"], rows)
+
+
+def _row(value, key: str, v: dict, probe: str) -> list[str]:
+    return [html.escape(str(value)), html.escape(key), f"{v['target']:.3f}", f"{v['reference']:.3f}",
+            f"{v['gap']:+.3f} [{v['ci'][0]:+.3f}, {v['ci'][1]:+.3f}]", f"{v['p_value']:.4f}", probe]
 
 
 def probe_cell(per_model: dict) -> str:

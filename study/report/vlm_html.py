@@ -87,10 +87,15 @@ def tradeoff_plot(sweep: dict, key: str) -> str:
 def sweep_table(sweep: dict) -> str:
     rows = []
     for s in sweep["settings"]:
-        for key, h in s["headline"].items():
-            u = s.get("utility", {})
-            rows.append([html.escape(str(s["value"])), key, fmt(h["ppg"], True), fmt(h["prg"], True), fmt(h["aucg"], True),
-                         f"{u.get('zero_shot', float('nan')):.3f}", f"{u.get('i2t_recall@1', float('nan')):.3f}"])
+        u = s.get("utility", {})
+        # The two-model headline, then the one-model test's against each retriever, per setting.
+        entries = [(key, h) for key, h in s["headline"].items()]
+        entries += [(f"{key}, one-model vs {name}", h) for name, head in ((s.get("one_model") or {}).get("headline") or {}).items()
+                    for key, h in head.items()]
+        for key, h in entries:
+            rows.append([html.escape(str(s["value"])), html.escape(key), fmt(h["ppg"], True), fmt(h["prg"], True),
+                         fmt(h["aucg"], True), f"{u.get('zero_shot', float('nan')):.3f}",
+                         f"{u.get('i2t_recall@1', float('nan')):.3f}"])
     return table([sweep["key"], "space/control/k", "PPG", "PRG", "AUCG", "zero-shot acc.", "i2t R@1"], rows)
 
 
