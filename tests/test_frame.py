@@ -7,7 +7,7 @@ from study.config_load import load_config
 from study.errors import ConfigError
 from study.pipeline.context import RunContext
 from study.pipeline.kinds import CONTROLS, get_kind, side_ids
-from study.pipeline.runner import stage_digest, stages
+from study.pipeline.runner import STAGE_NAMES, stage_digest, stages
 from study.pipeline.sweep import settings_of
 
 
@@ -35,6 +35,11 @@ def _digests(overrides):
 def test_a_stage_reruns_exactly_when_what_it_reads_changes(override, changed):
     base, other = _digests([]), _digests([override])
     assert {name for name in base if base[name] != other[name]} == changed
+
+
+def test_stage_names_list_the_stages_in_run_order():
+    """The light list `dejavu report` and `--until` use is the stages' own, in order."""
+    assert STAGE_NAMES == tuple(stage.name for stage in stages())
 
 
 def test_sweep_settings_resolve_each_value_and_share_data_and_splits():

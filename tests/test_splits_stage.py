@@ -33,7 +33,7 @@ def _context(tmp_path, num=240, shard_size=70) -> RunContext:
 def test_streamed_plan_equals_in_memory_plan(ray_local, tmp_path):
     ctx = _context(tmp_path)
     manifest = run_splits(ctx)
-    meta = records.read_metadata(ctx.data_root)
+    meta = records.dataset(ctx.data_root).to_table(columns=["id", "label"])
     ids = np.asarray(meta.column("id").to_pylist(), dtype=object)
     labels = np.asarray(meta.column("label").to_pylist())
     split_of = assign_splits(list(ids), FRACTIONS, 3)

@@ -99,22 +99,3 @@ def split_digest(members: Mapping[str, Sequence[str]], seed: int) -> str:
         lo, hi = digest_terms(list(ids))
         per_split[name] = (len(lo), int(lo.sum()), int(hi.sum()))
     return plan_digest(seed, per_split)
-
-
-def find_overlaps(members: Mapping[str, Sequence[str]]) -> dict[tuple[str, str], list[str]]:
-    """Pairs of splits that share ids, with (up to 5) example ids each; empty when disjoint."""
-    names = sorted(members)
-    sets = {n: set(members[n]) for n in names}
-    overlaps: dict[tuple[str, str], list[str]] = {}
-    for i, a in enumerate(names):
-        for b in names[i + 1 :]:
-            common = sets[a] & sets[b]
-            if common:
-                overlaps[(a, b)] = sorted(common)[:5]
-    return overlaps
-
-
-def find_duplicate_ids(ids: Sequence[str]) -> list[str]:
-    """Ids that occur more than once (up to 5 examples): a plan over them cannot be disjoint."""
-    values, counts = np.unique(np.asarray(ids, dtype=object).astype(str), return_counts=True)
-    return [str(v) for v in values[counts > 1][:5]]

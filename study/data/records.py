@@ -35,7 +35,6 @@ RECORD_SCHEMA = pa.schema(
         ("objects", pa.list_(pa.string())),
     ]
 )
-METADATA_COLUMNS = ["id", "width", "height", "label", "boxes"]
 STATUS = "_status"  # readers' per-record read status (core.quality: ok or a read reason), never stored
 MATCHED = "_matched"  # set on side-table rows, so a left join leaves it null for records without them
 
@@ -145,13 +144,6 @@ def fits(actual: pa.DataType, expected: pa.DataType) -> bool:
         names = [actual.field(i).name for i in range(actual.num_fields)]
         return all(f.name in names and fits(actual.field(f.name).type, f.type) for f in expected)
     return False
-
-
-def read_metadata(root: str) -> pa.Table:
-    """Everything but the image bytes: cheap enough to plan splits and crops in the driver."""
-    ds = dataset(root)
-    cols = [c for c in METADATA_COLUMNS if c in ds.schema.names]
-    return ds.to_table(columns=cols)
 
 
 def read_records(root: str, ids: Sequence[str], columns: Sequence[str] | None = None) -> pa.Table:

@@ -130,6 +130,8 @@ def _run_stage(ctx: RunContext, stage: Stage, digests: dict[str, str], timings: 
     digests[stage.name] = digest
 
 
+# The stages' names without importing them (torch, Ray): for `dejavu report` and `--until`; a test
+# holds them equal to stages().
 STAGE_NAMES = ("data", "splits", "train", "embed", "search", "measure", "report")
 
 
