@@ -5,8 +5,7 @@ and the top-n by neighbour frequency) are scored against the record's objects, a
 those its caption does not name. Sides and controls are the frame's (``kinds.CONTROLS``):
 positive on each model's own split, null on the holdout. With the text retriever, its nearest
 public captions are scored the same way and the one-model test (``text_retriever.CONTROLS``) is
-measured beside the two-model test. Utility (zero-shot accuracy and image-to-text retrieval on
-the holdout) is measured beside memorization.
+measured beside the two-model test. Utility (``vlm_utility``) is measured beside memorization.
 """
 from __future__ import annotations
 
@@ -44,7 +43,7 @@ def object_table(ctx: RunContext, ids: list[str]) -> dict[str, tuple[list[str], 
     return {i: (o or [], c or "") for i, o, c in zip(*(table.column(n).to_pylist() for n in ("id", "objects", "caption")))}
 
 
-def _matrix(rows: list[list[str]], vocab: dict[str, int]) -> np.ndarray:
+def object_matrix(rows: list[list[str]], vocab: dict[str, int]) -> np.ndarray:
     m = np.zeros((len(rows), len(vocab)), dtype=bool)
     for r, objs in enumerate(rows):
         m[r, [vocab[o] for o in objs if o in vocab]] = True
@@ -115,7 +114,7 @@ def ground_truth(objects: list, captions: list, variant: str, vocab: dict[str, i
     if variant == "unnamed":
         rows = [sorted(set(o) - set(named_objects(c, o))) for o, c in zip(objects, captions)]
     keep = np.array([len(g) > 0 for g in rows], dtype=bool)
-    return keep, _matrix([g for g, k in zip(rows, keep) if k], vocab)
+    return keep, object_matrix([g for g, k in zip(rows, keep) if k], vocab)
 
 
 def read_neighbours(uri: str, public: IdIndex) -> tuple[np.ndarray, np.ndarray]:
@@ -237,6 +236,8 @@ def run_measure(ctx: RunContext) -> dict:
         if retriever:
             one_model[space] = control_results(ctx, scores, text_retriever.CONTROLS,
                                                f"{space} vs. {text_retriever.RETRIEVER}", one_sided=True)
+    from study.pipeline.vlm_utility import measure_utility
+
     utility = measure_utility(ctx, tables)
     ctx.log("measure", "utility: " + ", ".join(f"{k} {v:.3f}" for k, v in utility.items() if isinstance(v, float)))
     storage.write_json(ctx.measure_results, {"spaces": results, "utility": utility, "skipped_no_gt": skipped,
@@ -257,57 +258,3 @@ def headline_key(m) -> str:
     not name (the memorization signal). Top-n is the default rule because with a small object
     vocabulary the union of ten neighbours' objects holds nearly every object for both models."""
     return f"k={headline_k(m.ks)}/{m.headline_rule}/unnamed"
-
-
-def measure_utility(ctx: RunContext, tables: ObjectTables) -> dict:
-    """Zero-shot classification and image->text recall@1/@5 of each model on holdout records.
-
-    Zero-shot: each image is classified by its most similar prompt over the object vocabulary
-    (``measure.zero_shot_prompt``, else the data's own template); a prediction is right when it
-    names one of the image's objects (for one object per image, plain accuracy). Chance is the
-    mean share of the vocabulary an image holds, reported beside it.
-    """
-    import torch
-
-    from study.data.loading import load_images
-    from study.train.clip import load_clip, retrieval_recall, tokenize, zero_shot_accuracy
-
-    cfg = ctx.cfg
-    if not cfg.splits.uses("holdout"):
-        return {"note": "no holdout split: utility not measured"}
-    # The first records of the holdout in id order that have a caption (retrieval needs it).
-    candidates = []
-    for batch in iter_split(ctx.splits_dir, "holdout"):
-        ids = np.asarray(batch.column("id").to_pylist(), dtype=str)
-        rows = tables.attacked.rows(ids)
-        candidates.append(ids[[records.has_text(tables.attacked_captions[r]) for r in rows]])
-    ids = np.sort(np.concatenate(candidates))[: cfg.measure.utility_records].tolist() if candidates else []
-    rows = tables.attacked.rows(ids)
-    table = {i: (tables.attacked_objects[r], tables.attacked_captions[r]) for i, r in zip(ids, rows)}
-    vocab = sorted({o for i in ids for o in table[i][0]})
-    data = (read_marker(ctx.stage_dir("data")) or {}).get("summary", {})
-    prompt = cfg.measure.zero_shot_prompt or data.get("prompt") or "a photo of a {}"
-    images = load_images(ctx.data_root, ids)
-    x = torch.from_numpy(np.ascontiguousarray(np.stack([images[i] for i in ids]).transpose(0, 3, 1, 2)))
-    truth = _matrix([table[i][0] for i in ids], {o: j for j, o in enumerate(vocab)})
-    with_objects = truth.any(axis=1)
-    out: dict = {"records": len(ids)}
-    per_model = {}
-    for model in get_kind(cfg.study).models_for(cfg):
-        clip, tokenizer, _ = load_clip(storage.read_bytes(ctx.model_file(model)))
-        entry = {}
-        if len(vocab) >= 2 and with_objects.any():
-            entry["zero_shot"] = zero_shot_accuracy(clip, tokenizer, x[torch.from_numpy(with_objects)],
-                                                    torch.from_numpy(truth[with_objects]), vocab, prompt)
-        recall = retrieval_recall(clip, x, tokenize(tokenizer, [table[i][1] for i in ids]), ks=(1, 5))
-        entry.update({f"i2t_recall@{k}": v for k, v in recall.items()})
-        per_model[model] = entry
-    for key in per_model[next(iter(per_model))]:
-        out[key] = float(np.mean([e[key] for e in per_model.values()]))
-    if "zero_shot" in out:
-        out["zero_shot_chance"] = float(truth[with_objects].mean())
-        out["zero_shot_prompt"] = prompt
-    else:
-        out["note"] = "zero-shot classification needs records with objects from at least two classes"
-    out["per_model"] = per_model
-    return out

@@ -8,7 +8,7 @@ recipe's plain-PyTorch epochs. Rank 0 keeps the per-epoch
 metrics in ``metrics.jsonl`` and writes the final ``model.pt`` beside it.
 
 Concurrent fits (``fit_all``) run one trainer per thread; the first failure, or a Ctrl-C, aborts
-the other trainers (``_Trainer.abort``, Ray's own graceful abort) before the error is raised.
+the other trainers (``AbortableTrainer.abort``, Ray's own graceful abort) before the error is raised.
 """
 from __future__ import annotations
 
@@ -27,12 +27,12 @@ import ray
 import ray.train
 import torch
 from ray.train import Checkpoint, CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
-from ray.train.torch import TorchTrainer
 
 from study import storage
 from study.config import ModelConfig, TrainConfig
 from study.faults import fault
 from study.train import layout
+from study.train.abortable import AbortableTrainer
 from study.train.recipes import RECIPES, Fit
 
 
@@ -157,67 +157,12 @@ def _unwrap(module: torch.nn.Module) -> torch.nn.Module:
     return getattr(module, "module", module)
 
 
-class _Trainer(TorchTrainer):
-    """A ``TorchTrainer`` whose run another thread can stop with ``abort()``.
-
-    Ray keeps its controller actor's handle inside ``fit()`` and, in the main thread only, installs
-    a SIGINT handler that aborts it. This override is Ray 2.60's ``_initialize_and_run_controller``
-    (the version is pinned), keeping the handle instead; a KeyboardInterrupt while waiting aborts
-    the run and then reaches the caller, in the main thread as anywhere (the CLI's resume hint).
-    """
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self._lock = threading.Lock()
-        self._controller = None
-        self.aborted = False
-
-    def _initialize_and_run_controller(self, **controller_init_kwargs):
-        from ray._common.constants import RAY_WARN_BLOCKING_GET_INSIDE_ASYNC_ENV_VAR as WARN_VAR
-        from ray.train.v2._internal.constants import (
-            DEFAULT_RAY_WARN_BLOCKING_GET_INSIDE_ASYNC_VALUE as WARN_VALUE, get_env_vars_to_propagate)
-        from ray.train.v2._internal.execution.controller import TrainController
-
-        env_vars = get_env_vars_to_propagate()
-        env_vars.setdefault(WARN_VAR, WARN_VALUE)
-        controller_cls = ray.remote(
-            num_cpus=0,
-            label_selector={ray._raylet.RAY_NODE_ID_KEY: ray.get_runtime_context().get_node_id()},
-            runtime_env={"env_vars": env_vars},
-        )(TrainController)
-        with self._lock:
-            if self.aborted:
-                raise RuntimeError(f"training run {self.run_config.name} aborted before it started")
-            controller = self._controller = controller_cls.remote(**controller_init_kwargs)
-        try:
-            ray.get(controller.run.remote())
-            return ray.get(controller.get_result.remote())
-        except KeyboardInterrupt:
-            self.abort()
-            raise
-        finally:
-            with self._lock:  # the handle alone keeps a finished controller alive
-                self._controller = None
-
-    def abort(self) -> None:
-        """Stop the run as Ray's Ctrl-C does: the controller aborts its workers and exits. No-op
-        once finished; before the start, the run will not start."""
-        with self._lock:
-            self.aborted = True
-            controller = self._controller
-        if controller is not None:
-            try:
-                ray.get(controller.abort.remote())
-            except ray.exceptions.RayActorError:  # it exits within the call
-                pass
-
-
 def fit(job: TrainJob, cfg: TrainConfig, model_cfg: ModelConfig, context: dict, use_gpu: bool) -> None:
     """Fit one model; rerunning with the same ``job.out_dir`` resumes from its last checkpoint."""
     _trainer(job, cfg, model_cfg, context, use_gpu).fit()
 
 
-def _trainer(job: TrainJob, cfg: TrainConfig, model_cfg: ModelConfig, context: dict, use_gpu: bool) -> _Trainer:
+def _trainer(job: TrainJob, cfg: TrainConfig, model_cfg: ModelConfig, context: dict, use_gpu: bool) -> AbortableTrainer:
     datasets = {}
     if job.stream:
         from study.train.stream import training_dataset
@@ -225,7 +170,7 @@ def _trainer(job: TrainJob, cfg: TrainConfig, model_cfg: ModelConfig, context: d
         datasets["train"] = training_dataset(context["data_root"], context["split_plan"], job.splits,
                                              context["image_size"], text=context["recipe"] == "clip")
     kill_at = fault("kill_train_worker")  # read here: a remote cluster's workers lack the driver's env
-    return _Trainer(
+    return AbortableTrainer(
         train_func,
         train_loop_config={
             "name": job.name,
@@ -268,7 +213,7 @@ def fit_all(jobs: list[TrainJob], cfg: TrainConfig, model_cfg: ModelConfig, cont
     trainers = {job.name: _trainer(job, cfg, model_cfg, context, use_gpu) for job in jobs}
     failed: dict[str, BaseException] = {}
 
-    def run(name: str, trainer: _Trainer) -> None:
+    def run(name: str, trainer: AbortableTrainer) -> None:
         try:
             trainer.fit()
         except BaseException as exc:  # reported below, in the caller's thread
