@@ -160,3 +160,13 @@ def test_a_sweep_shows_each_settings_one_model_test():
     assert text.count(f"against the {RETRIEVER}") == 2
     page = sweep_table(report["sweep"])
     assert page.count(f"one-model vs {RETRIEVER}") == 2 and "0.800 [0.790, 0.810]" in page
+
+
+def test_the_retriever_trains_beside_the_pair_only_where_all_three_fit():
+    from study.pipeline.learn import room_for
+
+    one = TrainConfig(num_workers=1, cpus_per_worker=1.0)
+    assert room_for({"CPU": 3.0}, one, False, 3) and not room_for({"CPU": 2.0}, one, False, 3)
+    half = TrainConfig(num_workers=2, cpus_per_worker=0.5)
+    assert room_for({"CPU": 3.0}, half, False, 3) and not room_for({"CPU": 2.9}, half, False, 3)
+    assert not room_for({"CPU": 8.0, "GPU": 2.0}, one, True, 3) and room_for({"CPU": 8.0, "GPU": 3.0}, one, True, 3)

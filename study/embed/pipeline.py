@@ -166,6 +166,10 @@ def embed_all(
         f"files of <= {cfg.rows_per_file} rows from ~{cfg.write_batch_mb:g} MiB per write task")
     fs, paths = storage.arrow_fs_paths(records.shard_uris(data_root))
     ds = ray.data.read_parquet(paths, filesystem=fs).select_columns(columns)
+    # Rows reach the files in record-shard order, whichever replica finishes first: the search
+    # breaks exact ties (identical captions embed identically) by a row's place in the index, so
+    # a rerun then retrieves the same records. This pipeline's own context, not the process's.
+    ds.context.execution_options.preserve_order = True
     ds = ds.map_batches(prepare, batch_format="pyarrow", batch_size=cfg.batch_size, num_cpus=0.25)
     tally = _Tally.remote()
     ds = ds.map_batches(

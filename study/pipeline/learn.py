@@ -3,9 +3,10 @@
 Both use the same recipe and seed policy (the kind's recipe: SSL encoders or CLIP-style
 image–text models); with a ``shared`` split, both also train on it. A model whose own marker
 matches is reused, so an interrupted stage retrains only what is missing, and a model interrupted
-mid-training resumes from its last Ray Train checkpoint. After the pair, the one-model tests'
-models train on the public split alone, reused and resumed alike: the SSL crop classifier
-(``train.crop_classifier``) and the VLM text retriever (``train.text_retriever``, the pair's recipe).
+mid-training resumes from its last Ray Train checkpoint. The one-model tests' models train on the
+public split alone, reused and resumed alike: the SSL crop classifier (``train.crop_classifier``,
+after the pair) and the VLM text retriever (``train.text_retriever``, the pair's recipe; beside the
+pair when the cluster holds all three trainers' workers at once, else after it).
 """
 from __future__ import annotations
 
@@ -14,10 +15,12 @@ import json
 import time
 
 from study import storage
+from study.config import TrainConfig
 from study.errors import ConfigError, DataError
 from study.pipeline.context import RunContext, is_complete, write_marker
 from study.pipeline.kinds import StudyKind, get_kind
 from study.pipeline.manifest import verify_splits
+from study.pipeline.text_retriever import RETRIEVER
 from study.train.driver import TrainJob, fit_all
 from study.train.stream import use_stream
 
@@ -93,6 +96,12 @@ def run_train(ctx: RunContext, digest: str) -> dict:
             continue
         job, skipped[model] = _new_job(ctx, kind.recipe, model, splits_of[model], manifest, digest)
         jobs.append(job)
+    retriever = cfg.train.text_retriever and kind.recipe == "clip" and _retriever_job(ctx, manifest, digest, summary)
+    if retriever and (not jobs or (cfg.train.concurrent and room_for(_resources(), cfg.train, cfg.ray.use_gpu,
+                                                                     len(jobs) + 1))):
+        job, skipped[RETRIEVER] = retriever  # trains beside the pair
+        jobs.append(job)
+        retriever = None
     if jobs:
         names = ", ".join(f"{j.name} on {'+'.join(j.splits)}" for j in jobs)
         train_cfg = cfg.train
@@ -105,12 +114,28 @@ def run_train(ctx: RunContext, digest: str) -> dict:
         fit_all(jobs, train_cfg, cfg.model, _fit_context(ctx, kind.recipe, manifest), cfg.ray.use_gpu)
         seconds = time.perf_counter() - start
         for job in jobs:
-            _finish(job, digest, summary, skipped[job.name], seconds)
+            _finish(job, digest, summary, skipped[job.name], seconds, [j.name for j in jobs if len(jobs) > 1
+                                                                         and train_cfg.concurrent])
     if cfg.train.crop_classifier and kind.recipe == "ssl":
         _crop_classifier(ctx, digest, manifest, summary)
-    if cfg.train.text_retriever and kind.recipe == "clip":
-        _text_retriever(ctx, digest, manifest, summary)
+    if retriever:  # no room beside the pair: after it
+        (job, skipped), start = retriever, time.perf_counter()
+        fit_all([job], cfg.train, cfg.model, _fit_context(ctx, "clip", manifest), cfg.ray.use_gpu)
+        _finish(job, digest, summary, skipped, time.perf_counter() - start, [])
     return summary
+
+
+def _resources() -> dict:
+    import ray
+
+    return ray.cluster_resources()
+
+
+def room_for(resources: dict, cfg: TrainConfig, use_gpu: bool, trainers: int) -> bool:
+    """Whether the cluster holds ``trainers`` trainers' workers at once. A trainer that must wait
+    for CPUs would time out its start in Ray Train, so one that does not fit trains afterwards."""
+    need = trainers * cfg.num_workers
+    return resources.get("CPU", 0) >= need * cfg.cpus_per_worker and (not use_gpu or resources.get("GPU", 0) >= need)
 
 
 def _new_job(ctx: RunContext, recipe: str, model: str, splits: tuple[str, ...], manifest: dict,
@@ -177,10 +202,11 @@ def _import_checkpoint(ctx: RunContext, digest: str, manifest: dict, out_dir: st
     return info
 
 
-def _finish(job: TrainJob, digest: str, summary: dict, skipped: dict, seconds: float) -> None:
+def _finish(job: TrainJob, digest: str, summary: dict, skipped: dict, seconds: float,
+            together: list[str] | None = None) -> None:
     history = storage.read_bytes(storage.join(job.out_dir, "metrics.jsonl")).decode().splitlines()
     summary[job.name] = {"splits": list(job.splits), "epochs": len(history), "final": json.loads(history[-1]),
-                         "skipped": skipped}
+                         "skipped": skipped, "trained_with": [n for n in together or [] if n != job.name]}
     write_marker(job.out_dir, digest, summary[job.name], seconds)
 
 
@@ -205,16 +231,10 @@ def _crop_classifier(ctx: RunContext, digest: str, manifest: dict, summary: dict
     _finish(job, digest, summary, {}, time.perf_counter() - start)
 
 
-def _text_retriever(ctx: RunContext, digest: str, manifest: dict, summary: dict) -> None:
+def _retriever_job(ctx: RunContext, manifest: dict, digest: str, summary: dict) -> tuple[TrainJob, dict] | None:
     """The VLM one-model test's text retriever: a CLIP-style model of the pair's recipe on the
-    public split alone (never the shared split: it must not see what the attacked models saw),
-    after the pair; reused and resumed like a model of the pair."""
-    from study.pipeline.text_retriever import RETRIEVER
-    from study.train.driver import fit
-
+    public split alone (never the shared split: it must not see what the attacked models saw);
+    reused and resumed like a model of the pair. None when reused."""
     if _reused(ctx, RETRIEVER, digest, summary):
-        return
-    job, skipped = _new_job(ctx, "clip", RETRIEVER, ("public",), manifest, digest)
-    start = time.perf_counter()
-    fit(job, ctx.cfg.train, ctx.cfg.model, _fit_context(ctx, "clip", manifest), ctx.cfg.ray.use_gpu)
-    _finish(job, digest, summary, skipped, time.perf_counter() - start)
+        return None
+    return _new_job(ctx, "clip", RETRIEVER, ("public",), manifest, digest)
