@@ -98,6 +98,23 @@ def test_views_depend_on_the_record_not_its_batch():
     assert not torch.equal(whole[0], whole[1])  # views differ from one another
 
 
+def test_batched_views_equal_one_record_at_a_time():
+    """Parameters drawn per record, applied to the batch at once: the same views as augmenting each
+    record alone with its own generator (the oracle), with every jitter on."""
+    from study.core.splits import id_hash64
+    from study.train.augment import random_view
+
+    x = normalize(torch.randint(0, 255, (6, 3, 16, 16), dtype=torch.uint8))
+    ids = [f"r{i}" for i in range(6)]
+    aug = AugmentConfig(saturation=0.3, grayscale_prob=0.5)
+    got = record_views(x, ids, 3, aug, seed=2)
+    keys = id_hash64(ids) ^ np.uint64(2 * 0x9E3779B97F4A7C15 % 2**64)
+    for i, key in enumerate(keys):
+        gen = torch.Generator().manual_seed(int(key >> np.uint64(1)))
+        alone = random_view(x[i:i + 1].expand(3, -1, -1, -1), aug, gen)  # its three views in one draw
+        torch.testing.assert_close(got[:, i], alone, rtol=0, atol=1e-6)
+
+
 def test_layers_are_hooked_as_the_forward_pass_computes_them():
     enc = _encoder(0)
     x = torch.randn(4, 3, 16, 16)

@@ -19,7 +19,7 @@ from study.config import AugmentConfig
 from study.core.splits import id_hash64
 from study.core.sslmem import alignment
 from study.errors import ConfigError
-from study.train.augment import random_view
+from study.train.augment import apply_view, draw_view
 from study.train.models import Encoder, load_model, normalize
 
 REPRESENTATIONS = ("backbone", "projector")
@@ -35,12 +35,14 @@ def record_views(x: torch.Tensor, ids: Sequence[str], views: int, augment: Augme
 
     x (N, 3, H, W) normalised images."""
     keys = id_hash64(list(ids)) ^ np.uint64(seed * 0x9E3779B97F4A7C15 % 2**64)
-    out = torch.empty((views, *x.shape), dtype=x.dtype)
-    for i, key in enumerate(keys):
-        gen = torch.Generator().manual_seed(int(key >> np.uint64(1)))  # manual_seed takes < 2**63
-        for v in range(views):
-            out[v, i] = random_view(x[i:i + 1].cpu(), augment, gen)[0]
-    return out
+    # Each record's views' parameters from its own generator (one draw of ``views`` at a time),
+    # then every view of the whole batch at once: (N * views) images, record-major.
+    drawn = [draw_view(views, augment, torch.Generator().manual_seed(int(key >> np.uint64(1))))  # seed < 2**63
+             for key in keys]
+    params = {k: torch.cat([p[k] for p in drawn]) for k in drawn[0]} if drawn else draw_view(0, augment, torch.Generator())
+    x = x.cpu()
+    out = apply_view(x.repeat_interleave(views, dim=0), params)
+    return out.view(len(keys), views, *x.shape[1:]).transpose(0, 1).contiguous()
 
 
 def check_layers(encoder: Encoder, layers: Sequence[str]) -> None:

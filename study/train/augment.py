@@ -35,39 +35,52 @@ def crop_boxes(n: int, cfg: AugmentConfig, gen: torch.Generator) -> torch.Tensor
     return torch.stack([cx, cy, w, h], dim=1)
 
 
-def random_view(x: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator) -> torch.Tensor:
-    """One augmented view of a normalised batch (N, 3, H, W), same shape out."""
-    n = x.shape[0]
-    # Random draws come from the CPU generator (reproducible on any device), then move to x's.
-    box = crop_boxes(n, cfg, gen)
-    sx = box[:, 2]
+def draw_view(n: int, cfg: AugmentConfig, gen: torch.Generator) -> dict[str, torch.Tensor]:
+    """The random parameters of ``n`` views, drawn in a fixed order from the CPU generator (so a
+    view is reproducible on any device, and views drawn one record at a time can be applied to a
+    whole batch at once)."""
+    p = {"box": crop_boxes(n, cfg, gen)}
     if cfg.flip:
-        sx = torch.where(torch.rand(n, generator=gen) < 0.5, -sx, sx)
+        p["flip"] = torch.rand(n, generator=gen) < 0.5
+    for key in ("brightness", "contrast", "saturation"):
+        strength = getattr(cfg, key)
+        if strength > 0:
+            p[key] = 1 + (torch.rand(n, generator=gen) * 2 - 1) * strength
+    if cfg.grayscale_prob > 0:
+        p["grayscale"] = torch.rand(n, generator=gen) < cfg.grayscale_prob
+    return p
+
+
+def apply_view(x: torch.Tensor, p: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The views ``p`` describes of a normalised batch (N, 3, H, W): one ``grid_sample`` call crops
+    and resizes every image, then colour jitter and grayscale."""
+    n = x.shape[0]
+    box = p["box"]
+    sx = torch.where(p["flip"], -box[:, 2], box[:, 2]) if "flip" in p else box[:, 2]
     theta = torch.zeros(n, 2, 3)
     theta[:, 0, 0] = sx
     theta[:, 0, 2] = box[:, 0]
     theta[:, 1, 1] = box[:, 3]
     theta[:, 1, 2] = box[:, 1]
     grid = F.affine_grid(theta.to(x.device, x.dtype), list(x.shape), align_corners=False)
-    out = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
-    return _colour_jitter(out, cfg, gen)
+    x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
+    def per_image(key: str) -> torch.Tensor:
+        return p[key].view(n, 1, 1, 1).to(x.device)
 
-def _factor(n: int, strength: float, gen: torch.Generator, device: torch.device) -> torch.Tensor:
-    return (1 + (torch.rand(n, generator=gen) * 2 - 1) * strength).view(n, 1, 1, 1).to(device)
-
-
-def _colour_jitter(x: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator) -> torch.Tensor:
-    n = x.shape[0]
-    if cfg.brightness > 0:
-        x = x + (_factor(n, cfg.brightness, gen, x.device) - 1)  # additive shift on the normalised scale
-    if cfg.contrast > 0:
+    if "brightness" in p:
+        x = x + (per_image("brightness") - 1)  # additive shift on the normalised scale
+    if "contrast" in p:
         mean = x.mean(dim=(1, 2, 3), keepdim=True)
-        x = (x - mean) * _factor(n, cfg.contrast, gen, x.device) + mean
-    if cfg.saturation > 0:
+        x = (x - mean) * per_image("contrast") + mean
+    if "saturation" in p:
         gray = x.mean(dim=1, keepdim=True)
-        x = (x - gray) * _factor(n, cfg.saturation, gen, x.device) + gray
-    if cfg.grayscale_prob > 0:
-        pick = (torch.rand(n, generator=gen) < cfg.grayscale_prob).view(n, 1, 1, 1).to(x.device)
-        x = torch.where(pick, x.mean(dim=1, keepdim=True).expand_as(x), x)
+        x = (x - gray) * per_image("saturation") + gray
+    if "grayscale" in p:
+        x = torch.where(per_image("grayscale"), x.mean(dim=1, keepdim=True).expand_as(x), x)
     return x
+
+
+def random_view(x: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator) -> torch.Tensor:
+    """One augmented view of a normalised batch (N, 3, H, W), same shape out."""
+    return apply_view(x, draw_view(x.shape[0], cfg, gen))
