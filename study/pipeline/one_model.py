@@ -24,6 +24,7 @@ from study.pipeline.context import RunContext
 from study.pipeline.taggers import COLUMNS, TAGGERS
 
 PREDICTOR = "predictor"
+CROP_BATCH = 256  # records per batch of the crop classifier's pass
 ONE_MODEL = "one_model.json"
 CROP_CLASSIFIER = "crop_classifier"  # the train stage's model dir of the crop classifier
 ONE_MODEL_CONTROLS = {
@@ -49,7 +50,9 @@ def predictors(ctx: RunContext, splits, num_classes: int, outcomes_type) -> dict
 
 def crop_classifier_outcomes(ctx: RunContext, splits, outcomes_type) -> dict | None:
     """{split: Outcomes} of the crop classifier (trained by the train stage when
-    ``train.crop_classifier``) on each attacked split's labelled, croppable records."""
+    ``train.crop_classifier``) on each attacked split's labelled, croppable records: one pass over
+    the record shards in batches (the split plan picks each batch's attacked records, as every
+    stage does), so the driver holds class scores, never the splits' images."""
     import torch
 
     from study.embed.views import labelled_crops
@@ -59,18 +62,26 @@ def crop_classifier_outcomes(ctx: RunContext, splits, outcomes_type) -> dict | N
     if not ctx.cfg.train.crop_classifier:
         return None
     model, _ = load_model(storage.read_bytes(ctx.stage_dir("train", CROP_CLASSIFIER, layout.MODEL)))
+    plan = ctx.split_plan()
+    columns = list(dict.fromkeys(["id", "image", "width", "height", "label", "boxes", *plan.columns()]))
+    got: dict[str, tuple[list, list, list]] = {split: ([], [], []) for split in splits}
+    for batch in records.dataset(ctx.data_root).to_batches(columns=columns, batch_size=CROP_BATCH):
+        batch = pa.Table.from_batches([batch])
+        split_of = plan.assign(batch)
+        for split in splits:
+            ids, crops, labels = labelled_crops(batch.filter(pa.array(split_of == split)), ctx.cfg.embed.crop,
+                                                ctx.cfg.data.image_size)
+            if not ids:
+                continue
+            with torch.inference_mode():
+                _, logits = model(normalize(torch.from_numpy(crops)))
+            for part, value in zip(got[split], (ids, labels, torch.softmax(logits.float(), dim=1).numpy())):
+                part.append(value)
     out = {}
-    for split in splits:
-        ids = [str(i) for i in read_split(ctx.splits_dir, split)[0]]
-        table = records.read_records(ctx.data_root, ids, columns=["id", "image", "width", "height", "label", "boxes"])
-        got, crops, labels = labelled_crops(table, ctx.cfg.embed.crop, ctx.cfg.data.image_size)
-        probs = []
-        with torch.inference_mode():
-            for start in range(0, len(crops), 256):
-                _, logits = model(normalize(torch.from_numpy(crops[start:start + 256])))
-                probs.append(torch.softmax(logits.float(), dim=1).numpy())
+    for split, (ids, labels, probs) in got.items():
         p = np.concatenate(probs) if probs else np.zeros((0, model.projector.out_features))
-        out[split] = _outcomes(np.asarray(got, dtype=str), labels, p, outcomes_type)
+        out[split] = _outcomes(np.asarray([i for part in ids for i in part], dtype=str),
+                               np.concatenate(labels) if labels else np.zeros(0, dtype=np.int64), p, outcomes_type)
     return out
 
 
