@@ -59,8 +59,14 @@ class SplitPlan:
         n = batch.num_rows
         labels = cols.get("label", [None] * n)
         anywhere = record_reasons(cols, np.full(n, "", dtype=object), {"": ("label",)})
-        eligible = {s: np.array([r is None for r in record_reasons(cols, np.full(n, s, dtype=object), self.needs)])
-                    for s in self.quotas}
+        by_needs: dict[tuple, np.ndarray] = {}  # splits with the same needs share one check
+        eligible = {}
+        for s in self.quotas:
+            key = tuple(self.needs.get(s, ()))
+            if key not in by_needs:
+                by_needs[key] = np.array([r is None for r in record_reasons(cols, np.full(n, s, dtype=object),
+                                                                            self.needs)])
+            eligible[s] = by_needs[key]
         return hash_unit(batch.column("id").to_pylist(), self.seed), labels, eligible, anywhere
 
     def assign_with_reasons(self, batch) -> tuple[np.ndarray, list[str | None]]:
