@@ -21,15 +21,13 @@ from __future__ import annotations
 import json
 import posixpath
 from collections import Counter, defaultdict
-from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 
 import pyarrow as pa
 
 from study import storage
-from study.core import quality
-from study.data.laion import STATUS, inspect_image
-from study.data.records import BOX_TYPE, RECORD_SCHEMA, read_image_file
+from study.data.record_batch import read_each, to_records
+from study.data.records import BOX_TYPE, read_image_file
 from study.errors import DataError
 
 ROW_SCHEMA = pa.schema([("id", pa.string()), ("file_name", pa.string()), ("width", pa.int32()),
@@ -37,7 +35,6 @@ ROW_SCHEMA = pa.schema([("id", pa.string()), ("file_name", pa.string()), ("width
                         ("label", pa.int32()), ("caption", pa.string())])
 CATEGORIES_KEY = b"coco_categories"  # schema metadata: category names in label-index order (JSON)
 ROWS_PER_BLOCK = 1000
-READ_THREADS = 16  # an object store answers each GET in tens of ms: overlap them within a batch
 NAMED_FAILURES = 3
 
 
@@ -183,16 +180,8 @@ def coco_batch(batch: pa.Table, images_uri: str) -> pa.Table:
     Width and height come from the image: its boxes are in its pixel frame, whatever the JSON says."""
     fs, root = storage.fs_and_path(images_uri)
     paths = [posixpath.join(root, f) for f in batch.column("file_name").to_pylist()]
-    with ThreadPoolExecutor(min(READ_THREADS, max(1, len(paths)))) as pool:
-        read = list(pool.map(lambda p: read_image_file(fs, p), paths))
-    sizes = [inspect_image(data) for data, _ in read]
-    status = [quality.UNDECODABLE if s == quality.OK and size is None else s for (_, s), size in zip(read, sizes)]
-    cols = {name: batch.column(name) for name in ("id", "label", "boxes", "caption", "objects")}
-    cols["image"] = pa.array([d if s == quality.OK else None for (d, _), s in zip(read, status)], pa.binary())
-    cols["width"] = pa.array([size[0] if size else None for size in sizes], pa.int32())
-    cols["height"] = pa.array([size[1] if size else None for size in sizes], pa.int32())
-    out = [cols[f.name].cast(f.type) for f in RECORD_SCHEMA]
-    return pa.Table.from_arrays(out + [pa.array(status, pa.string())], names=RECORD_SCHEMA.names + [STATUS])
+    return to_records({name: batch.column(name) for name in ("id", "label", "boxes", "caption", "objects")},
+                      read_each(lambda p: read_image_file(fs, p), paths))
 
 
 # -- reader (Ray Data) ------------------------------------------------------------------------------

@@ -13,15 +13,14 @@ becomes null. Each record is marked with its read status as the other readers do
 from __future__ import annotations
 
 import os
-from concurrent.futures import ThreadPoolExecutor
 from typing import Mapping
 
 import pyarrow as pa
 
 from study import storage
 from study.core import quality
-from study.data.laion import inspect_image
-from study.data.records import BOX_TYPE, RECORD_SCHEMA, STATUS, fits
+from study.data.record_batch import read_each, to_records
+from study.data.records import BOX_TYPE, fits
 from study.config import HfConfig  # noqa: F401  (data.hf, re-exported for readers of this module)
 from study.errors import DataError
 
@@ -38,7 +37,6 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".we
 METADATA_FILES = ("metadata.jsonl", "metadata.csv", "metadata.parquet")
 ROWS_PER_BATCH = 256  # as the other readers: a batch of encoded images stays tens of MB
 ROWS_PER_PART = 4 * ROWS_PER_BATCH  # rows a disk-layout task reads after opening the folder once
-READ_THREADS = 16  # an object store answers each GET in tens of ms: overlap them within a batch
 
 
 def offline_datasets():
@@ -160,24 +158,7 @@ def hf_batch(batch: pa.Table, mapping: Mapping[str, str], box_format: str = "xyx
     ids = get("id")
     if None in ids:
         raise DataError(f"column '{m['id']}' holds null ids: name another in data.hf.columns.id")
-    images = get("image")
-    with ThreadPoolExecutor(min(READ_THREADS, max(1, n))) as pool:
-        read = list(pool.map(image_bytes, images))
-    sizes = [inspect_image(data) for data, _ in read]
     boxes = [boxes_of(b, lab, box_format) for b, lab in zip(get("boxes"), get("box_labels"))]
-    status = []
-    for (_, s), size, (_, ok) in zip(read, sizes, boxes):
-        s = quality.UNDECODABLE if s == quality.OK and size is None else s
-        status.append(quality.BAD_ANNOTATION if s == quality.OK and not ok else s)
-    cols = {
-        "id": pa.array([str(i) for i in ids], pa.string()),
-        "image": pa.array([d if s == quality.OK else None for (d, _), s in zip(read, status)], pa.binary()),
-        "width": pa.array([size[0] if size else None for size in sizes], pa.int32()),
-        "height": pa.array([size[1] if size else None for size in sizes], pa.int32()),
-        "label": pa.array([None if v == -1 else v for v in get("label")], pa.int32()),
-        "boxes": pa.array([b for b, _ in boxes], RECORD_SCHEMA.field("boxes").type),
-        "caption": pa.array(get("caption"), pa.string()),
-        "objects": pa.array(get("objects"), RECORD_SCHEMA.field("objects").type),
-    }
-    return pa.Table.from_arrays([cols[f.name] for f in RECORD_SCHEMA] + [pa.array(status, pa.string())],
-                                names=RECORD_SCHEMA.names + [STATUS])
+    return to_records({"id": [str(i) for i in ids], "label": [None if v == -1 else v for v in get("label")],
+                       "boxes": [b for b, _ in boxes], "caption": get("caption"), "objects": get("objects")},
+                      read_each(image_bytes, get("image")), [ok for _, ok in boxes])

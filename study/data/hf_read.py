@@ -19,8 +19,9 @@ import pyarrow.parquet as pq
 
 from study import storage
 from study.config import HfConfig
-from study.data.hf import FIELDS, IMAGE_SUFFIXES, KEY, READ_THREADS, ROWS_PER_BATCH, ROWS_PER_PART, hf_batch, resolve
+from study.data.hf import FIELDS, IMAGE_SUFFIXES, KEY, ROWS_PER_BATCH, ROWS_PER_PART, hf_batch, resolve
 from study.data.hf_layouts import Split, describe, load_disk
+from study.data.record_batch import READ_THREADS
 from study.errors import DataError
 
 

@@ -33,14 +33,12 @@ from typing import Mapping
 import pyarrow as pa
 
 from study import storage
-from study.core import quality
-from study.data.laion import inspect_image
-from study.data.records import RECORD_SCHEMA, STATUS, read_image_file
+from study.data.record_batch import READ_THREADS, read_each, to_records
+from study.data.records import read_image_file
 from study.errors import DataError
 
 IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png")  # compared in lower case
 CORNERS = ("xmin", "ymin", "xmax", "ymax")
-READ_THREADS = 16  # an object store answers each GET in tens of ms: overlap them within a batch
 ROWS_PER_BATCH = 256  # ImageNet images average ~110 KB: a batch of encoded images stays ~30 MB
 
 
@@ -177,26 +175,10 @@ def voc_batch(batch: pa.Table, annotations_uri: str | None, class_index: Mapping
         xml = posixpath.join(xml_root, r["wnid"], r["id"] + ".xml") if xml_root is not None else None
         return data, status, _annotation(xml_fs, xml, class_index)
 
-    with ThreadPoolExecutor(min(READ_THREADS, max(1, len(rows)))) as pool:
-        read = list(pool.map(one, rows))
-    sizes = [inspect_image(data) for data, _, _ in read]
-    status = []
-    for (_, s, (_, _, parsed)), size in zip(read, sizes):
-        s = quality.UNDECODABLE if s == quality.OK and size is None else s
-        status.append(quality.BAD_ANNOTATION if s == quality.OK and not parsed else s)
-    n = batch.num_rows
-    cols = {
-        "id": batch.column("id"),
-        "image": pa.array([d if s == quality.OK else None for (d, _, _), s in zip(read, status)], pa.binary()),
-        "width": pa.array([size[0] if size else None for size in sizes], pa.int32()),
-        "height": pa.array([size[1] if size else None for size in sizes], pa.int32()),
-        "label": batch.column("label"),
-        "boxes": pa.array([a[0] for _, _, a in read], RECORD_SCHEMA.field("boxes").type),
-        "caption": pa.nulls(n, pa.string()),
-        "objects": pa.array([a[1] for _, _, a in read], RECORD_SCHEMA.field("objects").type),
-    }
-    out = [cols[f.name].cast(f.type) for f in RECORD_SCHEMA]
-    return pa.Table.from_arrays(out + [pa.array(status, pa.string())], names=RECORD_SCHEMA.names + [STATUS])
+    read = read_each(one, rows)
+    return to_records({"id": batch.column("id"), "label": batch.column("label"),
+                       "boxes": [a[0] for _, _, a in read], "objects": [a[1] for _, _, a in read]},
+                      [(data, status) for data, status, _ in read], [a[2] for _, _, a in read])
 
 
 # -- reader (Ray Data) --------------------------------------------------------------------------------
