@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 # The supervised positive/null controls, an SSL (SimCLR) pair beside them, then the VLM
-# (CLIP-style) study: ~8 min on 2 cores.
+# (CLIP-style) study: ~9 min on 2 cores.
 quickstart: install
 	$(BIN)/dejavu run configs/quickstart.yaml
 	$(BIN)/dejavu run configs/demo-ssl.yaml
