@@ -108,8 +108,7 @@ def test_one_model_tests_are_calibrated_beside_the_two_model_ones():
     def run(p_pos: float, p_null: float) -> dict:
         est = lambda p: {"target": 0.6, "reference": 0.5, "gap": 0.1, "ci": [0.0, 0.2], "p_value": p}  # noqa: E731
         return calibrated_headline({"projector/positive": est(p_pos), "projector/null": est(0.5)},
-                                   {"headline": {"naive_bayes": {"projector/positive": est(p_pos),
-                                                                 "projector/null": est(p_null)}}})
+                                   {"naive_bayes": {"projector/positive": est(p_pos), "projector/null": est(p_null)}})
 
     runs = [(None, run(0.01, 0.01)), (None, run(0.01, 0.6)), (None, run(0.2, 0.7))]
     tests = calibrate(runs, alpha=0.05, level=0.95, draws=50, seed=0)["settings"][0]["tests"]
@@ -118,4 +117,4 @@ def test_one_model_tests_are_calibrated_beside_the_two_model_ones():
     null = tests["one-model vs naive_bayes: projector/null"]["rejection_rate"]
     assert (null["rejections"], null["runs"], null["kind"]) == (1, 3, "false-positive rate")
     assert tests["one-model vs naive_bayes: projector/positive"]["rejection_rate"]["rejections"] == 2
-    assert calibrated_headline({"a/null": {}}, None) == {"a/null": {}}  # without a one-model test: unchanged
+    assert calibrated_headline({"a/null": {}}, {}) == {"a/null": {}}  # without a one-model test: unchanged

@@ -48,11 +48,11 @@ def headline_tests(headline: dict) -> dict[str, dict]:
     return out
 
 
-def calibrated_headline(headline: dict, one_model: dict | None) -> dict:
-    """The tests a run's calibration covers: its two-model headline and, where the run has them,
-    each one-model test's headline (named ``one-model vs <predictor>: <test>``)."""
+def calibrated_headline(headline: dict, one_model: dict[str, dict]) -> dict:
+    """The tests a run's calibration covers: its two-model headline and each one-model test's
+    (``one_model``: predictor -> its headline), named ``one-model vs <predictor>: <test>``."""
     out = dict(headline)
-    for name, head in ((one_model or {}).get("headline") or {}).items():
+    for name, head in one_model.items():
         out.update({f"one-model vs {name}: {key}": entry for key, entry in head.items()})
     return out
 

@@ -73,11 +73,11 @@ def _room_for_streams(ctx: RunContext, jobs: list[TrainJob]) -> bool:
 
     cfg = ctx.cfg.train
     total = float(ray.cluster_resources().get("CPU", 0))
-    per_job = cfg.num_workers * cfg.cpus_per_worker
-    if total - per_job < TASK_CPUS:
+    beside_tasks = {"CPU": total - TASK_CPUS}  # the CPUs the trainers may take
+    if not room_for(beside_tasks, cfg, False, 1):
         raise ConfigError(f"train.cpus_per_worker: {cfg.num_workers} worker(s) x {cfg.cpus_per_worker} CPU leave no "
                           f"CPU of {total:g} for the streamed training set's decode tasks; lower it")
-    return total - len(jobs) * per_job >= TASK_CPUS
+    return room_for(beside_tasks, cfg, False, len(jobs))
 
 
 def run_train(ctx: RunContext, digest: str) -> dict:

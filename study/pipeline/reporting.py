@@ -104,6 +104,7 @@ def build_report(ctx: RunContext) -> dict:
     report["quarantine"] = quarantine_summary(ctx, report["splits"])
     if cfg.sweep or cfg.repeats > 1:
         from study.core.calibration import calibrate, calibrated_headline
+        from study.report.summary import one_model_headlines
         from study.pipeline.sweep import setting_points
 
         points = setting_points(dict(cfg.sweep), cfg.repeats, cfg.train.seed)
@@ -120,7 +121,7 @@ def build_report(ctx: RunContext) -> dict:
         if cfg.repeats > 1:
             m = cfg.measure
             report["calibration"] = calibrate(
-                [(s["value"] if cfg.sweep else None, calibrated_headline(s["headline"], s.get("one_model")))
+                [(s["value"] if cfg.sweep else None, calibrated_headline(s["headline"], one_model_headlines(s)))
                  for s in report["sweep"]["settings"]],
                 alpha=round(1 - m.confidence_level, 10), level=m.confidence_level, draws=m.bootstrap, seed=m.seed)
         first = report["sweep"]["settings"][0]

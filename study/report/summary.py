@@ -19,6 +19,11 @@ def locate(uri: str) -> str:
     raise StudyError(f"no report.json found at {uri} (give report.json, its directory or a run directory)")
 
 
+def one_model_headlines(entry: dict) -> dict[str, dict]:
+    """{predictor: its headline} of a report's (or a sweep setting's) one-model tests; empty without."""
+    return (entry.get("one_model") or {}).get("headline") or {}
+
+
 def _est(v: dict) -> str:
     return f"{v['value']:+.3f} [{v['ci'][0]:+.3f}, {v['ci'][1]:+.3f}]  p = {v['p_value']:.4f}"
 
@@ -34,7 +39,7 @@ def ssl_lines(report: dict) -> list[str]:
 
     def one_model(setting: dict, indent: str) -> list[str]:
         out = []
-        for name, headline in ((setting.get("one_model") or {}).get("headline") or {}).items():
+        for name, headline in one_model_headlines(setting).items():
             out.append(f"{indent}one-model test, k-NN minus the {name} predictor:")
             out += [line(key, v, "predictor", indent + "  ") for key, v in headline.items()]
         return out
@@ -77,7 +82,7 @@ def vlm_lines(report: dict) -> list[str]:
         if util:
             parts = [f"{k} {v:.3f}" for k, v in util.items() if isinstance(v, float)]
             lines.append(f"{indent}utility: {', '.join(parts)}")
-        for name, headline in ((s.get("one_model") or {}).get("headline") or {}).items():
+        for name, headline in one_model_headlines(s).items():
             lines.append(f"{indent}one-model test, the target against the {name} (nearest public captions) as reference:")
             lines += _vlm_setting_lines(headline, indent + "  ")
     return lines

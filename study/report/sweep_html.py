@@ -9,6 +9,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from study.report.page import png, table
+from study.report.summary import one_model_headlines
 
 
 def _numeric(values: list) -> bool:
@@ -50,7 +51,7 @@ def settings_table(sweep: dict) -> str:
         for key, v in s["headline"].items():
             rows.append(_row(s["value"], key, v, probe_cell(probe.get(key.split("/")[0], {}))))
         # The one-model test per setting: its predictor in the reference's column.
-        for name, head in ((s.get("one_model") or {}).get("headline") or {}).items():
+        for name, head in one_model_headlines(s).items():
             rows += [_row(s["value"], f"{key}, one-model vs {name}", v, "") for key, v in head.items()]
     return table([sweep["key"], "representation/control", "target", "reference (or predictor)", "gap [95 % CI]", "p",
                   "linear probe acc. per model"], rows)

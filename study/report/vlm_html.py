@@ -9,6 +9,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from study.report.page import fmt, image_uri, png, table
+from study.report.summary import one_model_headlines
 
 GAPS = ("ppg", "prg", "aucg")
 
@@ -90,7 +91,7 @@ def sweep_table(sweep: dict) -> str:
         u = s.get("utility", {})
         # The two-model headline, then the one-model test's against each retriever, per setting.
         entries = [(key, h) for key, h in s["headline"].items()]
-        entries += [(f"{key}, one-model vs {name}", h) for name, head in ((s.get("one_model") or {}).get("headline") or {}).items()
+        entries += [(f"{key}, one-model vs {name}", h) for name, head in one_model_headlines(s).items()
                     for key, h in head.items()]
         for key, h in entries:
             rows.append([html.escape(str(s["value"])), html.escape(key), fmt(h["ppg"], True), fmt(h["prg"], True),
