@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install quickstart test bench clean
+.PHONY: install quickstart photos test bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,6 +20,17 @@ quickstart: install
 	$(BIN)/dejavu run configs/quickstart.yaml
 	$(BIN)/dejavu run configs/demo-ssl.yaml
 	$(BIN)/dejavu run configs/quickstart-vlm.yaml
+
+# The photograph example: scenes on real photographs (scikit-image's samples), JPEG at mixed
+# sizes and aspect ratios, as a COCO dataset; then an SSL and a VLM study over it (~5 min).
+PHOTOS := runs/photo-coco
+photos: install
+	$(BIN)/dejavu data synth --format coco --num 2000 --output $(PHOTOS) --overwrite \
+	  --set data.background=photo --set "data.size_range=[0.5, 2.0]" --set data.image_size=48 \
+	  --set data.num_classes=5 --set "data.objects_per_image=[1, 3]" --set "data.object_scale=[0.3, 0.4]" \
+	  --set data.cooccurrence=0.3 --set data.shard_size=250
+	$(BIN)/dejavu run configs/photos.yaml
+	$(BIN)/dejavu run configs/photos-vlm.yaml
 
 test: install
 	$(BIN)/python -m pytest -q

@@ -19,6 +19,7 @@ import re
 import yaml
 
 from study.config import StudyConfig
+from study.config.checks import ADDED  # noqa: F401  (the field metadata config_hash reads)
 from study.errors import ConfigError
 
 
@@ -47,6 +48,23 @@ def load_config(path: str | None, overrides: list[str] = (), output: str | None 
     return build(StudyConfig, raw, "")
 
 
+def _hashed(cfg: Any) -> Any:
+    if dataclasses.is_dataclass(cfg):
+        out = {}
+        for f in dataclasses.fields(cfg):
+            value = getattr(cfg, f.name)
+            if f.metadata.get("added") and value == (f.default if f.default is not dataclasses.MISSING
+                                                     else f.default_factory()):
+                continue
+            out[f.name] = _hashed(value)
+        return out
+    if isinstance(cfg, Mapping):
+        return {str(k): _hashed(v) for k, v in cfg.items()}
+    if isinstance(cfg, (list, tuple)):
+        return [_hashed(v) for v in cfg]
+    return cfg
+
+
 def config_to_dict(cfg: Any) -> Any:
     """Plain JSON-able data (tuples become lists) for saving beside a run."""
     if dataclasses.is_dataclass(cfg):
@@ -59,8 +77,10 @@ def config_to_dict(cfg: Any) -> Any:
 
 
 def config_hash(*parts: Any) -> str:
-    """Stable short hash of config sections and upstream hashes (stage markers, run ids)."""
-    blob = json.dumps([config_to_dict(p) for p in parts], sort_keys=True, default=str)
+    """Stable short hash of config sections and upstream hashes (stage markers, run ids). A key
+    added to a section after runs existed (``ADDED``) counts only when it differs from its default,
+    so the runs of configs that do not set it keep their ids and finished stages."""
+    blob = json.dumps([_hashed(p) for p in parts], sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 

@@ -20,6 +20,7 @@ import pytest
 from study import storage
 from study.config import CropConfig, DataConfig, EmbedConfig, ModelConfig
 from study.data import records
+from study.data.model_input import ModelInput
 from study.data.synthetic import make_record
 from study.embed.pipeline import Embedder, EmbeddingSink, embed_all, pool_size
 from study.embed.shards import ShardWriter, file_name
@@ -189,7 +190,7 @@ def study_inputs(tmp_path_factory):
         uris[model] = storage.join(root, f"{model}.pt")
         storage.write_bytes(uris[model], save_model(enc, meta))
     prepare = partial(prepare_batch, plan=SplitPlan(FRACTIONS, 0), modes=MODES,
-                      crop_cfg=CropConfig(rule="corner", corner_fraction=0.5), image_size=32)
+                      crop_cfg=CropConfig(rule="corner", corner_fraction=0.5), inputs=ModelInput(32))
     return root, uris, prepare
 
 

@@ -37,15 +37,14 @@ def test_accuracy_interval_is_the_bootstrap_of_the_mean():
     assert got["ci"][0] < got["value"] < got["ci"][1]
 
 
-def test_features_are_the_encoders_outputs_on_resized_images():
+def test_features_are_the_encoders_outputs_in_batches():
     enc = build_encoder(ModelConfig(projector_dims=(16, 8)), "simclr", method_params("simclr", {}), 4).eval()
-    images = [np.random.default_rng(i).integers(0, 256, (40, 40, 3), dtype=np.uint8) for i in range(5)]
-    f = features(enc, images, 32, batch=2)
+    images = np.stack([np.random.default_rng(i).integers(0, 256, (32, 32, 3), dtype=np.uint8) for i in range(5)])
+    f = features(enc, images, batch=2)
     assert f["backbone"].shape == (5, 256) and f["projector"].shape == (5, 8)
-    from study.embed.views import resize
     from study.train.models import normalize
 
-    x = torch.from_numpy(np.stack([resize(im, 32) for im in images]).transpose(0, 3, 1, 2).copy())
+    x = torch.from_numpy(images.transpose(0, 3, 1, 2).copy())
     with torch.inference_mode():
         h, z = enc(normalize(x))
     np.testing.assert_allclose(f["projector"], z.numpy(), atol=1e-5)

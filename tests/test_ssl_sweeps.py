@@ -112,7 +112,7 @@ def test_snapshot_sweep_trains_once_and_measures_each_epoch(swept, capsys):
     for split in ("target", "reference"):
         ids = [str(i) for i in read_split(ctx.splits_dir, split)[0]]
         table = records.read_records(a.data_root, ids, columns=["id", "image", "width", "height", "label", "boxes"])
-        _, crops, labels = labelled_crops(table, a.cfg.embed.crop, a.cfg.data.image_size)
+        _, crops, labels = labelled_crops(table, a.cfg.embed.crop, a.cfg.data.model_input())
         with torch.inference_mode():
             _, logits = model(normalize(torch.from_numpy(crops)))
         accuracy.append(np.mean(logits.argmax(1).numpy() == labels))

@@ -14,9 +14,8 @@ import torch
 from study import storage
 from study.cli import main
 from study.config_load import load_config
-from study.data.loading import load_images, read_split
+from study.data.loading import load_inputs, read_split
 from study.embed.alignment import AlignmentScorer
-from study.embed.views import resize
 from study.pipeline.context import RunContext
 from study.pipeline.sslmem_measure import SCORES_FILE
 from study.report.summary import summary_lines
@@ -56,8 +55,8 @@ def test_streamed_scores_equal_an_in_process_computation(sslmem_run):
     cfg = ctx.cfg
     table = pq.read_table(ctx.stage_dir("measure", SCORES_FILE)).to_pandas().set_index("id")
     ids = list(table.index[:12])
-    images = load_images(ctx.data_root, ids)
-    pixels = np.stack([resize(images[i], cfg.data.image_size) for i in ids])
+    images = load_inputs(ctx.data_root, ids, cfg.data.model_input())
+    pixels = np.stack([images[i] for i in ids])
     torch.set_num_threads(1)
     scorer = AlignmentScorer({m: ctx.model_file(m) for m in ("model_a", "model_b")}, 1, cfg.sslmem.spaces(),
                              cfg.sslmem.views, cfg.train.augment, cfg.sslmem.seed)

@@ -24,6 +24,7 @@ from study import storage
 from study.config import DataConfig, ModelConfig, TrainConfig
 from study.data import records, synthetic
 from study.data.loading import split_uri
+from study.data.model_input import ModelInput
 from study.train import driver
 from study.train.driver import TrainJob, fit, fit_all
 from study.train.recipes import RECIPES
@@ -47,7 +48,8 @@ def context(ray_local, tmp_path_factory):
         os.makedirs(split_uri(splits_dir, "target"), exist_ok=True)
         pq.write_table(pa.table({"id": rows["id"], "label": rows["label"]}),
                        os.path.join(split_uri(splits_dir, "target"), f"part-{shard:05d}.parquet"))
-    return {"recipe": "ssl", "data_root": data_root, "splits_dir": splits_dir, "num_classes": 4, "image_size": 16}
+    return {"recipe": "ssl", "data_root": data_root, "splits_dir": splits_dir, "num_classes": 4,
+            "inputs": ModelInput(16)}
 
 
 @pytest.fixture()

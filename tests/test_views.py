@@ -13,12 +13,14 @@ from study.core.splits import assign_splits
 from study.data import records
 from study.data.synthetic import class_colour, make_record
 from study.core.split_plan import SplitPlan
+from study.data.model_input import ModelInput
 from study.embed.views import CROP, REASON_NO_LABEL, WHOLE, crop_for, plan_crops, prepare_batch
 
 FRACTIONS = {"target": 0.3, "reference": 0.3, "public": 0.3}
 SPLIT_SEED = 3
 CROP_SETS = ("target", "reference")
 SIZE = 16
+INPUTS = ModelInput(SIZE)
 DATA = DataConfig(num_images=60, image_size=32, num_classes=10, objects_per_image=(3, 3), object_scale=(0.45, 0.6), seed=1)
 CROP_CFG = CropConfig(rule="background", min_side=8)
 
@@ -41,7 +43,7 @@ def split_of(table):
 def run_batches(table, modes, batch_rows=7):
     out = {"id": [], "set": [], "pixels": []}
     for start in range(0, table.num_rows, batch_rows):
-        got = prepare_batch(table.slice(start, batch_rows), SplitPlan(FRACTIONS, SPLIT_SEED), modes, CROP_CFG, SIZE)
+        got = prepare_batch(table.slice(start, batch_rows), SplitPlan(FRACTIONS, SPLIT_SEED), modes, CROP_CFG, INPUTS)
         for k in out:
             out[k].extend(list(got[k]))
         assert got["pixels"].dtype == np.uint8 and got["pixels"].shape[1:] == (SIZE, SIZE, 3)
@@ -94,7 +96,7 @@ def test_unlabelled_record_in_a_crop_set_is_counted():
     tbl = pa.table({n: [r[n] for r in t] for n in records.RECORD_SCHEMA.names}, schema=records.RECORD_SCHEMA)
     _, summary = plan_crops(tbl, np.array(["target"] * len(t), dtype=object), ("target",), CROP_CFG)
     assert summary["target"]["skipped"].get(REASON_NO_LABEL) == 1
-    got = prepare_batch(tbl, SplitPlan(FRACTIONS, SPLIT_SEED), {"target": CROP}, CROP_CFG, SIZE)
+    got = prepare_batch(tbl, SplitPlan(FRACTIONS, SPLIT_SEED), {"target": CROP}, CROP_CFG, INPUTS)
     assert t[0]["id"] not in set(got["id"])
 
 
@@ -156,7 +158,7 @@ def test_corner_rule_crops_everything_labelled(table):
             assert r["reason"] == REASON_NO_LABEL
         else:
             assert r["rect"] == (0, 0, 16, 16)
-    got = prepare_batch(table, SplitPlan(FRACTIONS, SPLIT_SEED), {n: CROP for n in CROP_SETS}, corner, SIZE)
+    got = prepare_batch(table, SplitPlan(FRACTIONS, SPLIT_SEED), {n: CROP for n in CROP_SETS}, corner, INPUTS)
     img_by_id = dict(zip(table.column("id").to_pylist(), table.column("image").to_pylist()))
     for rid, pix in zip(got["id"], got["pixels"]):
         # A 16x16 corner resized to 16x16 is the corner itself.
@@ -165,6 +167,6 @@ def test_corner_rule_crops_everything_labelled(table):
 
 
 def test_empty_batch_output_shape(table):
-    got = prepare_batch(table.slice(0, 5), SplitPlan(FRACTIONS, SPLIT_SEED), {}, CROP_CFG, SIZE)
+    got = prepare_batch(table.slice(0, 5), SplitPlan(FRACTIONS, SPLIT_SEED), {}, CROP_CFG, INPUTS)
     assert got["pixels"].shape == (0, SIZE, SIZE, 3) and got["pixels"].dtype == np.uint8
     assert len(got["id"]) == 0

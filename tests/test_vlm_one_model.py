@@ -12,6 +12,7 @@ import pytest
 from study.config import TrainConfig
 from study.config_load import load_config
 from study.core.split_plan import SplitPlan
+from study.data.model_input import ModelInput
 from study.embed.captions import (CAPTION, PUBLIC_CAPTIONS, TEXT, plan_with_public_captions,
                                   prepare_vlm_batch)
 from study.errors import ConfigError
@@ -119,7 +120,7 @@ def test_public_captions_are_planned_and_embedded_alike_objects_or_not():
             ("target", ["t-ok"], "target", {"embedded": 1, "skipped": {"no_objects": 1}})):
         batch, plan = _batch(split), SplitPlan({split: 1.0}, 0)  # every record in that split
         assert plan_with_public_captions(batch, plan.assign(batch), ("target", PUBLIC_CAPTIONS))[plan_key] == planned
-        rows = prepare_vlm_batch(batch.drop_columns(["image"]), plan, modes, 8)  # no image read
+        rows = prepare_vlm_batch(batch.drop_columns(["image"]), plan, modes, ModelInput(8))  # no image read
         assert list(rows["id"]) == kept and all(rows["caption"]) and not rows["pixels"].any()
         assert rows["pixels"].shape == (len(kept), 8, 8, 3)
     assert PUBLIC_CAPTIONS not in plan_with_public_captions(_batch("public"), np.array(["public"] * 3), ("target",))

@@ -3,6 +3,9 @@ from __future__ import annotations
 
 from study.errors import ConfigError
 
+# Field metadata of a key added to a section after runs existed: config hashes leave it out while
+# it holds its default (``config_load.config_hash``), so existing runs keep their ids.
+ADDED = {"added": True}
 SPLIT_NAMES = ("target", "reference", "public", "holdout", "shared")
 
 

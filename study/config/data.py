@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Mapping
 
-from study.config.checks import SPLIT_NAMES, check as _check
+from study.config.checks import ADDED, SPLIT_NAMES, check as _check
 
 
 DATA_SOURCES = ("synthetic", "parquet", "webdataset", "img2dataset", "coco", "voc", "hf")  # study.pipeline.ingest.SOURCES
@@ -13,6 +13,7 @@ HF_FIELDS = ("id", "image", "label", "caption", "objects", "boxes", "box_labels"
 HF_BOX_FORMATS = ("xyxy", "xywh")  # study.data.hf.BOX_FORMATS
 COCO_LABEL_RULES = ("largest", "most_frequent", "none")  # study.data.coco.LABEL_RULES
 COCO_CAPTION_MODES = ("first", "each")  # study.data.coco.CAPTION_MODES
+RESIZE_RULES = ("squash", "center_crop")  # study.data.model_input.RESIZE_RULES
 
 
 @dataclass(frozen=True)
@@ -68,6 +69,12 @@ class DataConfig:
     named in ``coco``; ``voc`` ingests class folders under ``path`` with VOC XML boxes under
     ``voc.annotations``; ``hf`` ingests a Hugging Face dataset under ``path`` as ``hf`` says.
     ``shard_size`` is the number of records per written shard.
+
+    ``image_size`` is the side S of every model input and ``resize`` how a record's image (or crop)
+    of any size becomes one (``study.data.model_input``: ``squash`` to S x S, or ``center_crop``:
+    shorter side to S, then the central square). ``size_range`` makes the synthetic generator's
+    images of several sizes and aspect ratios: width and height each scaled by a factor drawn
+    log-uniformly in [min, max] (``[1, 1]``: every image S x S).
     """
 
     source: str = "synthetic"
@@ -75,6 +82,8 @@ class DataConfig:
     objects: str | None = None
     num_images: int = 3500
     image_size: int = 32
+    resize: str = field(default="squash", metadata=ADDED)
+    size_range: tuple[float, float] = field(default=(1.0, 1.0), metadata=ADDED)
     num_classes: int = 10
     objects_per_image: tuple[int, int] = (1, 1)
     object_scale: tuple[float, float] = (0.25, 0.35)
@@ -98,6 +107,9 @@ class DataConfig:
                "is a side table for data.source 'webdataset' or 'img2dataset' (record shards carry their objects)")
         _check(self.num_images >= 10, "data.num_images", "must be at least 10")
         _check(16 <= self.image_size <= 1024, "data.image_size", "must be in [16, 1024]")
+        _check(self.resize in RESIZE_RULES, "data.resize", f"must be one of {list(RESIZE_RULES)}")
+        z_lo, z_hi = self.size_range
+        _check(0.25 <= z_lo <= z_hi <= 4.0, "data.size_range", "must be [min, max] with 0.25 <= min <= max <= 4")
         _check(2 <= self.num_classes <= 100, "data.num_classes", "must be in [2, 100]")
         lo, hi = self.objects_per_image
         _check(1 <= lo <= hi <= 8, "data.objects_per_image", "must be [min, max] with 1 <= min <= max <= 8")
@@ -108,6 +120,17 @@ class DataConfig:
         _check(0 <= self.caption_objects <= 8, "data.caption_objects", "must be in [0, 8]")
         _check(0.0 <= self.cooccurrence <= 1.0, "data.cooccurrence", "must be in [0, 1]")
         _check(self.shard_size >= 1, "data.shard_size", "must be positive")
+
+    def model_input(self):
+        """How every stage turns a record's image into a model input (``study.data.model_input``)."""
+        from study.data.model_input import ModelInput
+
+        return ModelInput(self.image_size, self.resize)
+
+    def input_key(self):
+        """What of this config the model inputs depend on, for the stages' hashes: the size alone
+        under the default rule (so runs made before the rule was configurable are reused)."""
+        return self.image_size if self.resize == "squash" else (self.image_size, self.resize)
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,7 @@ from PIL import Image
 
 from study import storage
 from study.core.quality import NOT_DOWNLOADED, OK, UNDECODABLE
+from study.data.model_input import to_rgb
 from study.data.records import BOX_TYPE, MATCHED, STATUS, to_record_schema  # noqa: F401  (the readers' contract)
 from study.errors import DataError
 
@@ -88,6 +89,7 @@ def inspect_image(data: bytes | None) -> tuple[int, int] | None:
             size = im.size
             im.draft("RGB", (1, 1))  # JPEG only: decode at the smallest scale
             im.load()
+            to_rgb(im)  # any mode must become RGB: what model_input does with it
         return size
     except Exception:  # PIL raises several types for bad bytes
         return None

@@ -10,6 +10,7 @@ import pyarrow.parquet as pq
 
 from study import storage
 from study.data import records
+from study.data.model_input import ModelInput, channels_first
 
 
 MEMBERS = "members"  # splits/members/split=<name>/*.parquet, written by the splits stage
@@ -50,21 +51,27 @@ def read_split(splits_dir: str, split: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def load_images(data_root: str, ids: Sequence[str]) -> dict[str, np.ndarray]:
-    """Decoded (H, W, 3) uint8 images by id."""
+    """Decoded (H, W, 3) uint8 images by id, as stored (for the report's pictures of records)."""
     table = records.read_records(data_root, ids, columns=["id", "image"])
     return {i: records.decode_image(b) for i, b in zip(table.column("id").to_pylist(), table.column("image").to_pylist())}
 
 
-def load_training_set(data_root: str, splits_dir: str, splits: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-    """Images (n, 3, H, W) uint8 and labels (n,) of the union of splits, in id order."""
+def load_inputs(data_root: str, ids: Sequence[str], inputs: ModelInput) -> dict[str, np.ndarray]:
+    """Model inputs (S, S, 3) uint8 of whole images by id (``data.model_input``'s rule)."""
+    table = records.read_records(data_root, ids, columns=["id", "image"])
+    return {i: inputs.of_bytes(b) for i, b in zip(table.column("id").to_pylist(), table.column("image").to_pylist())}
+
+
+def load_training_set(data_root: str, splits_dir: str, splits: Sequence[str],
+                      inputs: ModelInput) -> tuple[np.ndarray, np.ndarray]:
+    """Model inputs (n, 3, S, S) uint8 and labels (n,) of the union of splits, in id order."""
     parts = [read_split(splits_dir, s) for s in splits]
     ids = np.concatenate([p[0] for p in parts])
     labels = np.concatenate([p[1] for p in parts])
     order = np.argsort(ids.astype(str), kind="stable")
     ids, labels = ids[order], labels[order]
-    images = load_images(data_root, list(ids))
-    stack = np.stack([images[i] for i in ids]).transpose(0, 3, 1, 2)
-    return np.ascontiguousarray(stack), labels
+    images = load_inputs(data_root, list(ids), inputs)
+    return channels_first(inputs.stack([images[i] for i in ids])), labels
 
 
 def training_pair_ids(data_root: str, splits_dir: str, splits: Sequence[str]) -> tuple[np.ndarray, int]:
@@ -77,25 +84,23 @@ def training_pair_ids(data_root: str, splits_dir: str, splits: Sequence[str]) ->
     return ids[keep], int((~keep).sum())
 
 
-def load_training_pairs(data_root: str, splits_dir: str, splits: Sequence[str]) -> tuple[np.ndarray, list[str]]:
-    """Images (n, 3, H, W) uint8 and captions (n,) of the union of splits, in id order; records
+def load_training_pairs(data_root: str, splits_dir: str, splits: Sequence[str],
+                        inputs: ModelInput) -> tuple[np.ndarray, list[str]]:
+    """Model inputs (n, 3, S, S) uint8 and captions (n,) of the union of splits, in id order; records
     with an empty caption are left out (``training_pair_ids`` counts them)."""
     ids = np.sort(np.concatenate([read_split(splits_dir, s)[0] for s in splits]).astype(str)).astype(object)
     table = records.read_records(data_root, list(ids), columns=["id", "image", "caption"])
     by_id = {i: (b, c) for i, b, c in zip(*(table.column(n).to_pylist() for n in ("id", "image", "caption")))}
     ids = [i for i in ids if records.has_text(by_id[i][1])]  # the rule training_pair_ids counts by
-    stack = np.stack([records.decode_image(by_id[i][0]) for i in ids]).transpose(0, 3, 1, 2)
-    return np.ascontiguousarray(stack), [by_id[i][1] for i in ids]
+    return channels_first(inputs.stack([inputs.of_bytes(by_id[i][0]) for i in ids])), [by_id[i][1] for i in ids]
 
 
-def decode_training_batch(batch: pa.Table, plan, splits: Sequence[str], image_size: int,
+def decode_training_batch(batch: pa.Table, plan, splits: Sequence[str], inputs: ModelInput,
                           text: bool) -> dict[str, np.ndarray]:
-    """Records -> the training rows among them, decoded: {"id", "image" (n, 3, S, S) uint8, and
+    """Records -> the training rows among them as model inputs: {"id", "image" (n, 3, S, S) uint8, and
     "label" (n,) int64 (-1 where missing) or, with ``text``, "caption" (n,)}. Rows are kept when the
     split plan (``core.split_plan.SplitPlan``) puts them in one of ``splits`` (and, with ``text``,
     their caption says something: the rule ``training_pair_ids`` counts by)."""
-    from study.embed.views import resize
-
     ids = batch.column("id").to_pylist()
     keep = np.isin(plan.assign(batch), list(splits))
     captions = batch.column("caption").to_pylist() if text else None
@@ -103,12 +108,8 @@ def decode_training_batch(batch: pa.Table, plan, splits: Sequence[str], image_si
         keep &= np.fromiter((records.has_text(c) for c in captions), bool, len(ids))
     rows = np.flatnonzero(keep)
     images = batch.column("image")
-    pixels = [resize(records.decode_image(images[int(i)].as_py()), image_size) for i in rows]
-    out = {
-        "id": np.asarray([ids[i] for i in rows], dtype=object),
-        "image": (np.stack(pixels).transpose(0, 3, 1, 2).copy() if pixels
-                  else np.zeros((0, 3, image_size, image_size), np.uint8)),
-    }
+    pixels = [inputs.of_bytes(images[int(i)].as_py()) for i in rows]
+    out = {"id": np.asarray([ids[i] for i in rows], dtype=object), "image": channels_first(inputs.stack(pixels))}
     if text:
         out["caption"] = np.asarray([captions[i] for i in rows], dtype=object)
     else:

@@ -70,8 +70,10 @@ def encode_png(image: np.ndarray) -> bytes:
 
 def decode_image(data: bytes) -> np.ndarray:
     """Encoded image bytes -> (H, W, 3) uint8 RGB."""
+    from study.data.model_input import to_rgb
+
     with Image.open(io.BytesIO(data)) as im:
-        return np.asarray(im.convert("RGB"))
+        return np.asarray(to_rgb(im))
 
 
 def write_shard(uri: str, rows: dict[str, list]) -> None:

@@ -3,6 +3,8 @@
 Layout under ``output``:
 
 - ``images/<record id>.png``: the generator's PNG bytes, unchanged (so pixels compare exactly);
+  with photographic backgrounds (``data.background: photo``) ``<record id>.jpg``, JPEG as
+  photographs are stored;
 - ``annotations/instances.json``: images, one annotation per object box (bbox [x, y, w, h] in
   pixels, category_id) and categories;
 - ``annotations/captions.json``: images and one caption annotation per image.
@@ -25,6 +27,10 @@ from study.config import DataConfig
 from study.data import synth_write, synthetic
 
 
+def _extension(cfg: DataConfig) -> str:
+    return "jpg" if cfg.background == "photo" else "png"
+
+
 def category_id(c: int) -> int:
     return 1 + 2 * c
 
@@ -35,7 +41,7 @@ def image_entries(cfg: DataConfig, shard: int, cols: dict[str, list]) -> list[di
     out = []
     for j, (rid, w, h, boxes, caption) in enumerate(
             zip(*(cols[c] for c in ("id", "width", "height", "boxes", "caption")))):
-        image = {"id": start + j + 1, "file_name": f"{rid}.png", "width": w, "height": h}
+        image = {"id": start + j + 1, "file_name": f"{rid}.{_extension(cfg)}", "width": w, "height": h}
         # The generator's box corners are NumPy integers, which JSON does not take.
         objects = [{"category_id": category_id(b["label"]),
                     "bbox": [int(b["x0"]), int(b["y0"]), int(b["x1"] - b["x0"]), int(b["y1"] - b["y0"])]}
@@ -47,8 +53,9 @@ def image_entries(cfg: DataConfig, shard: int, cols: dict[str, list]) -> list[di
 def write_coco_shard(cfg: DataConfig, images_uri: str, shard: int) -> list[dict]:
     """Generate one shard, write its images and return its entries (``image_entries``)."""
     cols = synth_write.shard_columns(cfg, shard)
+    ext = _extension(cfg)
     for rid, png in zip(cols["id"], cols["image"]):
-        storage.write_bytes(storage.join(images_uri, f"{rid}.png"), png)
+        storage.write_bytes(storage.join(images_uri, f"{rid}.{ext}"), synth_write.to_jpeg(png) if ext == "jpg" else png)
     return image_entries(cfg, shard, cols)
 
 

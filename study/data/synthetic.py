@@ -13,6 +13,10 @@ The caption names the first ``caption_objects`` objects and describes the backgr
 name, pattern, stripe width and orientation): the description is specific to the image, so a
 CLIP-style model can bind caption to image and, when it memorizes, recall the unnamed objects.
 
+``background: photo`` cuts each background from a real photograph instead (``study.data.photos``),
+and ``size_range`` stores each scene at its own width and height (several sizes and aspect
+ratios, as users' photographs come), its boxes scaled with it.
+
 Image i depends only on (seed, i), so shards can be generated in any order or in parallel.
 """
 from __future__ import annotations
@@ -24,7 +28,7 @@ import numpy as np
 from PIL import Image
 
 from study.config import DataConfig
-from study.data import records
+from study.data import photos, records
 
 # 5x7 bitmaps of the digits 0-9 (rows top to bottom, '#' = ink).
 _GLYPHS = [
@@ -41,7 +45,7 @@ _GLYPHS = [
 ]
 GLYPH_MASKS = [np.array([[c == "#" for c in row] for row in g], dtype=bool) for g in _GLYPHS]
 DIGIT_WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
-BACKGROUNDS = ("texture_color", "texture_gray")
+BACKGROUNDS = ("texture_color", "texture_gray", "photo")  # photo: study.data.photos
 PROMPT = "the digit {}"  # how captions name an object; the zero-shot prompt template
 GROUP_SIZE = 4  # co-occurrence groups: classes 0-3, 4-7, ...
 PLACEMENT_TRIES = 30
@@ -184,8 +188,12 @@ def make_record(index: int, cfg: DataConfig) -> dict:
     rng = np.random.default_rng([cfg.seed, index])
     size = cfg.image_size
     labels = _object_classes(rng, cfg)
-    colours = _background_colours(rng, labels[0], cfg)
-    img, texture = _texture(rng, size, colours)
+    if cfg.background == "photo":
+        img, background = photos.background(rng, labels[0], size, cfg.correlation)
+    else:
+        colours = _background_colours(rng, labels[0], cfg)
+        img, texture = _texture(rng, size, colours)
+        background = describe_background(colours, texture)
     boxes, taken = [], []
     for lab in labels:
         mask = _glyph_mask(rng, lab, size, cfg)
@@ -197,18 +205,34 @@ def make_record(index: int, cfg: DataConfig) -> dict:
         boxes.append(dict(zip(("x0", "y0", "x1", "y1"), taken[-1]), label=lab))
     names = [class_name(lab) for lab in labels]
     named = names[: cfg.caption_objects]
-    background = describe_background(colours, texture)
     caption = f"the digit {' and the digit '.join(named)} on a {background}" if named else f"a {background}"
+    pixels = np.clip(img, 0, 255).astype(np.uint8)
+    if tuple(cfg.size_range) != (1.0, 1.0):  # drawn last: the scene itself is the same at any size
+        pixels, boxes = _rescaled(rng, pixels, boxes, cfg.size_range)
     return {
         "id": f"syn-{cfg.seed}-{index:08d}",
-        "image": records.encode_png(np.clip(img, 0, 255).astype(np.uint8)),
-        "width": size,
-        "height": size,
+        "image": records.encode_png(pixels),
+        "width": pixels.shape[1],
+        "height": pixels.shape[0],
         "label": labels[0],
         "boxes": boxes,
         "caption": caption,
         "objects": sorted(names),
     }
+
+
+def _rescaled(rng, pixels: np.ndarray, boxes: list[dict], size_range) -> tuple[np.ndarray, list[dict]]:
+    """The scene at width and height each scaled by a log-uniform factor in ``size_range`` (so
+    sizes and aspect ratios vary, portrait and landscape), its boxes scaled to still cover the ink."""
+    size = pixels.shape[0]
+    lo, hi = np.log(size_range[0]), np.log(size_range[1])
+    w, h = (max(4, int(round(size * np.exp(rng.uniform(lo, hi))))) for _ in range(2))
+    sx, sy = w / size, h / size
+    image = np.asarray(Image.fromarray(pixels).resize((w, h), Image.BILINEAR))
+    scaled = [{"x0": int(np.floor(b["x0"] * sx)), "y0": int(np.floor(b["y0"] * sy)),
+               "x1": min(w, int(np.ceil(b["x1"] * sx))), "y1": min(h, int(np.ceil(b["y1"] * sy))), "label": b["label"]}
+              for b in boxes]
+    return image, scaled
 
 
 def iter_shards(cfg: DataConfig) -> Iterator[tuple[int, dict[str, list]]]:

@@ -19,7 +19,7 @@ import torch
 from study import storage
 from study.core.split_plan import SplitPlan
 from study.data import records
-from study.embed.views import resize
+from study.data.model_input import ModelInput
 
 REASON_NO_OBJECTS = "no_objects"
 REASON_NO_CAPTION = "empty_caption"
@@ -59,7 +59,7 @@ def plan_with_public_captions(meta: pa.Table, split_of: np.ndarray, sets: tuple[
 
 
 def prepare_vlm_batch(
-    batch: pa.Table, plan: SplitPlan, modes: Mapping[str, str], image_size: int
+    batch: pa.Table, plan: SplitPlan, modes: Mapping[str, str], inputs: ModelInput
 ) -> dict[str, np.ndarray]:
     """Records -> {"id", "set", "pixels" (n, S, S, 3) uint8, "caption" (n,)} for wanted sets.
 
@@ -72,7 +72,7 @@ def prepare_vlm_batch(
     captions = batch.column("caption").to_pylist()
     objects = batch.column("objects").to_pylist()
     out_ids, out_sets, pixels, texts = [], [], [], []
-    blank = np.zeros((image_size, image_size, 3), dtype=np.uint8)
+    blank = np.zeros((inputs.size, inputs.size, 3), dtype=np.uint8)
     for i, rid in enumerate(ids):
         mode = modes.get(split_of[i])
         if mode is None:
@@ -85,14 +85,14 @@ def prepare_vlm_batch(
             pixels.append(blank)
             texts.append(str(captions[i]))
         else:
-            pixels.append(resize(records.decode_image(images[i]), image_size))
+            pixels.append(inputs.of_bytes(images[i]))
             texts.append("")
         out_ids.append(rid)
         out_sets.append(split_of[i])
     return {
         "id": np.asarray(out_ids, dtype=object),
         "set": np.asarray(out_sets, dtype=object),
-        "pixels": np.stack(pixels) if pixels else np.zeros((0, image_size, image_size, 3), dtype=np.uint8),
+        "pixels": inputs.stack(pixels),
         "caption": np.asarray(texts, dtype=object),
     }
 

@@ -11,12 +11,12 @@ from typing import Mapping
 
 import numpy as np
 import pyarrow as pa
-from PIL import Image
 
 from study.config import CropConfig
 from study.core.crops import CROP_RULES
 from study.core.split_plan import SplitPlan
 from study.data import records
+from study.data.model_input import ModelInput, channels_first
 
 REASON_NO_LABEL = "no_label"
 WHOLE, CROP = "whole", "crop"
@@ -51,16 +51,15 @@ def plan_crops(meta: pa.Table, split_of: np.ndarray, crop_sets: tuple[str, ...],
     return rows, summary
 
 
-def cropped(png: bytes, width: int, height: int, boxes, label, crop_cfg: CropConfig) -> np.ndarray | None:
-    """The record's crop under the configured rule, decoded, or None when the rule skips it."""
+def cropped(data: bytes, width: int, height: int, boxes, label, crop_cfg: CropConfig,
+            inputs: ModelInput) -> np.ndarray | None:
+    """The model input of the record's crop under the configured rule, or None when the rule
+    skips it."""
     rect, _ = crop_for(width, height, boxes, label, crop_cfg)
-    if rect is None:
-        return None
-    x0, y0, x1, y1 = rect
-    return records.decode_image(png)[y0:y1, x0:x1]
+    return None if rect is None else inputs.of_bytes(data, rect)
 
 
-def labelled_crops(table: pa.Table, crop_cfg: CropConfig, image_size: int) -> tuple[list[str], np.ndarray, np.ndarray]:
+def labelled_crops(table: pa.Table, crop_cfg: CropConfig, inputs: ModelInput) -> tuple[list[str], np.ndarray, np.ndarray]:
     """(ids, crops (n, 3, S, S) uint8, labels (n,)) of the records (id, image, width, height, label,
     boxes) that have a label and a crop: the one-model test's crop classifier's inputs."""
     ids, pixels, labels = [], [], []
@@ -68,19 +67,12 @@ def labelled_crops(table: pa.Table, crop_cfg: CropConfig, image_size: int) -> tu
                           records.iter_boxes(table.column("boxes"))):
         if row["label"] is None or row["label"] < 0:
             continue
-        image = cropped(row["image"], row["width"], row["height"], boxes, row["label"], crop_cfg)
+        image = cropped(row["image"], row["width"], row["height"], boxes, row["label"], crop_cfg, inputs)
         if image is not None:
             ids.append(row["id"])
-            pixels.append(resize(image, image_size))
+            pixels.append(image)
             labels.append(row["label"])
-    stack = np.stack(pixels).transpose(0, 3, 1, 2).copy() if pixels else np.zeros((0, 3, image_size, image_size), np.uint8)
-    return ids, stack, np.asarray(labels, np.int64)
-
-
-def resize(image: np.ndarray, size: int) -> np.ndarray:
-    if image.shape[0] == size and image.shape[1] == size:
-        return image
-    return np.asarray(Image.fromarray(image).resize((size, size), Image.BILINEAR))
+    return ids, channels_first(inputs.stack(pixels)), np.asarray(labels, np.int64)
 
 
 def prepare_batch(
@@ -88,7 +80,7 @@ def prepare_batch(
     plan: SplitPlan,
     modes: Mapping[str, str],
     crop_cfg: CropConfig,
-    image_size: int,
+    inputs: ModelInput,
 ) -> dict[str, np.ndarray]:
     """Records -> model inputs: {"id", "set", "pixels" (n, S, S, 3) uint8} for wanted sets only."""
     ids = batch.column("id").to_pylist()
@@ -103,17 +95,16 @@ def prepare_batch(
         if mode is None:
             continue
         if mode == CROP:
-            image = cropped(images[i], widths[i], heights[i], boxes, labels[i], crop_cfg)
+            image = cropped(images[i], widths[i], heights[i], boxes, labels[i], crop_cfg, inputs)
             if image is None:
                 continue
         else:
-            image = records.decode_image(images[i])
+            image = inputs.of_bytes(images[i])
         out_ids.append(ids[i])
         out_sets.append(split_of[i])
-        pixels.append(resize(image, image_size))
-    empty = np.zeros((0, image_size, image_size, 3), dtype=np.uint8)
+        pixels.append(image)
     return {
         "id": np.asarray(out_ids, dtype=object),
         "set": np.asarray(out_sets, dtype=object),
-        "pixels": np.stack(pixels) if pixels else empty,
+        "pixels": inputs.stack(pixels),
     }

@@ -158,7 +158,7 @@ def _fit_context(ctx: RunContext, recipe: str, manifest: dict) -> dict:
         "data_root": ctx.data_root,
         "splits_dir": ctx.splits_dir,
         "num_classes": manifest["num_classes"],
-        "image_size": ctx.cfg.data.image_size,
+        "inputs": ctx.cfg.data.model_input(),
         "split_plan": ctx.split_plan(),
     }
 
@@ -206,7 +206,8 @@ def _finish(job: TrainJob, digest: str, summary: dict, skipped: dict, seconds: f
             together: list[str] | None = None) -> None:
     history = storage.read_bytes(storage.join(job.out_dir, "metrics.jsonl")).decode().splitlines()
     summary[job.name] = {"splits": list(job.splits), "epochs": len(history), "final": json.loads(history[-1]),
-                         "skipped": skipped, "trained_with": [n for n in together or [] if n != job.name]}
+                         "skipped": skipped, "trained_with": [n for n in together or [] if n != job.name],
+                         "streamed": job.stream}
     write_marker(job.out_dir, digest, summary[job.name], seconds)
 
 
@@ -224,7 +225,8 @@ def _crop_classifier(ctx: RunContext, digest: str, manifest: dict, summary: dict
     ctx.log("train", f"{CROP_CLASSIFIER}: supervised on the public set's crops ({cfg.embed.crop.rule} rule), "
                      f"{cfg.train.epochs} epochs")
     context = {"recipe": "crop", "data_root": ctx.data_root, "splits_dir": ctx.splits_dir, "crop": cfg.embed.crop,
-               "num_classes": manifest["num_classes"], "image_size": cfg.data.image_size}
+               "num_classes": manifest["num_classes"],
+               "inputs": cfg.data.model_input()}
     job = TrainJob(CROP_CLASSIFIER, ("public",), out_dir, manifest["counts"].get("public", 0))
     start = time.perf_counter()
     fit(job, dataclasses.replace(cfg.train, method="supervised", params={}), cfg.model, context, cfg.ray.use_gpu)

@@ -70,7 +70,7 @@ def crop_classifier_outcomes(ctx: RunContext, splits, outcomes_type) -> dict | N
         split_of = plan.assign(batch)
         for split in splits:
             ids, crops, labels = labelled_crops(batch.filter(pa.array(split_of == split)), ctx.cfg.embed.crop,
-                                                ctx.cfg.data.image_size)
+                                                ctx.cfg.data.model_input())
             if not ids:
                 continue
             with torch.inference_mode():

@@ -13,7 +13,7 @@ import numpy as np
 from study.config import StudyConfig
 from study.config_load import config_to_dict
 from study.data import records
-from study.data.loading import load_images
+from study.data.loading import load_images, load_inputs
 from study.pipeline.context import RunContext
 from study.pipeline.kinds import StudyKind
 from study.pipeline.ssl_measure import run_measure
@@ -65,7 +65,7 @@ def run_embed(ctx: RunContext) -> dict:
     public_n, crops = count_plan(ctx.data_root, ["id", "width", "height", "label", "boxes"], planner, attacked, plan)
     modes = {PUBLIC: WHOLE, **{s: CROP for s in attacked}}
     prepare = partial(prepare_batch, plan=plan, modes=modes,
-                      crop_cfg=cfg.embed.crop, image_size=cfg.data.image_size)
+                      crop_cfg=cfg.embed.crop, inputs=cfg.data.model_input())
     sets = embed_planned(ctx, KIND.models_for(cfg), public_n, crops, f"crops ({cfg.embed.crop.rule} rule)",
                          list(dict.fromkeys(["id", "image", "width", "height", "label", "boxes", *plan.columns()])),
                          prepare, Embedder, {s: VIEWS for s in modes})
@@ -106,7 +106,8 @@ def extras(ctx: RunContext) -> dict:
 
 
 def gallery(ctx: RunContext, report: dict) -> list[dict]:
-    """Most-memorized records of the positive control: crop, original, nearest public images."""
+    """Most-memorized records of the positive control: the original as stored, the crop and the
+    nearest public images as the model saw them (model inputs)."""
     from study.embed.views import crop_for
 
     rep = next(iter(report["results"]), None)
@@ -123,17 +124,19 @@ def gallery(ctx: RunContext, report: dict) -> list[dict]:
         )
     }
     neighbours = nearest_public(ctx, rows, rep, shown)
-    images = load_images(ctx.data_root, [r["id"] for r in rows] + [n for ns in neighbours.values() for n in ns])
+    inputs = ctx.cfg.data.model_input()
+    originals = load_images(ctx.data_root, [r["id"] for r in rows])
+    public = load_inputs(ctx.data_root, [n for ns in neighbours.values() for n in ns], inputs)
     out = []
     for r in rows:
-        original = images[r["id"]]
+        original = originals[r["id"]]
         x0, y0, x1, y1 = rects[r["id"]]
         out.append({
             **r,
             "representation": rep,
             "original": original,
-            "crop": np.ascontiguousarray(original[y0:y1, x0:x1]),
-            "neighbours": [images[n] for n in neighbours[r["id"]]],
+            "crop": inputs.of_array(np.ascontiguousarray(original[y0:y1, x0:x1])),
+            "neighbours": [public[n] for n in neighbours[r["id"]]],
         })
     return out
 

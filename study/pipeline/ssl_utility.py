@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from study import storage
-from study.data.loading import load_images, read_split
+from study.data.loading import load_inputs, read_split
 from study.pipeline.context import RunContext
 
 UTILITY = "utility.json"
@@ -42,13 +42,14 @@ def _probe(ctx: RunContext, models) -> dict:
     num_classes = int(max(train_y.max(initial=-1), test_y.max(initial=-1))) + 1
     if len(set(train_y.tolist())) < 2 or not test_ids:
         return {"note": "the linear probe needs labelled public records of two classes and labelled holdout records"}
-    images = load_images(ctx.data_root, train_ids + test_ids)
-    train_im, test_im = [images[i] for i in train_ids], [images[i] for i in test_ids]
+    inputs = cfg.data.model_input()
+    images = load_inputs(ctx.data_root, train_ids + test_ids, inputs)
+    train_im, test_im = inputs.stack([images[i] for i in train_ids]), inputs.stack([images[i] for i in test_ids])
     probe: dict = {}
     for model in models:
         encoder, _ = load_model(storage.read_bytes(ctx.model_file(model)))
-        f_train = features(encoder, train_im, cfg.data.image_size)
-        f_test = features(encoder, test_im, cfg.data.image_size)
+        f_train = features(encoder, train_im)
+        f_test = features(encoder, test_im)
         for rep in f_train:
             predicted = fit_predict(f_train[rep], train_y, f_test[rep], num_classes)
             probe.setdefault(rep, {})[model] = accuracy_with_interval(

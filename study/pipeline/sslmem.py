@@ -55,7 +55,7 @@ def run_embed(ctx: RunContext) -> dict:
     plan = ctx.split_plan()
     _, counted = count_plan(ctx.data_root, ["id"], _whole, sets, plan)
     prepare = partial(prepare_batch, plan=plan, modes={s: WHOLE for s in sets}, crop_cfg=cfg.embed.crop,
-                      image_size=cfg.data.image_size)
+                      inputs=cfg.data.model_input())
     views = tuple(view_name(s) for s in cfg.sslmem.spaces())
     ctx.log("embed", f"scoring {cfg.sslmem.views} views per record of {', '.join(sets)} in "
                      f"{', '.join(cfg.sslmem.spaces())} under both encoders")
@@ -101,17 +101,15 @@ def gallery(ctx: RunContext, report: dict) -> list[dict]:
     """The most memorized candidates of the first space: the image and the views it was scored with."""
     import torch
 
-    from study.data.loading import load_images
+    from study.data.loading import load_inputs
     from study.embed.alignment import record_views
-    from study.embed.views import resize
     from study.train.models import normalize
 
     space = next(iter(report["results"]), None)
     rows = report["results"][space]["most_memorized"] if space else []
     if not rows:
         return []
-    size = ctx.cfg.data.image_size
-    images = {i: resize(image, size) for i, image in load_images(ctx.data_root, [r["id"] for r in rows]).items()}
+    images = load_inputs(ctx.data_root, [r["id"] for r in rows], ctx.cfg.data.model_input())
     x = normalize(torch.from_numpy(np.stack([images[r["id"]] for r in rows])).permute(0, 3, 1, 2))
     views = record_views(x, [r["id"] for r in rows], ctx.cfg.sslmem.views, ctx.cfg.train.augment, ctx.cfg.sslmem.seed)
     shown = (views * 0.25 + 0.5).clamp(0, 1).mul(255).round().to(torch.uint8).permute(1, 0, 3, 4, 2).numpy()

@@ -46,7 +46,7 @@ def embed_captions(ctx: RunContext, public_captions: dict, plan: dict, attacked:
     ctx.log("embed", f"{RETRIEVER}: {public_captions['embedded']} public captions, skipped: "
                      + (", ".join(f"{n} {r}" for r, n in public_captions["skipped"].items()) or "none"))
     modes = {PUBLIC: CAPTION, **{s: TEXT for s in attacked}}
-    prepare = partial(prepare_vlm_batch, plan=split_plan, modes=modes, image_size=ctx.cfg.data.image_size)
+    prepare = partial(prepare_vlm_batch, plan=split_plan, modes=modes, inputs=ctx.cfg.data.model_input())
     columns = list(dict.fromkeys(["id", "caption", "objects", *split_plan.columns()]))  # no image bytes read
     embed_planned(ctx, {RETRIEVER: PUBLIC}, public_captions["embedded"], plan, f"captions ({RETRIEVER})", columns,
                   prepare, ClipEmbedder, {s: (TEXT,) for s in modes})

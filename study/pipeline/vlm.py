@@ -13,7 +13,7 @@ from functools import partial
 from study import storage
 from study.config import StudyConfig
 from study.data import records
-from study.data.loading import load_images
+from study.data.loading import load_images, load_inputs
 from study.core.objects import PREDICTION_RULES
 from study.errors import ConfigError
 from study.pipeline.context import RunContext, read_marker
@@ -61,7 +61,7 @@ def run_embed(ctx: RunContext) -> dict:
                                 split_plan)
     public_captions = plan.pop(PUBLIC_CAPTIONS, None)
     modes = {PUBLIC: IMAGE, **{s: TEXT for s in attacked}}
-    prepare = partial(prepare_vlm_batch, plan=split_plan, modes=modes, image_size=cfg.data.image_size)
+    prepare = partial(prepare_vlm_batch, plan=split_plan, modes=modes, inputs=cfg.data.model_input())
     columns = list(dict.fromkeys(["id", "image", "caption", "objects", *split_plan.columns()]))
     sets = embed_planned(ctx, KIND.models_for(cfg), public_n, plan, "captions", columns, prepare, ClipEmbedder,
                          {s: (v,) for s, v in modes.items()})
@@ -117,7 +117,8 @@ def gallery(ctx: RunContext, report: dict) -> list[dict]:
     boxes = dict(zip(meta.column("id").to_pylist(), meta.column("boxes").to_pylist()))
     names = ((read_marker(ctx.stage_dir("data")) or {}).get("summary", {}) or {}).get("label_names")
     shown = ctx.cfg.report.neighbors_shown
-    images = load_images(ctx.data_root, [r["id"] for r in rows] + [n for r in rows for n in neighbours[r["id"]][:shown]])
+    images = load_images(ctx.data_root, [r["id"] for r in rows])  # as stored: its boxes are marked on it
+    public = load_inputs(ctx.data_root, [n for r in rows for n in neighbours[r["id"]][:shown]], ctx.cfg.data.model_input())
     out = []
     for r in rows:
         objects, caption = info[r["id"]]
@@ -132,7 +133,7 @@ def gallery(ctx: RunContext, report: dict) -> list[dict]:
             "recovered": sorted(retrieved & set(unnamed)),
             "original": images[r["id"]],
             "marks": marks,
-            "neighbours": [images[n] for n in neighbours[r["id"]][:shown]],
+            "neighbours": [public[n] for n in neighbours[r["id"]][:shown]],
         })
     return out
 

@@ -22,7 +22,8 @@ def measure_utility(ctx: RunContext, tables: ObjectTables) -> dict:
     """
     import torch
 
-    from study.data.loading import load_images
+    from study.data.loading import load_inputs
+    from study.data.model_input import channels_first
     from study.train.clip import load_clip, retrieval_recall, tokenize, zero_shot_accuracy
 
     cfg = ctx.cfg
@@ -40,8 +41,9 @@ def measure_utility(ctx: RunContext, tables: ObjectTables) -> dict:
     vocab = sorted({o for i in ids for o in table[i][0]})
     data = (read_marker(ctx.stage_dir("data")) or {}).get("summary", {})
     prompt = cfg.measure.zero_shot_prompt or data.get("prompt") or "a photo of a {}"
-    images = load_images(ctx.data_root, ids)
-    x = torch.from_numpy(np.ascontiguousarray(np.stack([images[i] for i in ids]).transpose(0, 3, 1, 2)))
+    inputs = cfg.data.model_input()
+    images = load_inputs(ctx.data_root, ids, inputs)
+    x = torch.from_numpy(channels_first(inputs.stack([images[i] for i in ids])))
     truth = object_matrix([table[i][0] for i in ids], {o: j for j, o in enumerate(vocab)})
     with_objects = truth.any(axis=1)
     out: dict = {"records": len(ids)}

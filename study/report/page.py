@@ -34,7 +34,9 @@ def image_uri(image: np.ndarray, size: int = 96) -> str:
     buf = io.BytesIO()
     h, w = image.shape[:2]
     scale = size / max(h, w)
-    Image.fromarray(image).resize((max(1, int(w * scale)), max(1, int(h * scale))), Image.NEAREST).save(buf, "PNG")
+    # Small scenes are enlarged pixel for pixel; photographs shrink smoothly.
+    Image.fromarray(image).resize((max(1, int(w * scale)), max(1, int(h * scale))),
+                                  Image.NEAREST if scale >= 1 else Image.BILINEAR).save(buf, "PNG")
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 

@@ -141,11 +141,16 @@ def one_model_html(one_model: dict | None, results: dict, key: str) -> str:
             + f'<img src="{recall_plot(per_space, key)}"><h3>Every one-model number</h3>{numbers_table(per_space)}')
 
 
-def _marked(image: np.ndarray, marks: list[dict]) -> np.ndarray:
-    im = Image.fromarray(image).resize((image.shape[1] * 3, image.shape[0] * 3), Image.NEAREST)
+def _marked(image: np.ndarray, marks: list[dict], side: int = 96) -> np.ndarray:
+    """The image at ``side`` pixels on its longer side (any stored size), its marked boxes drawn."""
+    h, w = image.shape[:2]
+    scale = side / max(h, w)
+    im = Image.fromarray(image).resize((max(1, round(w * scale)), max(1, round(h * scale))),
+                                       Image.NEAREST if scale >= 1 else Image.BILINEAR)
     draw = ImageDraw.Draw(im)
     for b in marks:
-        draw.rectangle([b["x0"] * 3 - 1, b["y0"] * 3 - 1, b["x1"] * 3, b["y1"] * 3], outline=(255, 255, 255), width=2)
+        draw.rectangle([b["x0"] * scale - 1, b["y0"] * scale - 1, b["x1"] * scale, b["y1"] * scale],
+                       outline=(255, 255, 255), width=2)
     return np.asarray(im)
 
 

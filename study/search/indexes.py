@@ -18,6 +18,13 @@ from study.core.ivf_params import NBITS, PQ_MAX_TRAIN_PER_CODE
 from study.core.topk import merge_topk
 
 GPU_MAX_K = 2048  # GPU FAISS's k-selection limit (and nprobe's)
+# FAISS computes exact L2 distances (flat indexes, IVF coarse quantisers, ``faiss.knn``) with one
+# BLAS matrix product per tile when nq * d >= ``faiss.cvar.distance_compute_blas_threshold``, and
+# otherwise scans the database once per query, reading it from memory nq times. Its default
+# (128,000: 1,000 queries at d = 128) sends every batch of 250 queries, and the short last batch of
+# every query set, down the per-query scan, several times slower per query. Any batch of at least
+# this many queries takes the BLAS path here; a smaller one costs at most this many scans.
+BLAS_MIN_QUERIES = 20
 GPU_FLOAT16_LUT_ABOVE_M = 48  # larger GPU IVF-PQ codes need float16 lookup tables (shared memory)
 
 
@@ -97,6 +104,18 @@ def to_gpu(index: faiss.Index, p: IndexParams) -> tuple[faiss.Index, object]:
     return faiss.index_cpu_to_gpu(res, 0, index, options), res
 
 
+def blas_threshold(d: int) -> int:
+    """The ``distance_compute_blas_threshold`` that puts every batch of ``BLAS_MIN_QUERIES`` or
+    more queries of dimension ``d`` on FAISS's BLAS path (its rule: BLAS when nq * d >= it)."""
+    return BLAS_MIN_QUERIES * d
+
+
+def use_blas(d: int) -> None:
+    """Set this process's FAISS BLAS threshold for queries of dimension ``d`` (a process-wide
+    setting of FAISS's; the search functions here set it before every search)."""
+    faiss.cvar.distance_compute_blas_threshold = blas_threshold(d)
+
+
 def search(index: faiss.Index, xq: np.ndarray, k: int, nprobe: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """(D, I) of the index's top-min(k, ntotal); ``nprobe`` is passed per call, never stored, so a
     restarted shard answers the same."""
@@ -104,6 +123,7 @@ def search(index: faiss.Index, xq: np.ndarray, k: int, nprobe: int = 0) -> tuple
     xq = np.ascontiguousarray(xq, dtype=np.float32)
     if k == 0:
         return np.empty((len(xq), 0), np.float32), np.empty((len(xq), 0), np.int64)
+    use_blas(xq.shape[1])
     params = faiss.SearchParametersIVF(nprobe=nprobe) if nprobe > 0 else None
     return index.search(xq, k, params=params)
 
@@ -112,6 +132,7 @@ def exact_search(xq: np.ndarray, chunks: Iterable[np.ndarray], k: int) -> tuple[
     """Exact top-k of ``xq`` over database chunks streamed in order (ids count rows across them):
     the ground truth for recall, without holding the database."""
     xq = np.ascontiguousarray(xq, dtype=np.float32)
+    use_blas(xq.shape[1])
     best = (np.full((len(xq), k), np.inf, np.float32), np.full((len(xq), k), -1, np.int64))
     base = 0
     for x in chunks:

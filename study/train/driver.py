@@ -168,7 +168,7 @@ def _trainer(job: TrainJob, cfg: TrainConfig, model_cfg: ModelConfig, context: d
         from study.train.stream import training_dataset
 
         datasets["train"] = training_dataset(context["data_root"], context["split_plan"], job.splits,
-                                             context["image_size"], text=context["recipe"] == "clip")
+                                             context["inputs"], text=context["recipe"] == "clip")
     kill_at = fault("kill_train_worker")  # read here: a remote cluster's workers lack the driver's env
     return AbortableTrainer(
         train_func,

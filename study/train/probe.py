@@ -7,25 +7,22 @@ representation is. The study's SSL measure stage runs it per model and represent
 """
 from __future__ import annotations
 
-from typing import Sequence
 
 import numpy as np
 import torch
 
 from study.core.stats import bootstrap_indices, percentile_interval
-from study.embed.views import resize
+from study.data.model_input import channels_first
 from study.train.models import Encoder, normalize
 
 
 @torch.inference_mode()
-def features(encoder: Encoder, images: Sequence[np.ndarray], image_size: int, batch: int = 256) -> dict[str, np.ndarray]:
-    """{"backbone": (n, d_h), "projector": (n, d_z)} of (H, W, 3) uint8 images, resized to the
-    training size."""
+def features(encoder: Encoder, images: np.ndarray, batch: int = 256) -> dict[str, np.ndarray]:
+    """{"backbone": (n, d_h), "projector": (n, d_z)} of model inputs (n, S, S, 3) uint8."""
     encoder.eval()
     hs, zs = [], []
     for start in range(0, len(images), batch):
-        chunk = np.stack([resize(im, image_size) for im in images[start:start + batch]]).transpose(0, 3, 1, 2)
-        h, z = encoder(normalize(torch.from_numpy(np.ascontiguousarray(chunk))))
+        h, z = encoder(normalize(torch.from_numpy(channels_first(images[start:start + batch]))))
         hs.append(h.float().numpy())
         zs.append(z.float().numpy())
     return {"backbone": np.concatenate(hs), "projector": np.concatenate(zs)}

@@ -43,7 +43,8 @@ def ssl_fit(config: dict, rank: int, world: int, stream: Callable | None = None,
     method, params = METHODS[cfg.method], method_params(cfg.method, cfg.params)
     batch_size_per_worker = max(2, cfg.global_batch_size // world)
     if stream is None:
-        images, labels = arrays or load_training_set(config["data_root"], config["splits_dir"], config["splits"])
+        images, labels = arrays or load_training_set(config["data_root"], config["splits_dir"], config["splits"],
+                                                     config["inputs"])
         share = loop.worker_share(len(images), rank, world)
         images, labels = torch.from_numpy(images[share]), torch.from_numpy(labels[share])
         n_local = len(images)
@@ -72,7 +73,8 @@ def ssl_fit(config: dict, rank: int, world: int, stream: Callable | None = None,
         "params": dict(cfg.params),
         "model": config_to_dict(model_cfg),
         "num_classes": config["num_classes"],
-        "image_size": config["image_size"],
+        "image_size": config["inputs"].size,
+        "resize": config["inputs"].rule,
         "trained_on": list(config["splits"]),
     }
     # The network the study measures: the encoder, or the teacher that follows it (DINO).
@@ -97,7 +99,7 @@ def clip_fit(config: dict, rank: int, world: int, stream: Callable | None = None
     def id_keys(ids) -> np.ndarray:
         return (id_hash64(list(ids)) >> np.uint64(1)).astype(np.int64)  # non-negative, as randomize_tokens wants
 
-    model, tokenizer = clip.build_clip(model_cfg.clip, config["image_size"], params)
+    model, tokenizer = clip.build_clip(model_cfg.clip, config["inputs"].size, params)
     mask_id = clip.mask_token_id(tokenizer)
     rand = cfg.text_randomization
     batch_size_per_worker = max(2, cfg.global_batch_size // world)
@@ -110,7 +112,8 @@ def clip_fit(config: dict, rank: int, world: int, stream: Callable | None = None
         return torch.from_numpy(tokens)
 
     if stream is None:
-        images, captions = load_training_pairs(config["data_root"], config["splits_dir"], config["splits"])
+        images, captions = load_training_pairs(config["data_root"], config["splits_dir"], config["splits"],
+                                               config["inputs"])
         # Keys are positions in the whole (id-ordered) training set, so each caption's randomization
         # does not depend on how records are sharded across workers.
         share = loop.worker_share(len(captions), rank, world)
@@ -140,7 +143,8 @@ def clip_fit(config: dict, rank: int, world: int, stream: Callable | None = None
         "method": "clip",
         "params": dict(cfg.params),
         "clip": model_cfg.clip,
-        "image_size": config["image_size"],
+        "image_size": config["inputs"].size,
+        "resize": config["inputs"].rule,
         "trained_on": list(config["splits"]),
         "text_randomization": {"p": rand.p, "mode": rand.mode},
     }
@@ -173,7 +177,7 @@ def crop_fit(config: dict, rank: int, world: int, stream: Callable | None = None
         raise ValueError("the crop classifier trains in memory (train.stream=never for it)")
     ids = sorted(str(i) for s in config["splits"] for i in read_split(config["splits_dir"], s)[0])
     table = records.read_records(config["data_root"], ids, columns=["id", "image", "width", "height", "label", "boxes"])
-    got, images, labels = labelled_crops(table, config["crop"], config["image_size"])
+    got, images, labels = labelled_crops(table, config["crop"], config["inputs"])
     if rank == 0:  # the records it cannot use, counted in the stage's log
         sys.stdout.write(f"[train crop_classifier] {len(got)} of {len(ids)} public records have a label and a crop "
                          f"under the {config['crop'].rule} rule; {len(ids) - len(got)} left out\n")

@@ -22,6 +22,7 @@ from study.config import TrainConfig
 from study.core.split_plan import SplitPlan
 from study.data import records
 from study.data.loading import decode_training_batch
+from study.data.model_input import ModelInput
 
 TASK_CPUS = 0.25  # decode tasks must fit beside the training workers on a small machine
 
@@ -38,12 +39,12 @@ def _read(data_root: str, columns: list[str]) -> "ray.data.Dataset":
     return ray.data.read_parquet(paths, filesystem=fs).select_columns(columns)
 
 
-def training_dataset(data_root: str, plan: SplitPlan, splits: Sequence[str], image_size: int,
+def training_dataset(data_root: str, plan: SplitPlan, splits: Sequence[str], inputs: ModelInput,
                      text: bool) -> "ray.data.Dataset":
     """The decoded training rows of ``splits`` (see ``decode_training_batch``), as a stream."""
     wanted = ["caption"] if text else [c for c in ("label",) if c in records.dataset(data_root).schema.names]
     columns = list(dict.fromkeys(["id", "image", *plan.columns(), *wanted]))
-    decode = partial(decode_training_batch, plan=plan, splits=list(splits), image_size=image_size, text=text)
+    decode = partial(decode_training_batch, plan=plan, splits=list(splits), inputs=inputs, text=text)
     return _read(data_root, columns).map_batches(decode, batch_format="pyarrow", num_cpus=TASK_CPUS)
 
 
