@@ -97,22 +97,30 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _report_show(args: argparse.Namespace) -> int:
+    from study.preflight import check_inputs
     from study.report.summary import print_summary
 
+    check_inputs({"report": args.uri}, local=False)
     print_summary(args.uri)
     return 0
 
 
 def _report_pull(args: argparse.Namespace) -> int:
+    from study.preflight import check_inputs, check_output
     from study.report.pull import print_pulled, pull_report
 
+    check_inputs({"report": args.uri}, local=False)
+    if args.dest:
+        check_output(args.dest)
     print_pulled(pull_report(args.uri, args.dest, args.overwrite))
     return 0
 
 
 def _report_list(args: argparse.Namespace) -> int:
+    from study.preflight import check_inputs
     from study.report.runs import print_runs
 
+    check_inputs({"report list": args.uri}, local=False)
     print_runs(args.uri)
     return 0
 
@@ -130,6 +138,7 @@ def _data_synth(args: argparse.Namespace) -> int:
     from study.data.synth_write import throttled
     from study.errors import ConfigError
     from study.pipeline.runner import ensure_ray
+    from study.preflight import check_output
 
     if args.format not in FORMATS:
         raise StudyError(f"data synth: unknown format '{args.format}'; choose from {sorted(FORMATS)}")
@@ -140,6 +149,7 @@ def _data_synth(args: argparse.Namespace) -> int:
                                                                          ("seed", args.seed)) if v is not None]
     cfg = load_config(None, args.overrides + flags)
     output = storage.absolute(args.output)
+    check_output(output)  # before anything is generated: no bucket is ever created
     storage.clear_for_writing(output, args.overwrite)
     ensure_ray(cfg)
     start = time.perf_counter()
@@ -162,6 +172,7 @@ def _data_inspect(args: argparse.Namespace) -> int:
     from study.config_load import load_config
     from study.errors import ConfigError
     from study.pipeline.inspect import run_inspect
+    from study.preflight import check_inputs
 
     foreign = [o for o in args.overrides if not o.startswith(("data.", "embed.crop.", "ray."))]
     if foreign:
@@ -169,7 +180,9 @@ def _data_inspect(args: argparse.Namespace) -> int:
     # JSON-quoted: the URI and names are taken as they are, never read as YAML (a path "1e3" or "[raw]/x")
     flags = [f"data.source={json.dumps(args.source)}", f"data.path={json.dumps(args.uri)}",
              f"study={json.dumps(args.study)}"]
-    run_inspect(load_config(None, flags + args.overrides), args.html, args.sample)
+    cfg = load_config(None, flags + args.overrides)
+    check_inputs({"data inspect": args.uri, "data.objects": cfg.data.objects})
+    run_inspect(cfg, args.html, args.sample)
     return 0
 
 
@@ -192,28 +205,14 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted: rerun the same command to resume from the last finished stage", file=sys.stderr)
         return 130
     except Exception as exc:  # a user mistake found inside a Ray task arrives wrapped by Ray
-        found = _study_error(exc)
-        if found is None:
-            found = _credentials_error(exc)
+        from study.preflight import store_error
+
+        # An object store that stops answering, or refuses, in the middle of a stage.
+        found = _study_error(exc) or store_error(None, exc, "running the command")
         if found is None:
             raise
         print(f"error: {found}", file=sys.stderr)
         return 2
-
-
-# Object-store clients' "no usable credentials" errors (botocore, google-auth), by class name so
-# that the command line imports neither.
-CREDENTIAL_ERRORS = ("NoCredentialsError", "PartialCredentialsError", "DefaultCredentialsError")
-
-
-def _credentials_error(exc: BaseException) -> StudyError | None:
-    """A one-line StudyError for an object store that was reached without credentials, else None."""
-    for err in causes(exc):
-        if type(err).__name__ in CREDENTIAL_ERRORS:
-            return StudyError(f"no credentials for object storage ({type(err).__name__}: {err}); give them the "
-                              "usual way: AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, ~/.aws, an instance profile "
-                              "(gs://: GOOGLE_APPLICATION_CREDENTIALS or a service account)")
-    return None
 
 
 def _study_error(exc: BaseException) -> StudyError | None:

@@ -94,8 +94,10 @@ def _modified(info: dict) -> dt.datetime | None:
 
 
 def makedirs(uri: str) -> None:
-    fs, path = fs_and_path(uri)
-    fs.makedirs(path, exist_ok=True)
+    """A local directory and its parents. Object stores have no directories (a key's prefix is
+    enough), and s3fs's ``makedirs`` would create a missing bucket: nothing is done there."""
+    if is_local(uri):
+        os.makedirs(absolute(uri), exist_ok=True)
 
 
 def remove(uri: str) -> None:
@@ -128,8 +130,8 @@ def open_atomic(uri: str, mode: str = "wb") -> Iterator[Any]:
     fs, path = fs_and_path(uri)
     local = is_local(uri)
     parent = posixpath.dirname(path)
-    if parent:
-        fs.makedirs(parent, exist_ok=True)
+    if parent and local:
+        os.makedirs(parent, exist_ok=True)
     tmp = _temporary(path)
     try:
         # An object-store file uploads when it is closed, and its context manager closes it on an

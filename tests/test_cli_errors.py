@@ -13,7 +13,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # comes from a stage that runs on Ray: not the product's output.
 # Ray's own log lines: timestamped INFO/WARNING lines, and lines forwarded from its processes
 # ("(pid=gcs_server) ...") when the cluster shuts down after the error.
-RAY_LOG_LINE = re.compile(r"^(\x1b\[\d+m)?(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}\t(INFO|WARNING) |\((pid|raylet|gcs_server)[=\w, ]*\) )")
+RAY_LOG_LINE = re.compile(r"^(\x1b\[\d+m)?(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}\t(INFO|WARNING) |\((pid|raylet|gcs_server)[=\w, ]*\)(\x1b\[\d+m)? )")
 
 
 def dejavu(*args: str, tmp_path) -> subprocess.CompletedProcess:

@@ -115,8 +115,8 @@ def cluster(tmp_path_factory):
 def _study(cluster, name: str, on_line=None, local: bool = False) -> tuple[subprocess.CompletedProcess, list[str]]:
     args = [os.path.join(BIN, "dejavu"), "run", *study_args(os.path.join(cluster["tmp"], "runs"), name)]
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} if local else cluster["env"]
-    if not local:
-        args += ["--set", f"ray.address={cluster['address']}"]
+    if not local:  # every raylet of this cluster runs on this machine: its local paths are shared
+        args += ["--set", f"ray.address={cluster['address']}", "--set", "ray.shared_paths=true"]
     proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines = []
     for line in proc.stdout:

@@ -157,8 +157,9 @@ def test_list_shows_each_runs_state_and_numbers(output, capsys, monkeypatch):
     calls = s3_calls(monkeypatch) if output.startswith("s3://") else []
     rc, out, _ = cli(capsys, "report", "list", output)
     assert rc == 0
-    if output.startswith("s3://"):  # one listing, then one read per run (report.json, else config.json)
-        assert sorted(calls) == ["get_object"] * 4 + ["list_objects_v2"], calls
+    if output.startswith("s3://"):  # one listing, then one read per run (report.json, else config.json);
+        # before them the check that the prefix exists (a HEAD and a one-page listing), whatever it holds
+        assert sorted(calls) == ["get_object"] * 4 + ["head_object"] + ["list_objects_v2"] * 2, calls
     lines = out.splitlines()
     assert lines[-1] == f"4 runs under {output}: 2 finished, 2 unfinished"
     by_run = {}

@@ -190,9 +190,16 @@ class RayConfig:
     # A stage that fails because Ray lost a node, a worker process or an actor's host is run
     # again (finished parts are reused) up to this many times before the study stops.
     stage_retries: int = 2
+    # Local paths in the config (output root, inputs) are on a file system every node mounts (NFS,
+    # ...): without it a study on several nodes, or in a Ray job, refuses them.
+    shared_paths: bool = False
+    # On a cluster the study joined: how long to wait (asking the autoscaler) for a node that can
+    # hold a training worker before giving up with an error. The study's own instance: no wait.
+    resource_wait_s: float = 600.0
 
     def __post_init__(self) -> None:
         _check(self.stage_retries >= 0, "ray.stage_retries", "must be >= 0")
+        _check(self.resource_wait_s >= 0, "ray.resource_wait_s", "must be >= 0 seconds")
         # One CPU cannot hold an embedding replica and Ray Data's read tasks at once: the embed
         # stage would stall without an error.
         _check(self.num_cpus is None or self.num_cpus >= 2, "ray.num_cpus", "must be at least 2 (or unset: all CPUs)")

@@ -17,6 +17,7 @@ import time
 from study import storage
 from study.config import TrainConfig
 from study.errors import ConfigError, DataError
+from study.pipeline.cluster import check_resources, own_instance, worker_bundle
 from study.pipeline.context import RunContext, is_complete, write_marker
 from study.pipeline.kinds import StudyKind, get_kind
 from study.pipeline.manifest import verify_splits
@@ -108,6 +109,8 @@ def run_train(ctx: RunContext, digest: str) -> dict:
         if any(j.stream for j in jobs) and train_cfg.concurrent and not _room_for_streams(ctx, jobs):
             ctx.log("train", "too few CPUs for concurrent streamed training beside its decode tasks; one model at a time")
             train_cfg = dataclasses.replace(train_cfg, concurrent=False)
+        check_resources(worker_bundle(cfg), "training", own_instance(cfg.ray), cfg.ray.resource_wait_s,
+                        lambda m: ctx.log("train", m))
         mode = "concurrently" if train_cfg.concurrent and len(jobs) > 1 else "one after the other"
         ctx.log("train", f"fitting {names} {mode}: {cfg.train.method}, {cfg.train.epochs} epochs")
         start = time.perf_counter()

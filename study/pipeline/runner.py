@@ -9,10 +9,9 @@ and one report covers all settings.
 from __future__ import annotations
 
 import dataclasses
-import os
 import time
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Callable
 
 from study import storage
 from study.config import StudyConfig
@@ -83,23 +82,22 @@ def stages() -> list[Stage]:
     ]
 
 
-def ensure_ray(cfg: StudyConfig) -> None:
-    """Join the cluster of a Ray job (or ``ray.address``), else start a local instance."""
-    import logging
-
+def ensure_ray(cfg: StudyConfig, paths: dict[str, str | None] | None = None) -> None:
+    """Join the cluster of a Ray job (or ``ray.address``), else start a local instance; then refuse
+    local ``paths`` (default: the study's output root and inputs) that other machines would need,
+    and, on the study's own instance, a training worker no node can hold."""
     import ray
+
+    from study.pipeline import cluster
+    from study.preflight import study_inputs
 
     if ray.is_initialized():
         return
-    # The stages print their own progress; Ray Data's per-operator progress lines would drown it.
-    logging.getLogger("ray.data").setLevel(logging.WARNING)
-    ray.data.DataContext.get_current().enable_progress_bars = False
-    os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
-    address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
-    # Without an address, an instance of the study's own: Ray would otherwise join whatever cluster
-    # was last started on this machine (``ray.address=auto`` asks for that).
-    kwargs: dict[str, Any] = {"address": address} if address else {"address": "local", "num_cpus": cfg.ray.num_cpus}
-    ray.init(log_to_driver=True, logging_level=logging.WARNING, **kwargs)
+    cluster.join(cfg.ray)
+    cluster.check_paths(paths if paths is not None else {"output": cfg.output, **study_inputs(cfg)},
+                        cfg.ray.shared_paths)
+    if cluster.own_instance(cfg.ray):  # nothing can join it: what it lacks now, it always lacks
+        cluster.check_resources(cluster.worker_bundle(cfg), "training", True, 0, lambda message: None)
 
 
 def stage_digest(stage: Stage, cfg: StudyConfig, digests: dict[str, str]) -> str:
@@ -180,6 +178,7 @@ def run_study(cfg: StudyConfig, until: str | None = None) -> RunContext:
     (a job per stage); returns the run's context (its directory holds the report)."""
     from study.pipeline.kinds import get_kind
     from study.pipeline.validate import check_registries
+    from study.preflight import check_study
 
     if until is not None and until not in STAGE_NAMES:
         raise StudyError(f"unknown stage {until!r}; choose from {', '.join(STAGE_NAMES)}")
@@ -188,6 +187,9 @@ def run_study(cfg: StudyConfig, until: str | None = None) -> RunContext:
     for name, setting_cfg in settings_of(cfg):  # the sweep, and each setting's config, before anything runs
         if name:
             get_kind(setting_cfg.study).check(setting_cfg)
+    check_study(cfg)  # the output root takes a write (no bucket is ever created), the inputs are there
+    if any(s.needs_ray for s in stages() if s.name in wanted):
+        ensure_ray(cfg)  # before anything is written: the cluster answers and can see the paths
     ctx = RunContext.create(cfg)
     ctx.log("study", f"run directory {ctx.run_dir}")
     try:

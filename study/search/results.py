@@ -92,8 +92,9 @@ class ResultWriter:
             self._finish()
 
     def _open(self) -> None:
-        fs, path = storage.fs_and_path(part_uri(self.uri, self.complete))
-        fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+        uri = part_uri(self.uri, self.complete)
+        storage.makedirs(uri.rsplit("/", 1)[0])
+        fs, path = storage.fs_and_path(uri)
         self._fh = fs.open(path, "wb")
         self._writer = pq.ParquetWriter(self._fh, SCHEMA)
 
