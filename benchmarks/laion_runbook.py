@@ -17,12 +17,15 @@ TRAIN_PAIRS_S, TRAIN_RAY_PAIRS_S = 3.48, 3.34  # clip_bench: ViT-B-32 224 px, ba
 EMBED_ROWS_S, EMBED_RAY_ROWS_S = 10.5, 9.5  # clip_bench: ViT-B-32 embedding, 1 thread, bare / Ray Data
 RESNET_IMAGES_S, RESNET_RAY_IMAGES_S = 20.4, 19.5  # embed_bench: ResNet-18 224 px, 2 CPUs, bare / Ray Data
 TINY_RAY_ROWS_S = 3503  # clip_bench: dejavu-tiny through Ray Data, batch 1024, 1 prepare CPU: its cost a row
-GEMM_PEAK_GFLOPS = 183.0  # knn_bench: float32 GEMM at the search's shape, 2 threads
-FLAT_GFLOPS_PER_CPU = 159.0 / 2  # knn_bench: Ray sharded exact k-NN (2 actors x 1 CPU), nb 200k
-# ivfpq_bench --sizes 10000000 (d 128, 2 shard actors on BENCH_CPUS, host load 3-6), as run_size returns it
-IVF_10M = {"n": 10_000_000, "d": 128, "flat": {"build_s": 55.8, "qps": 4.4},
-           "ivfpq": {"nlist": 12649, "m": 64, "nprobe": 8, "train_size": 64 * 12649, "train_s": 771.0,
-                     "build_s": 1122.0, "qps": 1312.0, "shard_peak_rss_mib": [1950, 1949]}}
+# The host clip_bench ran on: a (128, d) @ (d, nb) float32 product, 2 threads (the training's utilisation only)
+GEMM_PEAK_GFLOPS = 183.0
+# knn_bench, 2026-12-06 (a 2-core Intel Xeon host): Ray sharded exact k-NN (2 actors x 1 CPU), nb 200k
+FLAT_GFLOPS_PER_CPU = 64.0 / 2
+# ivfpq_bench --sizes 1000000,3000000,10000000, 2026-12-06 (the same host, load 1-2; d 128, 2 shard
+# actors on BENCH_CPUS, every query batch on FAISS's BLAS path), its 10M run as run_size returns it
+IVF_10M = {"n": 10_000_000, "d": 128, "flat": {"build_s": 9.0, "qps": 28.6},
+           "ivfpq": {"nlist": 12649, "m": 64, "nprobe": 8, "train_size": 809536, "train_s": 355.85,
+                     "build_s": 780.3, "qps": 4397.1, "shard_peak_rss_mib": [1966, 1951]}}
 # driver_memory: the VLM quickstart over webdataset shards of 32 px images, 2 CPUs; seconds at
 # STAGE_N records; measure with draws 200/200 (reduced), k 100, 10 object classes
 STAGE_S = {"data": (16.6, 73.9), "splits": (22.8, 53.2), "measure": (2.4, 26.0)}
@@ -73,7 +76,7 @@ def gpu_train_rate(util: float, workers: int) -> tuple[float, float, float]:
 def search_cost(n_public: int, nq: int, nodes: int, d: int = 512) -> dict:
     """One model's index over a shard per node (search.cpus_per_shard=8): ivfpq_bench.extrapolate's
     parameters and memory, its measured per-CPU rates x work on all the cluster's CPUs (the high
-    query time) and knn_bench's GEMM rate for the same flops (the low one)."""
+    query time) and knn_bench's flat k-NN rate for the same flops (the other end of the range)."""
     e = extrapolate(IVF_10M, n_public, d, NODE_CPUS, NODE_SHARD_GIB, BENCH_CPUS)
     r, cpus, ivf = rates(IVF_10M, BENCH_CPUS), nodes * NODE_CPUS, e["ivfpq"]
     coarse, lists = nodes * ivf["nlist"] * d, ivf["nprobe_assumed"] * n_public / ivf["nlist"] * ivf["m"]
@@ -124,12 +127,12 @@ def plan(n: int, args) -> tuple[list[tuple], dict]:
                  f"decoding needs {decode_s / gpu_s:.0%} of that"))
     best = "flat" if n <= 1_000_000 else "ivfpq"
     for kind, e in search_cost(pub, nq, nodes).items():
-        lo, hi = (2 * (e["build_s"] + q) for q in e["query_s"])
+        lo, hi = sorted(2 * (e["build_s"] + q) for q in e["query_s"])
         name = "flat (exact)" if kind == "flat" else f"IVF{e['nlist']},PQ{e['m']}, nprobe {e['nprobe_assumed']}"
         t["search"] = hi if kind == best else t.get("search", 0)
         rows.append((f"search, {name}{' **(use)**' if kind == best else ''}", f"{fmt_s(lo)} - {fmt_s(hi)}",
                      f"{e['index_gib']} GiB a model in {nodes} shards (fits in {e['shards']})",
-                     x + "knn_bench GEMM rate (low), ivfpq_bench 10M rates (high)"))
+                     x + "knn_bench's flat k-NN rate and ivfpq_bench's 10M rates (the range)"))
     t["measure"], gib = measure_cost(n, args.vocab)
     head = next((h for h in HEADS if h[1] - 2 >= gib), HEADS[-1])
     rows.append(("measure (driver)", fmt_s(t["measure"]), f"~{gib:.0f} GiB on the head (C = {args.vocab} objects)",
@@ -151,7 +154,7 @@ def inputs(args) -> list[tuple]:
         ("ViT-B-32, 224 px: training (batch 32, 2 threads); embedding (1 thread)", f"{TRAIN_PAIRS_S} pairs/s bare, "
          f"{TRAIN_RAY_PAIRS_S} through Ray; {EMBED_ROWS_S} rows/s bare, {EMBED_RAY_ROWS_S} through Ray Data", m + "clip_bench"),
         ("ResNet-18 embedding, 224 px, 2 CPUs", f"{RESNET_IMAGES_S} images/s bare, {RESNET_RAY_IMAGES_S} through Ray Data", m + "embed_bench"),
-        ("float32 GEMM / Ray flat k-NN, 2 threads", f"{GEMM_PEAK_GFLOPS:.0f} / {2 * FLAT_GFLOPS_PER_CPU:.0f} GFLOP/s", m + "knn_bench"),
+        ("Ray flat k-NN, 2 threads (knn_bench's host, 2026-12-06)", f"{2 * FLAT_GFLOPS_PER_CPU:.0f} GFLOP/s", m + "knn_bench"),
         ("10M x 128 vectors, 2 shards on 2 CPUs", f"IVF{ivf['nlist']},PQ{ivf['m']}: train {ivf['train_s']:.0f} s, build "
          f"{ivf['build_s']:,.0f} s, {ivf['qps']:,.0f} q/s; flat {IVF_10M['flat']['qps']} q/s", m + "ivfpq_bench"),
         ("VLM quickstart, 20k -> 200k records, 2 CPUs", f"data {st['data']}, splits {st['splits']}, measure {st['measure']}; "

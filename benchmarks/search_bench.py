@@ -35,25 +35,16 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from ivfpq_bench import ensure_set  # noqa: E402  (the same data as the IVF-PQ benchmark)
-from knn_bench import pin_blas_threads  # noqa: E402
+from knn_bench import gemm_peak_gflops, pin_blas_threads  # noqa: E402
 
 
-def gemm_peak(threads: int, d: int) -> dict:
-    """Best float32 GEMM GFLOP/s at FAISS's tile shape, (query_bs, d) @ (d, database_bs)."""
+def gemm_peak(d: int) -> dict:
+    """Best float32 GEMM GFLOP/s at FAISS's tile shape, (query_bs, d) @ (d, database_bs), with
+    numpy's BLAS threads pinned to ``--threads`` (main)."""
     import faiss
-    import numpy as np
 
     qbs, dbs = faiss.cvar.distance_compute_blas_query_bs, faiss.cvar.distance_compute_blas_database_bs
-    rng = np.random.default_rng(0)
-    a = rng.standard_normal((qbs, d), dtype=np.float32)
-    b = rng.standard_normal((dbs, d), dtype=np.float32)
-    out = np.empty((qbs, dbs), np.float32)
-    best = float("inf")
-    for _ in range(20):  # numpy's BLAS threads are pinned to ``threads`` (main)
-        start = time.perf_counter()
-        np.matmul(a, b.T, out=out)
-        best = min(best, time.perf_counter() - start)
-    return {"shape": [qbs, d, dbs], "gflops": round(2 * qbs * d * dbs / best / 1e9, 1)}
+    return {"shape": [qbs, d, dbs], "gflops": round(gemm_peak_gflops(d), 1)}
 
 
 def read_all(es, d: int):
@@ -103,7 +94,7 @@ def run_size(args, n: int) -> dict:
     public = ensure_set(os.path.join(root, "public"), n, args.d, 1, "p")
     queries = ensure_set(os.path.join(args.dir, f"q{args.nq}-d{args.d}"), args.nq, args.d, 3, "q")
     xb, xq = read_all(public, args.d), read_all(queries, args.d)
-    measured_peak = gemm_peak(args.threads, args.d)
+    measured_peak = gemm_peak(args.d)
     peak = measured_peak["gflops"]
     out = {"n": n, "d": args.d, "nq": args.nq, "k": args.k, "threads": args.threads, "shards": args.shards,
            "gemm_peak": measured_peak}

@@ -105,20 +105,23 @@ def test_auto_streams_only_large_sets():
 
 
 # DINO for the SSL recipe: under DistributedDataParallel it also keeps a teacher (no gradients,
-# a moving average) and a loss centre all-reduced across the workers.
-@pytest.mark.parametrize("recipe,method", [("ssl", "dino"), ("clip", "clip")])
-def test_both_recipes_train_from_the_stream_on_two_workers(planned, recipe, method, tmp_path):
+# a moving average) and a loss centre all-reduced across the workers. The records are the
+# module's photographs of mixed sizes; CLIP also trains from memory on them (the in-memory SSL
+# study over photographs is tests/test_photos_e2e.py).
+@pytest.mark.parametrize("recipe,method,stream", [("ssl", "dino", True), ("clip", "clip", True),
+                                                  ("clip", "clip", False)])
+def test_both_recipes_train_on_two_workers_from_the_stream_or_memory(planned, recipe, method, stream, tmp_path):
     ctx = planned
     splits = ("target",)
     inside, usable = count_rows(ctx.data_root, SplitPlan(FRACTIONS, 1), splits, text=recipe == "clip")
     cfg = TrainConfig(method=method, epochs=2, global_batch_size=16, num_workers=2, cpus_per_worker=0.5,
-                      checkpoint_every=1, stream="always")
+                      checkpoint_every=1, stream="always" if stream else "never")
     model_cfg = ModelConfig(backbone="small_cnn", projector_dims=(32, 16), clip="dejavu-tiny")
     size = 32 if recipe == "clip" else 16  # the tiny CLIP tower needs 32 px; the stream resizes
     context = {"recipe": recipe, "data_root": ctx.data_root, "splits_dir": ctx.splits_dir, "num_classes": 4,
                "inputs": ModelInput(size), "split_plan": SplitPlan(FRACTIONS, 1)}
     out = str(tmp_path / recipe)
-    fit(TrainJob("m", splits, out, usable, stream=True), cfg, model_cfg, context, use_gpu=False)
+    fit(TrainJob("m", splits, out, usable, stream=stream), cfg, model_cfg, context, use_gpu=False)
     history = [line for line in open(os.path.join(out, "metrics.jsonl"))]
     assert len(history) == 2 and os.path.exists(os.path.join(out, "model.pt"))
     assert all(np.isfinite(json.loads(line)["loss"]) for line in history)
