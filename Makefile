@@ -33,7 +33,7 @@ photos: install
 	$(BIN)/dejavu run configs/photos-vlm.yaml
 
 test: install
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=20
 
 bench: install
 	$(BIN)/python benchmarks/stage_times.py

@@ -47,7 +47,10 @@ def _quick_fs(uri: str):
 
     protocol = uri.split("://", 1)[0]
     options = QUICK_S3 if protocol in ("s3", "s3a") else {}
-    return fsspec.core.url_to_fs(uri, **options)
+    try:
+        return fsspec.core.url_to_fs(uri, **options)
+    except (ValueError, ImportError) as exc:  # an unknown protocol, a missing fsspec backend
+        raise StudyError(f"cannot open {uri}: {exc}") from None
 
 
 def _endpoint(uri: str) -> str:
@@ -144,7 +147,10 @@ def check_inputs(inputs: Mapping[str, str | None], local: bool = True) -> None:
             if not storage.exists(uri):
                 raise StudyError(f"{key}: {uri} does not exist")
             continue
-        fs, path = _quick_fs(uri)
+        try:
+            fs, path = _quick_fs(uri)
+        except StudyError as exc:
+            raise StudyError(f"{key}: {exc}") from None
         try:
             if not fs.exists(path):
                 there = fs.exists(bucket_of(uri))
