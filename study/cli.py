@@ -151,7 +151,7 @@ def _data_synth(args: argparse.Namespace) -> int:
     output = storage.absolute(args.output)
     check_output(output)  # before anything is generated: no bucket is ever created
     storage.clear_for_writing(output, args.overwrite)
-    ensure_ray(cfg)
+    ensure_ray(cfg, paths={"--output": output})
     start = time.perf_counter()
 
     def progress(done: int, shards: int, n: int) -> None:

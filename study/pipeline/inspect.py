@@ -71,7 +71,7 @@ def inspect(cfg: StudyConfig, sample: int = 0, log: Callable[[str], None] = prin
     from study.pipeline.runner import ensure_ray
 
     _check_input(cfg)
-    ensure_ray(cfg)
+    ensure_ray(cfg, paths={"data inspect": cfg.data.path, "data.objects": cfg.data.objects})
     ds, _ = _source(cfg).read(cfg.data, log)
     counts = ds.map_batches(partial(_stats_row, crop_cfg=cfg.embed.crop, study=cfg.study), batch_format="pyarrow")
     total = None

@@ -84,20 +84,16 @@ def stages() -> list[Stage]:
 
 def ensure_ray(cfg: StudyConfig, paths: dict[str, str | None] | None = None) -> None:
     """Join the cluster of a Ray job (or ``ray.address``), else start a local instance; then refuse
-    local ``paths`` (default: the study's output root and inputs) that other machines would need,
-    and, on the study's own instance, a training worker no node can hold."""
+    local ``paths`` (default: the study's output root and inputs) that other machines would need."""
     import ray
 
     from study.pipeline import cluster
     from study.preflight import study_inputs
 
-    if ray.is_initialized():
-        return
-    cluster.join(cfg.ray)
+    if not ray.is_initialized():
+        cluster.join(cfg.ray)
     cluster.check_paths(paths if paths is not None else {"output": cfg.output, **study_inputs(cfg)},
                         cfg.ray.shared_paths)
-    if cluster.own_instance(cfg.ray):  # nothing can join it: what it lacks now, it always lacks
-        cluster.check_resources(cluster.worker_bundle(cfg), "training", True, 0, lambda message: None)
 
 
 def stage_digest(stage: Stage, cfg: StudyConfig, digests: dict[str, str]) -> str:
@@ -176,6 +172,7 @@ def setting_contexts(ctx: RunContext) -> list[tuple[str, RunContext]]:
 def run_study(cfg: StudyConfig, until: str | None = None) -> RunContext:
     """Run (or resume) every stage, or with ``until`` the stages up to and including that one
     (a job per stage); returns the run's context (its directory holds the report)."""
+    from study.pipeline import cluster
     from study.pipeline.kinds import get_kind
     from study.pipeline.validate import check_registries
     from study.preflight import check_study
@@ -190,6 +187,8 @@ def run_study(cfg: StudyConfig, until: str | None = None) -> RunContext:
     check_study(cfg)  # the output root takes a write (no bucket is ever created), the inputs are there
     if any(s.needs_ray for s in stages() if s.name in wanted):
         ensure_ray(cfg)  # before anything is written: the cluster answers and can see the paths
+        if "train" in wanted and cluster.own_instance(cfg.ray):  # nothing joins it: what it lacks, it always lacks
+            cluster.check_resources(cluster.worker_bundle(cfg), "training", True, 0, lambda message: None)
     ctx = RunContext.create(cfg)
     ctx.log("study", f"run directory {ctx.run_dir}")
     try:
