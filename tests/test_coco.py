@@ -192,7 +192,9 @@ def test_annotations_and_images_on_object_storage(s3_env):  # noqa: F811
 
 
 # -- round trip through the generator --------------------------------------------------------------
-GEN_CFG = DataConfig(num_images=40, image_size=32, num_classes=5, objects_per_image=(1, 3), shard_size=15, seed=4)
+# Images of several sizes and aspect ratios (16-64 px on a side), as users' photographs come.
+GEN_CFG = DataConfig(num_images=40, image_size=32, num_classes=5, objects_per_image=(1, 3), shard_size=15, seed=4,
+                     size_range=(0.5, 2.0))
 
 
 def assert_generators_records(rows: pa.Table, got: dict[str, dict], cfg: DataConfig) -> None:
@@ -206,7 +208,7 @@ def assert_generators_records(rows: pa.Table, got: dict[str, dict], cfg: DataCon
         assert r["objects"] == want["objects"] and r["caption"] == want["caption"]
         area = {b["label"]: (b["x1"] - b["x0"]) * (b["y1"] - b["y0"]) for b in want["boxes"]}
         assert r["label"] == min(area, key=lambda c: (-area[c], c))
-        assert (r["width"], r["height"]) == (cfg.image_size, cfg.image_size)
+        assert (r["width"], r["height"]) == (want["width"], want["height"])
         assert np.array_equal(records.decode_image(r["image"]), records.decode_image(want["image"]))
 
 

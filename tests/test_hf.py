@@ -31,7 +31,9 @@ import datasets  # noqa: E402  (after the offline switches)
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PIXELS = np.arange(5 * 7 * 3, dtype=np.uint8).reshape(5, 7, 3)
 PNG = records.encode_png(PIXELS)
-GEN_CFG = DataConfig(num_images=40, image_size=16, num_classes=5, objects_per_image=(1, 3), shard_size=15, seed=4)
+# Images of several sizes and aspect ratios (8-32 px on a side), as users' photographs come.
+GEN_CFG = DataConfig(num_images=40, image_size=16, num_classes=5, objects_per_image=(1, 3), shard_size=15, seed=4,
+                     size_range=(0.5, 2.0))
 
 
 def by_id(table: pa.Table) -> dict[str, dict]:
@@ -274,7 +276,7 @@ def check_round_trip(ds, info: dict) -> None:
         assert r[STATUS] == quality.OK and r["label"] == want["label"] and r["caption"] == want["caption"]
         assert r["boxes"] == [{k: int(v) for k, v in b.items()} for b in want["boxes"]]
         assert r["objects"] == want["objects"]
-        assert (r["width"], r["height"]) == (GEN_CFG.image_size, GEN_CFG.image_size)
+        assert (r["width"], r["height"]) == (want["width"], want["height"])
         assert r["image"] == want["image"]  # the generator's PNG bytes, so the pixels too
 
 

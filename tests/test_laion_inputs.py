@@ -30,7 +30,8 @@ from study.pipeline.context import RunContext
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 N, SHARD, SEED = 60, 25, 3
-GEN = ["data.image_size=16", "data.num_classes=5", "data.objects_per_image=[1, 3]"]
+# Images of several sizes and aspect ratios (8-32 px on a side), as users' photographs come.
+GEN = ["data.image_size=16", "data.num_classes=5", "data.objects_per_image=[1, 3]", "data.size_range=[0.5, 2.0]"]
 GEN_CFG = load_config(None, GEN + [f"data.num_images={N}", f"data.shard_size={SHARD}", f"data.seed={SEED}"]).data
 MAX_MEAN_ABS_DIFF = 5.0  # per channel level; JPEG at quality 95, 4:4:4, on 16 px scenes gives about 3
 
@@ -180,7 +181,8 @@ def test_synth_writes_img2dataset_layouts(written):
         first = json.load(tar.extractfile(names[2]))
     key = synthetic.make_record(50, GEN_CFG)["id"]
     assert names[:3] == [f"{key}.jpg", f"{key}.txt", f"{key}.json"] and len(names) == 3 * 10
-    assert first == {"key": key, "caption": truth()[key]["caption"], "width": 16, "height": 16, "status": "success"}
+    assert first == {"key": key, "caption": truth()[key]["caption"], "width": truth()[key]["width"],
+                     "height": truth()[key]["height"], "status": "success"}
     pqdir, _ = written["parquet"]
     table = pq.read_table(os.path.join(pqdir, "00001.parquet"))
     assert table.column_names == ["key", "jpg", "caption", "width", "height", "status"] and table.num_rows == SHARD
@@ -213,7 +215,7 @@ def test_ingest_gives_the_generators_records(written, tmp_path, fmt):
         for col in ("caption", "objects", "label", "boxes", "width", "height"):
             assert g[col] == r[col], (rid, col)
         a, b = records.decode_image(g["image"]).astype(float), records.decode_image(r["image"]).astype(float)
-        assert a.shape == b.shape == (16, 16, 3)
+        assert a.shape == b.shape == (r["height"], r["width"], 3)
         assert np.abs(a - b).mean() < MAX_MEAN_ABS_DIFF, rid
     shards = records.shard_uris(ctx.data_root)
     assert all(pq.read_schema(u) == records.RECORD_SCHEMA for u in shards)

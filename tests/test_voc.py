@@ -167,7 +167,9 @@ def test_listing_errors_and_fingerprint(tmp_path):
 
 
 # -- round trip through the generator --------------------------------------------------------------
-GEN_CFG = DataConfig(num_images=40, image_size=32, num_classes=5, objects_per_image=(1, 3), shard_size=15, seed=4)
+# Images of several sizes and aspect ratios (16-64 px on a side), as users' photographs come.
+GEN_CFG = DataConfig(num_images=40, image_size=32, num_classes=5, objects_per_image=(1, 3), shard_size=15, seed=4,
+                     size_range=(0.5, 2.0))
 
 
 def test_class_folders_sort_in_label_order():
@@ -190,5 +192,5 @@ def test_synthetic_voc_round_trip_on_ray(ray_local, tmp_path):
         assert r[STATUS] == quality.OK and r["label"] == want["label"] and r["caption"] is None
         assert r["boxes"] == [{k: int(v) for k, v in b.items()} for b in want["boxes"]]
         assert r["objects"] == sorted(folders[b["label"]] for b in want["boxes"])
-        assert (r["width"], r["height"]) == (GEN_CFG.image_size, GEN_CFG.image_size)
+        assert (r["width"], r["height"]) == (want["width"], want["height"])
         assert r["image"] == want["image"]  # the generator's PNG bytes, so the pixels too
