@@ -9,8 +9,6 @@ BLAS, so the distance FAISS returns tells which path it took. FAISS's rule, docu
 """
 from __future__ import annotations
 
-import os
-
 import faiss
 import numpy as np
 import pytest
@@ -39,34 +37,31 @@ def took_blas(D_first: np.ndarray) -> np.ndarray:
     return D_first != 1.0
 
 
-def test_the_probe_tells_the_two_paths_apart():
-    xb, xq = probe_data(40)
+@pytest.fixture()
+def probe_index():
+    """A flat index of the probe's database; FAISS's threshold is restored afterwards."""
     index = faiss.IndexFlatL2(D)
-    index.add(xb)
+    index.add(probe_data(1)[0])
     default = faiss.cvar.distance_compute_blas_threshold
-    try:
-        faiss.cvar.distance_compute_blas_threshold = 10**9  # the scan for any batch
-        Dist, I = index.search(xq, 3)
-        assert (I[:, 0] == 0).all() and not took_blas(Dist[:, 0]).any()
-        faiss.cvar.distance_compute_blas_threshold = 1  # BLAS for any batch
-        Dist, I = index.search(xq, 3)
-        assert (I[:, 0] == 0).all() and took_blas(Dist[:, 0]).all()
-    finally:
-        faiss.cvar.distance_compute_blas_threshold = default
+    yield index
+    faiss.cvar.distance_compute_blas_threshold = default
 
 
-def test_faiss_rule_is_nq_times_d_against_the_threshold():
-    xb, _ = probe_data(1)
-    index = faiss.IndexFlatL2(D)
-    index.add(xb)
-    default = faiss.cvar.distance_compute_blas_threshold
-    try:
-        faiss.cvar.distance_compute_blas_threshold = 30 * D
-        for nq, blas in ((29, False), (30, True), (31, True)):
-            Dist, _ = index.search(probe_data(nq)[1], 1)
-            assert took_blas(Dist[:, 0]).all() == blas and took_blas(Dist[:, 0]).any() == blas, nq
-    finally:
-        faiss.cvar.distance_compute_blas_threshold = default
+def test_the_probe_tells_the_two_paths_apart(probe_index):
+    xq = probe_data(40)[1]
+    faiss.cvar.distance_compute_blas_threshold = 10**9  # the scan for any batch
+    Dist, I = probe_index.search(xq, 3)
+    assert (I[:, 0] == 0).all() and not took_blas(Dist[:, 0]).any()
+    faiss.cvar.distance_compute_blas_threshold = 1  # BLAS for any batch
+    Dist, I = probe_index.search(xq, 3)
+    assert (I[:, 0] == 0).all() and took_blas(Dist[:, 0]).all()
+
+
+def test_faiss_rule_is_nq_times_d_against_the_threshold(probe_index):
+    faiss.cvar.distance_compute_blas_threshold = 30 * D
+    for nq, blas in ((29, False), (30, True), (31, True)):
+        Dist, _ = probe_index.search(probe_data(nq)[1], 1)
+        assert took_blas(Dist[:, 0]).all() == blas and took_blas(Dist[:, 0]).any() == blas, nq
 
 
 @pytest.mark.parametrize("query_batch_size", [250, 1024])
