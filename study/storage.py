@@ -22,7 +22,10 @@ from typing import Any, Iterator
 import fsspec
 import pyarrow.fs as pafs
 
+from study import retries
 from study.errors import StudyError
+
+retries.install()  # transient object-store errors: retried with backoff, counted (study/retries.py)
 
 
 def is_local(uri: str) -> bool:

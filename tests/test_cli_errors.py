@@ -12,8 +12,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Ray's own notices (token auth at start-up, Ray Data's once-per-process warnings) when the error
 # comes from a stage that runs on Ray: not the product's output.
 # Ray's own log lines: timestamped INFO/WARNING lines, and lines forwarded from its processes
-# ("(pid=gcs_server) ...") when the cluster shuts down after the error.
-RAY_LOG_LINE = re.compile(r"^(\x1b\[\d+m)?(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}\t(INFO|WARNING) |\((pid|raylet|gcs_server)[=\w, ]*\)(\x1b\[\d+m)? )")
+# ("(pid=gcs_server) ...", "(TrainController pid=...) ...") as the cluster shuts down after the error,
+# and the C++ core's own lines ("[2026-... E 8131 8131] core_worker.cc:2465: ...").
+RAY_LOG_LINE = re.compile(r"^(\x1b\[\d+m)?(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}\t(INFO|WARNING) |\((\w+ )?(pid|raylet|gcs_server)[=\w, ]*\)(\x1b\[\d+m)? "
+                          r"|\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} [IWE] \d+ \d+\] \w+\.cc:\d+: )")
 
 
 def dejavu(*args: str, tmp_path) -> subprocess.CompletedProcess:

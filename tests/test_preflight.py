@@ -6,13 +6,15 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import tempfile
 import time
 
 import pytest
 
 from test_cli_errors import assert_one_line_error, dejavu, dejavu_here
-from test_object_storage import BUCKET, _free_port, s3_env  # noqa: F401  (the moto server fixture)
+from test_object_storage import BUCKET, ROOT, _free_port, s3_env  # noqa: F401  (the moto server fixture)
 
 from study import storage
 from study.errors import StudyError
@@ -157,6 +159,34 @@ def test_a_local_output_on_two_raylets_is_refused(tmp_path):
             ray.shutdown()
     finally:
         two.shutdown()
+
+
+def test_a_cluster_that_refuses_the_token(tmp_path):
+    """A head started with token authentication (``ray start``, a process of its own, as a user
+    starts one) and a client holding another token."""
+    import secrets
+
+    port = _free_port()
+    env = {**os.environ, "PYTHONPATH": ROOT, "RAY_AUTH_MODE": "token", "RAY_USAGE_STATS_ENABLED": "0"}
+    ray_cli = os.path.join(os.path.dirname(sys.executable), "ray")
+    head = subprocess.Popen([ray_cli, "start", "--head", "--block", f"--port={port}", "--num-cpus=1",
+                             "--include-dashboard=false", f"--temp-dir={tempfile.mkdtemp(prefix='tokenhead-')}"],
+                            env={**env, "RAY_AUTH_TOKEN": secrets.token_hex(32)},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while subprocess.run(["nc", "-z", "127.0.0.1", str(port)]).returncode and time.monotonic() < deadline:
+            time.sleep(0.5)
+        refused = subprocess.run([sys.executable, "-m", "study.cli", "run", "configs/tiny.yaml", "--output",
+                                  str(tmp_path / "runs"), "--set", f"ray.address=127.0.0.1:{port}"],
+                                 cwd=ROOT, capture_output=True, text=True, timeout=180,
+                                 env={**env, "RAY_AUTH_TOKEN": secrets.token_hex(32)})
+    finally:
+        head.terminate()  # ``ray start --block`` stops the processes it started
+        head.wait(timeout=60)
+    assert_one_line_error(refused, f"ray.address=127.0.0.1:{port}", "the cluster refused this machine's token")
+    assert "InvalidAuthToken" not in refused.stderr  # Ray's retry warnings, held back while joining
+    assert not (tmp_path / "runs").exists()
 
 
 def test_a_local_output_in_a_ray_job_is_refused(monkeypatch, tmp_path):

@@ -26,7 +26,7 @@ import torch
 from ray.data import ActorPoolStrategy, Datasink
 from ray.data.block import Block, BlockAccessor
 
-from study import storage
+from study import retries, storage
 from study.config import EmbedConfig
 from study.data import records
 from study.embed.shards import ShardWriter
@@ -132,6 +132,7 @@ class EmbeddingSink(Datasink):
 
     def write(self, blocks: Iterable[Block], ctx) -> dict:
         writer = ShardWriter(self.root, self.views_of_set, self.rows_per_file, f"part-{ctx.task_idx:05d}")
+        retried = retries.count()
         try:
             for block in map(BlockAccessor.for_block, blocks):
                 if block.num_rows():  # an empty block may have no columns at all
@@ -139,13 +140,14 @@ class EmbeddingSink(Datasink):
         except BaseException:
             writer.abort()
             raise
-        return writer.close()
+        return {**writer.close(), "store_retries": retries.since(retried)}
 
     def on_write_complete(self, write_result) -> None:  # on the driver, with every task's return
         for done in write_result.write_returns:
             for key, n in done["rows"].items():
                 self.written[key] = self.written.get(key, 0) + n
             self.files += done["files"]
+            retries.add(done["store_retries"])  # the stage's summary counts the tasks' retries too
 
 
 def embed_all(

@@ -12,8 +12,11 @@ a bounded wait, during which the autoscaler is asked for it, on a cluster that m
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import sys
+import tempfile
 import time
 from typing import Any, Callable, Mapping
 
@@ -37,6 +40,9 @@ def join(ray_cfg) -> None:
     # The stages print their own progress; Ray Data's per-operator progress lines would drown it.
     logging.getLogger("ray.data").setLevel(logging.WARNING)
     ray.data.DataContext.get_current().enable_progress_bars = False
+    for handler in logging.getLogger("ray.data").handlers:
+        if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler) and not any(isinstance(f, _SaidInOneLine) for f in handler.filters):
+            handler.addFilter(_SaidInOneLine())
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
     address = ray_cfg.address or os.environ.get("RAY_ADDRESS")
     if not address:
@@ -44,14 +50,68 @@ def join(ray_cfg) -> None:
         # on this machine (``ray.address=auto`` asks for that).
         ray.init(address="local", num_cpus=ray_cfg.num_cpus, log_to_driver=True, logging_level=logging.WARNING)
         return
+    said = _Held()
     try:
         _answers(address)
-        ray.init(address=address, log_to_driver=True, logging_level=logging.WARNING)
-    except Exception as exc:  # ConnectionError, RuntimeError (version), auth errors: all say why in their text
-        text = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise StudyError(f"cannot join the Ray cluster at ray.address={address}: {type(exc).__name__}: {text}; "
-                         "is it running (ray status), is the address right, do its Ray version and token "
-                         "(RAY_AUTH_TOKEN) match this machine's?") from None
+        with _stderr_held(said):
+            ray.init(address=address, log_to_driver=True, logging_level=logging.WARNING)
+    except Exception as exc:  # ConnectionError, RuntimeError (version), auth errors
+        raise StudyError(f"cannot join the Ray cluster at ray.address={address}: {_why(exc, said.text)}") from None
+    sys.stderr.write(said.text)  # joined: what Ray printed while joining is shown after all
+
+
+def _why(exc: Exception, printed: str) -> str:
+    """The cause of a failed join, from the exception and what Ray's core printed meanwhile."""
+    text = str(exc).strip()
+    if "InvalidAuthToken" in printed + text or "Unauthenticated" in printed + text:
+        return ("the cluster refused this machine's token; give the cluster's token in RAY_AUTH_TOKEN (or "
+                "~/.ray/auth_token), or use the address of the cluster it belongs to")
+    if "version mismatch" in text.lower():
+        return f"Ray version mismatch ({' '.join(text.split())}); install the cluster's Ray version here"
+    first = (text.splitlines() or [type(exc).__name__])[0]
+    return f"{type(exc).__name__}: {first}; is it running (ray status), and is the address right?"
+
+
+class _Held:
+    text = ""
+
+
+@contextlib.contextmanager
+def _stderr_held(held: "_Held"):
+    """Hold what is written to this process's stderr (file descriptor 2, where Ray's C++ core
+    writes: a refused token is one warning per second while ``ray.init`` retries) until the
+    block ends: a failed join reads it to name the cause, a successful one prints it."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as tmp:
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            held.text = tmp.read().decode(errors="replace")
+
+
+class _SaidInOneLine(logging.Filter):
+    """Keeps off Ray Data's console the traceback of a task's error that the command ends with in
+    one ``error:`` line of its own (a user mistake, an object store that stopped answering); Ray
+    Data's log file still has it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from study.errors import causes
+        from study.preflight import store_error
+
+        # An error logged while the exception is being handled names it in ``exc_info``, or not
+        # at all (Ray Data's "exception occurred in ... internal code" line): then it is the one
+        # this thread is handling.
+        exc = record.exc_info[1] if record.exc_info else sys.exc_info()[1] if record.levelno >= logging.ERROR else None
+        if exc is None:
+            return True
+        said = any(isinstance(e, StudyError) for e in causes(exc, context=True))
+        return not (said or store_error(None, exc, "") is not None)
 
 
 def _answers(address: str, timeout_s: float = 5.0) -> None:

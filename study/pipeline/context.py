@@ -167,8 +167,10 @@ def read_marker(uri: str) -> dict[str, Any] | None:
     return storage.read_json(path) if storage.exists(path) else None
 
 
-def write_marker(uri: str, digest: str, summary: dict[str, Any], seconds: float) -> None:
-    storage.write_json(storage.join(uri, MARKER), {"hash": digest, "seconds": round(seconds, 2), "summary": summary})
+def write_marker(uri: str, digest: str, summary: dict[str, Any], seconds: float, store_retries: int = 0) -> None:
+    """A finished stage: its hash, time, summary and the object-store requests it retried."""
+    storage.write_json(storage.join(uri, MARKER), {"hash": digest, "seconds": round(seconds, 2), "summary": summary,
+                                                   "store_retries": store_retries})
 
 
 def is_complete(uri: str, digest: str) -> dict[str, Any] | None:

@@ -65,6 +65,8 @@ def setting_report(ctx: RunContext) -> dict:
         # recall@k against exact search on a sample of queries.
         "search_indexes": markers["search"].get("summary", {}).get("indexes", {}),
         "stage_seconds": {s: m.get("seconds") for s, m in markers.items()},
+        # Object-store requests retried after a transient error (a dropped connection, throttling).
+        "store_retries": {s: m.get("store_retries", 0) for s, m in markers.items()},
         **kind.extras(ctx),
     }
 

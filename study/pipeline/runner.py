@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-from study import storage
+from study import retries, storage
 from study.config import StudyConfig
 from study.config_load import config_hash, config_to_dict
 from study.errors import StudyError, causes
@@ -115,10 +115,13 @@ def _run_stage(ctx: RunContext, stage: Stage, digests: dict[str, str], timings: 
         if stage.needs_ray:
             ensure_ray(ctx.cfg)
         ctx.log(stage.name, "starting")
-        start = time.perf_counter()
+        start, retried = time.perf_counter(), retries.count()
         summary = _run_retrying(ctx, stage, digest)
         seconds = time.perf_counter() - start
-        write_marker(stage_dir, digest, summary, seconds)
+        retried = retries.since(retried)  # transient object-store errors it rode out
+        if retried:
+            ctx.log(stage.name, f"{retried} object-store request(s) retried after a transient error")
+        write_marker(stage_dir, digest, summary, seconds, retried)
         timings[key] = seconds
         ctx.log(stage.name, f"done in {seconds:.1f} s")
     digests[stage.name] = digest
