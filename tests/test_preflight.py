@@ -155,6 +155,22 @@ def test_a_local_output_on_two_raylets_is_refused(tmp_path):
             checks.check_paths({"output": f"s3://{BUCKET}/x", "data.path": None}, shared=False)
             with pytest.raises(StudyError, match="data.path: /data/records is a local path"):
                 checks.check_paths({"output": f"s3://{BUCKET}/x", "data.path": "/data/records"}, shared=False)
+            # A joined cluster may grow: the autoscaler is asked, and the wait is bounded.
+            said: list[str] = []
+            gpu = {"CPU": 1.0, "GPU": 1.0}
+            with pytest.raises(StudyError, match=r"training asks for CPU 1, GPU 1 per worker, .* after waiting 2 s"):
+                checks.check_resources(gpu, "training", False, 2, said.append)
+            assert "asking the autoscaler" in said[0]
+            ray_cli = os.path.join(os.path.dirname(sys.executable), "ray")
+            grown = subprocess.Popen([ray_cli, "start", f"--address={two.address}", "--num-cpus=1", "--num-gpus=1",
+                                      "--block"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            try:  # a node that can hold it joins while the study waits
+                start = time.monotonic()
+                checks.check_resources(gpu, "training", False, 120, said.append)
+                assert time.monotonic() - start < 100
+            finally:
+                grown.terminate()
+                grown.wait(timeout=60)
         finally:
             ray.shutdown()
     finally:
