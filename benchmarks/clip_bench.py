@@ -34,9 +34,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 def _prepare(out: str, args) -> tuple:
     from study.config_load import load_config
-    from study.pipeline.context import RunContext
-    from study.pipeline.ingest import run_data
-    from study.pipeline.manifest import run_splits
+    from study.frame.context import RunContext
+    from study.stages.data import run_data
+    from study.stages.splits import run_splits
 
     n = args.pairs + args.public + args.pairs // 2  # target, public, and a little reference and holdout
     t, r = args.pairs / n, args.pairs / 4 / n

@@ -13,7 +13,7 @@ parts (id, embedding) under ``--dir``; a "tune" query set (nprobe calibration) a
 Per size, on one local Ray instance of ``--cpus`` CPUs (``--shards`` shard actors, one FAISS
 thread each; the IVF-PQ trainer uses every core), through the product's own code
 (``study.search.build.open_index``, ``study.search.recall.measure_recall``,
-``study.pipeline.neighbours.search_set``):
+``study.stages.search.search_set``):
 
 1. flat shards: build (read slices, persist), stream the eval queries -> exact results, queries/s;
 2. IVF-PQ with the automatic parameters: train, build, calibrate nprobe on the tune set (target
@@ -83,7 +83,7 @@ def run_size(args, n: int) -> dict:
 
     from study.config import IVFPQConfig, SearchConfig
     from study.core.ivf_params import recall_at_k
-    from study.pipeline.neighbours import search_set
+    from study.stages.search import search_set
     from study.search.build import open_index
     from study.search.recall import measure_recall, sample_queries
     from study.search.results import ResultWriter, read_results

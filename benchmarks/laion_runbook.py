@@ -187,7 +187,7 @@ def measure_inputs() -> None:
     from study.data.laion import inspect_image
     from study.data.records import decode_image
     from study.embed.views import resize
-    from study.pipeline.vlm_measure import record_scores
+    from study.kinds.vlm_dejavu.measure import record_scores
 
     rng, blobs = np.random.default_rng(0), []
     for _ in range(300):  # smooth colour fields plus noise: ~30 KB at quality 95, like LAION's 256 px

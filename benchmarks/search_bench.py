@@ -67,7 +67,7 @@ def rate(nq: int, seconds: float, n: int, d: int, peak: float, flat: bool) -> di
 def stage_runs(index, queries, root: str, cfg_kw: dict, batches: list[int], nprobe: int, tag: str):
     """(per batch size: seconds, results) of the search stage's loop over ``queries``."""
     from study.config import SearchConfig
-    from study.pipeline.neighbours import rows_per_part, search_set
+    from study.stages.search import rows_per_part, search_set
     from study.search.results import ResultWriter, read_results
 
     out = {}

@@ -28,9 +28,9 @@ os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
 
 def _prepare(out: str, args) -> tuple:
     from study.config_load import load_config
-    from study.pipeline.context import RunContext
-    from study.pipeline.ingest import run_data
-    from study.pipeline.manifest import run_splits
+    from study.frame.context import RunContext
+    from study.stages.data import run_data
+    from study.stages.splits import run_splits
 
     n = args.images * 2
     overrides = [

@@ -13,7 +13,7 @@ import tempfile
 import time
 
 from study.config_load import load_config
-from study.pipeline.runner import run_study
+from study.frame.runner import run_study
 from study import storage
 
 

@@ -84,7 +84,7 @@ def _with_report_default(argv: list[str]) -> list[str]:
 
 def _run(args: argparse.Namespace) -> int:
     from study.config_load import load_config
-    from study.pipeline.runner import run_study
+    from study.frame.runner import run_study
     from study.report.summary import print_summary
 
     cfg = load_config(args.config, args.overrides, args.output)
@@ -137,7 +137,7 @@ def _data_synth(args: argparse.Namespace) -> int:
     from study.data.synth_formats import FORMATS
     from study.data.synth_write import throttled
     from study.errors import ConfigError
-    from study.pipeline.runner import ensure_ray
+    from study.frame.cluster import ensure_ray
     from study.preflight import check_output
 
     if args.format not in FORMATS:
@@ -171,7 +171,7 @@ def _data_inspect(args: argparse.Namespace) -> int:
 
     from study.config_load import load_config
     from study.errors import ConfigError
-    from study.pipeline.inspect import run_inspect
+    from study.stages.data_inspect import run_inspect
     from study.preflight import check_inputs
 
     foreign = [o for o in args.overrides if not o.startswith(("data.", "embed.crop.", "ray."))]

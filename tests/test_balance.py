@@ -16,8 +16,8 @@ from study.core.splits import hash_unit
 from study.data import records
 from study.data.loading import read_split
 from study.errors import ConfigError
-from study.pipeline.context import RunContext
-from study.pipeline.manifest import run_splits
+from study.frame.context import RunContext
+from study.stages.splits import run_splits
 
 
 def greedy(u, labels, eligible, quotas):
@@ -73,7 +73,7 @@ def test_stage_takes_n_per_class_and_reports_shortfalls(ray_local, tmp_path):
     sets = ["data.num_images=400", "data.image_size=16", "data.num_classes=4", "data.shard_size=100",
             "splits.per_class={target: 20, reference: 20, public: 40, holdout: 30}", f"output={tmp_path}"]
     ctx = RunContext.create(load_config(None, sets))
-    from study.pipeline.ingest import run_data
+    from study.stages.data import run_data
 
     run_data(ctx)
     # Plant records without boxes: the attacked splits cannot take them, the public set can.

@@ -78,7 +78,7 @@ def test_another_architecture_or_not_a_checkpoint_is_a_clear_error():
 def test_a_checkpoint_on_object_storage_is_read_and_fingerprinted(s3_env):
     from study import storage
     from study.config_load import load_config
-    from study.pipeline.runner import _checkpoint_file
+    from study.frame.runner import _checkpoint_file
 
     enc = _encoder(3)
     uri = f"s3://{BUCKET}/models/elsewhere.pt"

@@ -243,7 +243,7 @@ def test_projector_sizes_as_the_papers_write_them():
 
 
 def test_dino_takes_at_most_hidden_bottleneck_and_output_sizes():
-    from study.pipeline.kinds import get_kind
+    from study.frame.kinds import get_kind
 
     cfg = load_config(None, ["train.method=dino", "model.projector_dims=64-32-16-8"])
     with pytest.raises(ConfigError, match=r"^model\.projector_dims: dino takes at most 3 sizes"):
@@ -257,7 +257,7 @@ def test_dino_takes_at_most_hidden_bottleneck_and_output_sizes():
 def test_every_shipped_study_config_loads_and_passes_its_kinds_checks():
     import glob
 
-    from study.pipeline.kinds import get_kind
+    from study.frame.kinds import get_kind
 
     paths = [p for p in sorted(glob.glob(os.path.join(ROOT, "configs", "*.yaml"))) if "cluster" not in os.path.basename(p)]
     assert len(paths) >= 6

@@ -20,11 +20,11 @@ from study import storage
 from study.config_load import load_config
 from study.core.splits import assign_splits
 from study.data import records, synth_write, synthetic
-from study.pipeline import ingest
-from study.pipeline.context import RunContext
-from study.pipeline.kinds import get_kind
-from study.pipeline.manifest import run_splits
-from study.pipeline.reporting import quarantine_summary
+from study.stages import data as ingest
+from study.frame.context import RunContext
+from study.frame.kinds import get_kind
+from study.stages.splits import run_splits
+from study.stages.report import quarantine_summary
 
 N = 80
 GEN = ["data.image_size=16", "data.num_classes=5", "data.objects_per_image=[1, 2]", f"data.num_images={N}",
@@ -81,7 +81,7 @@ def expected(kind: str, read_reasons: dict[str, int]) -> dict[str, int]:
 def run(tmp_path, source: str, path: str, kind: str = "ssl_dejavu", objects: str | None = None,
         extra: tuple = ()) -> tuple:
     """The data and splits stages (the data stage's marker written, as the runner does)."""
-    from study.pipeline.context import write_marker
+    from study.frame.context import write_marker
 
     sets = GEN + [f"study={kind}", f"data.source={source}", f"data.path={path}", *extra]
     sets += [f"data.objects={objects}"] if objects else []

@@ -5,10 +5,10 @@ import pytest
 
 from study.config_load import load_config
 from study.errors import ConfigError
-from study.pipeline.context import RunContext
-from study.pipeline.kinds import CONTROLS, get_kind, side_ids
-from study.pipeline.runner import STAGE_NAMES, stage_digest, stages
-from study.pipeline.sweep import settings_of
+from study.frame.context import RunContext
+from study.frame.kinds import CONTROLS, get_kind, side_ids
+from study.frame.runner import STAGE_NAMES, stage_digest, stages
+from study.frame.sweep import settings_of
 
 
 def _digests(overrides):

@@ -11,9 +11,9 @@ from study.config import DataConfig
 from study.config_load import load_config
 from study.data import records, synthetic
 from study.errors import DataError
-from study.pipeline.kinds import get_kind
-from study.pipeline.learn import check_labels
-from study.pipeline.validate import check_record_columns, check_registries
+from study.frame.kinds import get_kind
+from study.stages.train import check_labels
+from study.frame.validate import check_record_columns, check_registries
 
 BOX_WITHOUT_LABEL = pa.struct([(n, pa.float64()) for n in ("x0", "y0", "x1", "y1")])
 

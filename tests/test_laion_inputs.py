@@ -25,8 +25,8 @@ from study.config import DATA_SOURCES
 from study.config_load import load_config
 from study.data import laion, records, synth_write, synthetic
 from study.errors import DataError
-from study.pipeline import ingest
-from study.pipeline.context import RunContext
+from study.stages import data as ingest
+from study.frame.context import RunContext
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 N, SHARD, SEED = 60, 25, 3
@@ -297,8 +297,8 @@ def test_ingest_on_object_storage(written, tmp_path):
 def test_vlm_study_on_webdataset_runs_through_splits(written, tmp_path, capsys):
     """The stage runner with data.source=webdataset: up-front checks, data, splits; a rerun reuses
     both, and a rewritten side table changes the data stage's inputs (so it would rerun)."""
-    from study.pipeline.runner import _inputs, _run_stage, stages
-    from study.pipeline.validate import check_registries
+    from study.frame.runner import _inputs, _run_stage, stages
+    from study.frame.validate import check_registries
 
     path, written_side = written["webdataset"]
     side = str(tmp_path / "objects.parquet")  # a copy: this test rewrites it

@@ -9,8 +9,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from study.core.topk import label_votes, predict_from_votes
-from study.pipeline.kinds import side_ids
-from study.pipeline.ssl_measure import build_sides, knn_outcomes, split_index
+from study.frame.kinds import side_ids
+from study.kinds.ssl_dejavu.measure import build_sides, knn_outcomes, split_index
 from study.search.results import ResultWriter
 
 

@@ -7,8 +7,8 @@ import pytest
 
 from study.data.lookup import IdIndex
 from study.errors import StudyError
-from study.pipeline.ssl_measure import dropped_counts, knn_outcomes
-from study.pipeline.vlm_measure import in_id_order, read_neighbours
+from study.kinds.ssl_dejavu.measure import dropped_counts, knn_outcomes
+from study.kinds.vlm_dejavu.measure import in_id_order, read_neighbours
 from study.search.results import (ResultWriter, check_queries, check_same_queries, iter_results, neighbour_matrix,
                                   public_rows)
 

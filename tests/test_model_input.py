@@ -99,8 +99,8 @@ def test_sixteen_bit_greyscale_keeps_its_range():
 
 
 def test_the_rule_is_configured_checked_and_hashed_only_when_set():
-    assert DataConfig().model_input() == ModelInput(32, "squash")
-    assert load_config(None, ["data.resize=center_crop"]).data.model_input() == ModelInput(32, "center_crop")
+    assert ModelInput.of(DataConfig()) == ModelInput(32, "squash")
+    assert ModelInput.of(load_config(None, ["data.resize=center_crop"]).data) == ModelInput(32, "center_crop")
     with pytest.raises(ConfigError, match="data.resize"):
         load_config(None, ["data.resize=stretch"])
     with pytest.raises(ConfigError, match="data.size_range"):

@@ -15,8 +15,8 @@ from study.core.phash import band_keys, close_pairs, dhash, hamming
 from study.core.split_plan import QUARANTINED
 from study.data import records
 from study.data.loading import read_split
-from study.pipeline.context import RunContext
-from study.pipeline.manifest import run_splits
+from study.frame.context import RunContext
+from study.stages.splits import run_splits
 
 
 def scene(seed: int, size: int = 32) -> np.ndarray:
@@ -65,7 +65,7 @@ def test_stage_finds_planted_duplicates_and_drops_attacked_copies(ray_local, tmp
             "splits.fractions={target: 0.25, reference: 0.25, public: 0.5}",
             "splits.near_duplicates={detect: true, max_distance: 4, drop: true}"]
     ctx = RunContext.create(load_config(None, sets))
-    from study.pipeline.ingest import run_data
+    from study.stages.data import run_data
 
     run_data(ctx)
     table = records.dataset(ctx.data_root).to_table()

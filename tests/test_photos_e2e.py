@@ -21,8 +21,9 @@ from study.cli import main
 from study.config_load import load_config
 from study.data import records
 from study.data.loading import read_split
-from study.pipeline.context import RunContext
-from study.pipeline.neighbours import read_embeddings
+from study.frame.context import RunContext
+from study.stages.search import read_embeddings
+from study.data.model_input import ModelInput
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 N = 320
@@ -77,7 +78,7 @@ def test_the_input_is_jpeg_photographs_of_mixed_sizes(photo_coco):
 
 def _check_embeddings(ctx: RunContext, model: str, split: str, space: str, forward) -> None:
     """The stage's embeddings of ``split`` equal ``forward`` on the records' model inputs."""
-    inputs = ctx.cfg.data.model_input()
+    inputs = ModelInput.of(ctx.cfg.data)
     ids, emb = read_embeddings(ctx.embeddings(model, split, space))
     pick = [str(i) for i in ids[:24]]
     table = records.read_records(ctx.data_root, pick, columns=["id", "image"])

@@ -22,8 +22,8 @@ from study.cli import main
 from study.config_load import load_config
 from study.core.topk import brute_force_knn, l2_normalize
 from study.data.loading import load_images, read_split
-from study.pipeline.context import RunContext
-from study.pipeline.neighbours import read_embeddings
+from study.frame.context import RunContext
+from study.stages.search import read_embeddings
 from study.train.models import load_model, normalize
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -232,9 +232,9 @@ def test_rerun_reuses_and_resumes(study_run, capsys):
 
 
 def test_parquet_source_plans_the_same_splits(study_run, tmp_path):
-    from study.pipeline.manifest import run_splits
-    from study.pipeline.ingest import run_data
-    from study.pipeline.runner import _inputs
+    from study.stages.splits import run_splits
+    from study.stages.data import run_data
+    from study.frame.runner import _inputs
 
     _, ctx, report = study_run
     overrides = OVERRIDES + ["data.source=parquet", f"data.path={ctx.data_root}"]

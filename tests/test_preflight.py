@@ -136,7 +136,7 @@ def test_a_local_output_on_two_raylets_is_refused(tmp_path):
     import ray
     from ray.cluster_utils import Cluster
 
-    from study.pipeline import cluster as checks
+    from study.frame import cluster as checks
 
     temp = [tempfile.mkdtemp(prefix=f"raylet{i}-") for i in range(2)]
     two = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "temp_dir": temp[0],
@@ -208,7 +208,7 @@ def test_a_cluster_that_refuses_the_token(tmp_path):
 def test_a_local_output_in_a_ray_job_is_refused(monkeypatch, tmp_path):
     import ray
 
-    from study.pipeline import cluster as checks
+    from study.frame import cluster as checks
 
     monkeypatch.setenv(checks.JOB_ENV, "{}")  # what Ray's job supervisor sets for an entrypoint
     ray.init(num_cpus=1, include_dashboard=False)

@@ -10,7 +10,7 @@ import pytest
 from study.config_load import load_config
 from study.core.calibration import calibrate, headline_tests, rejection_rate
 from study.errors import ConfigError
-from study.pipeline.sweep import setting_points, settings_of
+from study.frame.sweep import setting_points, settings_of
 from study.report.calibration_html import calibration_lines, calibration_section
 
 

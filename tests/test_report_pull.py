@@ -1,6 +1,6 @@
 """``dejavu report pull`` and ``dejavu report list`` on run directories laid out by the product's own
 helpers (config, run id, stage directories, markers), with report files written by hand in the
-shape ``study.pipeline.reporting`` gives them: no training, locally and on a real S3 server.
+shape ``study.stages.report`` gives them: no training, locally and on a real S3 server.
 """
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ import pytest
 from study import storage
 from study.cli import main
 from study.config_load import config_to_dict, load_config
-from study.pipeline.context import SHARED_STAGES, RunContext, write_marker
-from study.pipeline.runner import STAGE_NAMES
-from study.pipeline.sweep import settings_of
+from study.frame.context import SHARED_STAGES, RunContext, write_marker
+from study.frame.runner import STAGE_NAMES
+from study.frame.sweep import settings_of
 from test_object_storage import local_or_s3, s3_env  # noqa: F401  (s3_env: the local S3 server fixture)
 
 SWEEP = "sweep={train.text_randomization.p: [0.0, 0.1]}"

@@ -11,7 +11,7 @@ import ray
 
 from study.config import SearchConfig
 from study.core.topk import l2_normalize
-from study.pipeline.neighbours import search_set
+from study.stages.search import search_set
 from study.search import layout
 from study.search.build import open_index
 from study.search.results import ResultWriter, read_results

@@ -11,8 +11,8 @@ import pytest
 from study import storage
 from study.config_load import load_config
 from study.core.topk import brute_force_knn, l2_normalize
-from study.pipeline.context import RunContext
-from study.pipeline.neighbours import run_search
+from study.frame.context import RunContext
+from study.stages.search import run_search
 from study.search import layout
 from study.search.build import open_index
 from study.search.results import PARTS, read_neighbours, read_results

@@ -112,8 +112,8 @@ def test_digest_is_order_free_and_content_sensitive():
 
 
 def test_shared_split_joins_both_training_sets_only_when_present():
-    from study.pipeline.kinds import MODELS
-    from study.pipeline.learn import training_splits
+    from study.frame.kinds import MODELS
+    from study.stages.train import training_splits
 
     assert training_splits(MODELS, {"target": 5, "reference": 5, "shared": 0}) == {
         "model_a": ("target",), "model_b": ("reference",)}

@@ -15,8 +15,8 @@ from study.core.splits import UNASSIGNED, assign_splits, split_digest
 from study.data import records, synthetic
 from study.data.loading import read_split
 from study.errors import StudyError
-from study.pipeline.context import RunContext
-from study.pipeline.manifest import run_splits, verify_splits
+from study.frame.context import RunContext
+from study.stages.splits import run_splits, verify_splits
 
 FRACTIONS = {"target": 0.2, "reference": 0.2, "public": 0.4, "holdout": 0.1, "shared": 0.0}
 
@@ -71,7 +71,7 @@ def test_embed_plan_counted_by_tasks_equals_in_memory_plan(ray_local, tmp_path):
     from study.config import CropConfig
     from study.embed.captions import plan_captions
     from study.embed.views import plan_crops
-    from study.pipeline.plan import count_plan
+    from study.stages.embed_plan import count_plan
 
     ctx = _context(tmp_path, num=150, shard_size=40)
     sets = ("target", "reference", "holdout")
@@ -95,7 +95,7 @@ def test_tally_equals_totals_in_a_plain_loop(ray_local):
     whatever the blocks (uneven, some with a group missing)."""
     import pyarrow as pa
 
-    from study.pipeline.tally import tally
+    from study.frame.tally import tally
 
     rng = np.random.default_rng(5)
     n = 997

@@ -14,15 +14,16 @@ import torch
 from study import storage
 from study.cli import main
 from study.config_load import load_config
-from study.pipeline.context import RunContext
-from study.pipeline.neighbours import read_embeddings
+from study.frame.context import RunContext
+from study.stages.search import read_embeddings
 from study.core.naive_bayes import TagCounts, predict
 from study.data import records
 from study.data.loading import read_split
-from study.pipeline.runner import setting_contexts
-from study.pipeline.taggers import synthetic_background
+from study.frame.runner import setting_contexts
+from study.kinds.ssl_dejavu.taggers import synthetic_background
 from study.embed.views import labelled_crops
 from study.train.models import load_model, normalize
+from study.data.model_input import ModelInput
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(ROOT, "configs/tiny.yaml")
@@ -112,7 +113,7 @@ def test_snapshot_sweep_trains_once_and_measures_each_epoch(swept, capsys):
     for split in ("target", "reference"):
         ids = [str(i) for i in read_split(ctx.splits_dir, split)[0]]
         table = records.read_records(a.data_root, ids, columns=["id", "image", "width", "height", "label", "boxes"])
-        _, crops, labels = labelled_crops(table, a.cfg.embed.crop, a.cfg.data.model_input())
+        _, crops, labels = labelled_crops(table, a.cfg.embed.crop, ModelInput.of(a.cfg.data))
         with torch.inference_mode():
             _, logits = model(normalize(torch.from_numpy(crops)))
         accuracy.append(np.mean(logits.argmax(1).numpy() == labels))

@@ -16,9 +16,10 @@ from study.cli import main
 from study.config_load import load_config
 from study.data.loading import load_inputs, read_split
 from study.embed.alignment import AlignmentScorer
-from study.pipeline.context import RunContext
-from study.pipeline.sslmem_measure import SCORES_FILE
+from study.frame.context import RunContext
+from study.kinds.sslmem.measure import SCORES_FILE
 from study.report.summary import summary_lines
+from study.data.model_input import ModelInput
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OVERRIDES = ["data.num_images=400", "train.epochs=60", "train.checkpoint_every=30", "measure.bootstrap=200",
@@ -55,7 +56,7 @@ def test_streamed_scores_equal_an_in_process_computation(sslmem_run):
     cfg = ctx.cfg
     table = pq.read_table(ctx.stage_dir("measure", SCORES_FILE)).to_pandas().set_index("id")
     ids = list(table.index[:12])
-    images = load_inputs(ctx.data_root, ids, cfg.data.model_input())
+    images = load_inputs(ctx.data_root, ids, ModelInput.of(cfg.data))
     pixels = np.stack([images[i] for i in ids])
     torch.set_num_threads(1)
     scorer = AlignmentScorer({m: ctx.model_file(m) for m in ("model_a", "model_b")}, 1, cfg.sslmem.spaces(),

@@ -18,8 +18,8 @@ from study.data import records, synthetic
 from study.data.loading import load_training_pairs, load_training_set, read_split
 from study.data.model_input import ModelInput
 from study.data.synth_write import to_jpeg
-from study.pipeline.context import RunContext
-from study.pipeline.manifest import run_splits
+from study.frame.context import RunContext
+from study.stages.splits import run_splits
 from study.train.driver import TrainJob, fit
 from study.train.stream import count_rows, training_dataset, use_stream
 

@@ -25,9 +25,9 @@ from study.core.splits import assign_splits
 from study.core.topk import brute_force_knn
 from study.data import records, synthetic
 from study.data.loading import load_images, read_split
-from study.pipeline.context import RunContext
-from study.pipeline.neighbours import read_embeddings
-from study.pipeline.text_retriever import RETRIEVER, SPACE
+from study.frame.context import RunContext
+from study.stages.search import read_embeddings
+from study.kinds.vlm_dejavu.text_retriever import RETRIEVER, SPACE
 from study.train.clip import encode_images, encode_texts, load_clip, tokenize
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -16,11 +16,11 @@ from study.data.model_input import ModelInput
 from study.embed.captions import (CAPTION, PUBLIC_CAPTIONS, TEXT, plan_with_public_captions,
                                   prepare_vlm_batch)
 from study.errors import ConfigError
-from study.pipeline.context import RunContext
-from study.pipeline.kinds import get_kind
-from study.pipeline.text_retriever import CONTROLS, RETRIEVER
-from study.pipeline.validate import check_registries
-from study.pipeline.vlm_measure import control_results, record_scores
+from study.frame.context import RunContext
+from study.frame.kinds import get_kind
+from study.kinds.vlm_dejavu.text_retriever import CONTROLS, RETRIEVER
+from study.frame.validate import check_registries
+from study.kinds.vlm_dejavu.measure import control_results, record_scores
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VLM = os.path.join(ROOT, "configs/quickstart-vlm.yaml")
@@ -97,7 +97,7 @@ def test_with_the_pair_each_model_is_the_target_on_its_own_records(tmp_path):
 
 
 def test_sides_follow_the_two_model_test_with_the_retriever_as_reference():
-    from study.pipeline.kinds import CONTROLS as TWO_MODEL
+    from study.frame.kinds import CONTROLS as TWO_MODEL
 
     for control, rows in CONTROLS.items():
         assert [(s, split, t) for s, split, t, _ in rows] == [(s, split, t) for s, split, t, _ in TWO_MODEL[control]]
@@ -164,7 +164,7 @@ def test_a_sweep_shows_each_settings_one_model_test():
 
 
 def test_the_retriever_trains_beside_the_pair_only_where_all_three_fit():
-    from study.pipeline.learn import room_for
+    from study.stages.train import room_for
 
     one = TrainConfig(num_workers=1, cpus_per_worker=1.0)
     assert room_for({"CPU": 3.0}, one, False, 3) and not room_for({"CPU": 2.0}, one, False, 3)

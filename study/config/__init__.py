@@ -75,7 +75,7 @@ class StudyConfig:
     repeats: int = 1
 
     def __post_init__(self) -> None:
-        # The study kind is checked against the kinds registry (study.pipeline.validate).
+        # The study kind is checked against the kinds registry (study.frame.validate).
         _check(bool(self.name) and "/" not in self.name, "name", "must be a non-empty name without '/'")
         _check(bool(self.run_id) and "/" not in self.run_id, "run_id", "must be a non-empty name without '/'")
         _check(isinstance(self.repeats, int) and self.repeats >= 1, "repeats", "must be a whole number >= 1")

@@ -7,7 +7,7 @@ from typing import Mapping
 from study.config.checks import ADDED, SPLIT_NAMES, check as _check
 
 
-DATA_SOURCES = ("synthetic", "parquet", "webdataset", "img2dataset", "coco", "voc", "hf")  # study.pipeline.ingest.SOURCES
+DATA_SOURCES = ("synthetic", "parquet", "webdataset", "img2dataset", "coco", "voc", "hf")  # study.stages.data.SOURCES
 HF_FORMATS = ("auto", "disk", "parquet", "imagefolder")  # "auto" and study.data.hf.LAYOUT_NAMES
 HF_FIELDS = ("id", "image", "label", "caption", "objects", "boxes", "box_labels")  # study.data.hf.FIELDS
 HF_BOX_FORMATS = ("xyxy", "xywh")  # study.data.hf.BOX_FORMATS
@@ -120,12 +120,6 @@ class DataConfig:
         _check(0 <= self.caption_objects <= 8, "data.caption_objects", "must be in [0, 8]")
         _check(0.0 <= self.cooccurrence <= 1.0, "data.cooccurrence", "must be in [0, 1]")
         _check(self.shard_size >= 1, "data.shard_size", "must be positive")
-
-    def model_input(self):
-        """How every stage turns a record's image into a model input (``study.data.model_input``)."""
-        from study.data.model_input import ModelInput
-
-        return ModelInput(self.image_size, self.resize)
 
     def input_key(self):
         """What of this config the model inputs depend on, for the stages' hashes: the size alone

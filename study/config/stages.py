@@ -115,7 +115,7 @@ class MeasureConfig:
     confidence_level: float = 0.95
     seed: int = 0
     # The one-model test's naive-Bayes predictor (SSL, DESIGN §2.3): the tagger of what a crop shows
-    # (study.pipeline.taggers; "" turns the test off) and its add-alpha smoothing.
+    # (study.kinds.ssl_dejavu.taggers; "" turns the test off) and its add-alpha smoothing.
     one_model_tagger: str = "synthetic_background"
     one_model_alpha: float = 1.0
 

@@ -15,6 +15,7 @@ fraction plan. Records no split takes stay unassigned.
 """
 from __future__ import annotations
 
+import math
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -53,3 +54,9 @@ def assign_balanced(u: np.ndarray, labels: Sequence, eligible: Mapping[str, np.n
                 out[i] = split
                 break
     return out
+
+def read_thresholds(manifest: dict) -> dict:
+    """The per-class thresholds a split manifest records (class -> split -> threshold; inf for none)."""
+    entry = manifest.get("per_class") or {}
+    return {int(c): {s: (math.inf if t is None else float(t)) for s, t in ts.items()}
+            for c, ts in entry.get("thresholds", {}).items()}

@@ -72,6 +72,11 @@ class ModelInput:
     size: int
     rule: str = "squash"
 
+    @classmethod
+    def of(cls, data_cfg) -> "ModelInput":
+        """How every stage turns a record's image into a model input, for a ``data`` config section."""
+        return cls(data_cfg.image_size, data_cfg.resize)
+
     def __post_init__(self) -> None:
         if self.rule not in RESIZE_RULES:
             raise ValueError(f"unknown resize rule {self.rule!r}; expected one of {sorted(RESIZE_RULES)}")

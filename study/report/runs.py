@@ -17,9 +17,9 @@ from typing import Callable, Collection
 
 from study import storage
 from study.errors import StudyError
-from study.pipeline.context import MARKER, SHARED_STAGES
-from study.pipeline.runner import STAGE_NAMES
-from study.pipeline.sweep import setting_points
+from study.frame.context import MARKER, SHARED_STAGES
+from study.frame.context import STAGE_NAMES
+from study.frame.sweep import setting_points
 
 CONFIG = "config.json"
 REPORT = "report/report.json"

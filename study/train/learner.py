@@ -16,7 +16,6 @@ from lightly.models.modules.heads import ProjectionHead
 from lightly.models.utils import update_momentum
 from torch import nn
 
-from study.train.models import Encoder
 
 
 @dataclass(frozen=True)
@@ -50,7 +49,9 @@ class Learner(nn.Module):
     """``forward(x)`` -> (h, z, p): backbone features, projector output, the predictor's output on
     z (None without a predictor). The teacher and the criterion are reached as attributes."""
 
-    def __init__(self, encoder: Encoder, predictor: nn.Module | None = None, teacher: Encoder | None = None,
+    # ``encoder`` and ``teacher`` are ``models.Encoder``s (backbone, projector); not imported here, as
+    # models builds its projectors with the methods, which are built on this module.
+    def __init__(self, encoder: nn.Module, predictor: nn.Module | None = None, teacher: nn.Module | None = None,
                  criterion: nn.Module | None = None):
         super().__init__()
         self.encoder, self.predictor, self.criterion = encoder, predictor, criterion

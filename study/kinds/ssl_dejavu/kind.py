@@ -1,0 +1,173 @@
+"""The SSL déjà vu study kind (DESIGN §2.1): label inference from a background crop.
+
+Models A and B are image encoders (an SSL method or the supervised baseline); the public set is
+embedded whole, the attacked sets as background crops; the search spaces are the backbone and
+projector embeddings; the measurement is ``study.kinds.ssl_dejavu.measure``.
+"""
+from __future__ import annotations
+
+from functools import partial
+
+import numpy as np
+
+from study.config import StudyConfig
+from study.config_load import config_to_dict
+from study.data import records
+from study.data.loading import load_images, load_inputs
+from study.frame.context import RunContext
+from study.frame.kinds import StudyKind
+from study.kinds.ssl_dejavu.measure import run_measure
+from study.report.ssl_html import render_body
+from study.data.model_input import ModelInput
+
+PUBLIC = "public"
+VIEWS = ("backbone", "projector")
+
+
+def check(cfg: StudyConfig) -> None:
+    from study.core.crops import CROP_RULES
+    from study.frame.validate import one_of
+    from study.errors import ConfigError
+    from study.train.methods import METHODS, method_params
+    from study.train.models import BACKBONES
+
+    one_of(cfg.model.backbone, BACKBONES, "model.backbone")
+    one_of(cfg.embed.crop.rule, CROP_RULES, "embed.crop.rule")
+    method_params(cfg.train.method, cfg.train.params)
+    if cfg.measure.one_model_tagger:
+        from study.kinds.ssl_dejavu.taggers import TAGGERS
+
+        one_of(cfg.measure.one_model_tagger, TAGGERS, "measure.one_model_tagger")
+    if cfg.train.checkpoint:
+        from study import storage
+
+        if not storage.exists(cfg.train.checkpoint):
+            raise ConfigError(f"train.checkpoint: {cfg.train.checkpoint} does not exist")
+    if cfg.train.checkpoint and cfg.train.snapshot:
+        raise ConfigError("train.snapshot: a model from train.checkpoint has no snapshots; leave it at 0")
+    if cfg.train.precision == "fp16" and not cfg.ray.use_gpu:
+        raise ConfigError("train.precision: fp16 needs a GPU (ray.use_gpu=true); on CPU use bf16")
+    most = METHODS[cfg.train.method].max_projector_sizes
+    if most and len(cfg.model.projector_dims) > most:
+        raise ConfigError(f"model.projector_dims: {cfg.train.method} takes at most {most} sizes (hidden-bottleneck-output, "
+                          f"e.g. 2048-256-65536), got {len(cfg.model.projector_dims)}")
+
+
+def run_embed(ctx: RunContext) -> dict:
+    from study.embed.pipeline import Embedder
+    from study.stages.embed import embed_planned
+    from study.embed.views import CROP, WHOLE, prepare_batch
+    from study.stages.embed_plan import count_plan
+
+    cfg = ctx.cfg
+    attacked = KIND.attacked_sets(cfg)
+    planner = partial(_crop_summary, crop_cfg=cfg.embed.crop)
+    plan = ctx.split_plan()
+    public_n, crops = count_plan(ctx.data_root, ["id", "width", "height", "label", "boxes"], planner, attacked, plan)
+    modes = {PUBLIC: WHOLE, **{s: CROP for s in attacked}}
+    prepare = partial(prepare_batch, plan=plan, modes=modes,
+                      crop_cfg=cfg.embed.crop, inputs=ModelInput.of(cfg.data))
+    sets = embed_planned(ctx, KIND.models_for(cfg), public_n, crops, f"crops ({cfg.embed.crop.rule} rule)",
+                         list(dict.fromkeys(["id", "image", "width", "height", "label", "boxes", *plan.columns()])),
+                         prepare, Embedder, {s: VIEWS for s in modes})
+    return {"sets": sets, "crop": vars(cfg.embed.crop)}
+
+
+def _crop_summary(batch, split_of, sets, crop_cfg):
+    from study.embed.views import plan_crops
+
+    return plan_crops(batch, split_of, sets, crop_cfg)[1]
+
+
+def headline(results: dict) -> dict:
+    """Gap at q = 1 (top-1) per representation and control: the numbers quoted first."""
+    out = {}
+    for rep, controls in results.items():
+        for control, res in controls.items():
+            entry = max(res["top1"]["by_q"], key=lambda e: e["q"])
+            out[f"{rep}/{control}"] = {
+                "target": entry["target"]["value"],
+                "reference": entry["reference"]["value"],
+                "gap": entry["gap"]["value"],
+                "ci": entry["gap"]["ci"],
+                "p_value": entry["gap"]["p_value"],
+            }
+    return out
+
+
+def extras(ctx: RunContext) -> dict:
+    from study.kinds.ssl_dejavu.one_model import read_one_model
+    from study.kinds.ssl_dejavu.utility import read_utility
+
+    one_model = read_one_model(ctx)
+    if one_model and "predictors" in one_model:
+        one_model["headline"] = {name: headline(results) for name, results in one_model["predictors"].items()}
+    return {"k": ctx.cfg.search.k, "metric": ctx.cfg.search.metric, "crop_rule": config_to_dict(ctx.cfg.embed.crop),
+            "utility": read_utility(ctx), "one_model": one_model}
+
+
+def gallery(ctx: RunContext, report: dict) -> list[dict]:
+    """Most-memorized records of the positive control: the original as stored, the crop and the
+    nearest public images as the model saw them (model inputs)."""
+    from study.embed.views import crop_for
+
+    rep = next(iter(report["results"]), None)
+    rows = report["results"].get(rep, {}).get("positive", {}).get("most_memorized", []) if rep else []
+    if not rows:
+        return []
+    shown = ctx.cfg.report.neighbors_shown
+    meta = records.read_records(ctx.data_root, [r["id"] for r in rows], columns=["id", "width", "height", "label", "boxes"])
+    rects = {
+        i: crop_for(w, h, b, lab, ctx.cfg.embed.crop)[0]
+        for i, w, h, lab, b in zip(
+            meta.column("id").to_pylist(), meta.column("width").to_pylist(), meta.column("height").to_pylist(),
+            meta.column("label").to_pylist(), records.iter_boxes(meta.column("boxes")),
+        )
+    }
+    neighbours = nearest_public(ctx, rows, rep, shown)
+    inputs = ModelInput.of(ctx.cfg.data)
+    originals = load_images(ctx.data_root, [r["id"] for r in rows])
+    public = load_inputs(ctx.data_root, [n for ns in neighbours.values() for n in ns], inputs)
+    out = []
+    for r in rows:
+        original = originals[r["id"]]
+        x0, y0, x1, y1 = rects[r["id"]]
+        out.append({
+            **r,
+            "representation": rep,
+            "original": original,
+            "crop": inputs.of_array(np.ascontiguousarray(original[y0:y1, x0:x1])),
+            "neighbours": [public[n] for n in neighbours[r["id"]]],
+        })
+    return out
+
+
+def nearest_public(ctx: RunContext, rows: list[dict], space: str, shown: int) -> dict[str, list[str]]:
+    """The first ``shown`` public neighbours of each gallery row (keys: id, target_model, split),
+    reading from each search result only the rows of its gallery queries (a pushed-down filter)."""
+    from study.search.results import read_neighbours
+
+    wanted: dict[tuple[str, str], list[str]] = {}
+    for r in rows:
+        wanted.setdefault((r["target_model"], r["split"]), []).append(r["id"])
+    found = {key: read_neighbours(ctx.search_results(*key, space), ids) for key, ids in wanted.items()}
+    return {r["id"]: [n for n in found[(r["target_model"], r["split"])][r["id"]][:shown] if n] for r in rows}
+
+
+KIND = StudyKind(
+    name="ssl_dejavu",
+    title="SSL déjà vu test (label inference from a background crop)",
+    spaces={"projector": ("projector", "projector"), "backbone": ("backbone", "backbone")},
+    recipe="ssl",
+    record_columns=("label", "boxes"),  # the attack's ground truth, and where its crop must not look
+    check=check,
+    embed=run_embed,
+    measure=run_measure,
+    headline=headline,
+    extras=extras,
+    gallery=gallery,
+    html=render_body,
+    # Attacked sets need a label to infer and boxes to crop around; the public set votes with labels.
+    needs={"target": ("label", "boxes"), "reference": ("label", "boxes"), "holdout": ("label", "boxes"),
+           "public": ("label",)},
+)

@@ -1,0 +1,64 @@
+"""Utility beside memorization in the SSL study: each model's linear-probe accuracy.
+
+The probe (``study.train.probe``) trains on the first ``measure.utility_records`` labelled public
+records in id order (neither model trained on them) and is scored on as many labelled holdout
+records, per model and representation, with a bootstrap interval; chance is the most frequent
+class's share among the scored records. Written to ``measure/utility.json``; the report shows it
+beside the gaps.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from study import storage
+from study.data.loading import load_inputs, read_split
+from study.frame.context import RunContext
+from study.data.model_input import ModelInput
+
+UTILITY = "utility.json"
+
+
+def _labelled(ctx: RunContext, split: str, n: int) -> tuple[list[str], np.ndarray]:
+    ids, labels = read_split(ctx.splits_dir, split)  # sorted by id
+    keep = labels >= 0
+    return [str(i) for i in ids[keep][:n]], labels[keep][:n]
+
+
+def measure_utility(ctx: RunContext, models) -> dict:
+    out = _probe(ctx, models)
+    storage.write_json(ctx.stage_dir("measure", UTILITY), out)
+    return out
+
+
+def _probe(ctx: RunContext, models) -> dict:
+    from study.train.models import load_model
+    from study.train.probe import accuracy_with_interval, features, fit_predict
+
+    cfg = ctx.cfg
+    if not cfg.splits.uses("holdout"):
+        return {"note": "no holdout split: the linear probe needs held-out labelled records"}
+    n = cfg.measure.utility_records
+    train_ids, train_y = _labelled(ctx, "public", n)
+    test_ids, test_y = _labelled(ctx, "holdout", n)
+    num_classes = int(max(train_y.max(initial=-1), test_y.max(initial=-1))) + 1
+    if len(set(train_y.tolist())) < 2 or not test_ids:
+        return {"note": "the linear probe needs labelled public records of two classes and labelled holdout records"}
+    inputs = ModelInput.of(cfg.data)
+    images = load_inputs(ctx.data_root, train_ids + test_ids, inputs)
+    train_im, test_im = inputs.stack([images[i] for i in train_ids]), inputs.stack([images[i] for i in test_ids])
+    probe: dict = {}
+    for model in models:
+        encoder, _ = load_model(storage.read_bytes(ctx.model_file(model)))
+        f_train = features(encoder, train_im)
+        f_test = features(encoder, test_im)
+        for rep in f_train:
+            predicted = fit_predict(f_train[rep], train_y, f_test[rep], num_classes)
+            probe.setdefault(rep, {})[model] = accuracy_with_interval(
+                predicted == test_y, cfg.measure.bootstrap, cfg.measure.confidence_level, cfg.measure.seed)
+    return {"linear_probe": probe, "records": {"train": len(train_ids), "test": len(test_ids)},
+            "chance": float(np.bincount(test_y).max() / len(test_y))}
+
+
+def read_utility(ctx: RunContext) -> dict | None:
+    uri = ctx.stage_dir("measure", UTILITY)
+    return storage.read_json(uri) if storage.exists(uri) else None
