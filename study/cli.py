@@ -83,45 +83,45 @@ def _with_report_default(argv: list[str]) -> list[str]:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from study.config_load import load_config
-    from study.frame.runner import run_study
-    from study.report.summary import print_summary
+    from study import api
 
-    cfg = load_config(args.config, args.overrides, args.output)
-    ctx = run_study(cfg, until=args.until)
-    if args.until and args.until != "report":
-        print(f"finished the stages up to {args.until} in {ctx.run_dir}; rerun without --until to go on")
+    report = api.run(args.config, args.overrides, args.output, until=args.until)
+    if report is None:
+        from study.frame.context import RunContext
+
+        run_dir = RunContext.create(api.load_config(args.config, args.overrides, args.output)).run_dir
+        print(f"finished the stages up to {args.until} in {run_dir}; rerun without --until to go on")
         return 0
-    print_summary(ctx.report_json)
+    _print_report(report)
     return 0
 
 
-def _report_show(args: argparse.Namespace) -> int:
-    from study.preflight import check_inputs
-    from study.report.summary import print_summary
+def _print_report(report) -> None:
+    for line in report.summary():
+        print(line)
+    print(f"report: {report.html}")
 
-    check_inputs({"report": args.uri}, local=False)
-    print_summary(args.uri)
+
+def _report_show(args: argparse.Namespace) -> int:
+    from study import api
+
+    _print_report(api.open_report(args.uri))
     return 0
 
 
 def _report_pull(args: argparse.Namespace) -> int:
-    from study.preflight import check_inputs, check_output
-    from study.report.pull import print_pulled, pull_report
+    from study import api
+    from study.report.pull import print_pulled
 
-    check_inputs({"report": args.uri}, local=False)
-    if args.dest:
-        check_output(args.dest)
-    print_pulled(pull_report(args.uri, args.dest, args.overwrite))
+    print_pulled(api.pull_report(args.uri, args.dest, args.overwrite))
     return 0
 
 
 def _report_list(args: argparse.Namespace) -> int:
-    from study.preflight import check_inputs
-    from study.report.runs import print_runs
+    from study import api
+    from study.report.runs import print_run_states
 
-    check_inputs({"report list": args.uri}, local=False)
-    print_runs(args.uri)
+    print_run_states(args.uri, api.list_reports(args.uri))
     return 0
 
 
@@ -132,37 +132,17 @@ def _report(args: argparse.Namespace) -> int:
 def _data_synth(args: argparse.Namespace) -> int:
     import time
 
-    from study import storage
-    from study.config_load import load_config
-    from study.data.synth_formats import FORMATS
-    from study.data.synth_write import throttled
-    from study.errors import ConfigError
-    from study.frame.cluster import ensure_ray
-    from study.preflight import check_output
+    from study import api
 
-    if args.format not in FORMATS:
-        raise StudyError(f"data synth: unknown format '{args.format}'; choose from {sorted(FORMATS)}")
-    foreign = [o for o in args.overrides if not o.startswith(("data.", "ray."))]
-    if foreign:
-        raise ConfigError(f"data synth: --set takes data.* and ray.* keys, got {foreign[0]!r}")
-    flags = [f"data.num_images={args.num}"] + [f"data.{k}={v}" for k, v in (("shard_size", args.shard_size),
-                                                                         ("seed", args.seed)) if v is not None]
-    cfg = load_config(None, args.overrides + flags)
-    output = storage.absolute(args.output)
-    check_output(output)  # before anything is generated: no bucket is ever created
-    storage.clear_for_writing(output, args.overwrite)
-    ensure_ray(cfg, paths={"--output": output})
     start = time.perf_counter()
 
     def progress(done: int, shards: int, n: int) -> None:
-        print(f"[{time.perf_counter() - start:7.1f}s] wrote {done}/{shards} shards ({n}/{cfg.data.num_images} records)",
-              flush=True)
+        print(f"[{time.perf_counter() - start:7.1f}s] wrote {done}/{shards} shards ({n}/{args.num} records)", flush=True)
 
-    objects = args.objects and storage.absolute(args.objects)
-    fmt = FORMATS[args.format]()
-    out = fmt.write(cfg.data, output, objects, throttled(progress, every_s=2.0))
-    print(fmt.describe(out))
-    print("use them with: " + " ".join(f"--set {shlex.quote(flag)}" for flag in fmt.flags(out)))
+    flags = [f"data.{k}={v}" for k, v in (("shard_size", args.shard_size), ("seed", args.seed)) if v is not None]
+    out = api.synth(args.output, args.format, args.num, args.overrides + flags, args.objects, args.overwrite, progress)
+    print(out["description"])
+    print("use them with: " + " ".join(f"--set {shlex.quote(flag)}" for flag in out["flags"]))
     return 0
 
 

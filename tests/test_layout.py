@@ -20,11 +20,13 @@ LAYERS = {
     "study.preflight": 3, "study.frame.context": 3, "study.frame.cluster": 3, "study.frame.tally": 3,
     "study.stages": 4, "study.kinds": 4, "study.frame.validate": 4,  # the stages and what they run
     "study.frame.runner": 5,  # runs the stages
-    "study.cli": 6,
+    "study.api": 6, "study.cli": 6,
 }
 
 
 def layer(module: str) -> int:
+    if module == "study":  # the package itself: its face is the Python API
+        return LAYERS["study.api"]
     best = max((p for p in LAYERS if module == p or module.startswith(p + ".")), key=len, default=None)
     return LAYERS[best] if best else 0
 

@@ -175,7 +175,10 @@ def run_lines(run: RunState) -> list[str]:
 
 
 def print_runs(uri: str) -> None:
-    runs = find_runs(uri)
+    print_run_states(uri, find_runs(uri))
+
+
+def print_run_states(uri: str, runs: list[RunState]) -> None:
     if not runs:
         raise StudyError(f"no runs under {uri} (a run directory holds {CONFIG})")
     for run in runs:
