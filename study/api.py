@@ -102,8 +102,11 @@ def run(config: StudyConfig | str | os.PathLike, overrides: Iterable[str] = (), 
         >>> report = run("configs/tiny.yaml", output="runs")  # doctest: +SKIP
         >>> report.headline["projector"]["positive"]["gap"]  # doctest: +SKIP
     """
+    from study import console
     from study.frame.runner import run_study
 
+    if not console.configured():  # a program without logging of its own still sees the progress lines
+        console.configure()
     if isinstance(config, StudyConfig):
         if list(overrides):
             raise StudyError("overrides apply to a config read from a file; change a config object with "

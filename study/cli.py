@@ -23,6 +23,11 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run (or resume) a study from a YAML config")
     run.add_argument("config", help="study config (YAML)")
+    loud = run.add_mutually_exclusive_group()
+    loud.add_argument("-q", "--quiet", dest="verbosity", action="store_const", const=-1, default=0,
+                      help="show warnings and the result only (run.log under the run directory has every line)")
+    loud.add_argument("-v", "--verbose", dest="verbosity", action="store_const", const=1,
+                      help="also show the debug lines")
     run.add_argument("--output", help="output root: a local directory or any fsspec URI (s3://bucket/prefix)")
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                      help="override a config value, e.g. --set train.epochs=20 (repeatable)")
@@ -172,7 +177,10 @@ def _data(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from study import console
+
     args = _parser().parse_args(_with_report_default(sys.argv[1:] if argv is None else list(argv)))
+    console.configure(getattr(args, "verbosity", 0))
     commands = {"run": _run, "report": _report, "data": _data}
     try:
         return commands[args.command](args)

@@ -14,8 +14,14 @@ import pyarrow as pa
 import pytest
 
 from study.config import CropConfig
-from study.data.inspect_stats import batch_stats, finish, merge, render_text
+from study.data.inspect_stats import batch_stats as kind_batch_stats, crop_counts, finish, merge, naming_counts, render_text
 from study.data.records import RECORD_SCHEMA, STATUS
+
+CHECKS = {"ssl_dejavu": ("crop", crop_counts), "vlm_dejavu": ("naming", naming_counts)}  # the kinds' inspect_check
+
+
+def batch_stats(table, crop_cfg, study="ssl_dejavu"):
+    return kind_batch_stats(table, crop_cfg, CHECKS[study])
 
 SCHEMA = RECORD_SCHEMA.append(pa.field(STATUS, pa.string()))
 
@@ -140,7 +146,10 @@ def test_bad_inputs_give_one_error_line(tmp_path, capsys):
     _one_error_line(capsys, ["data", "inspect", str(tmp_path), "--source", "synthetic"], "dejavu data synth")
     _one_error_line(capsys, ["data", "inspect", "nosuch://bucket/x"], "cannot open", "nosuch")
     _one_error_line(capsys, ["data", "inspect", str(tmp_path)], "no .parquet record shards")
-    _one_error_line(capsys, ["data", "inspect", str(tmp_path), "--study", "dino"], "unknown study 'dino'")
+    _one_error_line(capsys, ["data", "inspect", str(tmp_path), "--study", "dino"], "unknown study kind 'dino'",
+                    "ssl_dejavu")
+    _one_error_line(capsys, ["data", "inspect", str(tmp_path), "--study", "sslmem"], "the sslmem study has no input check",
+                    "['ssl_dejavu', 'vlm_dejavu']")
     _one_error_line(capsys, ["data", "inspect", str(tmp_path), "--set", "train.epochs=2"], "data.*")
 
 
@@ -175,3 +184,11 @@ def test_inspect_synthetic_shards(ray_local, tmp_path, capsys):
     text = page.read_text()
     assert text.count("<img ") == 5 and text.count('src="data:image/png;base64,') == 5
     assert "<h3>labels (10 distinct)</h3>" in text
+
+
+def test_the_kinds_checks_are_the_ones_tested_here():
+    from study.frame.kinds import get_kind
+
+    for study, check in CHECKS.items():
+        assert get_kind(study).inspect_check == check
+    assert get_kind("sslmem").inspect_check is None  # no check of its own: data inspect says so

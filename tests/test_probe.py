@@ -68,7 +68,7 @@ def test_sweep_section_shows_every_setting():
 
 
 def test_report_summary_lists_every_setting_of_an_ssl_sweep():
-    from study.report.summary import ssl_lines
+    from study.kinds.ssl_dejavu.summary import ssl_lines
 
     def entry(gap):
         return {"target": 0.5, "reference": 0.5 - gap, "gap": gap, "ci": [gap - 0.1, gap + 0.1], "p_value": 0.01}

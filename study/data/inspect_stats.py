@@ -79,14 +79,9 @@ def naming_counts(rows: dict[str, list], crop_cfg: CropConfig) -> dict:
     return out
 
 
-# Study kind -> (summary key, counts of one batch's ok records).
-STUDY_CHECKS: dict[str, tuple[str, Callable[[dict, CropConfig], dict]]] = {
-    "ssl_dejavu": ("crop", crop_counts),
-    "vlm_dejavu": ("naming", naming_counts),
-}
-
-
-def batch_stats(batch: pa.Table, crop_cfg: CropConfig, study: str = "ssl_dejavu") -> dict:
+def batch_stats(batch: pa.Table, crop_cfg: CropConfig, check: tuple[str, Callable[[dict, CropConfig], dict]]) -> dict:
+    """``check``: the study kind's own (summary key, counts of the batch's usable records)
+    (``StudyKind.inspect_check``)."""
     """Counts of one batch; columns the batch lacks count as null (a missing ``_status`` as ok)."""
     status = [s or quality.OK for s in _column(batch, STATUS)]
     ok = [i for i, s in enumerate(status) if s == quality.OK]
@@ -98,7 +93,7 @@ def batch_stats(batch: pa.Table, crop_cfg: CropConfig, study: str = "ssl_dejavu"
     sized = [(w, h) for w, h in zip(rows["width"], rows["height"]) if w is not None and h is not None]
     problems = (quality.box_reason(w, h, _boxes(b)) for w, h, b in zip(rows["width"], rows["height"], rows["boxes"])
                 if w is not None and h is not None)
-    key, check = STUDY_CHECKS[study]
+    key, check = check
     words = _range(captions)
     words["buckets"] = _histogram(captions, CAPTION_EDGES)
     return {

@@ -22,7 +22,7 @@ directory holds ``_COMPLETE.json`` with the hash of what it reads.
 from __future__ import annotations
 
 import dataclasses
-import sys
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,7 +32,9 @@ from study.config import StudyConfig
 from study.config_load import config_hash
 from study.train import layout
 
+LOG = logging.getLogger("study.run")  # the stages' progress lines
 MARKER = "_COMPLETE.json"
+RUN_LOG = "run.log"  # every line of the run, for a post-mortem (study.console.RunLog)
 SHARED_STAGES = ("data", "splits", "report")
 # The stages' names in run order, without importing them (torch, Ray): for `dejavu report`,
 # `--until` and the report's stage table; a test holds them equal to the runner's stages().
@@ -162,10 +164,10 @@ class RunContext:
     def report_html(self) -> str:
         return self.stage_dir("report", "report.html")
 
-    def log(self, stage: str, message: str) -> None:
-        elapsed = time.perf_counter() - self.started
-        where = f"[{self.setting}] " if self.setting else ""
-        print(f"[{elapsed:7.1f}s] {stage:<8} {where}{message}", file=sys.stdout, flush=True)
+    def log(self, stage: str, message: str, level: int = logging.INFO) -> None:
+        """A stage's progress line (``study.console`` shows it as ``[elapsed] stage  message``)."""
+        LOG.log(level, message, extra={"stage": stage, "setting": self.setting,
+                                       "elapsed": time.perf_counter() - self.started})
 
 
 def read_marker(uri: str) -> dict[str, Any] | None:

@@ -1,10 +1,19 @@
-"""Study kinds (DESIGN §5): what the SSL and the VLM déjà vu studies do differently.
+"""Study kinds: what the SSL déjà vu, VLM déjà vu and SSLMem studies do differently.
 
 The stages, markers, storage layout, sharded search, statistics and report scaffolding are
 shared; a kind names its models and the split each trains on, the sets it attacks, its search
 spaces (which embedding of the public set is searched with which embedding of the queries), its
-training recipe, and supplies its embed stage, its measurement and its report body. Kinds live in
-their own modules and are imported on first use, so checking a config stays cheap.
+training recipe and any models besides the pair, and supplies its embed stage, its measurement,
+its report body and summary lines and its input checks: everything a kind differs in is a field
+of ``StudyKind``, so a kind is one package (``study/kinds/<name>/``) with a ``KIND`` in its
+``kind`` module. Kinds are imported on first use, so checking a config stays cheap.
+
+The product's kinds are listed in ``KINDS``; other packages add theirs through the Python entry
+point group ``dejavu_study.kinds`` (name = the kind's name, value = the module that defines
+``KIND``), for instance in their pyproject.toml::
+
+    [project.entry-points."dejavu_study.kinds"]
+    my_kind = "my_package.kind"
 """
 from __future__ import annotations
 
@@ -15,7 +24,8 @@ from typing import Any, Callable, Mapping
 from study.config import StudyConfig
 from study.errors import ConfigError
 
-# Kind name -> the module that defines ``KIND``.
+ENTRY_POINTS = "dejavu_study.kinds"
+# Kind name -> the module that defines ``KIND`` (the product's own; see ``kind_modules``).
 KINDS = {
     "ssl_dejavu": "study.kinds.ssl_dejavu.kind",
     "vlm_dejavu": "study.kinds.vlm_dejavu.kind",
@@ -74,6 +84,21 @@ class StudyKind:
     # Searches besides each model's in each space: (model, space) -> (view of the public set, view of
     # the queries), such as the VLM one-model test's text retriever (captions -> public captions).
     extra_searches: Callable[[StudyConfig], Mapping[tuple[str, str], tuple[str, str]]] = lambda cfg: {}
+    # Models besides the pair, trained by the train stage (both get (RunContext, split manifest,
+    # stage digest, the stage's summary) and add their models' entries to the summary):
+    # ``train_beside`` returns a job of the pair's recipe that trains beside the pair when the
+    # cluster has room, else after it, as (TrainJob, training records left out), or None when
+    # there is none or it was reused (the VLM text retriever); ``train_after`` trains what comes
+    # after the pair itself (the SSL crop classifier).
+    train_beside: Callable[..., Any] | None = None
+    train_after: Callable[..., None] | None = None
+    # ``dejavu report``: the kind's lines of a report's summary (report.json -> lines).
+    summary_lines: Callable[[dict], list[str]] = lambda report: []
+    # ``dejavu report list``: the headline number's name and (value, p-value) from one headline entry.
+    list_headline: tuple[str, Callable[[dict], tuple[float, float]]] | None = None
+    # ``dejavu data inspect``: (summary key, counts of one record batch's usable records), or None
+    # when the kind has no check of its own.
+    inspect_check: tuple[str, Callable[[dict, Any], dict]] | None = None
 
     def spaces_for(self, cfg: StudyConfig) -> tuple[str, ...]:
         """The search spaces a config asks for (``search.representations``; empty = all)."""
@@ -97,7 +122,20 @@ class StudyKind:
         return tuple(s for s in self.attacked if cfg.splits.uses(s))
 
 
+def kind_modules() -> dict[str, str]:
+    """Every kind: the product's and those installed packages add (entry point group
+    ``dejavu_study.kinds``), name -> the module that defines ``KIND``."""
+    from importlib.metadata import entry_points
+
+    added = {ep.name: ep.value for ep in entry_points(group=ENTRY_POINTS)}
+    return {**added, **KINDS}  # an added kind cannot replace one of the product's
+
+
 def get_kind(name: str) -> StudyKind:
-    if name not in KINDS:
-        raise ConfigError(f"study: unknown study kind '{name}'; choose from {sorted(KINDS)}")
-    return importlib.import_module(KINDS[name]).KIND
+    modules = KINDS if name in KINDS else kind_modules()
+    if name not in modules:
+        raise ConfigError(f"study: unknown study kind '{name}'; choose from {sorted(modules)}")
+    kind = importlib.import_module(modules[name]).KIND
+    if not isinstance(kind, StudyKind) or kind.name != name:
+        raise ConfigError(f"study: {modules[name]}.KIND is not the StudyKind named '{name}'")
+    return kind

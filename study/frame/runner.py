@@ -8,7 +8,9 @@ and one report covers all settings.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import logging
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -16,9 +18,10 @@ from typing import Callable
 from study import retries, storage
 from study.config import StudyConfig
 from study.config_load import config_hash, config_to_dict
+from study.console import RunLog
 from study.errors import StudyError, causes
 from study.faults import fault
-from study.frame.context import SHARED_STAGES, STAGE_NAMES, RunContext, is_complete, write_marker
+from study.frame.context import RUN_LOG, SHARED_STAGES, STAGE_NAMES, RunContext, is_complete, write_marker
 from study.frame.cluster import ensure_ray
 from study.frame.sweep import settings_of
 
@@ -175,32 +178,62 @@ def run_study(cfg: StudyConfig, until: str | None = None) -> RunContext:
         if "train" in wanted and cluster.own_instance(cfg.ray):  # nothing joins it: what it lacks, it always lacks
             cluster.check_resources(cluster.worker_bundle(cfg), "training", True, 0, lambda message: None)
     ctx = RunContext.create(cfg)
-    ctx.log("study", f"run directory {ctx.run_dir}")
+    run_log = RunLog()
+    logging.getLogger("study").addHandler(run_log)
+    previous = None
     try:
-        storage.makedirs(ctx.run_dir)
-        storage.write_json(storage.join(ctx.run_dir, "config.json"), config_to_dict(cfg))
-    except OSError as exc:
-        raise StudyError(f"cannot write to the output location {cfg.output}: {exc.strerror or exc}") from None
-    all_stages = [s for s in stages() if s.name in wanted]
-    shared = {s.name: s for s in all_stages if s.name in ("data", "splits")}
+        ctx.log("study", f"run directory {ctx.run_dir}")
+        try:
+            storage.makedirs(ctx.run_dir)
+            storage.write_json(storage.join(ctx.run_dir, "config.json"), config_to_dict(cfg))
+            previous = _previous_log(ctx)
+        except OSError as exc:
+            raise StudyError(f"cannot write to the output location {cfg.output}: {exc.strerror or exc}") from None
+        _run_wanted(ctx, [s for s in stages() if s.name in wanted], lambda: _save_log(ctx, previous, run_log))
+    finally:
+        logging.getLogger("study").removeHandler(run_log)
+        if previous is not None:
+            _save_log(ctx, previous, run_log)
+    return ctx
+
+
+def _previous_log(ctx: RunContext) -> str:
+    """What run.log holds from earlier attempts of this run (a rerun adds to it)."""
+    uri = storage.join(ctx.run_dir, RUN_LOG)
+    return storage.read_bytes(uri).decode(errors="replace") if storage.exists(uri) else ""
+
+
+def _save_log(ctx: RunContext, previous: str, run_log: RunLog) -> None:
+    """run.log under the run directory: earlier attempts' lines, then this one's. Written whole (an
+    object store cannot append), after each stage and when the run ends; a store that fails here
+    must not hide the error that ended the run."""
+    with contextlib.suppress(Exception):
+        storage.write_bytes(storage.join(ctx.run_dir, RUN_LOG), (previous + run_log.text()).encode())
+
+
+def _run_wanted(ctx: RunContext, all_stages: list[Stage], saved: Callable[[], None]) -> None:
+    """The stages asked for, in order: the shared ones once, the others per sweep setting, then
+    the report over every setting."""
+    shared = [s for s in all_stages if s.name in ("data", "splits")]
     per_setting = [s for s in all_stages if s.name not in SHARED_STAGES]
     report = next((s for s in all_stages if s.name == "report"), None)
     digests: dict[str, str] = {}
     timings: dict[str, float] = {}
-    for stage in shared.values():
+    for stage in shared:
         _run_stage(ctx, stage, digests, timings)
+        saved()
     if not per_setting:
-        return ctx
+        return
     measure_digests = []
     settings = setting_contexts(ctx)
     for _, sctx in settings:
         setting_digests = dict(digests)
         for stage in per_setting:
             _run_stage(sctx, stage, setting_digests, timings)
+            saved()
         measure_digests.append(setting_digests.get("measure"))
     if report is None:
-        return ctx
+        return
     digests["measure"] = config_hash(measure_digests)
     _run_stage(dataclasses.replace(ctx, settings=tuple(settings)), report, digests, timings)
     storage.write_json(storage.join(ctx.run_dir, "timings.json"), timings)
-    return ctx

@@ -13,7 +13,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 from dataclasses import dataclass
-from typing import Callable, Collection
+from typing import Collection
 
 from study import storage
 from study.errors import StudyError
@@ -23,14 +23,6 @@ from study.frame.sweep import setting_points
 
 CONFIG = "config.json"
 REPORT = "report/report.json"
-
-# Per study kind: the headline number's name and (value, p-value) from one headline entry.
-HEADLINE_NUMBERS: dict[str, tuple[str, Callable[[dict], tuple[float, float]]]] = {
-    "ssl_dejavu": ("gap", lambda v: (v["gap"], v["p_value"])),
-    "vlm_dejavu": ("PPG", lambda v: (v["ppg"]["value"], v["ppg"]["p_value"])),
-    "sslmem": ("score difference", lambda v: (v["difference"], v["p_value"])),
-}
-
 
 @dataclass(frozen=True)
 class RunState:
@@ -145,9 +137,15 @@ def _state_text(run: RunState) -> str:
 
 def headline_lines(report: dict) -> list[str]:
     """One line of the headline numbers, or with a sweep one line per headline key across settings."""
-    if report.get("study") not in HEADLINE_NUMBERS:
+    from study.frame.kinds import get_kind
+
+    try:
+        listed = get_kind(report.get("study")).list_headline
+    except StudyError:
         return [f"report of unknown study kind {report.get('study')!r}"]
-    label, number = HEADLINE_NUMBERS[report["study"]]
+    if listed is None:
+        return []
+    label, number = listed
     sweep = report.get("sweep")
     if not sweep:
         cells = [f"{key} {v:+.3f} (p {p:.4f})" for key, (v, p) in

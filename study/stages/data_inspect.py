@@ -26,7 +26,7 @@ from study import storage
 from study.config import CropConfig, StudyConfig
 from study.core import quality
 from study.data import records
-from study.data.inspect_stats import STUDY_CHECKS, batch_stats, finish, merge, render_text, sections
+from study.data.inspect_stats import batch_stats, finish, merge, render_text, sections
 from study.data.records import STATUS
 from study.errors import DataError, StudyError
 
@@ -35,8 +35,19 @@ THUMB_MAX = 256  # and larger images scaled down to this longer side, so the pag
 BOX_COLOUR = (255, 40, 40)
 
 
-def _stats_row(batch: pa.Table, crop_cfg: CropConfig, study: str) -> pa.Table:
-    return pa.table({"stats": [json.dumps(batch_stats(batch, crop_cfg, study))]})
+def _stats_row(batch: pa.Table, crop_cfg: CropConfig, check) -> pa.Table:
+    return pa.table({"stats": [json.dumps(batch_stats(batch, crop_cfg, check))]})
+
+
+def _check_of(study: str):
+    """The study kind's own record check (``StudyKind.inspect_check``)."""
+    from study.frame.kinds import get_kind, kind_modules
+
+    check = get_kind(study).inspect_check
+    if check is None:
+        checked = sorted(k for k in kind_modules() if get_kind(k).inspect_check is not None)
+        raise StudyError(f"data inspect: the {study} study has no input check; choose from {checked}")
+    return check
 
 
 def _ok_records(batch: pa.Table) -> pa.Table:
@@ -55,8 +66,7 @@ def _check_input(cfg: StudyConfig) -> None:
     if _source(cfg).read is None:
         raise StudyError(f"data inspect reads an input; data.source '{cfg.data.source}' generates its records "
                          "(write them with 'dejavu data synth' and inspect that)")
-    if cfg.study not in STUDY_CHECKS:
-        raise StudyError(f"data inspect: unknown study '{cfg.study}'; choose from {sorted(STUDY_CHECKS)}")
+    _check_of(cfg.study)
     uri = storage.absolute(cfg.data.path)
     try:
         if not storage.exists(uri):
@@ -73,7 +83,7 @@ def inspect(cfg: StudyConfig, sample: int = 0, log: Callable[[str], None] = prin
     _check_input(cfg)
     ensure_ray(cfg, paths={"data inspect": cfg.data.path, "data.objects": cfg.data.objects})
     ds, _ = _source(cfg).read(cfg.data, log)
-    counts = ds.map_batches(partial(_stats_row, crop_cfg=cfg.embed.crop, study=cfg.study), batch_format="pyarrow")
+    counts = ds.map_batches(partial(_stats_row, crop_cfg=cfg.embed.crop, check=_check_of(cfg.study)), batch_format="pyarrow")
     total = None
     for batch in counts.iter_batches(batch_format="pyarrow"):
         for text in batch.column("stats").to_pylist():
@@ -81,7 +91,7 @@ def inspect(cfg: StudyConfig, sample: int = 0, log: Callable[[str], None] = prin
             total = part if total is None else merge(total, part)
     if total is None:  # an input without a single record
         total = batch_stats(records.to_record_schema(pa.table({"id": pa.array([], pa.string())})), cfg.embed.crop,
-                            cfg.study)
+                            _check_of(cfg.study))
     rows: list[dict] = []
     if sample:  # limit() ends the pass once it has them
         ok = ds.map_batches(_ok_records, batch_format="pyarrow").limit(sample)

@@ -21,7 +21,6 @@ from study.frame.cluster import check_resources, own_instance, worker_bundle
 from study.frame.context import RunContext, is_complete, write_marker
 from study.frame.kinds import StudyKind, get_kind
 from study.stages.splits import verify_splits
-from study.kinds.vlm_dejavu.text_retriever import RETRIEVER
 from study.train.driver import TrainJob, fit_all
 from study.train.stream import use_stream
 from study.data.model_input import ModelInput
@@ -91,19 +90,20 @@ def run_train(ctx: RunContext, digest: str) -> dict:
     jobs, summary, skipped = [], {}, {}
     for model in kind.models_for(cfg):
         out_dir = ctx.model_dir(model)
-        if _reused(ctx, model, digest, summary):
+        if reused(ctx, model, digest, summary):
             continue
         if model == "model_a" and cfg.train.checkpoint:
             summary[model] = _import_checkpoint(ctx, digest, manifest, out_dir)
             continue
-        job, skipped[model] = _new_job(ctx, kind.recipe, model, splits_of[model], manifest, digest)
+        job, skipped[model] = new_job(ctx, kind.recipe, model, splits_of[model], manifest, digest)
         jobs.append(job)
-    retriever = cfg.train.text_retriever and kind.recipe == "clip" and _retriever_job(ctx, manifest, digest, summary)
-    if retriever and (not jobs or (cfg.train.concurrent and room_for(_resources(), cfg.train, cfg.ray.use_gpu,
-                                                                     len(jobs) + 1))):
-        job, skipped[RETRIEVER] = retriever  # trains beside the pair
+    # A model of the kind's besides the pair (the VLM text retriever): beside it if there is room.
+    beside = kind.train_beside(ctx, manifest, digest, summary) if kind.train_beside else None
+    if beside and (not jobs or (cfg.train.concurrent and room_for(_resources(), cfg.train, cfg.ray.use_gpu,
+                                                                  len(jobs) + 1))):
+        job, skipped[beside[0].name] = beside
         jobs.append(job)
-        retriever = None
+        beside = None
     if jobs:
         names = ", ".join(f"{j.name} on {'+'.join(j.splits)}" for j in jobs)
         train_cfg = cfg.train
@@ -115,17 +115,17 @@ def run_train(ctx: RunContext, digest: str) -> dict:
         mode = "concurrently" if train_cfg.concurrent and len(jobs) > 1 else "one after the other"
         ctx.log("train", f"fitting {names} {mode}: {cfg.train.method}, {cfg.train.epochs} epochs")
         start = time.perf_counter()
-        fit_all(jobs, train_cfg, cfg.model, _fit_context(ctx, kind.recipe, manifest), cfg.ray.use_gpu)
+        fit_all(jobs, train_cfg, cfg.model, fit_context(ctx, kind.recipe, manifest), cfg.ray.use_gpu)
         seconds = time.perf_counter() - start
         for job in jobs:
-            _finish(job, digest, summary, skipped[job.name], seconds, [j.name for j in jobs if len(jobs) > 1
+            finish_job(job, digest, summary, skipped[job.name], seconds, [j.name for j in jobs if len(jobs) > 1
                                                                          and train_cfg.concurrent])
-    if cfg.train.crop_classifier and kind.recipe == "ssl":
-        _crop_classifier(ctx, digest, manifest, summary)
-    if retriever:  # no room beside the pair: after it
-        (job, skipped), start = retriever, time.perf_counter()
-        fit_all([job], cfg.train, cfg.model, _fit_context(ctx, "clip", manifest), cfg.ray.use_gpu)
-        _finish(job, digest, summary, skipped, time.perf_counter() - start, [])
+    if kind.train_after:  # what the kind trains after the pair (the SSL crop classifier)
+        kind.train_after(ctx, manifest, digest, summary)
+    if beside:  # no room beside the pair: after it
+        (job, left_out), start = beside, time.perf_counter()
+        fit_all([job], cfg.train, cfg.model, fit_context(ctx, kind.recipe, manifest), cfg.ray.use_gpu)
+        finish_job(job, digest, summary, left_out, time.perf_counter() - start, [])
     return summary
 
 
@@ -142,11 +142,11 @@ def room_for(resources: dict, cfg: TrainConfig, use_gpu: bool, trainers: int) ->
     return resources.get("CPU", 0) >= need * cfg.cpus_per_worker and (not use_gpu or resources.get("GPU", 0) >= need)
 
 
-def _new_job(ctx: RunContext, recipe: str, model: str, splits: tuple[str, ...], manifest: dict,
+def new_job(ctx: RunContext, recipe: str, model: str, splits: tuple[str, ...], manifest: dict,
              digest: str) -> tuple[TrainJob, dict]:
     """Start a model's attempt: (its job, the training records the recipe leaves out), logged."""
     cfg = ctx.cfg
-    _start(ctx, model, digest)
+    start_attempt(ctx, model, digest)
     n = sum(manifest["counts"].get(s, 0) for s in splits)
     stream = use_stream(cfg.train, n, cfg.data.image_size)
     how = "streamed through Ray Data" if stream else "loaded into each worker's memory"
@@ -155,7 +155,7 @@ def _new_job(ctx: RunContext, recipe: str, model: str, splits: tuple[str, ...], 
     return TrainJob(model, splits, ctx.model_dir(model), n - sum(skipped.values()), stream), skipped
 
 
-def _fit_context(ctx: RunContext, recipe: str, manifest: dict) -> dict:
+def fit_context(ctx: RunContext, recipe: str, manifest: dict) -> dict:
     """What a recipe's workers read besides the train config: where the records and splits are."""
     return {
         "recipe": recipe,
@@ -167,7 +167,7 @@ def _fit_context(ctx: RunContext, recipe: str, manifest: dict) -> dict:
     }
 
 
-def _reused(ctx: RunContext, model: str, digest: str, summary: dict) -> bool:
+def reused(ctx: RunContext, model: str, digest: str, summary: dict) -> bool:
     """Whether the model's own marker matches: then its summary is taken and it is not trained."""
     done = is_complete(ctx.model_dir(model), digest)
     if done:
@@ -176,7 +176,7 @@ def _reused(ctx: RunContext, model: str, digest: str, summary: dict) -> bool:
     return bool(done)
 
 
-def _start(ctx: RunContext, model: str, digest: str) -> None:
+def start_attempt(ctx: RunContext, model: str, digest: str) -> None:
     """Mark the model's attempt; checkpoints from a different recipe must not be resumed, so a
     model whose config changed since its last attempt starts afresh."""
     out_dir = ctx.model_dir(model)
@@ -206,41 +206,10 @@ def _import_checkpoint(ctx: RunContext, digest: str, manifest: dict, out_dir: st
     return info
 
 
-def _finish(job: TrainJob, digest: str, summary: dict, skipped: dict, seconds: float,
+def finish_job(job: TrainJob, digest: str, summary: dict, skipped: dict, seconds: float,
             together: list[str] | None = None) -> None:
     history = storage.read_bytes(storage.join(job.out_dir, "metrics.jsonl")).decode().splitlines()
     summary[job.name] = {"splits": list(job.splits), "epochs": len(history), "final": json.loads(history[-1]),
                          "skipped": skipped, "trained_with": [n for n in together or [] if n != job.name],
                          "streamed": job.stream}
     write_marker(job.out_dir, digest, summary[job.name], seconds)
-
-
-def _crop_classifier(ctx: RunContext, digest: str, manifest: dict, summary: dict) -> None:
-    """The one-model test's crop classifier, on the public set's crops, through Ray Train
-    (``recipes.crop_fit``), after the pair; reused like a model of the pair."""
-    from study.kinds.ssl_dejavu.one_model import CROP_CLASSIFIER
-    from study.train.driver import fit
-
-    cfg = ctx.cfg
-    out_dir = ctx.model_dir(CROP_CLASSIFIER)
-    if _reused(ctx, CROP_CLASSIFIER, digest, summary):
-        return
-    _start(ctx, CROP_CLASSIFIER, digest)  # an interrupted attempt resumes from its last checkpoint
-    ctx.log("train", f"{CROP_CLASSIFIER}: supervised on the public set's crops ({cfg.embed.crop.rule} rule), "
-                     f"{cfg.train.epochs} epochs")
-    context = {"recipe": "crop", "data_root": ctx.data_root, "splits_dir": ctx.splits_dir, "crop": cfg.embed.crop,
-               "num_classes": manifest["num_classes"],
-               "inputs": ModelInput.of(cfg.data)}
-    job = TrainJob(CROP_CLASSIFIER, ("public",), out_dir, manifest["counts"].get("public", 0))
-    start = time.perf_counter()
-    fit(job, dataclasses.replace(cfg.train, method="supervised", params={}), cfg.model, context, cfg.ray.use_gpu)
-    _finish(job, digest, summary, {}, time.perf_counter() - start)
-
-
-def _retriever_job(ctx: RunContext, manifest: dict, digest: str, summary: dict) -> tuple[TrainJob, dict] | None:
-    """The VLM one-model test's text retriever: a CLIP-style model of the pair's recipe on the
-    public split alone (never the shared split: it must not see what the attacked models saw);
-    reused and resumed like a model of the pair. None when reused."""
-    if _reused(ctx, RETRIEVER, digest, summary):
-        return None
-    return _new_job(ctx, "clip", RETRIEVER, ("public",), manifest, digest)

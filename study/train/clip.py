@@ -7,9 +7,12 @@ Train recipe (``study.train.recipes.clip_fit``) and the Ray Data replica call th
 """
 from __future__ import annotations
 
+import contextlib
+
 import difflib
 import glob
 import io
+import logging
 import math
 import os
 import time
@@ -67,20 +70,37 @@ def check_model_name(name: str) -> None:
         raise ConfigError(f"model.clip: unknown open_clip model '{name}'" + (f"; did you mean {close}?" if close else ""))
 
 
+class _NoPretrainedWarning:
+    """While a model is built: drops open_clip's narration of it (information lines) and its
+    warning that no pretrained weights were loaded (from scratch is the point here). open_clip
+    logs them on the root logger, so the filter sits there, only for that while."""
+
+    def filter(self, record) -> bool:
+        return record.levelno >= logging.WARNING and "pretrained weights" not in str(record.msg)
+
+
+@contextlib.contextmanager
+def _without_pretrained_warning():
+    root, drop = logging.getLogger(), _NoPretrainedWarning()
+    root.addFilter(drop)
+    try:
+        yield
+    finally:
+        root.removeFilter(drop)
+
+
 def build_clip(name: str, image_size: int, params: ClipParams = ClipParams()):
     """(model, tokenizer) for an open_clip model name, randomly initialised at ``image_size``."""
-    import logging
-
     import open_clip
 
     check_model_name(name)
-    # open_clip warns that no pretrained weights were loaded: from scratch is the point here.
-    logging.getLogger().setLevel(max(logging.getLogger().level, logging.ERROR))
-    model = open_clip.create_model(name, pretrained=None, force_image_size=image_size)
+    with _without_pretrained_warning():
+        model = open_clip.create_model(name, pretrained=None, force_image_size=image_size)
+        tokenizer = open_clip.get_tokenizer(name)
     with torch.no_grad():
         model.logit_scale.fill_(math.log(1.0 / params.init_temperature))
     model.logit_scale.requires_grad_(params.learn_temperature)
-    return model, open_clip.get_tokenizer(name)
+    return model, tokenizer
 
 
 def tokenize(tokenizer, captions: Sequence[str]) -> torch.Tensor:

@@ -16,7 +16,10 @@ from study.data import records
 from study.data.loading import load_images, load_inputs
 from study.frame.context import RunContext
 from study.frame.kinds import StudyKind
+from study.data.inspect_stats import crop_counts
 from study.kinds.ssl_dejavu.measure import run_measure
+from study.kinds.ssl_dejavu.one_model import train_crop_classifier
+from study.kinds.ssl_dejavu.summary import ssl_lines
 from study.report.ssl_html import render_body
 from study.data.model_input import ModelInput
 
@@ -170,4 +173,8 @@ KIND = StudyKind(
     # Attacked sets need a label to infer and boxes to crop around; the public set votes with labels.
     needs={"target": ("label", "boxes"), "reference": ("label", "boxes"), "holdout": ("label", "boxes"),
            "public": ("label",)},
+    train_after=train_crop_classifier,
+    summary_lines=ssl_lines,
+    list_headline=("gap", lambda v: (v["gap"], v["p_value"])),
+    inspect_check=("crop", crop_counts),
 )

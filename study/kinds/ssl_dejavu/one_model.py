@@ -133,3 +133,30 @@ def write_one_model(ctx: RunContext, results: dict) -> None:
 def read_one_model(ctx: RunContext) -> dict | None:
     uri = ctx.stage_dir("measure", ONE_MODEL)
     return storage.read_json(uri) if storage.exists(uri) else None
+
+
+def train_crop_classifier(ctx: RunContext, manifest: dict, digest: str, summary: dict) -> None:
+    """``StudyKind.train_after``: the one-model test's crop classifier (``train.crop_classifier``),
+    on the public set's crops, through Ray Train (``recipes.crop_fit``), after the pair; reused
+    and resumed like a model of the pair."""
+    import dataclasses
+    import time
+
+    from study.stages.train import finish_job, reused, start_attempt
+    from study.train.driver import TrainJob, fit
+
+    cfg = ctx.cfg
+    if not cfg.train.crop_classifier:
+        return
+    out_dir = ctx.model_dir(CROP_CLASSIFIER)
+    if reused(ctx, CROP_CLASSIFIER, digest, summary):
+        return
+    start_attempt(ctx, CROP_CLASSIFIER, digest)  # an interrupted attempt resumes from its last checkpoint
+    ctx.log("train", f"{CROP_CLASSIFIER}: supervised on the public set's crops ({cfg.embed.crop.rule} rule), "
+                     f"{cfg.train.epochs} epochs")
+    context = {"recipe": "crop", "data_root": ctx.data_root, "splits_dir": ctx.splits_dir, "crop": cfg.embed.crop,
+               "num_classes": manifest["num_classes"], "inputs": ModelInput.of(cfg.data)}
+    job = TrainJob(CROP_CLASSIFIER, ("public",), out_dir, manifest["counts"].get("public", 0))
+    start = time.perf_counter()
+    fit(job, dataclasses.replace(cfg.train, method="supervised", params={}), cfg.model, context, cfg.ray.use_gpu)
+    finish_job(job, digest, summary, {}, time.perf_counter() - start)

@@ -18,6 +18,7 @@ from study.errors import ConfigError
 from study.frame.context import RunContext
 from study.frame.kinds import StudyKind
 from study.kinds.sslmem.measure import SETS, run_measure
+from study.kinds.sslmem.summary import sslmem_lines
 from study.report.sslmem_html import render_body
 from study.data.model_input import ModelInput
 
@@ -131,4 +132,6 @@ KIND = StudyKind(
     html=render_body,
     attacked=WHOLE_SETS,
     extra_reads=lambda c: (c.sslmem, c.train.augment),
+    summary_lines=sslmem_lines,
+    list_headline=("score difference", lambda v: (v["difference"], v["p_value"])),
 )

@@ -18,7 +18,10 @@ from study.core.objects import PREDICTION_RULES
 from study.errors import ConfigError
 from study.frame.context import RunContext, read_marker
 from study.frame.kinds import StudyKind
+from study.data.inspect_stats import naming_counts
+from study.kinds.vlm_dejavu.summary import vlm_lines
 from study.kinds.vlm_dejavu.text_retriever import searches as retriever_searches
+from study.kinds.vlm_dejavu.text_retriever import train_job as retriever_job
 from study.frame.validate import one_of
 from study.kinds.vlm_dejavu.measure import headline_k, run_measure
 from study.report.vlm_html import render_body
@@ -157,4 +160,8 @@ KIND = StudyKind(
     # the public set's objects are what neighbours contribute.
     needs={"target": ("caption", "objects"), "reference": ("caption", "objects"), "holdout": ("caption", "objects"),
            "public": ("objects",), "shared": ("caption",)},
+    train_beside=retriever_job,
+    summary_lines=vlm_lines,
+    list_headline=("PPG", lambda v: (v["ppg"]["value"], v["ppg"]["p_value"])),
+    inspect_check=("naming", naming_counts),
 )

@@ -62,3 +62,15 @@ def write_results(ctx: RunContext, per_space: dict | None, public_captions: dict
         return
     write_one_model(ctx, {"reference": RETRIEVER, "space": SPACE, "trained_on": ["public"],
                           "public_captions": public_captions or {}, "predictors": {RETRIEVER: per_space}})
+
+
+def train_job(ctx: RunContext, manifest: dict, digest: str, summary: dict):
+    """``StudyKind.train_beside``: the text retriever (``train.text_retriever``), a CLIP-style
+    model of the pair's recipe on the public split alone (never the shared split: it must not see
+    what the attacked models saw), as (job, training records left out); None when it is off or
+    reused (its summary then taken)."""
+    from study.stages.train import new_job, reused
+
+    if not ctx.cfg.train.text_retriever or reused(ctx, RETRIEVER, digest, summary):
+        return None
+    return new_job(ctx, "clip", RETRIEVER, ("public",), manifest, digest)

@@ -1,0 +1,79 @@
+"""What a user sees, and what a run keeps: the product's logging.
+
+Every module logs through ``logging.getLogger(__name__)`` (all below the ``study`` logger); a
+stage's progress goes through ``RunContext.log``, which adds the stage's name, the sweep setting
+and the seconds since the run started to the record. Nothing here runs on import: the command
+line calls ``configure`` (and ``study.run`` does when the user's program configured no logging),
+so the product never changes a logging set-up it did not make.
+
+- ``configure(verbosity)``: the console handler on the ``study`` logger, in the format users know
+  (``[   42.5s] measure  done in 1.0 s``); -1 shows warnings only (``--quiet``), 1 adds the debug
+  lines (``--verbose``).
+- ``RunLog``: every record of a run that reaches the ``study`` logger (all of them, debug lines
+  included, once ``configure`` ran), with its time, kept for ``run.log`` under the run directory
+  (written after each stage and when the run ends, on object storage too: a post-mortem of a job
+  whose console is gone).
+"""
+from __future__ import annotations
+
+import logging
+import sys
+import time
+
+ROOT = "study"
+LEVELS = {-1: logging.WARNING, 0: logging.INFO, 1: logging.DEBUG}
+
+
+class StageFormatter(logging.Formatter):
+    """``[elapsed] stage    [setting] message`` for a stage's records; other records as
+    ``message`` (information) or ``warning: message``."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        message = record.getMessage()
+        stage = getattr(record, "stage", None)
+        if stage is not None:
+            where = f"[{record.setting}] " if getattr(record, "setting", "") else ""
+            return f"[{record.elapsed:7.1f}s] {stage:<8} {where}{message}"
+        if record.levelno >= logging.WARNING:
+            return f"{record.levelname.lower()}: {message}"
+        return message
+
+
+class _Console(logging.StreamHandler):
+    """The handler ``configure`` installs (found again by its type, so configuring twice does not
+    print twice)."""
+
+
+def configure(verbosity: int = 0, stream=None) -> None:
+    """Show the product's records on the console (stdout unless ``stream``) at ``verbosity``."""
+    logger = logging.getLogger(ROOT)
+    logger.setLevel(logging.DEBUG)  # every record reaches run.log; the console shows what verbosity asks
+    for handler in [h for h in logger.handlers if isinstance(h, _Console)]:
+        logger.removeHandler(handler)
+    handler = _Console(stream or sys.stdout)
+    handler.setLevel(LEVELS[max(-1, min(1, verbosity))])
+    handler.setFormatter(StageFormatter())
+    logger.addHandler(handler)
+    logger.propagate = False  # the console handler shows them; a root handler would repeat them
+
+
+def configured() -> bool:
+    """Whether anything shows the product's records: its own console, or the program's logging."""
+    logger = logging.getLogger(ROOT)
+    return bool(logger.handlers) or bool(logging.getLogger().handlers)
+
+
+class RunLog(logging.Handler):
+    """Every record of the ``study`` logger while a run is under way, as lines for ``run.log``."""
+
+    def __init__(self):
+        super().__init__(logging.DEBUG)
+        self.lines: list[str] = []
+        self.setFormatter(StageFormatter())
+
+    def emit(self, record: logging.LogRecord) -> None:
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(record.created))
+        self.lines.append(f"{stamp} {record.levelname:<7} {record.name}: {self.format(record)}")
+
+    def text(self) -> str:
+        return "\n".join(self.lines) + "\n" if self.lines else ""
