@@ -141,7 +141,7 @@ def bench_embed(cfg, ctx, model_uri: str, args) -> dict:
         start = time.perf_counter()
         written = embed_all(ctx.data_root, ["id", "image", "caption", "objects"], prepare, ClipEmbedder,
                             {"model_uris": {"model_a": model_uri}}, {s: (v,) for s, v in modes.items()}, cfg.embed,
-                            out, use_gpu=False, log=lambda m: None)
+                            out, use_gpu=False, log=lambda m, progress=None: None)
         return sum(written.values()), time.perf_counter() - start
 
     rows, ray_total = pipeline(storage.join(ctx.run_dir, "bench_embed"))
@@ -167,7 +167,7 @@ def _fixed_cost(ctx, cfg, model_uri: str) -> float:
     start = time.perf_counter()
     embed_all(ctx.data_root, ["id", "image", "caption", "objects"], prepare, ClipEmbedder,
               {"model_uris": {"model_a": model_uri}}, {"nothing": ("image",)}, cfg.embed,
-              storage.join(ctx.run_dir, "bench_fixed"), use_gpu=False, log=lambda m: None)
+              storage.join(ctx.run_dir, "bench_fixed"), use_gpu=False, log=lambda m, progress=None: None)
     return time.perf_counter() - start
 
 

@@ -107,7 +107,7 @@ def ray_pipeline(root: str, uri: str, cfg: EmbedConfig, size: int, out: str, mod
                       image_size=size)
     start = time.perf_counter()
     written = embed_all(root, ["id", "image", "width", "height", "label", "boxes"], prepare, ResNetEmbedder,
-                        {"model_uris": {MODEL: uri}}, {"public": ("backbone",)}, cfg, out, log=lambda m: None)
+                        {"model_uris": {MODEL: uri}}, {"public": ("backbone",)}, cfg, out, log=lambda m, progress=None: None)
     return written, time.perf_counter() - start
 
 

@@ -12,6 +12,7 @@ import json
 import tempfile
 import time
 
+from study import console
 from study.config_load import load_config
 from study.frame.runner import run_study
 from study import storage
@@ -22,6 +23,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("config", nargs="?", default="configs/quickstart.yaml")
     p.add_argument("--set", dest="overrides", action="append", default=[])
     args = p.parse_args(argv)
+    console.configure()  # the stages' progress lines, as dejavu run shows them
     with tempfile.TemporaryDirectory() as out:
         cfg = load_config(args.config, args.overrides, out)
         start = time.perf_counter()

@@ -39,9 +39,42 @@ class StageFormatter(logging.Formatter):
         return message
 
 
+BAR = 24  # characters of a progress bar
+
+
+def progress_bar(record: logging.LogRecord) -> str:
+    """``[elapsed] stage    [#######.....] 393/1000 records  39/s  ETA 15 s`` for a record with
+    ``progress`` = (done, total, unit)."""
+    done, total, unit = record.progress
+    rate = done / record.elapsed if record.elapsed > 0 else 0.0
+    filled = int(BAR * min(1.0, done / total)) if total else 0
+    eta = f"  ETA {(total - done) / rate:.0f} s" if total and rate > 0 and done < total else ""
+    where = f"[{record.setting}] " if getattr(record, "setting", "") else ""
+    return (f"[{record.elapsed:7.1f}s] {record.stage:<8} {where}[{'#' * filled}{'.' * (BAR - filled)}] "
+            f"{done}/{total or '?'} {unit}  {rate:.0f}/s{eta}")
+
+
 class _Console(logging.StreamHandler):
     """The handler ``configure`` installs (found again by its type, so configuring twice does not
-    print twice)."""
+    print twice). In an interactive terminal a record with ``progress`` redraws one bar line in
+    place (records/s, ETA) until the next line; elsewhere (Ray jobs, CI, a file) it is a plain line."""
+
+    open_bar = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        interactive = getattr(self.stream, "isatty", lambda: False)()
+        if getattr(record, "progress", None) and interactive:
+            try:
+                self.stream.write("\r\x1b[K" + progress_bar(record))
+                self.flush()
+                self.open_bar = True
+            except Exception:
+                self.handleError(record)
+            return
+        if self.open_bar:  # the next line takes the bar's place
+            self.stream.write("\r\x1b[K")
+            self.open_bar = False
+        super().emit(record)
 
 
 def configure(verbosity: int = 0, stream=None) -> None:

@@ -2,6 +2,7 @@
 the run directory with every line of every attempt."""
 from __future__ import annotations
 
+import io
 import logging
 
 import pytest
@@ -66,3 +67,27 @@ def test_quiet_run_log_and_a_rerun_adding_to_it(ray_local, capsys, tmp_path):
     assert loud.returncode == 0 and "splits   reusing finished stage" in loud.stdout
     second = log.read_text()
     assert second.startswith(first) and "splits   reusing finished stage" in second[len(first):]
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize("terminal", [True, False])
+def test_progress_is_a_bar_in_a_terminal_and_lines_elsewhere(terminal):
+    stream = _Terminal() if terminal else io.StringIO()
+    console.configure(0, stream)
+    log = logging.getLogger("study.run")
+    for done in (250, 500):
+        log.info(f"embedded {done} records so far", extra={"stage": "embed", "setting": "", "elapsed": 10.0 * done / 250,
+                                                          "progress": (done, 1000, "records")})
+    log.info("embedded 1000 records into 2 files", extra={"stage": "embed", "setting": "", "elapsed": 40.0})
+    text = stream.getvalue()
+    if terminal:  # one line redrawn in place, then replaced by the next line
+        assert text.count("\n") == 1 and text.endswith("[   40.0s] embed    embedded 1000 records into 2 files\n")
+        assert "\r\x1b[K[   20.0s] embed    [############............] 500/1000 records  25/s  ETA 20 s" in text
+    else:
+        assert text.splitlines() == ["[   10.0s] embed    embedded 250 records so far",
+                                     "[   20.0s] embed    embedded 500 records so far",
+                                     "[   40.0s] embed    embedded 1000 records into 2 files"]

@@ -206,7 +206,7 @@ def test_streamed_embeddings_equal_in_memory_reference(ray_local, study_inputs, 
     cfg = EmbedConfig(batch_size=8, rows_per_file=25, write_batch_mb=0.15, actors=3)
     monkeypatch.setattr(ray.data.DataContext.get_current(), "execution_no_progress_timeout_s", 60)
     written = embed_all(storage.join(root, "data"), ["id", "image", "width", "height", "label", "boxes"], prepare,
-                        Embedder, {"model_uris": uris}, views, cfg, out, log=lambda m: None)
+                        Embedder, {"model_uris": uris}, views, cfg, out, log=lambda m, progress=None: None)
 
     # The reference: the embedder class over the records in a plain loop, no Ray.
     embedder = Embedder(uris, threads=1)

@@ -34,7 +34,7 @@ from study.errors import ConfigError
 from study.train.models import load_model, normalize
 
 WRITE_CPUS = 0.25  # a write task mostly waits on I/O and Parquet encoding; the replicas need the CPUs
-PROGRESS_SECONDS = 10.0
+PROGRESS_SECONDS = 10.0  # between progress lines (an interactive terminal redraws its bar)
 
 
 class Embedder:
@@ -160,9 +160,11 @@ def embed_all(
     cfg: EmbedConfig,
     out_root: str,
     use_gpu: bool = False,
-    log: Callable[[str], None] = print,
+    log: Callable[..., None] = lambda message, progress=None: print(message),
+    total: int | None = None,
 ) -> dict[tuple, int]:
-    """Embed the records that ``prepare`` keeps with ``embedder``; rows written per (model, set, view)."""
+    """Embed the records that ``prepare`` keeps with ``embedder``; rows written per (model, set, view).
+    Every ``PROGRESS_SECONDS`` ``log`` gets a line and ``progress=(embedded, total, "records")``."""
     actors, cpus = pool_size(cfg, ray.cluster_resources(), use_gpu)
     log(f"embedding with up to {actors} replica(s) x {cpus:g} CPU{' + 1 GPU' if use_gpu else ''}, batch {cfg.batch_size}, "
         f"files of <= {cfg.rows_per_file} rows from ~{cfg.write_batch_mb:g} MiB per write task")
@@ -195,7 +197,8 @@ def embed_all(
         while not stop.wait(PROGRESS_SECONDS):
             n = ray.get(tally.total.remote())
             if n:  # before the first batch, the replicas are still loading their models
-                log(f"embedded {n} records so far ({n / (time.perf_counter() - start):.0f}/s)")
+                log(f"embedded {n} records so far ({n / (time.perf_counter() - start):.0f}/s)",
+                    progress=(n, total, "records"))
 
     reporter = threading.Thread(target=progress, daemon=True)
     reporter.start()

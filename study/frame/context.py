@@ -164,9 +164,11 @@ class RunContext:
     def report_html(self) -> str:
         return self.stage_dir("report", "report.html")
 
-    def log(self, stage: str, message: str, level: int = logging.INFO) -> None:
-        """A stage's progress line (``study.console`` shows it as ``[elapsed] stage  message``)."""
-        LOG.log(level, message, extra={"stage": stage, "setting": self.setting,
+    def log(self, stage: str, message: str, level: int = logging.INFO,
+            progress: tuple[int, int | None, str] | None = None) -> None:
+        """A stage's line (``study.console`` shows it as ``[elapsed] stage  message``); with
+        ``progress`` = (done, total, unit) an interactive terminal shows a bar in its place."""
+        LOG.log(level, message, extra={"stage": stage, "setting": self.setting, "progress": progress,
                                        "elapsed": time.perf_counter() - self.started})
 
 

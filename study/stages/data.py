@@ -50,7 +50,8 @@ def generate(ctx: RunContext) -> dict:
     root = ctx.data_root
     storage.remove(root)  # a half-written earlier attempt must not leave stray shards
     def log(done: int, shards: int, n: int) -> None:
-        ctx.log("data", f"wrote {done}/{shards} shards ({n}/{cfg.num_images} records)")
+        ctx.log("data", f"wrote {done}/{shards} shards ({n}/{cfg.num_images} records)",
+                progress=(n, cfg.num_images, "records"))
 
     out = synth_write.write_synthetic(cfg, "records", root, progress=synth_write.throttled(log))
     # Class names and a prompt in the captions' words: zero-shot utility of the VLM study uses them.

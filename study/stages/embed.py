@@ -49,7 +49,8 @@ def embed_planned(
         cfg.embed,
         ctx.embed_dir,
         use_gpu=cfg.ray.use_gpu,
-        log=lambda msg: ctx.log("embed", msg),
+        log=lambda msg, progress=None: ctx.log("embed", msg, progress=progress),
+        total=public_n + sum(c["embedded"] for c in plan.values()),
     )
     expected = {PUBLIC: public_n, **{s: c["embedded"] for s, c in plan.items()}}
     planned = {(m, s, v): n for m in models for s, n in expected.items() if n for v in views_of_set[s]}
