@@ -60,9 +60,15 @@ class _Console(logging.StreamHandler):
     place (records/s, ETA) until the next line; elsewhere (Ray jobs, CI, a file) it is a plain line."""
 
     open_bar = False
+    follow_stdout = False  # write to sys.stdout as it is at each record (it may be replaced)
 
     def emit(self, record: logging.LogRecord) -> None:
-        interactive = getattr(self.stream, "isatty", lambda: False)()
+        if self.follow_stdout:
+            self.stream = sys.stdout
+        try:
+            interactive = self.stream.isatty()
+        except (AttributeError, ValueError):  # no isatty, or a closed stream
+            interactive = False
         if getattr(record, "progress", None) and interactive:
             try:
                 self.stream.write("\r\x1b[K" + progress_bar(record))
@@ -84,6 +90,7 @@ def configure(verbosity: int = 0, stream=None) -> None:
     for handler in [h for h in logger.handlers if isinstance(h, _Console)]:
         logger.removeHandler(handler)
     handler = _Console(stream or sys.stdout)
+    handler.follow_stdout = stream is None
     handler.setLevel(LEVELS[max(-1, min(1, verbosity))])
     handler.setFormatter(StageFormatter())
     logger.addHandler(handler)

@@ -105,3 +105,23 @@ def test_a_module_per_stage_and_a_package_per_kind():
         assert os.path.isfile(os.path.join(ROOT, "study", "stages", f"{stage}.py")), stage
     for kind, module in KINDS.items():
         assert module == f"study.kinds.{kind}.kind", (kind, module)
+
+
+def test_ray_through_its_public_apis_only():
+    """No module imports a private Ray module (``ray._private``, ``ray.train.v2._internal``, ...)
+    or reaches for a private attribute of Ray's (``ray._raylet``)."""
+    private = []
+    for folder, _, files in os.walk(os.path.join(ROOT, "study")):
+        for f in (f for f in files if f.endswith(".py")):
+            path = os.path.join(folder, f)
+            for node in ast.walk(ast.parse(open(path).read())):
+                names = []
+                if isinstance(node, ast.ImportFrom) and node.module:
+                    names = [node.module]
+                elif isinstance(node, ast.Import):
+                    names = [a.name for a in node.names]
+                elif isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "ray":
+                    names = [f"ray.{node.attr}"]
+                private += [f"{os.path.relpath(path, ROOT)}: {n}" for n in names
+                            if n.split(".")[0] == "ray" and any(part.startswith("_") for part in n.split(".")[1:])]
+    assert private == []

@@ -7,8 +7,11 @@ hands one back (a rerun with the same ``RunConfig(name, storage_path)`` resumes)
 recipe's plain-PyTorch epochs. Rank 0 keeps the per-epoch
 metrics in ``metrics.jsonl`` and writes the final ``model.pt`` beside it.
 
-Concurrent fits (``fit_all``) run one trainer per thread; the first failure, or a Ctrl-C, aborts
-the other trainers (``AbortableTrainer.abort``, Ray's own graceful abort) before the error is raised.
+Concurrent fits (``fit_all``) run each model's ``TorchTrainer.fit`` in a Ray task of its own; the
+first failure, or a Ctrl-C, cancels the other tasks (``ray.cancel``: Ray Train's own Ctrl-C
+handling aborts the run; a task that does not end is then ended with its process, and with it,
+by Ray's ownership rules, the controller it started) before the error is raised. Every model resumes from its last checkpoint
+on a rerun. Only Ray's public APIs are used.
 """
 from __future__ import annotations
 
@@ -27,12 +30,12 @@ import ray
 import ray.train
 import torch
 from ray.train import Checkpoint, CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchTrainer
 
 from study import storage
 from study.config import ModelConfig, TrainConfig
 from study.faults import fault
 from study.train import layout
-from study.train.abortable import AbortableTrainer
 from study.train.recipes import RECIPES, Fit
 
 
@@ -54,11 +57,13 @@ def _progress(message: str) -> None:
 
 
 def _quiet_checkpoint_logs() -> None:
-    """Ray Train narrates every checkpoint at INFO from loggers that LoggingConfig misses."""
-    from ray.train.v2._internal.execution import context, storage as train_storage
-
-    for name in (context.__file__, train_storage.__name__):
-        logging.getLogger(name).setLevel(logging.WARNING)
+    """Ray Train narrates every checkpoint at INFO, partly from loggers ``LoggingConfig`` does not
+    reach (one is named after its source file); in this worker, every logger of Ray Train's
+    (``ray.train.*``, or named after a file of its package) keeps to warnings."""
+    package = os.path.dirname(ray.train.__file__)
+    for name in list(logging.root.manager.loggerDict):
+        if name.startswith("ray.train.") or name.startswith(package):
+            logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def train_func(config: dict) -> None:
@@ -126,18 +131,19 @@ def train_func(config: dict) -> None:
 def _kill_worker(name: str, epoch: int):
     """Fault ``kill_train_worker`` (``study.faults``): an optimiser hook that ends this worker's
     process abruptly after the first step of ``epoch``, midway through it."""
-    from ray.train.v2._internal.execution.context import get_train_context
 
     def hook(optimizer, args, kwargs) -> None:
         # Ray Train commits a reported checkpoint when its controller next polls the worker (every
-        # 2 s); a death before that resumes from the one before. Model a death after the commit.
-        results, deadline = get_train_context().get_result_queue(), time.monotonic() + 60
-        while not results.empty() and time.monotonic() < deadline:
-            time.sleep(0.05)
+        # 2 s); a death before that resumes from the one before. Model a death after the commit:
+        # three polls later.
+        time.sleep(COMMIT_WAIT_S)
         _progress(f"[train {name}] fault injected: worker exits midway through epoch {epoch}")
         os._exit(1)
 
     return hook
+
+
+COMMIT_WAIT_S = 6.0
 
 
 def _export(config: dict, fit: Fit, model: torch.nn.Module, history: list, final: bool) -> None:
@@ -158,11 +164,26 @@ def _unwrap(module: torch.nn.Module) -> torch.nn.Module:
 
 
 def fit(job: TrainJob, cfg: TrainConfig, model_cfg: ModelConfig, context: dict, use_gpu: bool) -> None:
-    """Fit one model; rerunning with the same ``job.out_dir`` resumes from its last checkpoint."""
-    _trainer(job, cfg, model_cfg, context, use_gpu).fit()
+    """Fit one model in this process (Ray Train's own Ctrl-C handling aborts it); rerunning with
+    the same ``job.out_dir`` resumes from its last checkpoint."""
+    _fit(_trainer_args(job, cfg, model_cfg, context, use_gpu))
 
 
-def _trainer(job: TrainJob, cfg: TrainConfig, model_cfg: ModelConfig, context: dict, use_gpu: bool) -> AbortableTrainer:
+def _fit(args: dict) -> None:
+    # In the main thread Ray Train installs a Ctrl-C handler that holds its controller's handle;
+    # left installed, it would keep the finished controller alive. The caller's comes back.
+    main = threading.current_thread() is threading.main_thread()
+    before = signal.getsignal(signal.SIGINT) if main else None
+    try:
+        TorchTrainer(**args).fit()
+    finally:
+        if main:
+            signal.signal(signal.SIGINT, before)
+
+
+def _trainer_args(job: TrainJob, cfg: TrainConfig, model_cfg: ModelConfig, context: dict, use_gpu: bool) -> dict:
+    """The ``TorchTrainer`` arguments for one model (built in the driver, so a fit in a Ray task
+    gets exactly these)."""
     datasets = {}
     if job.stream:
         from study.train.stream import training_dataset
@@ -170,8 +191,8 @@ def _trainer(job: TrainJob, cfg: TrainConfig, model_cfg: ModelConfig, context: d
         datasets["train"] = training_dataset(context["data_root"], context["split_plan"], job.splits,
                                              context["inputs"], text=context["recipe"] == "clip")
     kill_at = fault("kill_train_worker")  # read here: a remote cluster's workers lack the driver's env
-    return AbortableTrainer(
-        train_func,
+    return dict(
+        train_loop_per_worker=train_func,
         train_loop_config={
             "name": job.name,
             "train": cfg,
@@ -199,10 +220,16 @@ def _trainer(job: TrainJob, cfg: TrainConfig, model_cfg: ModelConfig, context: d
     )
 
 
+@ray.remote(num_cpus=0, max_retries=0)
+def _fit_task(args: dict) -> None:
+    """One model's fit, in a task the driver can cancel (``_cancel``)."""
+    _fit(args)
+
+
 def fit_all(jobs: list[TrainJob], cfg: TrainConfig, model_cfg: ModelConfig, context: dict, use_gpu: bool) -> None:
     """Fit the jobs, concurrently when ``cfg.concurrent`` (each trainer holds its own workers).
 
-    Concurrently, the first failure aborts the other trainers and a KeyboardInterrupt aborts them
+    Concurrently, the first failure cancels the other fits and a KeyboardInterrupt cancels them
     all (each resumes from its last checkpoint on a rerun); the error raised names every model
     that failed, chaining the first failure.
     """
@@ -210,36 +237,42 @@ def fit_all(jobs: list[TrainJob], cfg: TrainConfig, model_cfg: ModelConfig, cont
         for job in jobs:
             fit(job, cfg, model_cfg, context, use_gpu)
         return
-    trainers = {job.name: _trainer(job, cfg, model_cfg, context, use_gpu) for job in jobs}
+    running = {_fit_task.remote(_trainer_args(job, cfg, model_cfg, context, use_gpu)): job.name for job in jobs}
     failed: dict[str, BaseException] = {}
-
-    def run(name: str, trainer: AbortableTrainer) -> None:
-        try:
-            trainer.fit()
-        except BaseException as exc:  # reported below, in the caller's thread
-            if not trainer.aborted:  # an aborted run's error is the abort itself
-                failed[name] = exc
-                for other in trainers.values():
-                    if other is not trainer:
-                        other.abort()
-
-    threads = [threading.Thread(target=run, args=item, name=f"fit-{item[0]}", daemon=True) for item in trainers.items()]
-    for t in threads:
-        t.start()
     try:
         with _ctrl_c_raises():
-            for t in threads:
-                while t.is_alive():
-                    t.join(timeout=0.5)  # not join(): a KeyboardInterrupt must reach this thread
+            pending = list(running)
+            while pending:
+                done, pending = ray.wait(pending, num_returns=1, timeout=0.5)  # a KeyboardInterrupt gets through
+                for ref in done:
+                    try:
+                        ray.get(ref)
+                    except ray.exceptions.TaskCancelledError:
+                        pass  # cancelled below, after another's failure
+                    except Exception as exc:
+                        failed[running[ref]] = exc
+                        _cancel(pending)
     except KeyboardInterrupt:
-        for trainer in trainers.values():
-            trainer.abort()
-        for t in threads:
-            t.join(timeout=60)
+        _cancel(list(running))
         raise
     if failed:
         lines = "; ".join(f"{name}: {_summary(exc)}" for name, exc in failed.items())
-        raise RuntimeError(f"training failed for {', '.join(failed)} ({lines})") from next(iter(failed.values()))
+        first = next(iter(failed.values()))
+        raise RuntimeError(f"training failed for {', '.join(failed)} ({lines})") from getattr(first, "cause", None) or first
+
+
+def _cancel(refs: list, graceful_s: float = 60.0) -> None:
+    """End the fits still running and wait until they have. ``ray.cancel`` interrupts a task as
+    Ctrl-C would, so Ray Train's own handler aborts its run (its controller stops the workers
+    and releases their placement group); a fit still running after ``graceful_s`` has its process
+    ended, and with it, by Ray's ownership rules, the controller and its workers."""
+    for ref in refs:
+        ray.cancel(ref)
+    _, left = ray.wait(refs, num_returns=len(refs), timeout=graceful_s)
+    for ref in left:
+        ray.cancel(ref, force=True)
+    if left:
+        ray.wait(left, num_returns=len(left), timeout=60)
 
 
 @contextlib.contextmanager
@@ -257,7 +290,9 @@ def _ctrl_c_raises():
 
 
 def _summary(exc: BaseException) -> str:
-    """One line for an error; Ray Train's WorkerGroupError by its workers' own errors."""
+    """One line for an error; Ray Train's WorkerGroupError by its workers' own errors (also when
+    the error arrives wrapped by the Ray task that ran the fit)."""
+    exc = getattr(exc, "cause", None) or exc
     failures = getattr(exc, "worker_failures", None) or {}
     parts = [f"rank {rank}: {_one_line(e)}" for rank, e in sorted(failures.items())]
     return "; ".join(parts) or _one_line(exc)
