@@ -143,7 +143,7 @@ def test_config_text_retriever_and_pair_false():
 def test_a_sweep_shows_each_settings_one_model_test():
     """`dejavu report` and the sweep table give every setting's one-model numbers, not the first's only."""
     from study.kinds.vlm_dejavu.summary import vlm_lines
-    from study.report.vlm_html import sweep_table
+    from study.kinds.vlm_dejavu.report_html import sweep_table
 
     def est(v: float) -> dict:
         return {"value": v, "ci": [v - 0.01, v + 0.01], "p_value": 0.001}

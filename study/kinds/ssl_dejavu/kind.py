@@ -20,7 +20,7 @@ from study.data.inspect_stats import crop_counts
 from study.kinds.ssl_dejavu.measure import run_measure
 from study.kinds.ssl_dejavu.one_model import train_crop_classifier
 from study.kinds.ssl_dejavu.summary import ssl_lines
-from study.report.ssl_html import render_body
+from study.kinds.ssl_dejavu.report_html import render_body
 from study.data.model_input import ModelInput
 
 PUBLIC = "public"

@@ -19,7 +19,7 @@ from study.frame.context import RunContext
 from study.frame.kinds import StudyKind
 from study.kinds.sslmem.measure import SETS, run_measure
 from study.kinds.sslmem.summary import sslmem_lines
-from study.report.sslmem_html import render_body
+from study.kinds.sslmem.report_html import render_body
 from study.data.model_input import ModelInput
 
 WHOLE_SETS = tuple(SETS)  # target, reference, holdout: scored whole

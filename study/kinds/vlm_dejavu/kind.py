@@ -24,7 +24,7 @@ from study.kinds.vlm_dejavu.text_retriever import searches as retriever_searches
 from study.kinds.vlm_dejavu.text_retriever import train_job as retriever_job
 from study.frame.validate import one_of
 from study.kinds.vlm_dejavu.measure import headline_k, run_measure
-from study.report.vlm_html import render_body
+from study.kinds.vlm_dejavu.report_html import render_body
 from study.data.model_input import ModelInput
 
 PUBLIC = "public"
