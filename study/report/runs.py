@@ -172,10 +172,6 @@ def run_lines(run: RunState) -> list[str]:
     return lines
 
 
-def print_runs(uri: str) -> None:
-    print_run_states(uri, find_runs(uri))
-
-
 def print_run_states(uri: str, runs: list[RunState]) -> None:
     if not runs:
         raise StudyError(f"no runs under {uri} (a run directory holds {CONFIG})")

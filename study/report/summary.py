@@ -38,14 +38,3 @@ def summary_lines(report: dict) -> list[str]:
         raise StudyError(f"report of unknown study kind {report.get('study')!r}") from None
     return [f"study {report['name']} ({report['study']})", f"splits: {counts}", *kind.summary_lines(report),
             *calibration_lines(report)]
-
-
-def print_summary(uri: str) -> None:
-    path = locate(uri)
-    try:
-        report = storage.read_json(path)
-    except ValueError:
-        raise StudyError(f"{path} is not a valid report (JSON could not be read)") from None
-    for line in summary_lines(report):
-        print(line)
-    print(f"report: {path.rsplit('/', 1)[0]}/report.html")
