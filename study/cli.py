@@ -210,5 +210,24 @@ def _study_error(exc: BaseException) -> StudyError | None:
     return next((e for e in causes(exc) if isinstance(e, StudyError)), None)
 
 
+def entry() -> None:
+    """The ``dejavu`` command: ``main`` with the console sorted (``study.console_streams``: Ray's
+    own lines go to run.log, the product's to the terminal)."""
+    from study.console_streams import routed
+    from study.frame.cluster import own_console
+
+    own_console()
+    with routed(before_exit=_stop_ray):
+        code = main()
+    sys.exit(code)
+
+
+def _stop_ray() -> None:
+    """Ray's last lines while it shuts down are sorted like the others."""
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        ray.shutdown()
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

@@ -16,9 +16,11 @@ so the product never changes a logging set-up it did not make.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 import time
+from typing import Callable, Iterator
 
 ROOT = "study"
 LEVELS = {-1: logging.WARNING, 0: logging.INFO, 1: logging.DEBUG}
@@ -63,8 +65,8 @@ class _Console(logging.StreamHandler):
     follow_stdout = False  # write to sys.stdout as it is at each record (it may be replaced)
 
     def emit(self, record: logging.LogRecord) -> None:
-        if self.follow_stdout:
-            self.stream = sys.stdout
+        if self.follow_stdout:  # the terminal itself where the command line sorts its console
+            self.stream = getattr(sys.stdout, "passthrough", sys.stdout)
         try:
             interactive = self.stream.isatty()
         except (AttributeError, ValueError):  # no isatty, or a closed stream
@@ -117,3 +119,25 @@ class RunLog(logging.Handler):
 
     def text(self) -> str:
         return "\n".join(self.lines) + "\n" if self.lines else ""
+
+
+_stage_sinks: list[Callable[[str, str], None]] = []
+
+
+@contextlib.contextmanager
+def stage_lines(sink: Callable[[str, str], None]) -> Iterator[None]:
+    """While a stage runs, the lines its workers write for the console (``[train model_a] ...``,
+    which Ray forwards and ``study.console_streams`` picks out) go to ``sink(stage, text)``."""
+    _stage_sinks.append(sink)
+    try:
+        yield
+    finally:
+        _stage_sinks.remove(sink)
+
+
+def forwarded(stage: str, text: str) -> None:
+    """A worker's line for the console: the running stage's own line, else a plain one."""
+    if _stage_sinks:
+        _stage_sinks[-1](stage, text)
+    else:
+        logging.getLogger(f"{ROOT}.worker").info(f"[{stage}] {text}")

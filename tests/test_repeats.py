@@ -10,6 +10,7 @@ import pytest
 from study.config_load import load_config
 from study.core.calibration import calibrate, headline_tests, rejection_rate
 from study.errors import ConfigError
+from study.frame.kinds import get_kind
 from study.frame.sweep import setting_points, settings_of
 from study.report.calibration_html import calibration_lines, calibration_section
 
@@ -39,9 +40,10 @@ def test_headline_tests_read_every_kind():
     vlm = {"k=10": {"ppg": {"value": 0.2, "ci": [0.1, 0.3], "p_value": 0.01}, "aucg": {"value": 0.0, "ci": [0, 0],
                                                                                         "p_value": 1.0}}}
     mem = {"projector/candidates-vs-extra": {"difference": 0.05, "ci": [0.01, 0.09], "p_value": 0.02, "auc": 0.6}}
-    assert headline_tests(ssl) == {"projector/null": {"value": 0.1, "ci": [0.0, 0.2], "p_value": 0.3}}
-    assert set(headline_tests(vlm)) == {"k=10/ppg", "k=10/aucg"}
-    assert headline_tests(mem)["projector/candidates-vs-extra"]["value"] == 0.05
+    assert headline_tests(ssl, get_kind("ssl_dejavu").value_key) == {
+        "projector/null": {"value": 0.1, "ci": [0.0, 0.2], "p_value": 0.3}}
+    assert set(headline_tests(vlm, get_kind("vlm_dejavu").value_key)) == {"k=10/ppg", "k=10/aucg"}
+    assert headline_tests(mem, get_kind("sslmem").value_key)["projector/candidates-vs-extra"]["value"] == 0.05
 
 
 def _binomial_tail(k: int, n: int, p: float, upper: bool) -> float:
@@ -70,7 +72,7 @@ def test_calibrate_groups_runs_by_setting_value():
             p = 0.001 if value == 2 else 0.5
             runs.append((value, {"projector/positive": {"gap": gap, "ci": [gap - 0.05, gap + 0.05], "p_value": p},
                                  "projector/null": {"gap": 0.0, "ci": [-0.1, 0.1], "p_value": p}}))
-    cal = calibrate(runs, alpha=0.05, level=0.95, draws=200, seed=0)
+    cal = calibrate(runs, alpha=0.05, level=0.95, draws=200, seed=0, value_key="gap")
     assert [s["value"] for s in cal["settings"]] == [1, 2] and all(s["runs"] == 5 for s in cal["settings"])
     one, two = (s["tests"]["projector/positive"] for s in cal["settings"])
     assert one["rejection_rate"]["value"] == 0 and two["rejection_rate"]["value"] == 1
@@ -111,7 +113,7 @@ def test_one_model_tests_are_calibrated_beside_the_two_model_ones():
                                    {"naive_bayes": {"projector/positive": est(p_pos), "projector/null": est(p_null)}})
 
     runs = [(None, run(0.01, 0.01)), (None, run(0.01, 0.6)), (None, run(0.2, 0.7))]
-    tests = calibrate(runs, alpha=0.05, level=0.95, draws=50, seed=0)["settings"][0]["tests"]
+    tests = calibrate(runs, alpha=0.05, level=0.95, draws=50, seed=0, value_key="gap")["settings"][0]["tests"]
     assert set(tests) == {"projector/positive", "projector/null", "one-model vs naive_bayes: projector/positive",
                           "one-model vs naive_bayes: projector/null"}
     null = tests["one-model vs naive_bayes: projector/null"]["rejection_rate"]

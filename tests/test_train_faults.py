@@ -90,7 +90,7 @@ def uninterrupted(context: dict, cfg: TrainConfig) -> tuple[list[float], dict]:
     torch.set_num_threads(cfg.torch_threads)  # as the worker: the same reduction order
     try:
         torch.manual_seed(cfg.seed)
-        one = RECIPES["ssl"]({"train": cfg, "model": MODEL, "splits": ["target"], **context}, 0, 1)
+        one = RECIPES["ssl"].fit({"train": cfg, "model": MODEL, "splits": ["target"], **context}, 0, 1)
         losses = [one.run_epoch(one.model, e, torch.Generator().manual_seed(cfg.seed * 1_000_003 + e * 101))["loss"]
                   for e in range(cfg.epochs)]
     finally:

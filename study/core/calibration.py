@@ -13,7 +13,8 @@ the training with R seeds measures the rest (conditional on the split plan, whic
   the per-run (records-only) intervals: how much a single run's interval leaves out.
 
 Takes each run's headline (the numbers a study kind quotes first: an estimate with "ci" and
-"p_value", possibly nested one level as the VLM kind's PPG/PRG/AUCG are) and returns plain data.
+"p_value" and its number under the kind's ``value_key``, possibly nested one level as the VLM
+kind's PPG/PRG/AUCG are, each under "value") and returns plain data.
 """
 from __future__ import annotations
 
@@ -24,7 +25,6 @@ import numpy as np
 
 from study.core import stats
 
-VALUE_KEYS = ("gap", "difference", "value")
 KINDS = {
     "per_run": "records resampled (conditional on the run's trained models)",
     "over_seeds": "runs resampled (includes training randomness)",
@@ -32,15 +32,15 @@ KINDS = {
 }
 
 
-def headline_tests(headline: dict) -> dict[str, dict]:
-    """{test name: {"value", "ci", "p_value"}} from a headline (flat or nested one level)."""
+def headline_tests(headline: dict, value_key: str = "value") -> dict[str, dict]:
+    """{test name: {"value", "ci", "p_value"}} from a headline (flat, each entry's number under
+    ``value_key``, or nested one level, under "value")."""
     out = {}
     for key, entry in headline.items():
         if not isinstance(entry, dict):
             continue
         if "p_value" in entry:
-            value = next(entry[k] for k in VALUE_KEYS if k in entry)
-            out[key] = {"value": float(value), "ci": list(entry["ci"]), "p_value": float(entry["p_value"])}
+            out[key] = {"value": float(entry[value_key]), "ci": list(entry["ci"]), "p_value": float(entry["p_value"])}
             continue
         for sub, est in entry.items():
             if isinstance(est, dict) and "p_value" in est:
@@ -81,12 +81,14 @@ def over_seeds(values: Sequence[float], level: float, draws: int, seed: int) -> 
     return {"value": float(v.mean()), "ci": [float(lo), float(hi)], "sd": float(v.std(ddof=1)) if len(v) > 1 else 0.0}
 
 
-def calibrate(runs: Sequence[tuple[Any, dict]], alpha: float, level: float, draws: int, seed: int) -> dict:
+def calibrate(runs: Sequence[tuple[Any, dict]], alpha: float, level: float, draws: int, seed: int,
+              value_key: str = "value") -> dict:
     """Per setting value (None without a sweep), per test: rejection rate, mean over seeds,
-    training sd and the per-run intervals' mean width. ``runs``: (value, headline) per run."""
+    training sd and the per-run intervals' mean width. ``runs``: (value, headline) per run;
+    ``value_key``: where a flat headline entry holds its number (``headline_tests``)."""
     groups: dict[str, tuple[Any, list[dict]]] = {}
     for value, headline in runs:
-        groups.setdefault(json.dumps(value, sort_keys=True, default=str), (value, []))[1].append(headline_tests(headline))
+        groups.setdefault(json.dumps(value, sort_keys=True, default=str), (value, []))[1].append(headline_tests(headline, value_key))
     settings = []
     for value, tests in groups.values():
         names = [t for t in tests[0] if all(t in other for other in tests)]

@@ -49,12 +49,8 @@ def join(ray_cfg) -> None:
 
     if ray.is_initialized():
         return
-    # The stages print their own progress; Ray Data's per-operator progress lines would drown it.
-    logging.getLogger("ray.data").setLevel(logging.WARNING)
-    ray.data.DataContext.get_current().enable_progress_bars = False
-    for handler in logging.getLogger("ray.data").handlers:
-        if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler) and not any(isinstance(f, _SaidInOneLine) for f in handler.filters):
-            handler.addFilter(_SaidInOneLine())
+    if _console["own"]:
+        _quiet_ray_data()
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
     address = ray_cfg.address or os.environ.get("RAY_ADDRESS")
     if not address:
@@ -70,6 +66,28 @@ def join(ray_cfg) -> None:
     except Exception as exc:  # ConnectionError, RuntimeError (version), auth errors
         raise StudyError(f"cannot join the Ray cluster at ray.address={address}: {_why(exc, said.text)}") from None
     sys.stderr.write(said.text)  # joined: what Ray printed while joining is shown after all
+
+
+_console = {"own": False}
+
+
+def own_console() -> None:
+    """Called by the command line: its process and console are the product's, so Ray Data's
+    progress bars and informational lines are turned off there (the stages show their own
+    progress) and a task error the command reports in one ``error:`` line is not shown twice. A
+    program that imports ``study`` keeps Ray Data as it set it up."""
+    _console["own"] = True
+
+
+def _quiet_ray_data() -> None:
+    import ray
+
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    for handler in logging.getLogger("ray.data").handlers:
+        if (isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler)
+                and not any(isinstance(f, _SaidInOneLine) for f in handler.filters)):
+            handler.addFilter(_SaidInOneLine())
 
 
 def _why(exc: Exception, printed: str) -> str:

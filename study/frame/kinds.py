@@ -92,6 +92,12 @@ class StudyKind:
     # after the pair itself (the SSL crop classifier).
     train_beside: Callable[..., Any] | None = None
     train_after: Callable[..., None] | None = None
+    # What of the config those extra models read besides the train section (hashed into the train
+    # stage's marker): the crop rule the SSL crop classifier trains on.
+    train_extra: Callable[[StudyConfig], Any] = lambda cfg: None
+    # Where a headline entry holds its number (its estimate, beside "ci" and "p_value"); an entry
+    # nested one level (the VLM kind's PPG/PRG/AUCG) holds it under "value". Read by the calibration.
+    value_key: str = "value"
     # ``dejavu report``: the kind's lines of a report's summary (report.json -> lines).
     summary_lines: Callable[[dict], list[str]] = lambda report: []
     # ``dejavu report list``: the headline number's name and (value, p-value) from one headline entry.

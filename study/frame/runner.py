@@ -18,7 +18,7 @@ from typing import Callable
 from study import retries, storage
 from study.config import StudyConfig
 from study.config_load import config_hash, config_to_dict
-from study.console import RunLog
+from study.console import RunLog, stage_lines
 from study.errors import StudyError, causes
 from study.faults import fault
 from study.frame.context import RUN_LOG, SHARED_STAGES, STAGE_NAMES, RunContext, is_complete, write_marker
@@ -69,7 +69,7 @@ def stages() -> list[Stage]:
         Stage("splits", lambda c: (c.splits,), ("data",), run_splits, needs_ray=True),
         # Which snapshot is measured does not change the training: the stages after train read it.
         Stage("train", lambda c: (c.study, c.model, dataclasses.replace(c.train, snapshot=0), c.data.input_key(),
-                                  c.embed.crop if c.train.crop_classifier else None, _checkpoint_file(c)),
+                                  get_kind(c.study).train_extra(c), _checkpoint_file(c)),
               ("data", "splits"), run_train, needs_ray=True, takes_digest=True),
         Stage("embed", lambda c: (c.study, c.embed, c.splits, c.data.input_key(), c.train.snapshot,
                                   *get_kind(c.study).extra_reads(c)),
@@ -80,8 +80,6 @@ def stages() -> list[Stage]:
               ("data", "splits", "train", "search"), measure),
         Stage("report", lambda c: (config_to_dict(c),), ("data", "splits", "measure"), run_report),
     ]
-
-
 
 
 def stage_digest(stage: Stage, cfg: StudyConfig, digests: dict[str, str]) -> str:
@@ -104,7 +102,8 @@ def _run_stage(ctx: RunContext, stage: Stage, digests: dict[str, str], timings: 
             ensure_ray(ctx.cfg)
         ctx.log(stage.name, "starting")
         start, retried = time.perf_counter(), retries.count()
-        summary = _run_retrying(ctx, stage, digest)
+        with stage_lines(ctx.log):  # its workers' progress lines, forwarded by Ray, as its own
+            summary = _run_retrying(ctx, stage, digest)
         seconds = time.perf_counter() - start
         retried = retries.since(retried)  # transient object-store errors it rode out
         if retried:
@@ -113,8 +112,6 @@ def _run_stage(ctx: RunContext, stage: Stage, digests: dict[str, str], timings: 
         timings[key] = seconds
         ctx.log(stage.name, f"done in {seconds:.1f} s")
     digests[stage.name] = digest
-
-
 
 
 def _run_retrying(ctx: RunContext, stage: Stage, digest: str) -> dict:
@@ -173,15 +170,15 @@ def run_study(cfg: StudyConfig, until: str | None = None) -> RunContext:
         if name:
             get_kind(setting_cfg.study).check(setting_cfg)
     check_study(cfg)  # the output root takes a write (no bucket is ever created), the inputs are there
-    if any(s.needs_ray for s in stages() if s.name in wanted):
-        ensure_ray(cfg)  # before anything is written: the cluster answers and can see the paths
-        if "train" in wanted and cluster.own_instance(cfg.ray):  # nothing joins it: what it lacks, it always lacks
-            cluster.check_resources(cluster.worker_bundle(cfg), "training", True, 0, lambda message: None)
-    ctx = RunContext.create(cfg)
     run_log = RunLog()
-    logging.getLogger("study").addHandler(run_log)
+    logging.getLogger("study").addHandler(run_log)  # from the join on: Ray's lines there belong to the run
     previous = None
     try:
+        if any(s.needs_ray for s in stages() if s.name in wanted):
+            ensure_ray(cfg)  # before anything is written: the cluster answers and can see the paths
+            if "train" in wanted and cluster.own_instance(cfg.ray):  # nothing joins it: what it lacks, it always lacks
+                cluster.check_resources(cluster.worker_bundle(cfg), "training", True, 0, lambda message: None)
+        ctx = RunContext.create(cfg)
         ctx.log("study", f"run directory {ctx.run_dir}")
         try:
             storage.makedirs(ctx.run_dir)

@@ -24,7 +24,7 @@ def check_registries(cfg: StudyConfig) -> None:
     if "public" in kind.needs and not cfg.splits.uses("public"):
         key = "splits.per_class.public" if cfg.splits.per_class else "splits.fractions.public"
         raise ConfigError(f"{key}: must be > 0 (the {kind.name} study searches the public set)")
-    if cfg.train.text_retriever and kind.recipe != "clip":
+    if cfg.train.text_retriever and kind.train_beside is None:
         raise ConfigError(f"train.text_retriever: the {kind.name} study has no text retriever (it is the "
                           "vlm_dejavu study's one-model test)")
     kind.check(cfg)

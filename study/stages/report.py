@@ -121,7 +121,8 @@ def build_report(ctx: RunContext) -> dict:
             report["calibration"] = calibrate(
                 [(s["value"] if cfg.sweep else None, calibrated_headline(s["headline"], one_model_headlines(s)))
                  for s in report["sweep"]["settings"]],
-                alpha=round(1 - m.confidence_level, 10), level=m.confidence_level, draws=m.bootstrap, seed=m.seed)
+                alpha=round(1 - m.confidence_level, 10), level=m.confidence_level, draws=m.bootstrap, seed=m.seed,
+                value_key=get_kind(cfg.study).value_key)
         first = report["sweep"]["settings"][0]
     else:
         first = setting_report(ctx)
@@ -145,3 +146,15 @@ def run_report(ctx: RunContext) -> dict:
     storage.write_json(ctx.report_json, report)
     ctx.log("report", f"wrote {ctx.report_json} and report.html")
     return {"report": ctx.report_json, "headline": report["headline"]}
+
+
+def nearest_public(ctx: RunContext, rows: list[dict], space: str, shown: int) -> dict[str, list[str]]:
+    """The first ``shown`` public neighbours of each gallery row (keys: id, target_model, split),
+    reading from each search result only the rows of its gallery queries (a pushed-down filter)."""
+    from study.search.results import read_neighbours
+
+    wanted: dict[tuple[str, str], list[str]] = {}
+    for r in rows:
+        wanted.setdefault((r["target_model"], r["split"]), []).append(r["id"])
+    found = {key: read_neighbours(ctx.search_results(*key, space), ids) for key, ids in wanted.items()}
+    return {r["id"]: [n for n in found[(r["target_model"], r["split"])][r["id"]][:shown] if n] for r in rows}

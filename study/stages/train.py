@@ -48,16 +48,17 @@ def count_skipped(recipe: str, ctx: RunContext, splits: tuple[str, ...], counts:
                   stream: bool) -> dict[str, int]:
     """Training records the recipe leaves out, by reason; logged, and an error if none are left.
     A streamed set is counted by Ray Data tasks, a small one in the driver."""
-    from study.train.recipes import TRAINING_SKIPS
+    from study.train.recipes import RECIPES
     from study.train.stream import count_rows
 
     total = sum(counts.get(s, 0) for s in splits)
     out = {}
-    if stream and recipe == "clip":  # the only recipe that leaves records out: those without a caption
+    how = RECIPES[recipe]
+    if stream and how.reads_text:  # a streamed set with captions leaves out the records without one
         inside, usable = count_rows(ctx.data_root, ctx.split_plan(), splits, text=True)
         out = {"empty_caption": inside - usable} if inside > usable else {}
-    elif recipe in TRAINING_SKIPS:
-        out = TRAINING_SKIPS[recipe](ctx.data_root, ctx.splits_dir, splits)
+    elif how.skipped is not None:
+        out = how.skipped(ctx.data_root, ctx.splits_dir, splits)
     if out:
         ctx.log("train", f"{'+'.join(splits)}: skipping " + ", ".join(f"{n} {r}" for r, n in out.items()))
         if sum(out.values()) >= total:

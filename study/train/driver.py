@@ -78,7 +78,7 @@ def train_func(config: dict) -> None:
         from study.train.stream import shard_batches
 
         stream = shard_batches(ray.train.get_dataset_shard("train"), cfg.seed, rank)
-    fit = RECIPES[config["recipe"]](config, rank, world, stream)
+    fit = RECIPES[config["recipe"]].fit(config, rank, world, stream)
     model = ray.train.torch.prepare_model(fit.model)  # to this worker's device; DDP when world > 1
 
     # Restore: weights, optimiser, schedule and metrics history of the last finished epoch. Ray
@@ -189,7 +189,7 @@ def _trainer_args(job: TrainJob, cfg: TrainConfig, model_cfg: ModelConfig, conte
         from study.train.stream import training_dataset
 
         datasets["train"] = training_dataset(context["data_root"], context["split_plan"], job.splits,
-                                             context["inputs"], text=context["recipe"] == "clip")
+                                             context["inputs"], text=RECIPES[context["recipe"]].reads_text)
     kill_at = fault("kill_train_worker")  # read here: a remote cluster's workers lack the driver's env
     return dict(
         train_loop_per_worker=train_func,

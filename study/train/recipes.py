@@ -189,6 +189,20 @@ def crop_fit(config: dict, rank: int, world: int, stream: Callable | None = None
     return ssl_fit({**config, "train": train}, rank, world, arrays=(images[order], labels[order]))
 
 
-RECIPES: dict[str, Callable[..., Fit]] = {"ssl": ssl_fit, "clip": clip_fit, "crop": crop_fit}
-# Recipe -> (data_root, splits_dir, splits) -> {reason: records skipped}; recipes absent use all.
-TRAINING_SKIPS: dict[str, Callable[..., dict[str, int]]] = {"clip": clip_skipped}
+@dataclass(frozen=True)
+class Recipe:
+    """A training recipe: ``fit(config, rank, world, stream)`` builds one worker's model and
+    epoch; ``reads_text`` when it trains on captions too (a streamed set then drops records
+    without one); ``skipped(data_root, splits_dir, splits)`` counts, in memory, the records it
+    leaves out by reason (None: it uses every record)."""
+
+    fit: Callable[..., Fit]
+    reads_text: bool = False
+    skipped: Callable[..., dict[str, int]] | None = None
+
+
+RECIPES: dict[str, Recipe] = {
+    "ssl": Recipe(ssl_fit),
+    "clip": Recipe(clip_fit, reads_text=True, skipped=clip_skipped),
+    "crop": Recipe(crop_fit),
+}

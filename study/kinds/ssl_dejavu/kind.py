@@ -21,6 +21,7 @@ from study.kinds.ssl_dejavu.measure import run_measure
 from study.kinds.ssl_dejavu.one_model import train_crop_classifier
 from study.kinds.ssl_dejavu.summary import ssl_lines
 from study.kinds.ssl_dejavu.report_html import render_body
+from study.stages.report import nearest_public
 from study.data.model_input import ModelInput
 
 PUBLIC = "public"
@@ -99,7 +100,7 @@ def headline(results: dict) -> dict:
 
 
 def extras(ctx: RunContext) -> dict:
-    from study.kinds.ssl_dejavu.one_model import read_one_model
+    from study.stages.measure import read_one_model
     from study.kinds.ssl_dejavu.utility import read_utility
 
     one_model = read_one_model(ctx)
@@ -145,18 +146,6 @@ def gallery(ctx: RunContext, report: dict) -> list[dict]:
     return out
 
 
-def nearest_public(ctx: RunContext, rows: list[dict], space: str, shown: int) -> dict[str, list[str]]:
-    """The first ``shown`` public neighbours of each gallery row (keys: id, target_model, split),
-    reading from each search result only the rows of its gallery queries (a pushed-down filter)."""
-    from study.search.results import read_neighbours
-
-    wanted: dict[tuple[str, str], list[str]] = {}
-    for r in rows:
-        wanted.setdefault((r["target_model"], r["split"]), []).append(r["id"])
-    found = {key: read_neighbours(ctx.search_results(*key, space), ids) for key, ids in wanted.items()}
-    return {r["id"]: [n for n in found[(r["target_model"], r["split"])][r["id"]][:shown] if n] for r in rows}
-
-
 KIND = StudyKind(
     name="ssl_dejavu",
     title="SSL déjà vu test (label inference from a background crop)",
@@ -174,7 +163,9 @@ KIND = StudyKind(
     needs={"target": ("label", "boxes"), "reference": ("label", "boxes"), "holdout": ("label", "boxes"),
            "public": ("label",)},
     train_after=train_crop_classifier,
+    train_extra=lambda cfg: cfg.embed.crop if cfg.train.crop_classifier else None,
     summary_lines=ssl_lines,
+    value_key="gap",
     list_headline=("gap", lambda v: (v["gap"], v["p_value"])),
     inspect_check=("crop", crop_counts),
 )

@@ -17,7 +17,8 @@ from study.data.loading import iter_split
 from study.data.lookup import IdIndex
 from study.frame.context import RunContext
 from study.frame.kinds import CONTROLS, get_kind, side_mask
-from study.kinds.ssl_dejavu.one_model import ONE_MODEL_CONTROLS, PREDICTOR, predictors, write_one_model
+from study.kinds.ssl_dejavu.one_model import predictors
+from study.stages.measure import ONE_MODEL_CONTROLS, PREDICTOR, write_one_model
 from study.kinds.ssl_dejavu.utility import measure_utility
 from study.search.results import check_queries, check_same_queries, iter_results, public_rows
 

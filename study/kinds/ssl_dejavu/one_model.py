@@ -24,16 +24,8 @@ from study.frame.context import RunContext
 from study.kinds.ssl_dejavu.taggers import COLUMNS, TAGGERS
 from study.data.model_input import ModelInput
 
-PREDICTOR = "predictor"
 CROP_BATCH = 256  # records per batch of the crop classifier's pass
-ONE_MODEL = "one_model.json"
 CROP_CLASSIFIER = "crop_classifier"  # the train stage's model dir of the crop classifier
-ONE_MODEL_CONTROLS = {
-    "positive": [("a", "target", "model_a", PREDICTOR), ("b", "reference", "model_b", PREDICTOR)],
-    "null": [("a", "holdout", "model_a", PREDICTOR), ("b", "holdout", "model_b", PREDICTOR)],
-}
-
-
 def _tags(ctx: RunContext, ids) -> list[list[str]]:
     name = ctx.cfg.measure.one_model_tagger
     column = COLUMNS[name]
@@ -124,15 +116,6 @@ def _public_tag_counts(ctx: RunContext, num_classes: int) -> TagCounts:
         labels = np.where(public, batch.column("label").fill_null(-1).to_numpy(zero_copy_only=False), -1)
         table.add(map(TAGGERS[name], batch.column(COLUMNS[name]).to_pylist()), labels.astype(np.int64))
     return table
-
-
-def write_one_model(ctx: RunContext, results: dict) -> None:
-    storage.write_json(ctx.stage_dir("measure", ONE_MODEL), results)
-
-
-def read_one_model(ctx: RunContext) -> dict | None:
-    uri = ctx.stage_dir("measure", ONE_MODEL)
-    return storage.read_json(uri) if storage.exists(uri) else None
 
 
 def train_crop_classifier(ctx: RunContext, manifest: dict, digest: str, summary: dict) -> None:

@@ -133,5 +133,6 @@ KIND = StudyKind(
     attacked=WHOLE_SETS,
     extra_reads=lambda c: (c.sslmem, c.train.augment),
     summary_lines=sslmem_lines,
+    value_key="difference",
     list_headline=("score difference", lambda v: (v["difference"], v["p_value"])),
 )

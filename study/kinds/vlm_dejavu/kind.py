@@ -88,7 +88,7 @@ def headline(results: dict) -> dict:
 
 
 def extras(ctx: RunContext) -> dict:
-    from study.kinds.ssl_dejavu.one_model import read_one_model
+    from study.stages.measure import read_one_model
 
     results = storage.read_json(ctx.measure_results)
     ks = list(ctx.cfg.measure.ks)
@@ -105,7 +105,7 @@ def extras(ctx: RunContext) -> dict:
 def gallery(ctx: RunContext, report: dict) -> list[dict]:
     """Top records of the positive control: caption, image with unnamed objects marked, nearest
     public images (target model), objects recovered by the target and by the reference."""
-    from study.kinds.ssl_dejavu.kind import nearest_public
+    from study.stages.report import nearest_public
     from study.kinds.vlm_dejavu.objects import object_table
     from study.core.objects import named_objects
 

@@ -9,7 +9,7 @@ actors as the models' searches), and the measure stage scores the objects of the
 captions' images exactly as it scores the objects of the attacked model's retrieved images
 (``vlm_measure.record_scores``): union or top-n, all or unnamed objects, every k.
 
-Sides are the SSL one-model test's (``one_model.ONE_MODEL_CONTROLS``) with the retriever in the
+Sides are the SSL one-model test's (``study.stages.measure.ONE_MODEL_CONTROLS``) with the retriever in the
 reference's place: positive = model A on its own training records and, when the pair exists,
 model B on its own (each model is the target on the records it trained on, as in the two-model
 test, and the retriever, which saw neither split, is the reference on both); null = the holdout
@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from study.config import StudyConfig
 from study.frame.context import RunContext
-from study.kinds.ssl_dejavu.one_model import ONE_MODEL_CONTROLS, write_one_model
+from study.stages.measure import ONE_MODEL_CONTROLS, write_one_model
 from study.data.model_input import ModelInput
 
 RETRIEVER = "text_retriever"  # the train stage's model dir, and the model name in embed/ and search/

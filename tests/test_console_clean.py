@@ -1,0 +1,69 @@
+"""The ``dejavu`` command's console shows the product's lines only: Ray's own lines (forwarded
+worker lines, the C++ core's, Ray's Python loggers', Ray Train's tracebacks when a second Ray
+instance runs on the machine) are in run.log, and the training workers' progress shows as the
+train stage's own lines. Two studies at once, each starting its own Ray instance."""
+from __future__ import annotations
+
+import glob
+import os
+import re
+import subprocess
+import sys
+
+from study.console_streams import sort_line
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# What Ray's lines look like on a console, written out here independently of the product's patterns.
+RAY_MARKS = ("pid=", "(raylet", "core_worker.cc", ".cc:", " -- ", "Traceback", "ConnectionError")
+PRODUCT = re.compile(r"^\[\s*\d+\.\ds\] (study|data|splits|train|embed|search|measure|report)\s")
+
+
+def _start(out: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "study.cli", "run", "configs/tiny.yaml", "--output", out,
+         "--set", "train.concurrent=true"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_two_studies_at_once_show_only_their_own_lines(tmp_path):
+    procs = [_start(str(tmp_path / f"out{i}")) for i in (1, 2)]
+    results = [p.communicate(timeout=600) for p in procs]
+    for proc, (out, err) in zip(procs, results):
+        assert proc.returncode == 0, err
+        assert err == "", err  # nothing on stderr at all
+        lines = out.splitlines()
+        leaked = [ln for ln in lines if any(mark in ln for mark in RAY_MARKS)]
+        assert not leaked, "\n".join(leaked)
+        # Every line before the summary is a stage line; the workers' epochs are train lines.
+        stage_lines = lines[: next(i for i, ln in enumerate(lines) if ln.startswith("study tiny"))]
+        assert all(PRODUCT.match(ln) for ln in stage_lines), "\n".join(ln for ln in stage_lines if not PRODUCT.match(ln))
+        for model in ("model_a", "model_b"):
+            assert any(re.search(rf"\] train +{model} epoch 4/4 loss ", ln) for ln in stage_lines), out
+    logs = [open(p).read() for p in sorted(glob.glob(str(tmp_path / "out*/tiny/run-*/run.log")))]
+    assert len(logs) == 2
+    for log in logs:
+        assert "study.ray: " in log  # Ray's lines are kept for a post-mortem
+        assert "Token authentication is enabled" in log or "core_worker.cc" in log or "(raylet)" in log, log
+
+
+def test_sorting_of_lines():
+    """Lines as Ray prints them (taken from a real console) against lines the product prints."""
+    cyan, reset = "\x1b[36m", "\x1b[0m"
+    ray_lines = [
+        f"{cyan}(TrainController pid=8882){reset} [2026-12-06 13:01:10,022 E 8882 8938] core_worker.cc:2465: Actor ...",
+        "[2026-12-06 13:01:21,282 E 7959 7959] core_worker.cc:2465: Actor with class name: 'MapWorker(MapBatches(_Replica))'",
+        "\x1b[33m(raylet)\x1b[0m WARNING: 8 PYTHON worker processes have been started on node: 90ec",
+        "(PlacementGroupCleaner pid=14540) Traceback (most recent call last):",
+        "(MapWorker(MapBatches(_Replica)) pid=77, ip=10.0.0.3) some output",
+        "(autoscaler +1m3s) Adding 1 node(s) of type worker.",
+        "2026-12-06 13:00:51,613\tWARNING authentication_token_setup.py:85 -- Token authentication is enabled",
+    ]
+    for line in ray_lines:
+        found = sort_line(line + "\n")
+        assert found is not None and found[0] == "ray", line
+    worker = sort_line(f"{cyan}(RayTrainWorker pid=9070){reset} [train model_b] epoch 2/4 loss 4.6735 (0.49 s/epoch)\n")
+    assert worker == ("train", "model_b epoch 2/4 loss 4.6735 (0.49 s/epoch)\n")
+    for own in ("[   35.1s] measure  caption_to_image positive k=10 top_n unnamed objects: PPG +0.007",
+                "error: data.path: no such input", "  projector/positive     target 0.062  reference 0.049",
+                "report: /tmp/x/report.html", "(a note in parentheses) from the product"):
+        assert sort_line(own + "\n") is None, own
