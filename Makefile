@@ -4,12 +4,12 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install quickstart photos test bench clean constraints
+.PHONY: install quickstart photos test test-fast bench clean constraints docs
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -c constraints.txt -e '.[test]'
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[test,docs]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -32,13 +32,23 @@ photos: install
 	$(BIN)/dejavu run configs/photos.yaml
 	$(BIN)/dejavu run configs/photos-vlm.yaml
 
+# Every tier (unit, ray, e2e, cluster; tests/conftest.py), with the 25 slowest tests listed.
 test: install
-	$(BIN)/python -m pytest -q --durations=20
+	$(BIN)/python -m pytest -q --durations=25
+
+# The unit tier alone: no Ray, about a minute.
+test-fast: install
+	$(BIN)/python -m pytest -q -m unit --durations=10
 
 bench: install
 	$(BIN)/python benchmarks/stage_times.py
 	$(BIN)/python benchmarks/knn_bench.py
 	$(BIN)/python benchmarks/clip_bench.py
+
+# The documentation site (docs/, mkdocs.yml) into site/; --strict fails on any warning: a broken
+# link, a page missing from the nav.
+docs: install
+	$(BIN)/mkdocs build --strict --site-dir site
 
 clean:
 	rm -rf runs .pytest_cache

@@ -12,7 +12,7 @@ import argparse
 
 from ivfpq_bench import extrapolate, rates  # the search benchmark's own model (imports no Ray)
 
-# -- measured on the 2-CPU machine (README "Benchmarks", "Driver memory at two sizes") ------------
+# -- measured on the 2-CPU machine (docs/results.md, "Performance") -------------------------------
 TRAIN_PAIRS_S, TRAIN_RAY_PAIRS_S = 3.48, 3.34  # clip_bench: ViT-B-32 224 px, batch 32, 2 threads, bare / Ray Train
 EMBED_ROWS_S, EMBED_RAY_ROWS_S = 10.5, 9.5  # clip_bench: ViT-B-32 embedding, 1 thread, bare / Ray Data
 RESNET_IMAGES_S, RESNET_RAY_IMAGES_S = 20.4, 19.5  # embed_bench: ResNet-18 224 px, 2 CPUs, bare / Ray Data
@@ -49,7 +49,7 @@ A10G_FP16_TFLOPS = 125.0  # dense FP16 tensor peak: needs mixed precision, which
 NODE_CPUS, NODE_SHARD_GIB, GPU_GIB = 8, 20.0, 22.5  # 8 vCPU, 32 GiB nodes (Ray `memory` ~20 GiB); A10G 24 GB
 NET_GBYTES_S, BATCH_PER_GPU = 1.25, 256  # g5.2xlarge "up to 10 Gbit/s" bounds DDP's all-reduce
 WORKERS_PER_MODEL = {1_000_000: 2, 10_000_000: 8, 50_000_000: 16}  # keeps the pair's training under ~a day
-JPEG_KB, ID_BYTES, K = 30, 9, 100  # README's LAION estimate (10-30 KB at 256 px); img2dataset keys; search.k
+JPEG_KB, ID_BYTES, K = 30, 9, 100  # the LAION estimate (10-30 KB at 256 px); img2dataset keys; search.k
 WORKER_PRICE = 1.212  # g5.2xlarge, USD/h on demand, us-east-1 list price (check yours; spot is cheaper)
 HEADS = (("m6i.2xlarge", 32, 0.384), ("r6i.2xlarge", 64, 0.504), ("r6i.4xlarge", 128, 1.008),
          ("r6i.8xlarge", 256, 2.016), ("r6i.12xlarge", 384, 3.024))  # GiB, USD/h: must hold measure's arrays

@@ -3,7 +3,7 @@
     python benchmarks/stage_times.py [CONFIG] [--set key=value ...]
 
 Runs the config into a temporary output root (so nothing is reused), then prints each stage's
-seconds, its share of the total, and a JSON line with the same numbers for the README.
+seconds, its share of the total, and a JSON line with the same numbers for docs/results.md.
 """
 from __future__ import annotations
 

@@ -74,7 +74,7 @@ def load_config(path: str | os.PathLike | None = None, overrides: Iterable[str] 
     Returns:
         The checked, typed config (a frozen dataclass; ``dataclasses.replace`` makes variants).
 
-    Example:
+    Examples:
         >>> cfg = load_config(None, ["search.k=20"])
         >>> cfg.search.k
         20
@@ -98,7 +98,7 @@ def run(config: StudyConfig | str | os.PathLike, overrides: Iterable[str] = (), 
     Returns:
         The report, or None when ``until`` stopped before the report stage.
 
-    Example:
+    Examples:
         >>> report = run("configs/tiny.yaml", output="runs")  # doctest: +SKIP
         >>> report.headline["projector"]["positive"]["gap"]  # doctest: +SKIP
     """
@@ -175,17 +175,19 @@ def list_reports(uri: str) -> list:
     return find_runs(uri)
 
 
-def synth(output: str, format: str = "records", num: int = 1000, overrides: Sequence[str] = (),
+def synth(output: str, format: str = "parquet", num: int = 1000, overrides: Sequence[str] = (),
           objects: str | None = None, overwrite: bool = False, progress=None) -> dict[str, Any]:
     """Write a synthetic dataset in one of the layouts users bring.
 
     Args:
         output: where to write it (local or fsspec URI; its bucket must exist).
-        format: ``records`` (the product's shards), ``coco``, ``voc``, ``hf``, ``webdataset``,
-            ``img2dataset``.
+        format: ``parquet`` or ``webdataset`` (img2dataset's output: Parquet shards, or tar
+            shards, with an objects side table), ``coco``, ``voc`` (class folders) or ``hf`` (a
+            Hugging Face dataset saved with ``save_to_disk``).
         num: how many images.
         overrides: ``data.*`` and ``ray.*`` ``"key=value"`` strings (image size, classes, ...).
-        objects: also write the objects side table there (records format).
+        objects: where the objects side table goes (``parquet`` and ``webdataset``; default
+            ``OUTPUT/objects.parquet``).
         overwrite: replace what ``output`` holds.
         progress: called as ``progress(shards_done, shards, records)`` every few seconds.
 

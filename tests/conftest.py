@@ -22,3 +22,53 @@ def cluster_reports():
     """Headline numbers of the cluster tests' study (tests/cluster_study.py) by the test that ran
     it: a later test compares its own run with an earlier one instead of running a second study."""
     return {}
+
+
+# The suite's tiers (``pytest -m unit`` etc.): unit (no Ray: maths, configs, readers, one process),
+# ray (a local Ray instance: one stage or one part), e2e (whole studies through the command line
+# or the Python API), cluster (``ray up`` on 127.0.0.1, the fake multi-node autoscaler). Each test
+# file's tier, here in one table so that a new file must be given one (collection fails without);
+# a test marked with another tier in its file keeps its own.
+TIERS = {
+    "unit": """augment augment_tv calibration checkpoints config crops frame input_checks layout lookup
+               losses measure_batches measure_checks metrics model_input models naive_bayes objects
+               probe purity repeats retries clip search_blas search_plan splits sslmem storage_atomic
+               synthetic tars text_random topk views vlm_one_model object_storage quality pvalues""",
+    "ray": """balance coco embed_pipeline hf near_dups search_ivfpq search_restart search_shards
+              search_stage splits_stage train_faults train_stream voc faults inspect laion_inputs
+              report_pull""",
+    "e2e": """api console console_clean pipeline_e2e photos_e2e vlm_e2e sslmem_e2e ssl_sweeps new_kind
+              wheel store_outage preflight cli_errors""",
+    "cluster": """ray_up ray_up_nodes cluster_yaml""",
+}
+FILE_TIER = {f"test_{name}.py": tier for tier, names in TIERS.items() for name in names.split()}
+
+
+def pytest_configure(config):
+    for tier, what in (("unit", "no Ray"), ("ray", "a local Ray instance"), ("e2e", "whole studies"),
+                       ("cluster", "`ray up` and the fake multi-node autoscaler")):
+        config.addinivalue_line("markers", f"{tier}: {what}")
+
+
+def pytest_collection_modifyitems(config, items):
+    unlisted = sorted({item.path.name for item in items if item.path.name not in FILE_TIER})
+    if unlisted:
+        raise pytest.UsageError(f"give these test files a tier in tests/conftest.py TIERS: {', '.join(unlisted)}")
+    for item in items:
+        if not any(item.get_closest_marker(t) for t in TIERS):
+            item.add_marker(getattr(pytest.mark, FILE_TIER[item.path.name]))
+
+
+@pytest.fixture(autouse=True)
+def _unit_tier_starts_no_ray(request, monkeypatch):
+    """A unit test that starts Ray fails (its tier would be wrong, and make test-fast slow)."""
+    if request.node.get_closest_marker("unit") is None:
+        yield
+        return
+    import ray
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError("a unit-tier test started Ray: give it the ray tier (tests/conftest.py TIERS)")
+
+    monkeypatch.setattr(ray, "init", refuse)
+    yield

@@ -30,13 +30,15 @@ def missing_tools() -> list[str]:
 
 
 def unavailable() -> str | None:
-    """Why no node can be started here, or None."""
+    """Why no node can be started here, or None. With DEJAVU_REQUIRE_CLUSTER=1 (set by .ci/run)
+    a reason is an error instead: the cluster tier must run there, not skip."""
     missing = missing_tools()
-    if missing:
-        return f"needs {', '.join(missing)} (Debian: openssh-server rsync netcat-openbsd; .ci/run installs them)"
-    if os.geteuid() != 0:
-        return "needs root for the node's PID and mount namespaces (unshare)"
-    return None
+    reason = (f"needs {', '.join(missing)} (Debian: openssh-server rsync netcat-openbsd; .ci/run installs them)"
+              if missing else "needs root for the node's PID and mount namespaces (unshare)" if os.geteuid() != 0
+              else None)
+    if reason and os.environ.get("DEJAVU_REQUIRE_CLUSTER") == "1":
+        raise RuntimeError(f"the cluster tier cannot run here: {reason} (DEJAVU_REQUIRE_CLUSTER=1)")
+    return reason
 
 
 def free_port() -> int:

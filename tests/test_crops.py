@@ -1,4 +1,4 @@
-"""Crop geometry (DESIGN §2.1): hand-checked rectangles and a brute-force oracle on random scenes."""
+"""Crop geometry (docs/concepts/ssl-dejavu.md): hand-checked rectangles and a brute-force oracle on random scenes."""
 from __future__ import annotations
 
 import numpy as np

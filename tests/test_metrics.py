@@ -1,4 +1,4 @@
-"""The SSL déjà vu population test (DESIGN §2.1) and its statistics (§2.5)."""
+"""The SSL déjà vu population test (docs/concepts/ssl-dejavu.md) and its statistics (docs/concepts/statistics.md)."""
 from __future__ import annotations
 
 import math

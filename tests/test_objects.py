@@ -1,4 +1,4 @@
-"""The VLM déjà vu maths (DESIGN §2.2) and its statistics (§2.5), against hand values and naive loops."""
+"""The VLM déjà vu maths (docs/concepts/vlm-dejavu.md) and its statistics, against hand values and naive loops."""
 from __future__ import annotations
 
 import math

@@ -73,10 +73,28 @@ def test_report_structure(study_run):
                 assert [e["q"] for e in by_q] == [0.05, 0.2, 1.0]
                 for e in by_q:
                     lo, hi = e["gap"]["ci"]
-                    assert lo <= e["gap"]["value"] <= hi and 0 < e["gap"]["p_value"] <= 1
+                    assert -1 <= lo <= hi <= 1
+                    # A permutation p-value: (1 + as extreme) / (1 + permutations), never below the floor.
+                    assert e["gap"]["permutations"] == 300
+                    assert 1 / 301 <= e["gap"]["p_value"] <= 1 and round(e["gap"]["p_value"] * 301, 6).is_integer()
             assert set(res["top1"]["quadrants"]) == {"memorized", "correlated", "forgotten", "misclassified"}
             assert len(res["curve"]["q"]) == len(res["curve"]["target"])
-    assert os.path.getsize(ctx.stage_dir("report", "report.html")) > 10_000
+
+
+def test_page_shows_every_headline_number_and_section(study_run):
+    _, ctx, report = study_run
+    page = storage.read_bytes(ctx.stage_dir("report", "report.html")).decode()
+    for section in ("Data", "Accuracy vs confidence fraction", "Quadrants", "Most-memorized records",
+                    "Utility: linear probe", "All numbers"):
+        assert f"<h2>{section}</h2>" in page, section
+    for key, v in report["headline"].items():
+        p = v["p_value"]
+        written = ("p &lt; 0.01 (300 permutations)" if p == 1 / 301 else f"p = {p:.4f}")
+        assert (f"<b>{key}</b>: gap {v['gap']:+.3f} [{v['ci'][0]:+.3f}, {v['ci'][1]:+.3f}], {written} "
+                f"(target {v['target']:.3f}, reference {v['reference']:.3f})") in page, key
+    for split, n in report["splits"]["counts"].items():
+        assert f"{split} {n}" in page
+    assert page.count("<img src=\"data:image/png;base64,") >= 2  # the curve and quadrant plots
 
 
 def test_counts_add_up(study_run):

@@ -1,4 +1,4 @@
-"""Keyed-hash split planning (DESIGN §3): disjoint, covering, order-free, proportional, verifiable."""
+"""Keyed-hash split planning (docs/concepts/index.md): disjoint, covering, order-free, proportional, verifiable."""
 from __future__ import annotations
 
 import math

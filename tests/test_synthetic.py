@@ -1,4 +1,4 @@
-"""Synthetic scenes (DESIGN §3): deterministic, boxes hold the objects, the correlation and
+"""Synthetic scenes (docs/concepts/index.md): deterministic, boxes hold the objects, the correlation and
 co-occurrence knobs work, captions name the right objects and describe the background."""
 from __future__ import annotations
 

@@ -91,9 +91,7 @@ def test_report_structure(study_run):
         assert set(entries) == {f"k={k}/{r}/{v}" for k in (1, 10) for r in ("union", "top_n") for v in ("all", "unnamed")}
         for e in entries.values():
             for gap in ("ppg", "prg", "aucg"):
-                lo, hi = e[gap]["ci"]
-                assert lo <= e[gap]["value"] <= hi and 0 < e[gap]["p_value"] <= 1
-                assert -1 <= e[gap]["value"] <= 1
+                _assert_estimate(e[gap])
             assert [s["fraction"] for s in e["sample_level"]] == [0.001, 0.01, 0.1, 1.0]
             assert len(e["curve"]["x"]) == len(e["curve"]["target"]) == len(e["curve"]["reference"])
             assert len(e["most_memorized"]) <= ctx.cfg.report.gallery_size
@@ -109,7 +107,23 @@ def test_report_structure(study_run):
         assert 0 <= entry["i2t_recall@1"] <= entry["i2t_recall@5"] <= 1 and 0 <= entry["zero_shot"] <= 1
     assert utility["zero_shot_prompt"] == "the digit {}" and 0.2 < utility["zero_shot_chance"] < 0.4  # 2-4 of 10
     page = open(ctx.report_html, encoding="utf-8").read()
-    assert len(page) > 10_000 and "PPG" in page and "caption_to_image" in page
+    for key, v in report["headline"].items():  # every headline number, as the page writes an estimate
+        cells = [f"{g.upper()} {_written(v[g])}" for g in ("ppg", "prg", "aucg")]
+        assert f"<li><b>{key}</b> ({v['variant']} objects): {'; '.join(cells)}</li>" in page, key
+    assert page.count("<h2>") >= 4 and page.count("<img src=\"data:image/png;base64,") >= 1
+
+
+def _assert_estimate(est: dict) -> None:
+    """An interval inside [-1, 1] and a permutation p-value: (1 + as extreme) / (1 + 300)."""
+    assert -1 <= est["ci"][0] <= est["ci"][1] <= 1 and -1 <= est["value"] <= 1
+    assert est["permutations"] == 300
+    assert 1 / 301 <= est["p_value"] <= 1 and round(est["p_value"] * 301, 6).is_integer()
+
+
+def _written(est: dict) -> str:
+    """An estimate as the page writes it (a p-value at the floor 1/301 as a bound)."""
+    p = "p &lt; 0.01 (300 permutations)" if est["p_value"] == 1 / 301 else f"p = {est['p_value']:.4f}"
+    return f"{est['value']:.3f} [{est['ci'][0]:.3f}, {est['ci'][1]:.3f}], {p}"
 
 
 def test_counts_add_up(study_run):
@@ -141,11 +155,44 @@ def test_counts_add_up(study_run):
     assert sum(null["n"]) == sets["holdout"]["embedded"]
 
 
+def _union_precision(ctx, model: str, split: str, k: int = 10) -> dict[str, float]:
+    """Per query record: the share of the objects of its caption's k nearest public images (their
+    union) that the record's own image holds, from the persisted neighbours and the records."""
+    got = pq.read_table(ctx.search_results(model, split, "caption_to_image"))
+    q_ids, nbrs = got.column("query_id").to_pylist(), [n[:k] for n in got.column("neighbor_ids").to_pylist()]
+    table = records.read_records(ctx.data_root, q_ids + [n for ns in nbrs for n in ns], columns=["id", "objects"])
+    objects = dict(zip(table.column("id").to_pylist(), table.column("objects").to_pylist()))
+    out = {}
+    for q, ns in zip(q_ids, nbrs):
+        pred = {o for n in ns for o in objects[n] or []}
+        out[q] = len(pred & set(objects[q])) / len(pred) if pred else 0.0
+    return out
+
+
 def test_positive_control_direction(study_run):
+    """Precisions recomputed from the neighbour files: model A's own training records (target)
+    queried in model A (target's side) and in model B (reference's side), and model B's own
+    (reference) the other way round; each number is the mean over the two sides."""
+    _, ctx, report = study_run
+    entry = report["results"]["spaces"]["caption_to_image"]["positive"]["k=10/union/all"]
+    sides = [("target", "model_a", "model_b"), ("reference", "model_b", "model_a")]
+    as_target = [np.mean(list(_union_precision(ctx, own, split).values())) for split, own, _ in sides]
+    as_reference = [np.mean(list(_union_precision(ctx, other, split).values())) for split, _, other in sides]
+    assert entry["precision"]["target"]["value"] == pytest.approx(np.mean(as_target))
+    assert entry["precision"]["reference"]["value"] == pytest.approx(np.mean(as_reference))
+    assert np.mean(as_target) > np.mean(as_reference)  # each model retrieves better for its own records
+    headline = report["results"]["spaces"]["caption_to_image"]["positive"]["k=10/top_n/unnamed"]
+    assert headline["ppg"]["value"] > 0 and headline["ppg"]["ci"][0] > 0, headline["ppg"]
+
+
+def test_null_control_shows_no_gap(study_run):
+    """Neither model saw the holdout; each half plays target for one model and reference for the
+    other, so only record sampling is left: the null's intervals cover 0, its tests do not reject."""
     _, _, report = study_run
-    entry = report["results"]["spaces"]["caption_to_image"]["positive"]["k=10/top_n/unnamed"]
-    assert entry["ppg"]["value"] > 0 and entry["ppg"]["ci"][0] > 0, entry["ppg"]
-    assert entry["precision"]["target"]["value"] > entry["precision"]["reference"]["value"]
+    null = report["headline"]["caption_to_image/null/k=10"]
+    for gap in ("ppg", "prg"):
+        assert null[gap]["ci"][0] <= 0 <= null[gap]["ci"][1], (gap, null[gap])
+        assert null[gap]["p_value"] > 0.01, (gap, null[gap])
 
 
 def test_streamed_embeddings_equal_in_memory_forward(study_run):
@@ -237,8 +284,7 @@ def test_one_model_numbers_beside_the_two_model_numbers(study_run, capsys):
             # The target is the same model on the same records in both tests.
             assert e["precision"]["target"]["value"] == pytest.approx(two[control][key]["precision"]["target"]["value"])
             for gap in ("ppg", "prg", "aucg"):
-                lo, hi = e[gap]["ci"]
-                assert lo <= e[gap]["value"] <= hi and 0 < e[gap]["p_value"] <= 1
+                _assert_estimate(e[gap])
     # The retriever's precision, from its persisted neighbours and the records' objects: each side
     # (model A's records, model B's) scores the union of its 10 nearest public captions' objects.
     per_side = []

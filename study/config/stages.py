@@ -9,7 +9,7 @@ from study.config.checks import check as _check
 
 @dataclass(frozen=True)
 class CropConfig:
-    """Which region of a target/reference/holdout image is shown to the model (DESIGN §2.1)."""
+    """Which region of a target/reference/holdout image is shown to the model (docs/concepts/ssl-dejavu.md)."""
 
     rule: str = "background"
     min_side: int = 8
@@ -114,7 +114,7 @@ class MeasureConfig:
     permutations: int = 2000
     confidence_level: float = 0.95
     seed: int = 0
-    # The one-model test's naive-Bayes predictor (SSL, DESIGN §2.3): the tagger of what a crop shows
+    # The one-model test's naive-Bayes predictor (SSL): the tagger of what a crop shows
     # (study.kinds.ssl_dejavu.taggers; "" turns the test off) and its add-alpha smoothing.
     one_model_tagger: str = "synthetic_background"
     one_model_alpha: float = 1.0
@@ -136,7 +136,7 @@ class MeasureConfig:
 
 @dataclass(frozen=True)
 class SSLMemConfig:
-    """SSLMem (DESIGN §2.4): n augmented views per record, scored under both encoders.
+    """SSLMem (docs/concepts/sslmem.md): n augmented views per record, scored under both encoders.
 
     The splits play the paper's sets: shared = S_S, target = S_C (candidates, encoder f = model A
     trains on S_S and S_C), reference = S_I (g = model B on S_S and S_I), holdout = S_E (never

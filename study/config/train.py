@@ -97,7 +97,7 @@ class TrainConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     text_randomization: TextRandomizationConfig = field(default_factory=TextRandomizationConfig)
     # The model the later stages measure: as it was after this epoch (0: the last). Training keeps
-    # one at every checkpoint; a sweep over snapshot trains once (DESIGN §7, training length).
+    # one at every checkpoint; a sweep over snapshot trains once.
     snapshot: int = 0
     # Mixed precision for the forward passes and losses: fp32 (none), bf16 (CPU or GPU) or fp16
     # (GPU only, with loss scaling). Weights and optimiser state stay fp32.

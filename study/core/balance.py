@@ -1,4 +1,4 @@
-"""Per-class quotas: ``n`` records of every class in each split (pure; DESIGN §2.1 and §3).
+"""Per-class quotas: ``n`` records of every class in each split (pure; docs/guide/inputs.md).
 
 Meehan et al. train each SSL model on a fixed number of images per class. Each record keeps its
 keyed-hash draw ``u`` in [0, 1) (``core.splits.hash_unit``); within a class, the splits take turns

@@ -1,4 +1,4 @@
-"""Crop geometry for the SSL test (DESIGN §2.1): which part of an image the attack sees.
+"""Crop geometry for the SSL test (docs/concepts/ssl-dejavu.md): which part of an image the attack sees.
 
 Boxes and rectangles are (x0, y0, x1, y1) in pixels, half-open: a box covers columns x0..x1-1.
 Two rectangles that only touch along an edge do not intersect. Box edges are rounded outwards to
@@ -90,7 +90,7 @@ def _max_rect_in_histogram(heights: np.ndarray, widths: np.ndarray, xs: list[int
 
 
 def background_crop(width: int, height: int, boxes: Sequence[Sequence[float]], min_side: int):
-    """DESIGN §2.1 rule: the largest box-free rectangle, kept only if its shorter side >= min_side."""
+    """The background rule: the largest box-free rectangle, kept only if its shorter side >= min_side."""
     if len(boxes) == 0:
         return None, REASON_NO_BOXES
     bad = box_reason(width, height, boxes)

@@ -1,4 +1,4 @@
-"""The SSL déjà vu population test (DESIGN §2.1) with its uncertainty (§2.5).
+"""The SSL déjà vu population test (docs/concepts/ssl-dejavu.md) with its uncertainty.
 
 A test has two *sides*. Side "a" holds the records model A trained on: there model A is the
 target and model B the reference. Side "b" holds model B's records, with the roles swapped.
@@ -226,7 +226,8 @@ def dejavu_test(
     A bootstrap resample ranks its copies by confidence, ties by original record order (copies of
     a record adjacent). Draws are keyed by the side's index in ``sides``, so results never depend
     on ``chunk_elements``, which bounds the (draws × entries) integers held at once.
-    Returns plain data: every estimate as {"value", "ci": [lo, hi]}, gaps also with "p_value".
+    Returns plain data: every estimate as {"value", "ci": [lo, hi]}, gaps also with "p_value" and
+    "permutations".
     """
     present = [(k, _rank(s, qs)) for k, s in enumerate(sides) if len(s) > 0]
     if not present:
@@ -243,7 +244,7 @@ def dejavu_test(
 
     t_est, r_est, g_est = est(tgt, b_tgt), est(ref, b_ref), est(gap, b_tgt - b_ref)
     for g, p in zip(g_est, p_values):
-        g["p_value"] = float(p)
+        g["p_value"], g["permutations"] = float(p), int(permutations)  # the floor is 1 / (1 + permutations)
     return {
         "n": [r.n for _, r in present],
         "by_q": [

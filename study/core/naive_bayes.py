@@ -1,8 +1,8 @@
-"""The naive-Bayes correlation predictor of the one-model test (DESIGN §2.3): a record's class
+"""The naive-Bayes correlation predictor of the one-model test (docs/concepts/ssl-dejavu.md): a record's class
 from the tags of what the attack sees (its background crop), learnt from public records only.
 
 Per-class tag counts; the score of class c for a record with tags T is
-``prod over t in T of (count(t, c) + alpha) / (count(t) + alpha * C)``, the DESIGN's
+``prod over t in T of (count(t, c) + alpha) / (count(t) + alpha * C)``, the published
 count(t, c) / count(t) with add-alpha smoothing so an unseen (tag, class) pair does not zero a
 class. Computed in logs; scores are normalised over the classes, and the measure stage ranks them
 as it ranks the k-NN attack's label votes (confidence = minus their entropy). Pure numpy.

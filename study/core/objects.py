@@ -1,4 +1,4 @@
-"""The VLM déjà vu maths (DESIGN §2.2; Jayaraman et al., NeurIPS 2024) with its statistics (§2.5).
+"""The VLM déjà vu maths (Jayaraman et al., NeurIPS 2024; docs/concepts/vlm-dejavu.md) with its statistics.
 
 A record's caption retrieves its k nearest public images; their objects vote, a prediction rule
 turns the votes into a predicted object set, and the set is scored against the record's ground
@@ -222,7 +222,7 @@ def population_test(
     """PPG, PRG and AUCG with bootstrap intervals and swap-test p-values; mean P and R; the curve.
 
     Each statistic is computed per side and averaged over the non-empty sides. Returns plain data:
-    estimates as {"value", "ci": [lo, hi]}, gaps also with "p_value"; "n" lists every side given.
+    estimates as {"value", "ci": [lo, hi]}, gaps also with "p_value" and "permutations"; "n" lists every side given.
     """
     if bootstrap < 1 or permutations < 1:
         raise ValueError(f"need bootstrap >= 1 and permutations >= 1, got {bootstrap}, {permutations}")
@@ -238,7 +238,7 @@ def population_test(
     lo, hi = stats.percentile_interval(boot, level)
     est = {c: {"value": float(observed[j]), "ci": [float(lo[j]), float(hi[j])]} for j, c in enumerate(_COLUMNS)}
     for j, c in enumerate(_COLUMNS[:_GAPS]):
-        est[c]["p_value"] = float(p_values[j])
+        est[c]["p_value"], est[c]["permutations"] = float(p_values[j]), int(permutations)
     target_curve = np.mean([recall_curve(s.target_recall, bins)[1] for s in present], axis=0)
     reference_curve = np.mean([recall_curve(s.reference_recall, bins)[1] for s in present], axis=0)
     return {

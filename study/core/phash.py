@@ -1,5 +1,5 @@
-"""Perceptual hashes and near-duplicate pairs (pure; DESIGN §3 "detect near-duplicates across
-splits by image hash").
+"""Perceptual hashes and near-duplicate pairs (pure; the splits stage's optional check
+across splits, docs/guide/inputs.md).
 
 ``dhash``: the image in grey, shrunk by area averaging to 8 rows x 9 columns, one bit per pair of
 horizontal neighbours (is the left one brighter?): 64 bits that survive re-encoding, small resizes

@@ -1,4 +1,4 @@
-"""Which records a study can use, and why the others are quarantined (pure; DESIGN §3).
+"""Which records a study can use, and why the others are quarantined (pure).
 
 Every record read is either used or quarantined with one reason, never dropped silently. Two
 kinds of reason:

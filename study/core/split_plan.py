@@ -1,4 +1,4 @@
-"""The split of each record, as every stage computes it from a batch of records (pure; DESIGN §3).
+"""The split of each record, as every stage computes it from a batch of records (pure).
 
 The splits stage writes the manifest, but the streaming stages (embed plan, embedding, streamed
 training) recompute a record's split in their own tasks from the record itself, so they need no

@@ -1,4 +1,4 @@
-"""Keyed-hash split planning and verification (DESIGN §3).
+"""Keyed-hash split planning and verification (docs/concepts/index.md, splits).
 
 A record's split depends only on its id and the seed: hash(seed, id) -> u in [0, 1), then u falls
 into one of the consecutive intervals given by the split fractions. No global shuffle, so the same

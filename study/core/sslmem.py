@@ -1,4 +1,4 @@
-"""SSLMem (Wang et al., ICLR 2024; DESIGN §2.4): per-record alignment scores and their statistics.
+"""SSLMem (Wang et al., ICLR 2024; docs/concepts/sslmem.md): per-record alignment scores and their statistics.
 
 Encoder f trained on the shared set S_S and the candidates S_C, encoder g on S_S and the
 independent set S_I. The alignment of an encoder h at x is the mean over n augmented views of
@@ -83,7 +83,7 @@ def compare(candidates: np.ndarray, control: np.ndarray, draws: int, permutation
     lo, hi = stats.percentile_interval(boot, level)
     p = float(stats.permutation_p_value(np.asarray([observed[0]]), null[:, None])[0])
     est = [{"value": float(v), "ci": [float(x), float(y)]} for v, x, y in zip(observed, lo, hi)]
-    est[0]["p_value"] = p
+    est[0]["p_value"], est[0]["permutations"] = p, int(permutations)
     return {"mean_difference": est[0], "auc": est[1], "high_share": {**est[2], "expected": 1.0 - quantile}}
 
 

@@ -1,4 +1,4 @@
-"""Resampling statistics every published number carries (DESIGN §2.5), and the galleries' ranking.
+"""Resampling statistics every published number carries (docs/concepts/statistics.md), and the galleries' ranking.
 
 Records are resampled within each side of a test (stratified bootstrap), and gaps are tested with
 a paired randomisation test that swaps each record's target and reference outcome with

@@ -1,4 +1,4 @@
-"""Training-time caption randomization (DESIGN §2.2 mitigation "text randomization").
+"""Training-time caption randomization (the VLM mitigation, docs/concepts/vlm-dejavu.md).
 
 Works on token ids, open_clip style: each row is start-of-text, word tokens, end-of-text, zero
 padding. Each maskable token is selected with probability ``p``; a mode then says what happens to

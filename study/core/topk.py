@@ -1,4 +1,4 @@
-"""Top-k merging and k-NN label votes (DESIGN §2.1, §4): arrays in, arrays out.
+"""Top-k merging and k-NN label votes (docs/concepts/ssl-dejavu.md): arrays in, arrays out.
 
 Names follow FAISS: D (nq, k) distances ascending, I (nq, k) int64 ids, -1 for "no neighbour".
 The merge is written here rather than taken from ``faiss.ResultHeap`` so that the same pure
@@ -63,7 +63,7 @@ def label_votes(neighbor_labels: np.ndarray, num_classes: int) -> np.ndarray:
 
 
 def predict_from_votes(counts: np.ndarray, top: int = 5) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Prediction, top-``top`` labels and confidence from label counts (DESIGN §2.1).
+    """Prediction, top-``top`` labels and confidence from label counts.
 
     Returns pred (nq,) = most frequent label (lowest label wins ties), topn (nq, top) labels by
     count, and confidence (nq,) = minus the entropy (nats) of the normalised counts. A query with

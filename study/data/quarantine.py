@@ -1,5 +1,5 @@
 """Repeated record ids, found from the id hashes the record sink left in the object store, and
-quarantined (DESIGN §3: splits are disjoint exactly when no id repeats).
+quarantined (splits are disjoint exactly when no id repeats).
 
 One task gathers every write task's file of 64-bit id hashes (``core.splits.id_hash64``; 8 bytes
 a record, in files beside the quarantine, never on the driver) and returns the hashes that occur more than

@@ -1,4 +1,4 @@
-"""The record schema (DESIGN §3) and Parquet shard I/O on any fsspec path.
+"""The record schema (docs/concepts/index.md) and Parquet shard I/O on any fsspec path.
 
 A record: stable ``id``, encoded ``image`` bytes (PNG here), ``width``/``height``, optional
 foreground ``label``, optional object ``boxes`` (pixel x0, y0, x1, y1 with a label each), optional

@@ -1,4 +1,4 @@
-"""Synthetic scenes (DESIGN §3): known objects on distinct backgrounds, any count and size.
+"""Synthetic scenes: known objects on distinct backgrounds, any count and size.
 
 Each image gets its own two-tone texture background (stripes at a random angle and frequency,
 optionally crossed) and one or more digit glyphs of distinct classes, coloured by class hue, with

@@ -1,4 +1,4 @@
-"""The SSLMem scorer (DESIGN §2.4): a Ray Data replica that draws each record's augmented views
+"""The SSLMem scorer (docs/concepts/sslmem.md): a Ray Data replica that draws each record's augmented views
 once and embeds the record and its views with every model it holds, so both encoders see exactly
 the same views. It returns, per model and scored space, the record's alignment (a one-element
 vector, so the shared embedding writer stores it like any view: ``<model>/align-<space>``).

@@ -1,4 +1,4 @@
-"""What a CLIP-style model sees of each record (DESIGN §2.2), and its Ray Data replica.
+"""What a CLIP-style model sees of each record (docs/concepts/vlm-dejavu.md), and its Ray Data replica.
 
 Public images are embedded whole by the image tower; attacked records by their caption through
 the text tower. ``plan_captions`` decides in the driver, from metadata only, which attacked

@@ -100,8 +100,9 @@ class StudyKind:
     value_key: str = "value"
     # ``dejavu report``: the kind's lines of a report's summary (report.json -> lines).
     summary_lines: Callable[[dict], list[str]] = lambda report: []
-    # ``dejavu report list``: the headline number's name and (value, p-value) from one headline entry.
-    list_headline: tuple[str, Callable[[dict], tuple[float, float]]] | None = None
+    # ``dejavu report list``: the headline number's name and (value, its estimate: a dict with
+    # "p_value" and "permutations") from one headline entry.
+    list_headline: tuple[str, Callable[[dict], tuple[float, dict]]] | None = None
     # ``dejavu data inspect``: (summary key, counts of one record batch's usable records), or None
     # when the kind has no check of its own.
     inspect_check: tuple[str, Callable[[dict, Any], dict]] | None = None

@@ -1,4 +1,4 @@
-"""Sweeps: one study, one split plan and public set, a model pair per setting (DESIGN §2.2).
+"""Sweeps: one study, one split plan and public set, a model pair per setting.
 
 ``sweep: {train.text_randomization.p: [0, 0.1, 0.3, 0.5]}`` runs the stages after ``splits`` once
 per value, each setting in ``settings/<name>/`` with its own config; finished settings are reused

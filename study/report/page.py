@@ -15,6 +15,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from study.report.pvalues import p_is  # noqa: E402
+
 STYLE = (
     "body{font-family:sans-serif;max-width:1100px;margin:auto}table{border-collapse:collapse;font-size:13px}"
     "td,th{border:1px solid #ccc;padding:3px 6px}"
@@ -41,9 +43,9 @@ def image_uri(image: np.ndarray, size: int = 96) -> str:
 
 
 def fmt(est: dict, p: bool = False) -> str:
-    """``value [lo, hi]`` (and the p-value) of an estimate."""
+    """``value [lo, hi]`` (and the p-value) of an estimate, as HTML."""
     text = f"{est['value']:.3f} [{est['ci'][0]:.3f}, {est['ci'][1]:.3f}]"
-    return text + (f", p = {est['p_value']:.4f}" if p else "")
+    return text + (f", {html.escape(p_is(est))}" if p else "")
 
 
 def table(head: list[str], rows: list[list[str]]) -> str:

@@ -15,6 +15,7 @@ import json
 from dataclasses import dataclass
 from typing import Collection
 
+from study.report.pvalues import p_value
 from study import storage
 from study.errors import StudyError
 from study.frame.context import MARKER, SHARED_STAGES
@@ -148,7 +149,7 @@ def headline_lines(report: dict) -> list[str]:
     label, number = listed
     sweep = report.get("sweep")
     if not sweep:
-        cells = [f"{key} {v:+.3f} (p {p:.4f})" for key, (v, p) in
+        cells = [f"{key} {v:+.3f} (p {p_value(est)})" for key, (v, est) in
                  ((key, number(h)) for key, h in report["headline"].items())]
         return [f"{label}  " + "  ".join(cells)]
     lines = []

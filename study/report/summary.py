@@ -4,6 +4,7 @@ Each study kind has its own headline lines (``StudyKind.summary_lines``); the re
 """
 from __future__ import annotations
 
+from study.report.pvalues import p_is
 from study import storage
 from study.errors import StudyError
 
@@ -24,7 +25,7 @@ def one_model_headlines(entry: dict) -> dict[str, dict]:
 
 def est(v: dict) -> str:
     """An estimate with its interval and p-value, as the summaries print it."""
-    return f"{v['value']:+.3f} [{v['ci'][0]:+.3f}, {v['ci'][1]:+.3f}]  p = {v['p_value']:.4f}"
+    return f"{v['value']:+.3f} [{v['ci'][0]:+.3f}, {v['ci'][1]:+.3f}]  {p_is(v)}"
 
 
 def summary_lines(report: dict) -> list[str]:

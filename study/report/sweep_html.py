@@ -8,6 +8,7 @@ import html
 import matplotlib.pyplot as plt
 import numpy as np
 
+from study.report.pvalues import p_value
 from study.report.page import png, table
 from study.report.summary import one_model_headlines
 
@@ -59,7 +60,7 @@ def settings_table(sweep: dict) -> str:
 
 def _row(value, key: str, v: dict, probe: str) -> list[str]:
     return [html.escape(str(value)), html.escape(key), f"{v['target']:.3f}", f"{v['reference']:.3f}",
-            f"{v['gap']:+.3f} [{v['ci'][0]:+.3f}, {v['ci'][1]:+.3f}]", f"{v['p_value']:.4f}", probe]
+            f"{v['gap']:+.3f} [{v['ci'][0]:+.3f}, {v['ci'][1]:+.3f}]", html.escape(p_value(v)), probe]
 
 
 def probe_cell(per_model: dict) -> str:

@@ -1,5 +1,5 @@
 """Sharded k-NN: shard servers that read their own slice of the public set, the Ray actors around
-them, and the fan-out/merge (DESIGN §4).
+them, and the fan-out/merge (docs/scaling/search.md).
 
 A ``ShardServer`` owns global rows [offset, offset + n) of an embedding set. On start it loads
 its persisted index (``spec.index_uri``) or builds it from storage and persists it, then reads

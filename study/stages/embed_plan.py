@@ -1,4 +1,4 @@
-"""What the embed stage will embed and skip, counted by Ray Data tasks (DESIGN §5: nothing grows
+"""What the embed stage will embed and skip, counted by Ray Data tasks (nothing grows
 with N on the driver).
 
 A kind's batch planner (``plan_crops``, ``plan_captions``) decides per record, from metadata only,

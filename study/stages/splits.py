@@ -1,4 +1,4 @@
-"""Stage ``splits``: the keyed-hash plan, streamed (DESIGN §3).
+"""Stage ``splits``: the keyed-hash plan, streamed (docs/concepts/index.md, splits).
 
 A record's split is a per-record function of its id and the seed, so Ray Data tasks plan each
 batch and write the manifest as Parquet, partitioned by split::

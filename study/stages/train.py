@@ -1,4 +1,4 @@
-"""Stage ``train``: model A on the target split, model B on the reference split (DESIGN §2).
+"""Stage ``train``: model A on the target split, model B on the reference split.
 
 Both use the same recipe and seed policy (the kind's recipe: SSL encoders or CLIP-style
 image–text models); with a ``shared`` split, both also train on it. A model whose own marker

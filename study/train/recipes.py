@@ -160,7 +160,7 @@ def clip_skipped(data_root: str, splits_dir: str, splits) -> dict[str, int]:
 
 
 def crop_fit(config: dict, rank: int, world: int, stream: Callable | None = None) -> Fit:
-    """The one-model test's crop classifier (DESIGN §2.3): the supervised recipe on the crops the
+    """The one-model test's crop classifier: the supervised recipe on the crops the
     attack sees (``config["crop"]``, the embed stage's rule) of the training splits' records (the
     public set), predicting their label. In memory, records in id order."""
     import dataclasses

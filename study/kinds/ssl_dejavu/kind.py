@@ -1,4 +1,4 @@
-"""The SSL déjà vu study kind (DESIGN §2.1): label inference from a background crop.
+"""The SSL déjà vu study kind (docs/concepts/ssl-dejavu.md): label inference from a background crop.
 
 Models A and B are image encoders (an SSL method or the supervised baseline); the public set is
 embedded whole, the attacked sets as background crops; the search spaces are the backbone and
@@ -95,6 +95,7 @@ def headline(results: dict) -> dict:
                 "gap": entry["gap"]["value"],
                 "ci": entry["gap"]["ci"],
                 "p_value": entry["gap"]["p_value"],
+                "permutations": entry["gap"].get("permutations"),
             }
     return out
 
@@ -166,6 +167,6 @@ KIND = StudyKind(
     train_extra=lambda cfg: cfg.embed.crop if cfg.train.crop_classifier else None,
     summary_lines=ssl_lines,
     value_key="gap",
-    list_headline=("gap", lambda v: (v["gap"], v["p_value"])),
+    list_headline=("gap", lambda v: (v["gap"], v)),
     inspect_check=("crop", crop_counts),
 )

@@ -1,4 +1,4 @@
-"""Stage ``measure`` of the SSL study: the four runs of DESIGN §2.1 turned into the population test.
+"""Stage ``measure`` of the SSL study: the four runs (docs/concepts/ssl-dejavu.md) turned into the population test.
 
 Positive control: side a = target split (A is target, B reference), side b = reference split
 (roles swapped). Null control: the holdout split, split in two halves by a keyed hash, plays the
@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from study.report.pvalues import p_is
 from study import storage
 from study.core.metrics import Side, accuracy_curve, dejavu_test, most_memorized
 from study.core.topk import label_votes, predict_from_votes
@@ -131,7 +132,7 @@ def control_results(ctx: RunContext, outcomes: dict, controls: dict, label: str,
         }
         gap = max(out[control]["top1"]["by_q"], key=lambda e: e["q"])["gap"]
         ctx.log("measure", f"{label:<9} {control:<8} gap@q=1 {gap['value']:+.3f} "
-                f"[{gap['ci'][0]:+.3f}, {gap['ci'][1]:+.3f}] p={gap['p_value']:.4f}")
+                f"[{gap['ci'][0]:+.3f}, {gap['ci'][1]:+.3f}] {p_is(gap, sep='=')}")
     return out
 
 

@@ -1,4 +1,4 @@
-"""The one-model SSL test (DESIGN §2.3): the attacked model against a correlation predictor that
+"""The one-model SSL test (docs/concepts/ssl-dejavu.md): the attacked model against a correlation predictor that
 sees only what the crop shows, with no reference model.
 
 The predictor is naive Bayes over the crop's tags (``study.core.naive_bayes``; tags from

@@ -7,6 +7,7 @@ import html
 import matplotlib.pyplot as plt
 import numpy as np
 
+from study.report.pvalues import p_is
 from study.report.page import fmt, image_uri, png, table
 from study.report.sweep_html import probe_cell, sweep_section
 
@@ -95,7 +96,7 @@ def one_model_html(one_model: dict | None, headline: dict) -> str:
         return f"<h2>One-model test</h2><p>{html.escape(one_model.get('note', ''))}</p>"
 
     def gap(v):
-        return f"{v['gap']:+.3f} [{v['ci'][0]:+.3f}, {v['ci'][1]:+.3f}], p = {v['p_value']:.4f}"
+        return f"{v['gap']:+.3f} [{v['ci'][0]:+.3f}, {v['ci'][1]:+.3f}], {html.escape(p_is(v))}"
 
     names = list(one_model["headline"])
     keys = list(dict.fromkeys(k for n in names for k in one_model["headline"][n]))
@@ -127,7 +128,7 @@ def render_body(report: dict, gallery: list[dict]) -> str:
     results = report["results"]
     heads = "".join(
         f"<li><b>{html.escape(key)}</b>: gap {v['gap']:+.3f} [{v['ci'][0]:+.3f}, {v['ci'][1]:+.3f}], "
-        f"p = {v['p_value']:.4f} (target {v['target']:.3f}, reference {v['reference']:.3f})</li>"
+        f"{html.escape(p_is(v))} (target {v['target']:.3f}, reference {v['reference']:.3f})</li>"
         for key, v in report["headline"].items()
     )
     return f"""<p>SSL déjà vu test (label inference from a background crop), k = {report['k']}, metric {report['metric']},

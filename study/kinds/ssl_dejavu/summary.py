@@ -1,6 +1,7 @@
 """The SSL déjà vu study's lines of ``dejavu report`` (``StudyKind.summary_lines``)."""
 from __future__ import annotations
 
+from study.report.pvalues import p_is
 from study.report.summary import one_model_headlines
 
 
@@ -11,7 +12,7 @@ def ssl_lines(report: dict) -> list[str]:
     ]
     def line(key: str, v: dict, reference: str = "reference", indent: str = "  ") -> str:
         return (f"{indent}{key:<22} target {v['target']:.3f}  {reference} {v['reference']:.3f}  "
-                f"gap {v['gap']:+.3f} [{v['ci'][0]:+.3f}, {v['ci'][1]:+.3f}]  p = {v['p_value']:.4f}")
+                f"gap {v['gap']:+.3f} [{v['ci'][0]:+.3f}, {v['ci'][1]:+.3f}]  {p_is(v)}")
 
     def one_model(setting: dict, indent: str) -> list[str]:
         out = []

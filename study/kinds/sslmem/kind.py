@@ -1,4 +1,4 @@
-"""The SSLMem study kind (DESIGN §2.4): per-record memorization scores of an SSL encoder.
+"""The SSLMem study kind (docs/concepts/sslmem.md): per-record memorization scores of an SSL encoder.
 
 The splits play the paper's sets: shared = S_S, target = S_C (the candidates), reference = S_I
 (independent), holdout = S_E (extra, never trained on). Model A is encoder f (S_S ∪ S_C), model B
@@ -83,7 +83,7 @@ def headline(results: dict) -> dict:
             diff = comp["mean_difference"]
             out[f"{space}/candidates-vs-{control}"] = {
                 "difference": diff["value"], "ci": diff["ci"], "p_value": diff["p_value"],
-                "auc": comp["auc"]["value"], "high_share": comp["high_share"]["value"],
+                "permutations": diff.get("permutations"), "auc": comp["auc"]["value"], "high_share": comp["high_share"]["value"],
                 "expected_high_share": comp["high_share"]["expected"],
             }
     return out
@@ -134,5 +134,5 @@ KIND = StudyKind(
     extra_reads=lambda c: (c.sslmem, c.train.augment),
     summary_lines=sslmem_lines,
     value_key="difference",
-    list_headline=("score difference", lambda v: (v["difference"], v["p_value"])),
+    list_headline=("score difference", lambda v: (v["difference"], v)),
 )

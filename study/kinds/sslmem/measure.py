@@ -15,6 +15,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from study.report.pvalues import p_is
 from study import storage
 from study.core import sslmem
 from study.frame.context import RunContext
@@ -110,7 +111,7 @@ def run_measure(ctx: RunContext) -> dict:
         for control, t in results[space]["raw"]["tests"].items():
             d = t["mean_difference"]
             ctx.log("measure", f"{space:<9} candidates - {control}: mean score {d['value']:+.4f} "
-                    f"[{d['ci'][0]:+.4f}, {d['ci'][1]:+.4f}] p={d['p_value']:.4f}, AUC {t['auc']['value']:.3f}, "
+                    f"[{d['ci'][0]:+.4f}, {d['ci'][1]:+.4f}] {p_is(d, sep='=')}, AUC {t['auc']['value']:.3f}, "
                     f"highly memorized {t['high_share']['value']:.1%} (expected {t['high_share']['expected']:.0%})")
     write_scores(ctx, per_space)
     storage.write_json(ctx.measure_results, results)

@@ -1,6 +1,8 @@
 """The SSLMem study's lines of ``dejavu report`` (``StudyKind.summary_lines``)."""
 from __future__ import annotations
 
+from study.report.pvalues import p_is
+
 
 def sslmem_lines(report: dict) -> list[str]:
     info = report.get("sslmem", {})
@@ -16,7 +18,7 @@ def sslmem_lines(report: dict) -> list[str]:
             indent = "    "
         for key, v in s["headline"].items():
             lines.append(f"{indent}{key:<34} {v['difference']:+.4f} [{v['ci'][0]:+.4f}, {v['ci'][1]:+.4f}]  "
-                         f"p = {v['p_value']:.4f}  AUC {v['auc']:.3f}  highly memorized {v['high_share']:.1%} "
+                         f"{p_is(v)}  AUC {v['auc']:.3f}  highly memorized {v['high_share']:.1%} "
                          f"(expected {v['expected_high_share']:.0%})")
     if info.get("scores"):
         lines.append(f"every record's scores: {info['scores']}")

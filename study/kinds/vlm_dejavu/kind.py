@@ -1,4 +1,4 @@
-"""The VLM déjà vu study kind (DESIGN §2.2): object recovery from a caption.
+"""The VLM déjà vu study kind (docs/concepts/vlm-dejavu.md): object recovery from a caption.
 
 Models A and B are CLIP-style image–text models (open_clip, from scratch); the public set is
 embedded whole by the image tower, the attacked records by their caption through the text tower;
@@ -162,6 +162,6 @@ KIND = StudyKind(
            "public": ("objects",), "shared": ("caption",)},
     train_beside=retriever_job,
     summary_lines=vlm_lines,
-    list_headline=("PPG", lambda v: (v["ppg"]["value"], v["ppg"]["p_value"])),
+    list_headline=("PPG", lambda v: (v["ppg"]["value"], v["ppg"])),
     inspect_check=("naming", naming_counts),
 )

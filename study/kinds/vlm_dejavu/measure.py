@@ -1,4 +1,4 @@
-"""Stage ``measure`` of the VLM study (DESIGN §2.2): object recovery from a caption.
+"""Stage ``measure`` of the VLM study (docs/concepts/vlm-dejavu.md): object recovery from a caption.
 
 Per attacked record and model: the objects of its caption's k nearest public images (the union,
 and the top-n by neighbour frequency) are scored against the record's objects, all of them and
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from study.report.pvalues import p_is
 from study import storage
 from study.core.objects import (
     ObjectSide,
@@ -139,7 +140,7 @@ def control_results(ctx: RunContext, scores: dict, controls: dict, label: str, o
         head = out[control].get(headline_key(cfg.measure))
         if head:
             ctx.log("measure", f"{label} {control:<8} k={head['k']} {head['rule']} unnamed objects: PPG {head['ppg']['value']:+.3f} "
-                    f"[{head['ppg']['ci'][0]:+.3f}, {head['ppg']['ci'][1]:+.3f}] p={head['ppg']['p_value']:.4f}")
+                    f"[{head['ppg']['ci'][0]:+.3f}, {head['ppg']['ci'][1]:+.3f}] {p_is(head['ppg'], sep='=')}")
     return out
 
 

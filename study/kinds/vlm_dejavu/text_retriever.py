@@ -1,4 +1,4 @@
-"""The VLM one-model test (DESIGN §2.3): a text-only retriever stands in for the reference model.
+"""The VLM one-model test (docs/concepts/vlm-dejavu.md): a text-only retriever stands in for the reference model.
 
 The retriever is a CLIP-style model that the train stage fits on the public split only
 (``train.text_retriever``; ``train/text_retriever/``, the pair's recipe); only its text tower is

@@ -1,5 +1,5 @@
 """The VLM study's utility beside its memorization numbers: each model's zero-shot classification
-and image-to-text retrieval on holdout records (DESIGN §2.2)."""
+and image-to-text retrieval on holdout records (docs/concepts/vlm-dejavu.md, utility)."""
 from __future__ import annotations
 
 import numpy as np
