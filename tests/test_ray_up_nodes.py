@@ -5,8 +5,9 @@ a real raylet with the resources of its node type, started by the autoscaler on 
 loaded as an external provider because this Ray wheel lacks the provider's defaults file. The
 head has 1 CPU; the study (tests/cluster_study.py) trains its two models side by side on a 1-CPU
 worker each, so the autoscaler must add worker nodes (2 CPUs each, at most two) before it can finish. Once training
-has started, one worker node is killed (its raylet and every process on it): the study completes,
-and its report's numbers equal an undisturbed run's (tests/test_ray_up.py's run of the same
+has written its first checkpoint, one worker node is killed (its raylet and every process on it,
+while the workers pause before epoch 2): the study recovers (a restore from the checkpoint, or the
+stage run again), completes, and its report's numbers equal an undisturbed run's (tests/test_ray_up.py's run of the same
 study, resumed across three jobs on a one-node cluster; a local run when that test did not run).
 """
 from __future__ import annotations
@@ -112,9 +113,12 @@ def cluster(tmp_path_factory):
             time.sleep(1)
 
 
-def _study(cluster, name: str, on_line=None, local: bool = False) -> tuple[subprocess.CompletedProcess, list[str]]:
+def _study(cluster, name: str, on_line=None, local: bool = False,
+           faults: str = "") -> tuple[subprocess.CompletedProcess, list[str]]:
     args = [os.path.join(BIN, "dejavu"), "run", *study_args(os.path.join(cluster["tmp"], "runs"), name)]
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} if local else cluster["env"]
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} if local else dict(cluster["env"])
+    if faults:
+        env["DEJAVU_FAULTS"] = faults
     if not local:  # every raylet of this cluster runs on this machine: its local paths are shared
         args += ["--set", f"ray.address={cluster['address']}", "--set", "ray.shared_paths=true"]
     proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -153,12 +157,15 @@ def test_the_autoscaler_adds_nodes_a_node_is_lost_and_nothing_changes(cluster, c
     killed: list[str] = []
 
     def kill_a_node_once_training(line: str) -> None:
-        if killed or "train    starting" not in line:
+        # Epoch 1's checkpoint is written and the workers pause before epoch 2 (a fault, below):
+        # the node goes while training is under way, never after it.
+        if killed or "pausing 40 s before epoch 2" not in line:
             return
 
         def kill() -> None:
             # The first worker node that runs a training worker (the autoscaler adds nodes as the
             # study asks for them, so wait for one).
+            time.sleep(6)  # Ray Train commits a reported checkpoint at its controller's next poll (2 s)
             deadline = time.time() + 180
             while time.time() < deadline:
                 for node, pids in sorted(_worker_nodes(cluster).items()):
@@ -170,11 +177,19 @@ def test_the_autoscaler_adds_nodes_a_node_is_lost_and_nothing_changes(cluster, c
 
         threading.Thread(target=kill, daemon=True).start()
 
-    proc, lines = _study(cluster, "disturbed", kill_a_node_once_training)
+    proc, lines = _study(cluster, "disturbed", kill_a_node_once_training, faults="pause_train_epoch=2:40")
     assert proc.returncode == 0, "".join(lines)[-3000:]
     log = open(os.path.join(cluster["temp"], "session_latest", "logs", "monitor.log")).read()
     assert re.search(r"Adding \d+ node\(s\) of type cpu_worker", log), "the autoscaler added no worker node"
     assert killed, "no worker node ran a training worker"
+    # Recovered, not merely finished: Ray Train restored a model's worker group from its last
+    # checkpoint (epochs trained after a restore carry attempt >= 1), or the stage ran again.
+    runs = os.path.join(cluster["tmp"], "runs", "disturbed")
+    (run,) = os.listdir(runs)
+    attempts = [json.loads(line)["attempt"] for model in ("model_a", "model_b")
+                for line in open(os.path.join(runs, run, "train", model, "metrics.jsonl")).read().splitlines()]
+    again = [ln for ln in lines if "Ray lost a node or worker" in ln]
+    assert max(attempts) >= 1 or again, "the lost node left no trace of a recovery:\n" + "".join(lines)[-3000:]
     if "ray_up" in cluster_reports:
         reference = cluster_reports["ray_up"]
     else:  # this module alone: an undisturbed run on a local instance

@@ -1,7 +1,9 @@
 """The SSLMem study end to end on a reduced config on the local Ray instance: every scored record's
-scores written, the streamed scores equal to an in-process computation with the trained encoders,
-each encoder trained on its own sets, and candidates scoring above the independent set (a
-positive control: 80 candidates seen 60 epochs by f)."""
+scores written, the streamed alignments and scores equal to the definition worked out here from
+the two saved encoders and each record's keyed views, each encoder trained on its own sets,
+candidates scoring above the independent set (a positive control: 80 candidates seen 60 epochs by
+f) and the extra set, which neither encoder saw, scoring as the independent set does under a
+relabelling (a null control)."""
 from __future__ import annotations
 
 import os
@@ -15,10 +17,11 @@ from study import storage
 from study.cli import main
 from study.config_load import load_config
 from study.data.loading import load_inputs, read_split
-from study.embed.alignment import AlignmentScorer
+from study.embed.alignment import AlignmentScorer, record_views
 from study.frame.context import RunContext
 from study.kinds.sslmem.measure import SCORES_FILE
 from study.report.summary import summary_lines
+from study.train.models import load_model, normalize
 from study.data.model_input import ModelInput
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -45,8 +48,6 @@ def test_every_scored_record_has_its_scores(sslmem_run):
         assert sorted(table[table["set"] == name]["id"]) == sorted(ids)
         assert report["results"]["projector"]["raw"]["sets"][name]["n"] == len(ids)
     assert set(report["results"]) == {"projector", "backbone", "backbone.5"}
-    raw = table["projector/align_g"] - table["projector/align_f"]
-    np.testing.assert_allclose(table["projector/score"], raw)
     assert report["training"]["model_a"]["splits"] == ["target", "shared"]
     assert report["training"]["model_b"]["splits"] == ["reference", "shared"]
 
@@ -67,6 +68,41 @@ def test_streamed_scores_equal_an_in_process_computation(sslmem_run):
         np.testing.assert_allclose(out[f"model_b/align-{space}"][:, 0], table.loc[ids, f"{space}/align_g"], rtol=1e-4)
 
 
+def _alignment_by_definition(encoder, x: torch.Tensor, views: torch.Tensor) -> dict[str, np.ndarray]:
+    """Per space: mean over the views v of || h(x)/|h(x)| - h(v)/|h(v)| ||, record by record."""
+    out = {}
+    with torch.inference_mode():
+        own = dict(zip(("backbone", "projector"), encoder(x)))
+        seen = [dict(zip(("backbone", "projector"), encoder(v))) for v in views]
+    for space in ("backbone", "projector"):
+        unit = lambda t: t.double() / t.double().norm(dim=1, keepdim=True)  # noqa: E731
+        dists = torch.stack([(unit(s[space]) - unit(own[space])).norm(dim=1) for s in seen])
+        out[space] = dists.mean(dim=0).numpy()
+    return out
+
+
+def test_scores_follow_the_definition(sslmem_run):
+    """score = align_g - align_f, with f (model A, trained on the candidates) and g (model B),
+    from the saved encoders and the views keyed by each record's id and ``sslmem.seed``."""
+    ctx, _ = sslmem_run
+    cfg = ctx.cfg
+    table = pq.read_table(ctx.stage_dir("measure", SCORES_FILE)).to_pandas().set_index("id")
+    ids = [i for name in ("candidates", "independent", "extra") for i in list(table[table["set"] == name].index[:8])]
+    images = load_inputs(ctx.data_root, ids, ModelInput.of(cfg.data))
+    x = normalize(torch.from_numpy(np.stack([images[i] for i in ids])).permute(0, 3, 1, 2))
+    views = record_views(x, ids, cfg.sslmem.views, cfg.train.augment, cfg.sslmem.seed)
+    assert views.shape[0] == cfg.sslmem.views == 5
+    torch.set_num_threads(1)
+    f = _alignment_by_definition(load_model(storage.read_bytes(ctx.model_file("model_a")))[0].eval(), x, views)
+    g = _alignment_by_definition(load_model(storage.read_bytes(ctx.model_file("model_b")))[0].eval(), x, views)
+    for space in ("projector", "backbone"):
+        np.testing.assert_allclose(table.loc[ids, f"{space}/align_f"], f[space], rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(table.loc[ids, f"{space}/align_g"], g[space], rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(table.loc[ids, f"{space}/score"], g[space] - f[space], rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(table.loc[ids, f"{space}/normalised"], (g[space] - f[space]) / (g[space] + f[space]),
+                                   rtol=1e-4, atol=1e-6)
+
+
 def test_candidates_stand_above_the_independent_set(sslmem_run):
     ctx, report = sslmem_run
     head = report["headline"]["projector/candidates-vs-independent"]
@@ -81,3 +117,22 @@ def test_candidates_stand_above_the_independent_set(sslmem_run):
     assert "Most memorized candidates" in page and "candidates vs. extra" in page
     lines = "\n".join(summary_lines(report))
     assert "projector/candidates-vs-independent" in lines and SCORES_FILE in lines
+
+
+def test_null_control_extra_set(sslmem_run):
+    """The extra set, which neither encoder trained on: in the projector space (the one the
+    encoders' loss shapes, the paper's) its mean score's interval covers 0; and in every space its
+    two halves (split by a keyed hash of the id, independent of the split plan) test as equal."""
+    from study.core import sslmem
+    from study.core.splits import hash_unit
+
+    ctx, report = sslmem_run
+    extra = report["results"]["projector"]["raw"]["sets"]["extra"]["mean"]
+    assert extra["ci"][0] <= 0 <= extra["ci"][1], extra
+    table = pq.read_table(ctx.stage_dir("measure", SCORES_FILE)).to_pandas()
+    rows = table[table["set"] == "extra"]
+    half = hash_unit(list(rows["id"]), 12345) < 0.5
+    for space in ("projector", "backbone"):
+        scores = rows[f"{space}/score"].to_numpy()
+        test = sslmem.compare(scores[half], scores[~half], 200, 500, 0.95, 0, 0.95)["mean_difference"]
+        assert test["ci"][0] <= 0 <= test["ci"][1] and test["p_value"] > 0.01, (space, test)

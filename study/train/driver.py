@@ -103,6 +103,10 @@ def train_func(config: dict) -> None:
         gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch * 101 + rank)
         if rank == 0 and not checkpoint and config.get("kill_at_epoch") == epoch + 1:
             fit.optimizer.register_step_post_hook(_kill_worker(config["name"], epoch + 1))
+        pause = config.get("pause_at_epoch")
+        if not checkpoint and pause and pause[0] == epoch + 1:  # fault pause_train_epoch (study.faults)
+            _progress(f"[train {config['name']}] fault injected: pausing {pause[1]:g} s before epoch {epoch + 1}")
+            time.sleep(pause[1])
         metrics = fit.run_epoch(model, epoch, gen)
         history.append({"epoch": epoch + 1, "attempt": attempt, **metrics})
         done = epoch + 1 == cfg.epochs
@@ -191,6 +195,7 @@ def _trainer_args(job: TrainJob, cfg: TrainConfig, model_cfg: ModelConfig, conte
         datasets["train"] = training_dataset(context["data_root"], context["split_plan"], job.splits,
                                              context["inputs"], text=RECIPES[context["recipe"]].reads_text)
     kill_at = fault("kill_train_worker")  # read here: a remote cluster's workers lack the driver's env
+    pause_at = fault("pause_train_epoch")
     return dict(
         train_loop_per_worker=train_func,
         train_loop_config={
@@ -202,6 +207,7 @@ def _trainer_args(job: TrainJob, cfg: TrainConfig, model_cfg: ModelConfig, conte
             "stream": job.stream,
             "train_records": job.records,
             "kill_at_epoch": int(kill_at) if kill_at else None,
+            "pause_at_epoch": tuple(float(v) for v in pause_at.split(":")) if pause_at else None,
             **context,
         },
         datasets=datasets,
