@@ -76,8 +76,9 @@ def test_model_a_alone_against_the_retriever_matches_hand_worked_numbers(tmp_pat
     assert e["precision"]["reference"]["value"] == pytest.approx(1.0)
     assert e["recall"]["reference"]["value"] == pytest.approx(2.5 / 3)
     for gap in ("ppg", "prg", "aucg"):
-        lo, hi = e[gap]["ci"]
-        assert lo <= e[gap]["value"] <= hi and 0 < e[gap]["p_value"] <= 1
+        lo, hi = e[gap]["ci"]  # a permutation p-value: (1 + as extreme) / (1 + 200)
+        assert -1 <= lo <= hi <= 1 and e[gap]["permutations"] == 200
+        assert 1 / 201 <= e[gap]["p_value"] <= 1 and round(e[gap]["p_value"] * 201, 6).is_integer()
     # Only r1 recovers more true objects with the target (2 hits) than with the retriever (1).
     assert [(r["id"], r["score"], r["reference_model"]) for r in e["most_memorized"]] == [("r1", 1.0, RETRIEVER)]
     assert "null" not in out
