@@ -179,8 +179,11 @@ def _data(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     from study import console
 
+    from study.frame.cluster import own_console
+
     args = _parser().parse_args(_with_report_default(sys.argv[1:] if argv is None else list(argv)))
     console.configure(getattr(args, "verbosity", 0))
+    own_console()  # the command's process: Ray Data's own progress lines off
     commands = {"run": _run, "report": _report, "data": _data}
     try:
         return commands[args.command](args)
@@ -214,9 +217,7 @@ def entry() -> None:
     """The ``dejavu`` command: ``main`` with the console sorted (``study.console_streams``: Ray's
     own lines go to run.log, the product's to the terminal)."""
     from study.console_streams import routed
-    from study.frame.cluster import own_console
 
-    own_console()
     with routed(before_exit=_stop_ray):
         code = main()
     sys.exit(code)
