@@ -2,8 +2,13 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+from dataclasses import dataclass
 
 import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="module")
@@ -15,6 +20,40 @@ def ray_local():
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=True)
     yield ray
     ray.shutdown()
+
+
+@dataclass(frozen=True)
+class TinyRun:
+    """One ``dejavu run configs/tiny.yaml`` of the pair: its output root, exit code and console."""
+
+    output: str
+    returncode: int
+    stdout: str
+    stderr: str
+
+    @property
+    def run_dir(self) -> str:
+        (run,) = [e.path for e in os.scandir(os.path.join(self.output, "tiny")) if e.name.startswith("run-")]
+        return run
+
+
+@pytest.fixture(scope="session")
+def tiny_pair(tmp_path_factory) -> list[TinyRun]:
+    """Two runs of ``configs/tiny.yaml`` at once by the ``dejavu`` command, each a fresh process
+    with a Ray instance of its own and its own string hashing (``PYTHONHASHSEED``). Several tests
+    read them instead of running studies of their own: the consoles (test_console_clean), the
+    outputs' equality (test_reproduce), an untouched reference for other runs of the same config
+    (test_store_outage, test_api)."""
+    root = tmp_path_factory.mktemp("tiny-pair")
+    procs = [(str(root / f"out{i}"), subprocess.Popen(
+        [sys.executable, "-m", "study.cli", "run", "configs/tiny.yaml", "--output", str(root / f"out{i}")],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONPATH": ROOT, "PYTHONHASHSEED": str(i)})) for i in (1, 2)]
+    runs = []
+    for out, proc in procs:
+        stdout, stderr = proc.communicate(timeout=600)
+        runs.append(TinyRun(out, proc.returncode, stdout, stderr))
+    return runs
 
 
 @pytest.fixture(scope="session")
@@ -37,7 +76,7 @@ TIERS = {
     "ray": """balance coco embed_pipeline hf near_dups search_ivfpq search_restart search_shards
               search_stage splits_stage train_faults train_stream voc faults inspect laion_inputs
               report_pull""",
-    "e2e": """api console console_clean pipeline_e2e photos_e2e vlm_e2e sslmem_e2e ssl_sweeps new_kind
+    "e2e": """api console console_clean reproduce pipeline_e2e photos_e2e vlm_e2e sslmem_e2e ssl_sweeps new_kind
               wheel store_outage preflight cli_errors""",
     "cluster": """ray_up ray_up_nodes cluster_yaml""",
 }

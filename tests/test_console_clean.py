@@ -1,45 +1,35 @@
 """The ``dejavu`` command's console shows the product's lines only: Ray's own lines (forwarded
 worker lines, the C++ core's, Ray's Python loggers', Ray Train's tracebacks when a second Ray
 instance runs on the machine) are in run.log, and the training workers' progress shows as the
-train stage's own lines. Two studies at once, each starting its own Ray instance."""
+train stage's own lines. Two studies at once (the ``tiny_pair`` fixture), each starting its own
+Ray instance."""
 from __future__ import annotations
 
 import glob
 import os
 import re
-import subprocess
-import sys
 
 from study.console_streams import sort_line
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # What Ray's lines look like on a console, written out here independently of the product's patterns.
 RAY_MARKS = ("pid=", "(raylet", "core_worker.cc", ".cc:", " -- ", "Traceback", "ConnectionError")
 PRODUCT = re.compile(r"^\[\s*\d+\.\ds\] (study|data|splits|train|embed|search|measure|report)\s")
 
 
-def _start(out: str) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "study.cli", "run", "configs/tiny.yaml", "--output", out,
-         "--set", "train.concurrent=true"],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def test_two_studies_at_once_show_only_their_own_lines(tmp_path):
-    procs = [_start(str(tmp_path / f"out{i}")) for i in (1, 2)]
-    results = [p.communicate(timeout=600) for p in procs]
-    for proc, (out, err) in zip(procs, results):
-        assert proc.returncode == 0, err
-        assert err == "", err  # nothing on stderr at all
-        lines = out.splitlines()
+def test_two_studies_at_once_show_only_their_own_lines(tiny_pair):
+    for run in tiny_pair:
+        assert run.returncode == 0, run.stderr
+        assert run.stderr == "", run.stderr  # nothing on stderr at all
+        lines = run.stdout.splitlines()
         leaked = [ln for ln in lines if any(mark in ln for mark in RAY_MARKS)]
         assert not leaked, "\n".join(leaked)
         # Every line before the summary is a stage line; the workers' epochs are train lines.
         stage_lines = lines[: next(i for i, ln in enumerate(lines) if ln.startswith("study tiny"))]
         assert all(PRODUCT.match(ln) for ln in stage_lines), "\n".join(ln for ln in stage_lines if not PRODUCT.match(ln))
+        assert any("fitting model_a on target, model_b on reference concurrently" in ln for ln in stage_lines)
         for model in ("model_a", "model_b"):
-            assert any(re.search(rf"\] train +{model} epoch 4/4 loss ", ln) for ln in stage_lines), out
-    logs = [open(p).read() for p in sorted(glob.glob(str(tmp_path / "out*/tiny/run-*/run.log")))]
+            assert any(re.search(rf"\] train +{model} epoch 4/4 loss ", ln) for ln in stage_lines), run.stdout
+    logs = [open(p).read() for run in tiny_pair for p in glob.glob(os.path.join(run.output, "tiny/run-*/run.log"))]
     assert len(logs) == 2
     for log in logs:
         assert "study.ray: " in log  # Ray's lines are kept for a post-mortem

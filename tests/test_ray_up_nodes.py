@@ -165,7 +165,7 @@ def test_the_autoscaler_adds_nodes_a_node_is_lost_and_nothing_changes(cluster, c
         def kill() -> None:
             # The first worker node that runs a training worker (the autoscaler adds nodes as the
             # study asks for them, so wait for one).
-            time.sleep(6)  # Ray Train commits a reported checkpoint at its controller's next poll (2 s)
+            time.sleep(6)  # Ray Train commits a reported checkpoint at its controller's next poll (train.poll_s)
             deadline = time.time() + 180
             while time.time() < deadline:
                 for node, pids in sorted(_worker_nodes(cluster).items()):

@@ -138,8 +138,8 @@ def _kill_worker(name: str, epoch: int):
 
     def hook(optimizer, args, kwargs) -> None:
         # Ray Train commits a reported checkpoint when its controller next polls the worker (every
-        # 2 s); a death before that resumes from the one before. Model a death after the commit:
-        # three polls later.
+        # train.poll_s); a death before that resumes from the one before. Model a death after the
+        # commit: several polls later.
         time.sleep(COMMIT_WAIT_S)
         _progress(f"[train {name}] fault injected: worker exits midway through epoch {epoch}")
         os._exit(1)
@@ -179,10 +179,29 @@ def _fit(args: dict) -> None:
     main = threading.current_thread() is threading.main_thread()
     before = signal.getsignal(signal.SIGINT) if main else None
     try:
-        TorchTrainer(**args).fit()
+        with _controller_polls_every(args["train_loop_config"]["train"].poll_s):
+            TorchTrainer(**args).fit()
     finally:
         if main:
             signal.signal(signal.SIGINT, before)
+
+
+@contextlib.contextmanager
+def _controller_polls_every(seconds: float):
+    """Ray Train reads its controller's polling interval from the environment of the process that
+    calls ``fit`` (and hands it on to the controller and its workers); set there for this fit only."""
+    saved = os.environ.get(POLL_ENV)
+    os.environ[POLL_ENV] = f"{seconds:g}"
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop(POLL_ENV, None)
+        else:
+            os.environ[POLL_ENV] = saved
+
+
+POLL_ENV = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"
 
 
 def _trainer_args(job: TrainJob, cfg: TrainConfig, model_cfg: ModelConfig, context: dict, use_gpu: bool) -> dict:
