@@ -1,8 +1,8 @@
 """An object store that goes away in the middle of a study, through a TCP proxy in front of the
-local S3 server (the server keeps its objects; the network to it is cut): a short outage in the
-embed stage is ridden out by the storage layer's retries and counted in the report; one that
-lasts ends the command with one line, and the rerun resumes from the last finished stage with
-the same numbers as a run the outage never touched (the same config on local disk)."""
+local S3 server (the server keeps its objects; the network to it is cut): an outage in the embed
+stage that lasts ends the command with one line; the rerun resumes from the last finished stage,
+rides out a short outage of its own by the storage layer's retries (counted in the report), and
+ends with the same numbers as a run no outage touched (the same config on local disk)."""
 from __future__ import annotations
 
 import json
@@ -71,33 +71,29 @@ def undisturbed(tiny_pair):
         return json.load(fh)
 
 
-def test_a_short_outage_is_retried_and_counted(store, undisturbed):
+def test_a_lasting_outage_ends_in_one_line_and_the_rerun_rides_out_a_short_one(store, undisturbed):
+    """A store that stays down fails the study in one line; the rerun resumes at the stage it
+    failed in, where a short outage of its own is retried and counted, and ends with the numbers
+    of a run no outage touched."""
     proxy, direct, env = store
-    proxy.down_on(EMBED_UPLOAD, for_s=4.0)
-    proc = study(env, "short")
-    assert proxy.cuts == 1 and proc.returncode == 0, proc.stderr
-    got = report(direct, "short")
-    assert got["store_retries"]["embed"] >= 1  # the stage said how many requests it retried
-    assert "object-store request(s) retried after a transient error" in proc.stdout
-    assert undisturbed["store_retries"] == dict.fromkeys(undisturbed["store_retries"], 0)
-    assert got["results"] == undisturbed["results"]
-
-
-def test_a_store_that_stays_down_ends_in_one_line_and_the_rerun_resumes(store, undisturbed):
-    proxy, direct, env = store
-    cuts = proxy.cuts
     proxy.down_on(EMBED_UPLOAD)  # and it stays down
-    failed = study(env, "long", DEJAVU_STORE_ATTEMPTS="3")
-    assert proxy.cuts == cuts + 1
+    failed = study(env, "outage", DEJAVU_STORE_ATTEMPTS="3")
+    assert proxy.cuts == 1
     # One line from the command and nothing else: a writing task cut mid-upload may print its own
     # error, which Ray forwards as "(Write pid=...)" lines; those go to run.log, not the console.
     assert_one_line_error(failed, "cannot reach", env["AWS_ENDPOINT_URL"])
     assert len(failed.stderr.strip().splitlines()) == 1, failed.stderr
     assert "embed    starting" in failed.stdout and "embed    done" not in failed.stdout
+
     proxy.up()
-    resumed = study(env, "long")
-    assert resumed.returncode == 0, resumed.stderr
+    proxy.down_on(EMBED_UPLOAD, for_s=4.0)  # the rerun's first upload: back 4 s later
+    resumed = study(env, "outage")
+    assert proxy.cuts == 2 and resumed.returncode == 0, resumed.stderr
     for stage in ("data", "splits", "train"):
         assert f"{stage:<8} reusing finished stage" in resumed.stdout
     assert "embed    starting" in resumed.stdout
-    assert report(direct, "long")["results"] == undisturbed["results"]
+    assert "object-store request(s) retried after a transient error" in resumed.stdout
+    got = report(direct, "outage")
+    assert got["store_retries"]["embed"] >= 1  # the stage said how many requests it retried
+    assert undisturbed["store_retries"] == dict.fromkeys(undisturbed["store_retries"], 0)
+    assert got["results"] == undisturbed["results"]

@@ -173,11 +173,13 @@ def run_study(cfg: StudyConfig, until: str | None = None) -> RunContext:
     run_log = RunLog()
     logging.getLogger("study").addHandler(run_log)  # from the join on: Ray's lines there belong to the run
     previous = None
+    reads = contextlib.nullcontext()
     try:
         if any(s.needs_ray for s in stages() if s.name in wanted):
             ensure_ray(cfg)  # before anything is written: the cluster answers and can see the paths
             if "train" in wanted and cluster.own_instance(cfg.ray):  # nothing joins it: what it lacks, it always lacks
                 cluster.check_resources(cluster.worker_bundle(cfg), "training", True, 0, lambda message: None)
+            reads = cluster.reads_for(cfg.ray)
         ctx = RunContext.create(cfg)
         ctx.log("study", f"run directory {ctx.run_dir}")
         try:
@@ -186,7 +188,8 @@ def run_study(cfg: StudyConfig, until: str | None = None) -> RunContext:
             previous = _previous_log(ctx)
         except OSError as exc:
             raise StudyError(f"cannot write to the output location {cfg.output}: {exc.strerror or exc}") from None
-        _run_wanted(ctx, [s for s in stages() if s.name in wanted], lambda: _save_log(ctx, previous, run_log))
+        with reads:
+            _run_wanted(ctx, [s for s in stages() if s.name in wanted], lambda: _save_log(ctx, previous, run_log))
     finally:
         logging.getLogger("study").removeHandler(run_log)
         if previous is not None:

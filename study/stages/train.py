@@ -165,6 +165,7 @@ def fit_context(ctx: RunContext, recipe: str, manifest: dict) -> dict:
         "num_classes": manifest["num_classes"],
         "inputs": ModelInput.of(ctx.cfg.data),
         "split_plan": ctx.split_plan(),
+        "one_machine": own_instance(ctx.cfg.ray),
     }
 
 

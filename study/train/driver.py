@@ -147,7 +147,7 @@ def _kill_worker(name: str, epoch: int):
     return hook
 
 
-COMMIT_WAIT_S = 6.0
+COMMIT_WAIT_S = 3.0
 
 
 def _export(config: dict, fit: Fit, model: torch.nn.Module, history: list, final: bool) -> None:
@@ -179,29 +179,37 @@ def _fit(args: dict) -> None:
     main = threading.current_thread() is threading.main_thread()
     before = signal.getsignal(signal.SIGINT) if main else None
     try:
-        with _controller_polls_every(args["train_loop_config"]["train"].poll_s):
+        with _environment(_fit_env(args["train_loop_config"])):
             TorchTrainer(**args).fit()
     finally:
         if main:
             signal.signal(signal.SIGINT, before)
 
 
+def _fit_env(loop_config: dict) -> dict[str, str]:
+    """Ray Train's settings for one fit that it reads from the environment of the process calling
+    ``fit`` (and hands on to the controller and its workers): the controller polls its workers
+    every ``train.poll_s``; on the study's own instance (one machine, whose node nobody drains)
+    no preemption watcher, an actor and so a process of its own for every fit, is started."""
+    env = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": f"{loop_config['train'].poll_s:g}"}
+    if loop_config.get("one_machine"):
+        env["RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"] = "0"
+    return env
+
+
 @contextlib.contextmanager
-def _controller_polls_every(seconds: float):
-    """Ray Train reads its controller's polling interval from the environment of the process that
-    calls ``fit`` (and hands it on to the controller and its workers); set there for this fit only."""
-    saved = os.environ.get(POLL_ENV)
-    os.environ[POLL_ENV] = f"{seconds:g}"
+def _environment(env: dict[str, str]):
+    """``env`` set in this process for the block, then put back as it was."""
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
     try:
         yield
     finally:
-        if saved is None:
-            os.environ.pop(POLL_ENV, None)
-        else:
-            os.environ[POLL_ENV] = saved
-
-
-POLL_ENV = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def _trainer_args(job: TrainJob, cfg: TrainConfig, model_cfg: ModelConfig, context: dict, use_gpu: bool) -> dict:
