@@ -1,6 +1,8 @@
 """The stage frame shared by the study kinds: stage hashes, sweeps, artifact paths, the registry."""
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from study.config_load import load_config
@@ -92,3 +94,34 @@ def test_null_control_halves_are_disjoint_and_cover_the_holdout():
     assert not set(a) & set(b) and sorted(a + b) == sorted(ids) and 60 < len(a) < 140
     assert side_ids(ids[::-1], "positive", "a", 0) == sorted(ids)
     assert [s for _, s, _, _ in CONTROLS["null"]] == ["holdout", "holdout"]
+
+
+def test_the_own_instance_settings_apply_there_only_and_are_put_back(monkeypatch):
+    """On the study's own instance: Parquet files listed by the reading process and no preemption
+    watcher; with a cluster address, Ray's defaults; afterwards, what was set before."""
+    import ray.data
+
+    from study.config import RayConfig
+    from study.frame.cluster import reads_for
+    from study.train.driver import _environment, _fit_env
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    context = ray.data.DataContext.get_current()
+    monkeypatch.setattr(context, "use_datasource_v2", True)
+    with reads_for(RayConfig()):
+        assert context.use_datasource_v2 is False
+    assert context.use_datasource_v2 is True
+    with reads_for(RayConfig(address="10.0.0.1:6379")):
+        assert context.use_datasource_v2 is True
+
+    train = load_config(None, ["train.poll_s=0.25"]).train
+    assert _fit_env({"train": train, "one_machine": True}) == {
+        "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.25", "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
+    assert _fit_env({"train": train, "one_machine": False}) == {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.25"}
+    monkeypatch.setenv("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "2")
+    monkeypatch.delenv("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", raising=False)
+    with _environment(_fit_env({"train": train, "one_machine": True})):
+        assert os.environ["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] == "0.25"
+        assert os.environ["RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"] == "0"
+    assert os.environ["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] == "2"
+    assert "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER" not in os.environ

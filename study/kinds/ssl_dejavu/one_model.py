@@ -125,8 +125,7 @@ def train_crop_classifier(ctx: RunContext, manifest: dict, digest: str, summary:
     import dataclasses
     import time
 
-    from study.frame.cluster import own_instance
-    from study.stages.train import finish_job, reused, start_attempt
+    from study.stages.train import finish_job, fit_context, reused, start_attempt
     from study.train.driver import TrainJob, fit
 
     cfg = ctx.cfg
@@ -138,9 +137,7 @@ def train_crop_classifier(ctx: RunContext, manifest: dict, digest: str, summary:
     start_attempt(ctx, CROP_CLASSIFIER, digest)  # an interrupted attempt resumes from its last checkpoint
     ctx.log("train", f"{CROP_CLASSIFIER}: supervised on the public set's crops ({cfg.embed.crop.rule} rule), "
                      f"{cfg.train.epochs} epochs")
-    context = {"recipe": "crop", "data_root": ctx.data_root, "splits_dir": ctx.splits_dir, "crop": cfg.embed.crop,
-               "num_classes": manifest["num_classes"], "inputs": ModelInput.of(cfg.data),
-               "one_machine": own_instance(cfg.ray)}
+    context = {**fit_context(ctx, "crop", manifest), "crop": cfg.embed.crop}
     job = TrainJob(CROP_CLASSIFIER, ("public",), out_dir, manifest["counts"].get("public", 0))
     start = time.perf_counter()
     fit(job, dataclasses.replace(cfg.train, method="supervised", params={}), cfg.model, context, cfg.ray.use_gpu)
