@@ -125,3 +125,29 @@ def test_the_own_instance_settings_apply_there_only_and_are_put_back(monkeypatch
         assert os.environ["RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"] == "0"
     assert os.environ["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] == "2"
     assert "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER" not in os.environ
+
+
+_GROUP_AFTER_POOL_GROWS = """
+import numpy as np, pyarrow as pa
+from study.frame.tally import _grouped
+n = 600_000
+table = pa.concat_tables([pa.table({"g": np.arange(i, i + 10_000) % 7, "v": np.ones(10_000, np.int64)})
+                          for i in range(0, n, 10_000)])
+_grouped(table.slice(0, 10), lambda t: t, ("g",), ("v",), ())
+pa.set_cpu_count(32)  # what Ray Data's Parquet reader does in the worker it reads in
+for _ in range(5):
+    out = _grouped(table, lambda t: t, ("g",), ("v",), ())
+    assert sorted(out.column("count").to_pylist()) == sorted(np.bincount(np.arange(n) % 7).tolist())
+    assert sum(out.column("v").to_pylist()) == n
+"""
+
+
+def test_grouped_totals_survive_a_cpu_pool_grown_after_the_first_grouping():
+    """A reused Ray worker whose CPU pool a Parquet read enlarged still groups (threaded pyarrow
+    grouping fails there with 'thread index N is out of range'); its own process, since the pool
+    is process-wide."""
+    import subprocess
+    import sys
+    done = subprocess.run([sys.executable, "-c", _GROUP_AFTER_POOL_GROWS], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]

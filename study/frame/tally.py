@@ -21,7 +21,11 @@ def _grouped(batch: pa.Table, fn: Callable[[pa.Table], pa.Table], keys: Sequence
              maxes: Sequence[str]) -> pa.Table:
     table = fn(batch)
     aggs = [([], "count_all"), *((c, "sum") for c in sums), *((c, "max") for c in maxes)]
-    grouped = table.group_by(list(keys)).aggregate(aggs)
+    # One thread: pyarrow's grouping numbers its threads up to the CPU pool's size when it first
+    # ran in the process, and Ray Data's Parquet reader enlarges that pool (pa.set_cpu_count) in
+    # the same worker, so a threaded group-by in a reused worker can fail with "thread index N is
+    # out of range [0, N)". A batch's few rows need no threads.
+    grouped = table.group_by(list(keys), use_threads=False).aggregate(aggs)
     names = [*keys, "count_all", *(f"{c}_sum" for c in sums), *(f"{c}_max" for c in maxes)]
     return grouped.select(names).rename_columns([*keys, COUNT, *sums, *maxes])
 
