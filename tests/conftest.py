@@ -1,4 +1,4 @@
-"""Shared fixtures: a local Ray instance of pinned size, shared by the tests of a module."""
+"""Shared fixtures: a local Ray instance of pinned size shared by the tests that use it, the tiers."""
 from __future__ import annotations
 
 import os
@@ -11,15 +11,46 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.fixture(scope="module")
-def ray_local():
+def start_ray():
+    """The tests' local Ray instance (2 CPUs), started if it is not up."""
     import ray
 
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
     if not ray.is_initialized():
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=True)
-    yield ray
-    ray.shutdown()
+    return ray
+
+
+def stop_ray() -> None:
+    if "ray" in sys.modules and sys.modules["ray"].is_initialized():
+        sys.modules["ray"].shutdown()
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    """One local Ray instance shared by every test that asks for it: started once and kept while
+    the files that ask for it follow one another (the collection puts them together, below),
+    stopped before a test of a file that never asks for it (it may start an instance of its own,
+    run studies in processes whose consoles it reads, or check that none is up) and at the end."""
+    yield start_ray()
+
+
+_RAY_FILES: set = set()  # the test files with a test that asks for ray_local (set at collection)
+
+
+@pytest.fixture(autouse=True)
+def _ray_only_where_asked(request):
+    if "ray_local" in request.fixturenames:
+        start_ray()  # a test of a file without it may have stopped it
+    elif request.node.path not in _RAY_FILES:
+        stop_ray()
+    yield
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _ray_stopped_at_the_end():
+    yield
+    stop_ray()
 
 
 @dataclass(frozen=True)
@@ -45,6 +76,7 @@ def tiny_pair(tmp_path_factory) -> list[TinyRun]:
     outputs' equality (test_reproduce), an untouched reference for other runs of the same config
     (test_store_outage, test_api)."""
     root = tmp_path_factory.mktemp("tiny-pair")
+    stop_ray()  # the runs' consoles are checked: no third instance on the machine while they run
     procs = [(str(root / f"out{i}"), subprocess.Popen(
         [sys.executable, "-m", "study.cli", "run", "configs/tiny.yaml", "--output", str(root / f"out{i}")],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -96,6 +128,24 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if not any(item.get_closest_marker(t) for t in TIERS):
             item.add_marker(getattr(pytest.mark, FILE_TIER[item.path.name]))
+    # Order: tier by tier (unit, ray, e2e, cluster); within a tier the files whose tests use the
+    # shared Ray instance first, so that it starts about twice for the suite instead of once per
+    # module (seconds each on 2 CPUs). Files stay whole and in order, so each module's fixtures are
+    # made once.
+    rank = {tier: i for i, tier in enumerate(TIERS)}
+    first = {id(item): i for i, item in enumerate(items)}
+    on_ray = {item.path for item in items if "ray_local" in getattr(item, "fixturenames", ())}
+    _RAY_FILES.clear()
+    _RAY_FILES.update(on_ray)
+    file_first = {}
+    for item in items:
+        file_first.setdefault(item.path, first[id(item)])
+
+    def key(item):
+        tier = next(t for t in TIERS if item.get_closest_marker(t))
+        return rank[tier], item.path not in on_ray, file_first[item.path], first[id(item)]
+
+    items.sort(key=key)
 
 
 @pytest.fixture(autouse=True)

@@ -17,6 +17,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
+from conftest import start_ray, stop_ray
 from test_object_storage import BUCKET, s3_env  # noqa: F401  (the moto server fixture)
 
 from study import storage
@@ -38,8 +39,11 @@ MAX_MEAN_ABS_DIFF = 5.0  # per channel level; JPEG at quality 95, 4:4:4, on 16 p
 
 @pytest.fixture(scope="module")
 def cluster(s3_env, ray_local):  # noqa: F811
-    """Ray started after the S3 server's environment is set, so its workers reach the server."""
-    return ray_local
+    """Ray restarted after the S3 server's environment is set, so its workers reach the server, and
+    stopped after the module, so no later module's workers keep this server's address."""
+    stop_ray()
+    yield start_ray()
+    stop_ray()
 
 
 def synth(fmt: str, output: str, *extra: str) -> int:
