@@ -35,8 +35,11 @@ STATS_S_PER_ELEMENT_DRAW = 48.7 / (2 * 1_000_000 * 3000)  # stats_bench: 10^6 pe
 # measured by this script (--measure), one CPU, host load 3-6 on its 2 CPUs (+-30 % between runs):
 DECODE_INGEST_S = 1 / 3500  # 256 px JPEG (~30 KB): the data stage's draft decode (laion.inspect_image)
 DECODE_224_S = 1 / 800  # the same, decoded and resized to 224 px as training and embedding do
-SCORES_US = {10: 21.5, 1000: 549.4}  # vlm_measure.record_scores: 12 calls per query and model, k 100
-SCORES_BYTES_PER_OBJECT = 24  # tracemalloc peak of one call, per query and object
+# vlm_measure.record_scores: 12 calls per query and model, k 100, measured with the dense (records x C)
+# object matrices the measure stage had before its object sets were sparse; kept for the head-size
+# model below until the measure stage's own benchmark replaces it (sparse: ~150 us at C = 1000)
+SCORES_US = {10: 21.5, 1000: 549.4}
+SCORES_BYTES_PER_OBJECT = 24  # tracemalloc peak of one dense call, per query and object
 # counted by this script (--measure) with torch.utils.flop_counter; open_clip's model table gives
 # 4.41 / 2.96 "GFLOPs" for ViT-B-32, which are multiply-accumulates (half these figures)
 IMAGE_GFLOP, TEXT_GFLOP, TRAIN_OVER_FORWARD = 8.73, 5.81, 2.98  # forward per image / 77-token caption
@@ -187,6 +190,7 @@ def measure_inputs() -> None:
     from study.data.laion import inspect_image
     from study.data.records import decode_image
     from study.embed.views import resize
+    from study.core.object_sets import ObjectSets
     from study.kinds.vlm_dejavu.measure import record_scores
 
     rng, blobs = np.random.default_rng(0), []
@@ -201,6 +205,7 @@ def measure_inputs() -> None:
     nq, I = 1000, rng.integers(0, 20_000, (1000, K))
     for c in (10, 1000):
         public, gt = rng.random((20_000, c)) < 0.003, (rng.random((nq, c)) < 0.003) | (np.arange(c) == 0)  # gt never empty
+        public, gt = (ObjectSets.from_pairs(*np.nonzero(m), len(m), c) for m in (public, gt))
         calls = [(k, rule) for k in (1, 10, 100) for rule in ("union", "top_n")] * 2  # x 2 variants
         seconds = timeit(lambda: [record_scores(I, public, gt, k, r, 3) for k, r in calls], number=1)
         print(f"record_scores at C = {c}: {seconds / nq * 1e6:.1f} us per query (12 calls)")

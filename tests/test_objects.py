@@ -1,4 +1,8 @@
-"""The VLM déjà vu maths (docs/concepts/vlm-dejavu.md) and its statistics, against hand values and naive loops."""
+"""The VLM déjà vu maths (docs/concepts/vlm-dejavu.md) and its statistics, against hand values and naive loops.
+
+Object sets are sparse (``core.object_sets``); the hand-checked cases are written as small
+boolean matrices and turned into sets, and the fast paths are checked against Python sets and
+counters on seeded data."""
 from __future__ import annotations
 
 import math
@@ -8,24 +12,50 @@ import sys
 import numpy as np
 import pytest
 
+from collections import Counter
+
 from study.core import objects, stats
-from study.core.objects import (
+from study.core.object_sets import (
     PREDICTION_RULES,
+    ObjectSets,
+    neighbour_votes,
+    overlap,
+    predict_top_n,
+    predict_union,
+)
+from study.core.objects import (
     ObjectSide,
     most_memorized,
     named_objects,
-    neighbour_votes,
-    overlap,
     population_test,
-    predict_top_n,
-    predict_union,
     recall_area,
     recall_curve,
     sample_level,
 )
 
+def sets(matrix) -> ObjectSets:
+    """The object sets of a boolean (records, C) matrix's rows."""
+    matrix = np.asarray(matrix, dtype=bool)
+    return ObjectSets.from_lists([np.flatnonzero(row) for row in matrix], matrix.shape[1])
+
+
+def dense_votes(votes) -> np.ndarray:
+    out = np.zeros((votes.n_queries, votes.vocab_size), dtype=np.int64)
+    out[votes.query, votes.object] = votes.count
+    return out
+
+
+def votes_of(matrix):
+    """Votes given as a (queries, C) count matrix, as the vote triples the rules take."""
+    from study.core.object_sets import Votes
+
+    matrix = np.asarray(matrix, dtype=np.int64)
+    q, o = np.nonzero(matrix)
+    return Votes(q.astype(np.int64), o.astype(np.int64), matrix[q, o], *matrix.shape)
+
+
 # Four public images over four objects.
-PUBLIC = np.array(
+PUBLIC_MATRIX = np.array(
     [
         [1, 1, 0, 0],
         [0, 1, 1, 0],
@@ -34,6 +64,7 @@ PUBLIC = np.array(
     ],
     dtype=bool,
 )
+PUBLIC = sets(PUBLIC_MATRIX)
 I = np.array([[0, 1, 2], [3, -1, -1], [2, 3, 0]], dtype=np.int64)
 
 
@@ -43,7 +74,7 @@ def side_from_sets(rng, n, C=6, prefix="r", boost=0.0):
     gt[np.arange(n), rng.integers(0, C, n)] = True  # no empty GT rows
     ref = rng.random((n, C)) < 0.3
     tgt = (rng.random((n, C)) < 0.3) | (gt & (rng.random((n, C)) < boost))
-    t, r = overlap(gt, tgt), overlap(gt, ref)
+    t, r = overlap(sets(gt), sets(tgt)), overlap(sets(gt), sets(ref))
     return ObjectSide(
         ids=np.array([f"{prefix}{i:03d}" for i in range(n)], dtype=object),
         target_precision=t["precision"],
@@ -75,12 +106,13 @@ def naive_side_stats(s, bins):
 
 def test_neighbour_votes_hand_checked():
     np.testing.assert_array_equal(
-        neighbour_votes(PUBLIC, I, 2), [[1, 2, 1, 0], [1, 0, 0, 0], [1, 1, 0, 1]]
+        dense_votes(neighbour_votes(PUBLIC, I, 2)), [[1, 2, 1, 0], [1, 0, 0, 0], [1, 1, 0, 1]]
     )
     np.testing.assert_array_equal(
-        neighbour_votes(PUBLIC, I, 3), [[1, 3, 1, 1], [1, 0, 0, 0], [2, 2, 0, 1]]
+        dense_votes(neighbour_votes(PUBLIC, I, 3)), [[1, 3, 1, 1], [1, 0, 0, 0], [2, 2, 0, 1]]
     )
-    assert neighbour_votes(PUBLIC, I, 1).dtype == np.int64
+    votes = neighbour_votes(PUBLIC, I, 1)
+    assert votes.count.dtype == np.int64 and (votes.count > 0).all()  # only objects with a vote are held
 
 
 def test_neighbour_votes_rejects_bad_k_and_indices():
@@ -93,26 +125,64 @@ def test_neighbour_votes_rejects_bad_k_and_indices():
 
 
 def test_union_and_top_n_with_ties():
-    votes = np.array([[1, 3, 1, 1], [1, 0, 0, 0], [2, 2, 0, 1], [0, 0, 0, 0]])
-    np.testing.assert_array_equal(predict_union(votes), votes > 0)
+    votes = votes_of([[1, 3, 1, 1], [1, 0, 0, 0], [2, 2, 0, 1], [0, 0, 0, 0]])
+    np.testing.assert_array_equal(predict_union(votes).to_dense(), dense_votes(votes) > 0)
     # Row 0: object 1 first, then objects 0, 2, 3 tie at 1 -> lower index wins.
     np.testing.assert_array_equal(
-        predict_top_n(votes, 2),
+        predict_top_n(votes, 2).to_dense(),
         [[1, 1, 0, 0], [1, 0, 0, 0], [1, 1, 0, 0], [0, 0, 0, 0]],
     )
     np.testing.assert_array_equal(
-        predict_top_n(votes, 3),
+        predict_top_n(votes, 3).to_dense(),
         [[1, 1, 1, 0], [1, 0, 0, 0], [1, 1, 0, 1], [0, 0, 0, 0]],
     )
-    np.testing.assert_array_equal(predict_top_n(votes, 10), votes > 0)
+    np.testing.assert_array_equal(predict_top_n(votes, 10).to_dense(), dense_votes(votes) > 0)
     with pytest.raises(ValueError):
         predict_top_n(votes, 0)
 
 
 def test_prediction_rules_registry():
-    votes = np.array([[1, 3, 1, 1]])
-    np.testing.assert_array_equal(PREDICTION_RULES["union"](votes, 1), [[1, 1, 1, 1]])
-    np.testing.assert_array_equal(PREDICTION_RULES["top_n"](votes, 1), [[0, 1, 0, 0]])
+    votes = votes_of([[1, 3, 1, 1]])
+    np.testing.assert_array_equal(PREDICTION_RULES["union"](votes, 1).to_dense(), [[1, 1, 1, 1]])
+    np.testing.assert_array_equal(PREDICTION_RULES["top_n"](votes, 1).to_dense(), [[0, 1, 0, 0]])
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_votes_rules_and_scores_equal_python_sets(seed):
+    """Against per-record Python: a Counter of the first k neighbours' objects, the n most common
+    (ties to the lower id), set intersections; over a vocabulary far larger than any set."""
+    rng = np.random.default_rng(seed)
+    C, nb, nq, K = 20_000, 300, 120, 12
+    public = [sorted(set(rng.zipf(1.3, size=rng.integers(0, 7)) % C)) for _ in range(nb)]
+    gt = [sorted(set(rng.integers(0, C, size=rng.integers(1, 6))) | set(public[rng.integers(nb)][:2])) for _ in range(nq)]
+    gt = [g or [int(rng.integers(C))] for g in gt]
+    I = rng.integers(-1, nb, size=(nq, K))
+    P, G = ObjectSets.from_lists(public, C), ObjectSets.from_lists(gt, C)
+    for k in (1, 5, K):
+        votes = neighbour_votes(P, I, k)
+        counts = [Counter(o for j in row[:k] if j >= 0 for o in public[j]) for row in I]
+        got = {(int(q), int(o)): int(c) for q, o, c in zip(votes.query, votes.object, votes.count)}
+        assert got == {(q, o): c for q, cnt in enumerate(counts) for o, c in cnt.items()}
+        for rule, n in (("union", 3), ("top_n", 1), ("top_n", 3)):
+            pred = PREDICTION_RULES[rule](votes, n)
+            naive = [set(cnt) if rule == "union" else {o for o, _ in sorted(cnt.items(), key=lambda t: (-t[1], t[0]))[:n]}
+                     for cnt in counts]
+            assert [set(pred.row(q).tolist()) for q in range(nq)] == naive
+            out = overlap(G, pred)
+            for q in range(nq):
+                hits = len(naive[q] & set(gt[q]))
+                assert out["hits"][q] == hits and out["pred_size"][q] == len(naive[q]) and out["gt_size"][q] == len(gt[q])
+                assert out["precision"][q] == (hits / len(naive[q]) if naive[q] else 0.0)
+                assert out["recall"][q] == hits / len(gt[q])
+
+
+def test_object_sets_from_lists_take_and_reject_ids_outside_the_vocabulary():
+    s = ObjectSets.from_lists([[3, 1, 3], [], [0]], 4)
+    assert [s.row(i).tolist() for i in range(3)] == [[1, 3], [], [0]]
+    t = s.take(np.array([2, 0, 0]))
+    assert [t.row(i).tolist() for i in range(3)] == [[0], [1, 3], [1, 3]]
+    with pytest.raises(ValueError, match="object ids"):
+        ObjectSets.from_lists([[4]], 4)
 
 
 # ---- per-record scores ----------------------------------------------------------------------------
@@ -121,8 +191,10 @@ def test_prediction_rules_registry():
 def test_overlap_hand_checked_with_empty_prediction():
     gt = np.array([[1, 1, 0, 0], [1, 0, 0, 0], [0, 0, 1, 1]], dtype=bool)
     pred = np.array([[1, 0, 1, 1], [0, 0, 0, 0], [0, 0, 1, 1]], dtype=bool)
-    out = overlap(gt, pred)
+    out = overlap(sets(gt), sets(pred))
     np.testing.assert_array_equal(out["hits"], [1, 0, 2])
+    np.testing.assert_array_equal(out["pred_size"], [3, 0, 2])
+    np.testing.assert_array_equal(out["gt_size"], [2, 1, 2])
     np.testing.assert_allclose(out["precision"], [1 / 3, 0.0, 1.0])
     np.testing.assert_allclose(out["recall"], [1 / 2, 0.0, 1.0])
     np.testing.assert_allclose(out["f"], [2 * (1 / 3) * (1 / 2) / (1 / 3 + 1 / 2), 0.0, 1.0])
@@ -130,9 +202,9 @@ def test_overlap_hand_checked_with_empty_prediction():
 
 def test_overlap_rejects_empty_ground_truth_and_shape_mismatch():
     with pytest.raises(ValueError, match="no ground-truth"):
-        overlap(np.array([[1, 0], [0, 0]], bool), np.array([[1, 0], [1, 0]], bool))
+        overlap(sets([[1, 0], [0, 0]]), sets([[1, 0], [1, 0]]))
     with pytest.raises(ValueError):
-        overlap(np.ones((2, 3), bool), np.ones((2, 4), bool))
+        overlap(sets(np.ones((2, 3))), sets(np.ones((2, 4))))
 
 
 def test_named_objects_whole_words_case_and_hyphens():

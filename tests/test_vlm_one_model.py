@@ -11,6 +11,7 @@ import pytest
 
 from study.config import TrainConfig
 from study.config_load import load_config
+from study.core.object_sets import ObjectSets
 from study.core.split_plan import SplitPlan
 from study.data.model_input import ModelInput
 from study.embed.captions import (CAPTION, PUBLIC_CAPTIONS, TEXT, plan_with_public_captions,
@@ -28,17 +29,18 @@ SSL = os.path.join(ROOT, "configs/tiny.yaml")
 
 # Objects a, b, c (columns); four public records. Their images' objects are what both the attacked
 # model's retrieved images and the retriever's retrieved captions contribute.
-PUBLIC = np.array([[1, 0, 0],   # p0: a
-                   [0, 1, 0],   # p1: b
-                   [1, 0, 1],   # p2: a, c
-                   [0, 0, 1]],  # p3: c
-                  dtype=bool)
+A, B, C = range(3)
+PUBLIC = ObjectSets.from_lists([[A],     # p0: a
+                                [B],     # p1: b
+                                [A, C],  # p2: a, c
+                                [C]],    # p3: c
+                               3)
 KEY = (1, "union", "all")
 
 
 def _scores(ids, gt, image_rows, caption_rows):
     """(target's, retriever's) per-record scores at k = 1 from their nearest public record."""
-    gt = np.array(gt, dtype=bool)
+    gt = ObjectSets.from_lists([np.flatnonzero(row) for row in gt], 3)
     t = record_scores(np.array(image_rows)[:, None], PUBLIC, gt, 1, "union", 3)
     r = record_scores(np.array(caption_rows)[:, None], PUBLIC, gt, 1, "union", 3)
     ids = np.array(ids)

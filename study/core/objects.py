@@ -2,9 +2,9 @@
 
 A record's caption retrieves its k nearest public images; their objects vote, a prediction rule
 turns the votes into a predicted object set, and the set is scored against the record's ground
-truth. Object sets are boolean rows over a vocabulary of C objects. This module owns the votes,
-the prediction rules, the per-record scores, the caption-name filter, the population test (PPG,
-PRG, AUCG with intervals and p-values), the sample-level gaps and the most-memorized list.
+truth. Object sets are sparse rows of object ids (``object_sets``: the votes, the prediction
+rules, the per-record scores). This module owns the caption-name filter, the population test
+(PPG, PRG, AUCG with intervals and p-values), the sample-level gaps and the most-memorized list.
 
 Sides follow ``metrics.Side``: side "a" holds model A's training records (A target, B
 reference), side "b" model B's with the roles swapped; population numbers are the mean over sides.
@@ -19,84 +19,12 @@ from typing import Sequence
 import numpy as np
 
 from study.core import stats
+from study.core.object_sets import f_score
 
 # Elements per (draws, n) chunk of bootstrap counts or swap signs: 2**22 float64 is 32 MiB.
 _CHUNK_ELEMENTS = 1 << 22
 # Caption tokens: runs of letters, digits and '-'; whitespace, '_' and other punctuation split.
 _TOKEN = re.compile(r"(?:[^\W_]|-)+")
-
-
-def neighbour_votes(public_objects: np.ndarray, I: np.ndarray, k: int) -> np.ndarray:
-    """How many of each query's first k neighbours hold each object.
-
-    Shapes: public_objects (nb, C) bool, I (nq, K) int64 sorted nearest first with -1 for no
-    neighbour -> (nq, C) int64. Requires 1 <= k <= K.
-    """
-    public_objects = np.asarray(public_objects, dtype=bool)
-    I = np.asarray(I)
-    if public_objects.ndim != 2 or I.ndim != 2:
-        raise ValueError(f"need public_objects (nb, C) and I (nq, K), got {public_objects.shape}, {I.shape}")
-    if not 1 <= k <= I.shape[1]:
-        raise ValueError(f"k={k} outside [1, {I.shape[1]}] (the search returned K={I.shape[1]} neighbours)")
-    if I.size and I.max() >= len(public_objects):
-        raise ValueError(f"neighbour index {I.max()} out of range for {len(public_objects)} public images")
-    votes = np.zeros((I.shape[0], public_objects.shape[1]), dtype=np.int64)
-    for column in I[:, :k].T:  # one neighbour rank at a time keeps memory at (nq, C)
-        found = column >= 0
-        votes[found] += public_objects[column[found]]
-    return votes
-
-
-def predict_union(votes: np.ndarray) -> np.ndarray:
-    """Every object some neighbour holds (the reference code's rule). (nq, C) -> (nq, C) bool."""
-    return np.asarray(votes) > 0
-
-
-def predict_top_n(votes: np.ndarray, n: int) -> np.ndarray:
-    """The n most-voted objects per row, ties to the lower object index, only those with votes.
-
-    Shapes: votes (nq, C) -> (nq, C) bool with at most n True per row.
-    """
-    if n < 1:
-        raise ValueError(f"top-n needs n >= 1, got {n}")
-    votes = np.asarray(votes)
-    order = np.argsort(-votes, axis=1, kind="stable")[:, :n]  # stable: equal votes keep index order
-    pred = np.zeros(votes.shape, dtype=bool)
-    np.put_along_axis(pred, order, True, axis=1)
-    return pred & (votes > 0)
-
-
-def _union_rule(votes: np.ndarray, n: int) -> np.ndarray:
-    return predict_union(votes)
-
-
-# Each rule: (votes (nq, C), n) -> (nq, C) bool; n is ignored by rules without a size.
-PREDICTION_RULES = {"union": _union_rule, "top_n": predict_top_n}
-
-
-def _f_score(precision: np.ndarray, recall: np.ndarray) -> np.ndarray:
-    total = precision + recall
-    return np.divide(2.0 * precision * recall, total, out=np.zeros_like(total, dtype=np.float64), where=total > 0)
-
-
-def overlap(gt: np.ndarray, pred: np.ndarray) -> dict:
-    """Per-record hits |GT ∩ pred|, precision, recall and F; gt (n, C), pred (n, C) bool -> (n,) each.
-
-    Precision is 0 where pred is empty; F is 0 where P + R = 0. Every gt row must be non-empty
-    (records without objects are skipped and counted before scoring).
-    """
-    gt = np.asarray(gt, dtype=bool)
-    pred = np.asarray(pred, dtype=bool)
-    if gt.shape != pred.shape or gt.ndim != 2:
-        raise ValueError(f"gt and pred must be equal (n, C) matrices, got {gt.shape} and {pred.shape}")
-    gt_size = gt.sum(axis=1)
-    if np.any(gt_size == 0):
-        raise ValueError(f"{int((gt_size == 0).sum())} record(s) have no ground-truth objects")
-    hits = (gt & pred).sum(axis=1)
-    pred_size = pred.sum(axis=1)
-    precision = np.divide(hits, pred_size, out=np.zeros(len(hits)), where=pred_size > 0)
-    recall = hits / gt_size
-    return {"hits": hits, "precision": precision, "recall": recall, "f": _f_score(precision, recall)}
 
 
 def _tokens(text: str) -> list[str]:
@@ -287,7 +215,7 @@ def sample_level(sides: Sequence[ObjectSide], fractions: Sequence[float]) -> lis
     score, _, ids_at = _pooled(sides)
     order = stats.top_by_score(score, ids_at, max(tops, default=0))  # only the records some fraction takes
     pt, pr, rt, rr = (np.concatenate([getattr(s, f) for s in sides])[order].astype(np.float64) for f in _SCORES)
-    gaps = np.stack([pt - pr, rt - rr, _f_score(pt, rt) - _f_score(pr, rr)], axis=1)
+    gaps = np.stack([pt - pr, rt - rr, f_score(pt, rt) - f_score(pr, rr)], axis=1)
     running = np.cumsum(gaps, axis=0)  # (top, 3): prefix sums of the ranked gaps
     rows = []
     for f, m in zip(fractions, tops):

@@ -14,7 +14,7 @@ from study import storage
 from study.config import StudyConfig
 from study.data import records
 from study.data.loading import load_images, load_inputs
-from study.core.objects import PREDICTION_RULES
+from study.core.object_sets import PREDICTION_RULES
 from study.errors import ConfigError
 from study.frame.context import RunContext, read_marker
 from study.frame.kinds import StudyKind

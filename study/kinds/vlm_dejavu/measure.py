@@ -13,34 +13,26 @@ import numpy as np
 
 from study.report.pvalues import p_is
 from study import storage
-from study.core.objects import (
-    ObjectSide,
-    PREDICTION_RULES,
-    most_memorized,
-    named_objects,
-    neighbour_votes,
-    overlap,
-    population_test,
-    sample_level,
-)
+from study.core.object_sets import PREDICTION_RULES, ObjectSets, neighbour_votes, overlap
+from study.core.objects import ObjectSide, most_memorized, named_objects, population_test, sample_level
 from study.data.lookup import IdIndex
 from study.frame.context import RunContext, read_marker
 from study.frame.kinds import CONTROLS, get_kind, side_mask
-from study.kinds.vlm_dejavu.objects import ObjectTables, object_matrix, object_tables
+from study.kinds.vlm_dejavu.objects import ObjectTables, object_sets, object_tables
 from study.search.results import check_queries, check_same_queries, iter_results, public_rows
 
 BATCH_ROWS = 65_536  # records or queries per batch
 VARIANTS = ("all", "unnamed")  # ground truth: every object, or those the caption does not name
 
 
-def ground_truth(objects: list, captions: list, variant: str, vocab: dict[str, int]) -> tuple[np.ndarray, np.ndarray]:
-    """(keep (n,) bool: records with ground truth for this variant, gt (kept, C) bool), from the
-    queries' objects and captions in query order."""
+def ground_truth(objects: list, captions: list, variant: str, vocab: dict[str, int]) -> tuple[np.ndarray, ObjectSets]:
+    """(keep (n,) bool: records with ground truth for this variant, the kept records' object
+    sets), from the queries' objects and captions in query order."""
     rows = objects
     if variant == "unnamed":
         rows = [sorted(set(o) - set(named_objects(c, o))) for o, c in zip(objects, captions)]
     keep = np.array([len(g) > 0 for g in rows], dtype=bool)
-    return keep, object_matrix([g for g, k in zip(rows, keep) if k], vocab)
+    return keep, object_sets([g for g, k in zip(rows, keep) if k], vocab)
 
 
 def read_neighbours(uri: str, public: IdIndex) -> tuple[np.ndarray, np.ndarray]:
@@ -62,7 +54,7 @@ def in_id_order(ids: np.ndarray, I: np.ndarray) -> tuple[np.ndarray, np.ndarray]
     return ids[order], I[order]
 
 
-def record_scores(I: np.ndarray, public_objects: np.ndarray, gt: np.ndarray, k: int, rule: str, top_n: int) -> dict:
+def record_scores(I: np.ndarray, public_objects: ObjectSets, gt: ObjectSets, k: int, rule: str, top_n: int) -> dict:
     """Per-record hits, precision, recall, F of one model's predictions at one k."""
     votes = neighbour_votes(public_objects, I, min(k, I.shape[1]))
     return overlap(gt, PREDICTION_RULES[rule](votes, top_n))

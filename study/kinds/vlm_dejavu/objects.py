@@ -1,6 +1,7 @@
-"""The VLM study's object tables: which objects each public and attacked record shows, as a
-(records x vocabulary) boolean matrix, read once from the record shards for the measure stage and
-the utility numbers."""
+"""The VLM study's object tables: which objects each public and attacked record shows, as sparse
+object sets over the vocabulary's ids (``core.object_sets``: memory follows the objects present,
+never records x vocabulary), read once from the record shards for the measure stage and the
+utility numbers."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -9,6 +10,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from study.core.object_sets import ObjectSets
 from study.data import records
 from study.data.loading import iter_split
 from study.data.lookup import IdIndex
@@ -23,33 +25,30 @@ def object_table(ctx: RunContext, ids: list[str]) -> dict[str, tuple[list[str], 
     return {i: (o or [], c or "") for i, o, c in zip(*(table.column(n).to_pylist() for n in ("id", "objects", "caption")))}
 
 
-def object_matrix(rows: list[list[str]], vocab: dict[str, int]) -> np.ndarray:
-    m = np.zeros((len(rows), len(vocab)), dtype=bool)
-    for r, objs in enumerate(rows):
-        m[r, [vocab[o] for o in objs if o in vocab]] = True
-    return m
+def object_sets(rows: list[list[str]], vocab: dict[str, int]) -> ObjectSets:
+    """The object sets of records given by their objects' names; names outside ``vocab`` are left out."""
+    return ObjectSets.from_lists([[vocab[o] for o in objs if o in vocab] for objs in rows], len(vocab))
 
 
-def _objects_matrix(objects: pa.Array, vocab: pa.Array) -> np.ndarray:
-    """(n, C) bool object sets of a batch, built from Arrow's flattened lists (no Python loop)."""
+def _object_pairs(objects: pa.Array, vocab: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """(row in the batch, object id) of every known object of a batch's object lists, from Arrow's
+    flattened lists (no Python loop)."""
     lengths = pc.fill_null(pc.list_value_length(objects), 0).to_numpy(zero_copy_only=False)
-    cols = pc.index_in(pc.list_flatten(objects), value_set=vocab).to_numpy(zero_copy_only=False)
-    rows = np.repeat(np.arange(len(lengths)), lengths)
-    known = ~np.isnan(cols.astype(float))
-    m = np.zeros((len(lengths), len(vocab)), dtype=bool)
-    m[rows[known], cols[known].astype(np.int64)] = True
-    return m
+    ids = pc.index_in(pc.list_flatten(objects), value_set=vocab)
+    rows = np.repeat(np.arange(len(lengths), dtype=np.int64), lengths)
+    known = ~pc.is_null(ids).to_numpy(zero_copy_only=False)
+    return rows[known], pc.fill_null(ids, 0).to_numpy(zero_copy_only=False).astype(np.int64)[known]
 
 
 @dataclass
 class ObjectTables:
     """What the measurement needs of each record, from one scan of the records' metadata: the
-    public set's object sets as a (n public, C) matrix in ``public`` index rows; the attacked
-    records' objects and captions (lists, in ``attacked`` index rows)."""
+    public set's object sets in ``public`` index rows; the attacked records' objects and captions
+    (lists, in ``attacked`` index rows)."""
 
     vocab: dict[str, int]
     public: IdIndex
-    public_objects: np.ndarray
+    public_objects: ObjectSets
     attacked: IdIndex
     attacked_objects: list
     attacked_captions: list
@@ -71,17 +70,23 @@ def object_tables(ctx: RunContext, attacked: tuple[str, ...]) -> ObjectTables:
     names.discard(None)
     vocab_names = sorted(names)
     vocab_arr = pa.array(vocab_names, pa.string())
-    public_objects = np.zeros((len(public), len(vocab_names)), dtype=bool)
+    pair_rows, pair_objects = [], []
     att_objects, att_captions = [None] * len(att), [None] * len(att)
     for batch in _record_batches(ctx):
         ids = batch.column("id").to_pylist()
         rows = public.rows(ids)
         hit = rows >= 0
         if hit.any():
-            public_objects[rows[hit]] = _objects_matrix(batch.column("objects").filter(pa.array(hit)), vocab_arr)
+            in_batch, objs = _object_pairs(batch.column("objects").filter(pa.array(hit)), vocab_arr)
+            pair_rows.append(rows[hit][in_batch])
+            pair_objects.append(objs)
         rows = att.rows(ids)
         for j in np.flatnonzero(rows >= 0):  # attacked records only: their ground truth, per record
             att_objects[rows[j]] = batch.column("objects")[int(j)].as_py() or []
             att_captions[rows[j]] = batch.column("caption")[int(j)].as_py() or ""
+    empty = np.zeros(0, np.int64)
+    public_objects = ObjectSets.from_pairs(np.concatenate(pair_rows) if pair_rows else empty,
+                                           np.concatenate(pair_objects) if pair_objects else empty,
+                                           len(public), len(vocab_names))
     return ObjectTables({o: j for j, o in enumerate(vocab_names)}, public, public_objects, att, att_objects,
                         att_captions)

@@ -9,7 +9,7 @@ from study.data import records
 from study.data.loading import iter_split
 from study.frame.context import RunContext, read_marker
 from study.frame.kinds import get_kind
-from study.kinds.vlm_dejavu.objects import ObjectTables, object_matrix
+from study.kinds.vlm_dejavu.objects import ObjectTables, object_sets
 
 
 def measure_utility(ctx: RunContext, tables: ObjectTables) -> dict:
@@ -44,7 +44,8 @@ def measure_utility(ctx: RunContext, tables: ObjectTables) -> dict:
     inputs = ModelInput.of(cfg.data)
     images = load_inputs(ctx.data_root, ids, inputs)
     x = torch.from_numpy(channels_first(inputs.stack([images[i] for i in ids])))
-    truth = object_matrix([table[i][0] for i in ids], {o: j for j, o in enumerate(vocab)})
+    # Dense is fine here: at most measure.utility_records rows over the objects those records show.
+    truth = object_sets([table[i][0] for i in ids], {o: j for j, o in enumerate(vocab)}).to_dense()
     with_objects = truth.any(axis=1)
     out: dict = {"records": len(ids)}
     per_model = {}
