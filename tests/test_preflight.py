@@ -207,15 +207,30 @@ def test_a_cluster_that_refuses_the_token(tmp_path):
     assert not (tmp_path / "runs").exists()
 
 
+def _dashboard_serving() -> bool:
+    import socket
+
+    with socket.socket() as s:
+        s.settimeout(1)
+        return s.connect_ex(("127.0.0.1", 8265)) == 0
+
+
 def test_a_local_output_in_a_ray_job_is_refused(monkeypatch, tmp_path):
+    """On the study's own instance, started without its dashboard (``ray.dashboard=false``: Ray's
+    default starts it, port 8265, by the time ``ray.init`` returns)."""
     import ray
 
+    from study.config import RayConfig
     from study.frame import cluster as checks
 
+    assert not _dashboard_serving()  # no other instance's dashboard on this machine
+    checks.join(RayConfig(num_cpus=2, dashboard=False))
     monkeypatch.setenv(checks.JOB_ENV, "{}")  # what Ray's job supervisor sets for an entrypoint
-    ray.init(num_cpus=1, include_dashboard=False)
     try:
+        time.sleep(2)
+        assert not _dashboard_serving()
         with pytest.raises(StudyError, match="runs as a Ray job"):
             checks.check_paths({"output": str(tmp_path)}, shared=False)
     finally:
         ray.shutdown()
+

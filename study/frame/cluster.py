@@ -56,7 +56,8 @@ def join(ray_cfg) -> None:
     if not address:
         # An instance of the study's own: Ray would otherwise join whatever cluster was last started
         # on this machine (``ray.address=auto`` asks for that).
-        ray.init(address="local", num_cpus=ray_cfg.num_cpus, log_to_driver=True, logging_level=logging.WARNING)
+        ray.init(address="local", num_cpus=ray_cfg.num_cpus, include_dashboard=ray_cfg.dashboard, log_to_driver=True,
+                 logging_level=logging.WARNING)
         return
     said = _Held()
     try:
