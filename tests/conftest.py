@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass
 
 import pytest
@@ -17,6 +19,8 @@ def start_ray():
 
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
     if not ray.is_initialized():
+        for *_, proc in _PAIR.get("procs", ()):  # their consoles are checked: no third instance beside them
+            proc.wait(timeout=600)
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=True)
     return ray
 
@@ -68,24 +72,52 @@ class TinyRun:
         return run
 
 
+_PAIR: dict = {}  # the tiny pair's processes, started when the collection holds a test that reads them
+
+
+def _start_tiny_pair() -> None:
+    """Start the pair (below) in the background: it runs beside the unit tier, which takes one
+    core and no Ray, instead of after it. Consoles go to files (a pipe nobody reads would fill and
+    stall the run)."""
+    root = tempfile.mkdtemp(prefix="tiny-pair-")
+    procs = []
+    for i in (1, 2):
+        out = os.path.join(root, f"out{i}")
+        stdout, stderr = open(out + ".stdout", "w+"), open(out + ".stderr", "w+")
+        procs.append((out, stdout, stderr, subprocess.Popen(
+            [sys.executable, "-m", "study.cli", "run", "configs/tiny.yaml", "--output", out], cwd=ROOT,
+            stdout=stdout, stderr=stderr, env={**os.environ, "PYTHONPATH": ROOT, "PYTHONHASHSEED": str(i)})))
+    _PAIR.update(root=root, procs=procs)
+
+
 @pytest.fixture(scope="session")
-def tiny_pair(tmp_path_factory) -> list[TinyRun]:
+def tiny_pair() -> list[TinyRun]:
     """Two runs of ``configs/tiny.yaml`` at once by the ``dejavu`` command, each a fresh process
     with a Ray instance of its own and its own string hashing (``PYTHONHASHSEED``). Several tests
     read them instead of running studies of their own: the consoles (test_console_clean), the
     outputs' equality (test_reproduce), an untouched reference for other runs of the same config
     (test_store_outage, test_api)."""
-    root = tmp_path_factory.mktemp("tiny-pair")
-    stop_ray()  # the runs' consoles are checked: no third instance on the machine while they run
-    procs = [(str(root / f"out{i}"), subprocess.Popen(
-        [sys.executable, "-m", "study.cli", "run", "configs/tiny.yaml", "--output", str(root / f"out{i}")],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        env={**os.environ, "PYTHONPATH": ROOT, "PYTHONHASHSEED": str(i)})) for i in (1, 2)]
+    if not _PAIR:
+        stop_ray()  # the runs' consoles are checked: no third instance on the machine while they run
+        _start_tiny_pair()
     runs = []
-    for out, proc in procs:
-        stdout, stderr = proc.communicate(timeout=600)
-        runs.append(TinyRun(out, proc.returncode, stdout, stderr))
+    for out, stdout, stderr, proc in _PAIR["procs"]:
+        proc.wait(timeout=600)
+        stdout.seek(0)
+        stderr.seek(0)
+        runs.append(TinyRun(out, proc.returncode, stdout.read(), stderr.read()))
     return runs
+
+
+def pytest_sessionfinish(session, exitstatus):
+    for _, stdout, stderr, proc in _PAIR.get("procs", ()):
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        stdout.close()
+        stderr.close()
+    if _PAIR:
+        shutil.rmtree(_PAIR["root"], ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
@@ -146,6 +178,8 @@ def pytest_collection_modifyitems(config, items):
         return rank[tier], item.path not in on_ray, file_first[item.path], first[id(item)]
 
     items.sort(key=key)
+    if not config.option.collectonly and any("tiny_pair" in getattr(item, "fixturenames", ()) for item in items):
+        _start_tiny_pair()
 
 
 @pytest.fixture(autouse=True)
