@@ -22,6 +22,7 @@ from study.kinds.vlm_dejavu.objects import ObjectTables, object_sets, object_tab
 from study.search.results import check_queries, check_same_queries, iter_results, public_rows
 
 BATCH_ROWS = 65_536  # records or queries per batch
+SCORE_ROWS = 8_192  # queries per scoring batch: ~k x 5 objects x 40 bytes each at its peak, ~160 MB at k = 100
 VARIANTS = ("all", "unnamed")  # ground truth: every object, or those the caption does not name
 
 
@@ -55,9 +56,15 @@ def in_id_order(ids: np.ndarray, I: np.ndarray) -> tuple[np.ndarray, np.ndarray]
 
 
 def record_scores(I: np.ndarray, public_objects: ObjectSets, gt: ObjectSets, k: int, rule: str, top_n: int) -> dict:
-    """Per-record hits, precision, recall, F of one model's predictions at one k."""
-    votes = neighbour_votes(public_objects, I, min(k, I.shape[1]))
-    return overlap(gt, PREDICTION_RULES[rule](votes, top_n))
+    """Per-record hits, |pred|, |GT|, precision, recall, F of one model's predictions at one k,
+    SCORE_ROWS queries at a time: the votes of a batch hold a (query, object) pair per object of
+    each of a query's first k neighbours, about k x objects per image pairs a query."""
+    if len(I) <= SCORE_ROWS:
+        return overlap(gt, PREDICTION_RULES[rule](neighbour_votes(public_objects, I, min(k, I.shape[1])), top_n))
+    parts = [record_scores(I[start : start + SCORE_ROWS], public_objects,
+                           gt.take(np.arange(start, min(start + SCORE_ROWS, len(I)))), k, rule, top_n)
+             for start in range(0, len(I), SCORE_ROWS)]
+    return {key: np.concatenate([part[key] for part in parts]) for key in parts[0]}
 
 
 def split_scores(ctx: RunContext, tables: ObjectTables, split: str, searches: dict[str, str],
