@@ -18,6 +18,7 @@ from study.core import objects, stats
 from study.core.object_sets import (
     PREDICTION_RULES,
     ObjectSets,
+    Votes,
     neighbour_votes,
     overlap,
     predict_top_n,
@@ -47,8 +48,6 @@ def dense_votes(votes) -> np.ndarray:
 
 def votes_of(matrix):
     """Votes given as a (queries, C) count matrix, as the vote triples the rules take."""
-    from study.core.object_sets import Votes
-
     matrix = np.asarray(matrix, dtype=np.int64)
     q, o = np.nonzero(matrix)
     return Votes(q.astype(np.int64), o.astype(np.int64), matrix[q, o], *matrix.shape)

@@ -102,16 +102,16 @@ def neighbour_votes(public: ObjectSets, I: np.ndarray, k: int) -> Votes:
         raise ValueError(f"k={k} outside [1, {I.shape[1]}] (the search returned K={I.shape[1]} neighbours)")
     if I.size and I.max() >= len(public):
         raise ValueError(f"neighbour index {I.max()} out of range for {len(public)} public images")
-    first = I[:, :k].astype(np.int64)
-    queries = np.repeat(np.arange(len(first), dtype=np.int64), k)
-    found = first.ravel() >= 0
-    rows, queries = first.ravel()[found], queries[found]
+    first = I[:, :k].astype(np.int64).ravel()
+    queries = np.repeat(np.arange(len(I), dtype=np.int64), k)
+    found = first >= 0
+    rows, queries = first[found], queries[found]
     sizes = public.sizes()[rows]
     objects = public.indices[_gather(public.indptr[rows], sizes)]
     width = max(public.vocab_size, 1)
     keys, counts = np.unique(np.repeat(queries, sizes) * width + objects, return_counts=True)
     query, obj = np.divmod(keys, width)
-    return Votes(query, obj, counts.astype(np.int64), len(first), public.vocab_size)
+    return Votes(query, obj, counts.astype(np.int64), len(I), public.vocab_size)
 
 
 def predict_union(votes: Votes, n: int = 0) -> ObjectSets:
