@@ -247,10 +247,10 @@ def test_intervals_and_p_values_match_naive_resampling():
     sides = [side_from_sets(rng, 19, prefix="a", boost=0.3), side_from_sets(rng, 11, prefix="b", boost=0.3)]
     B, P, seed = 40, 30, 9
     out = population_test(sides, bootstrap=B, permutations=P, level=0.9, seed=seed, bins=10)
-    # Same draws in the same order: each side's bootstrap indices, then each side's swap masks.
-    g = np.random.default_rng(seed)
-    idx = [stats.bootstrap_indices(len(s), B, g) for s in sides]
-    swaps = [stats.swap_masks(len(s), P, g) for s in sides]
+
+    # Each draw has its own generator, keyed by (seed, purpose: 0 bootstrap / 1 swap, side, draw).
+    def gen(purpose, k, d):
+        return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(purpose, k, d)))
 
     def resample(s, rows):
         return ObjectSide(*(getattr(s, f)[rows] for f in s.__dataclass_fields__))
@@ -264,8 +264,12 @@ def test_intervals_and_p_values_match_naive_resampling():
     def population(draw):
         return np.mean([naive_side_stats(draw(k, s), 10) for k, s in enumerate(sides)], axis=0)
 
-    boot = np.array([population(lambda k, s: resample(s, idx[k][b])) for b in range(B)])
-    null = np.array([population(lambda k, s: swap(s, swaps[k][d])) for d in range(P)])
+    def swapped(k, s, d):  # one random bit per record, the generator's bytes in order
+        bits = np.unpackbits(np.frombuffer(gen(1, k, d).bytes((len(s) + 7) // 8), np.uint8))[: len(s)]
+        return swap(s, bits.astype(bool))
+
+    boot = np.array([population(lambda k, s: resample(s, gen(0, k, b).integers(0, len(s), len(s)))) for b in range(B)])
+    null = np.array([population(lambda k, s: swapped(k, s, d)) for d in range(P)])
     lo, hi = stats.percentile_interval(boot, 0.9)
     observed = np.mean([naive_side_stats(s, 10) for s in sides], axis=0)
     p = stats.permutation_p_value(observed, null)
@@ -274,23 +278,23 @@ def test_intervals_and_p_values_match_naive_resampling():
         assert out[key]["p_value"] == pytest.approx(p[j])
 
 
-def test_chunked_draws_match_unchunked(monkeypatch):
+def test_draws_split_anywhere_give_the_same_rows(monkeypatch):
     rng = np.random.default_rng(3)
     values = rng.random((13, 4))
+    whole = objects.bootstrap_means(values, 1, 7, range(10))
+    swaps = objects.swap_means(values, 1, 7, range(9))
     monkeypatch.setattr(objects, "_CHUNK_ELEMENTS", 13 * 3)  # three draws per chunk
-    seen = []
-    real = stats.bootstrap_indices
-    monkeypatch.setattr(stats, "bootstrap_indices", lambda *a: seen.append(real(*a)) or seen[-1])
-    got = objects._bootstrap_means(values, 10, np.random.default_rng(0))
-    assert [len(s) for s in seen] == [3, 3, 3, 1]
-    np.testing.assert_allclose(got, values[np.concatenate(seen)].mean(axis=1))
-    masks, real_masks = [], stats.swap_masks
-    monkeypatch.setattr(stats, "swap_masks", lambda *a: masks.append(real_masks(*a)) or masks[-1])
-    got = objects._swap_means(values, 7, np.random.default_rng(0))
-    np.testing.assert_allclose(got, (np.where(np.concatenate(masks), -1, 1)[:, :, None] * values).mean(axis=1))
+    np.testing.assert_array_equal(objects.bootstrap_means(values, 1, 7, range(10)), whole)
+    np.testing.assert_array_equal(np.concatenate([objects.bootstrap_means(values, 1, 7, range(0, 4)),
+                                                  objects.bootstrap_means(values, 1, 7, range(4, 10))]), whole)
+    np.testing.assert_array_equal(np.concatenate([objects.swap_means(values, 1, 7, r)
+                                                  for r in (range(0, 1), range(1, 5), range(5, 9))]), swaps)
+    # Another side or seed draws other rows.
+    assert not np.array_equal(objects.bootstrap_means(values, 0, 7, range(10)), whole)
+    assert not np.array_equal(objects.swap_means(values, 1, 8, range(9)), swaps)
 
 
-def test_population_test_does_not_depend_on_chunk_size(monkeypatch):
+def test_population_test_does_not_depend_on_chunk_size_or_pieces(monkeypatch):
     rng = np.random.default_rng(6)
     sides = [side_from_sets(rng, 61, prefix="a", boost=0.3), side_from_sets(rng, 37, prefix="b")]
     outs = []
@@ -298,6 +302,11 @@ def test_population_test_does_not_depend_on_chunk_size(monkeypatch):
         monkeypatch.setattr(objects, "_CHUNK_ELEMENTS", elements)
         outs.append(population_test(sides, bootstrap=50, permutations=70, level=0.9, seed=2))
     assert outs[0] == outs[1] == outs[2]
+    # Each side's draws in pieces (as tasks compute them), stacked: the same test.
+    pieces = [objects.SideDraws.stack([objects.side_draws(s, k, 2, b, p) for b, p in
+                                       ((range(0, 20), range(0, 7)), (range(20, 50), range(7, 70)))])
+              for k, s in enumerate(sides)]
+    assert objects.population_summary([61, 37], pieces, 70, 0.9) == outs[0]
 
 
 def test_identical_models_give_zero_gaps_and_p_value_one():

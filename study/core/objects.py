@@ -98,7 +98,7 @@ _COLUMNS = ("ppg", "prg", "aucg", "p_target", "p_reference", "r_target", "r_refe
 _GAPS = 3
 
 
-def _record_values(side: ObjectSide, bins: int) -> np.ndarray:
+def side_values(side: ObjectSide, bins: int) -> np.ndarray:
     """(n, 9) per-record values whose column means are the side's statistics (see _COLUMNS)."""
     pt, pr = side.target_precision.astype(np.float64), side.reference_precision.astype(np.float64)
     rt, rr = side.target_recall.astype(np.float64), side.reference_recall.astype(np.float64)
@@ -106,37 +106,111 @@ def _record_values(side: ObjectSide, bins: int) -> np.ndarray:
     return np.stack([np.sign(pt - pr), np.sign(rt - rr), at - ar, pt, pr, rt, rr, at, ar], axis=1)
 
 
-def _chunks(n: int, draws: int):
-    step = max(1, _CHUNK_ELEMENTS // max(n, 1))
-    for start in range(0, draws, step):
-        yield start, min(step, draws - start)
+def _chunks(draws: range, n: int):
+    """Consecutive sub-ranges of ``draws`` of at most _CHUNK_ELEMENTS (draws x n) elements each."""
+    for start, stop in stats.draw_chunks(len(draws), n, _CHUNK_ELEMENTS):
+        yield draws[start:stop]
 
 
-def _bootstrap_means(values: np.ndarray, draws: int, rng: np.random.Generator) -> np.ndarray:
-    """(draws, m) column means of values (n, m) over resamples of its rows (counts @ values)."""
+def bootstrap_means(values: np.ndarray, side: int, seed: int, draws: range) -> np.ndarray:
+    """(len(draws), m) column means of values (n, m) over bootstrap resamples of its rows.
+
+    Draw d resamples with its own generator, keyed (seed, bootstrap, side, d): any split of the
+    draws (chunks here, tasks in the measure stage) gives the same rows.
+    """
     n = len(values)
-    out = np.empty((draws, values.shape[1]))
-    for start, size in _chunks(n, draws):
-        idx = stats.bootstrap_indices(n, size, rng)  # (size, n)
-        flat = (idx + n * np.arange(size)[:, None]).ravel()
-        counts = np.bincount(flat, minlength=size * n).reshape(size, n)
+    out = np.empty((len(draws), values.shape[1]))
+    row = 0
+    for chunk in _chunks(draws, n):
+        counts = np.empty((len(chunk), n))
+        for j, d in enumerate(chunk):
+            counts[j] = np.bincount(stats.resample_indices(n, stats.draw_rng(seed, stats.BOOTSTRAP, side, d)), minlength=n)
         # One (1, n) @ (n, m) product per draw: its rounding cannot depend on the chunk's size.
-        out[start : start + size] = (counts[:, None, :] @ values)[:, 0] / n
+        out[row : row + len(chunk)] = (counts[:, None, :] @ values)[:, 0] / n
+        row += len(chunk)
     return out
 
 
-def _swap_means(gaps: np.ndarray, draws: int, rng: np.random.Generator) -> np.ndarray:
-    """(draws, m) column means of gaps (n, m) under random target/reference swaps.
+def swap_means(gaps: np.ndarray, side: int, seed: int, draws: range) -> np.ndarray:
+    """(len(draws), m) column means of gaps (n, m) under random target/reference swaps.
 
     Swapping a record's target and reference negates its sign(P_t - P_r), sign(R_t - R_r) and
-    area difference, so each swap draw is a sign flip of the record's row.
+    area difference, so each swap draw is a sign flip of the record's row; draw d's flips come
+    from its own generator, keyed (seed, swap, side, d).
     """
     n = len(gaps)
-    out = np.empty((draws, gaps.shape[1]))
-    for start, size in _chunks(n, draws):
-        signs = np.where(stats.swap_masks(n, size, rng), -1.0, 1.0)  # (size, n)
-        out[start : start + size] = (signs[:, None, :] @ gaps)[:, 0] / n
+    out = np.empty((len(draws), gaps.shape[1]))
+    row = 0
+    for chunk in _chunks(draws, n):
+        signs = np.empty((len(chunk), n))
+        for j, d in enumerate(chunk):
+            signs[j] = np.where(stats.swap_mask(n, stats.draw_rng(seed, stats.SWAP, side, d)), -1.0, 1.0)
+        out[row : row + len(chunk)] = (signs[:, None, :] @ gaps)[:, 0] / n
+        row += len(chunk)
     return out
+
+
+@dataclass(frozen=True)
+class SideDraws:
+    """What the population test needs of one non-empty side: its observed column means (9,),
+    its recall curves (bins + 1,) and its bootstrap (B, 9) and swap (P, 3) draws. Aggregates
+    only: a side's draws may be computed in pieces anywhere and stacked (``stack``)."""
+
+    n: int
+    observed: np.ndarray
+    target_curve: np.ndarray
+    reference_curve: np.ndarray
+    boot: np.ndarray
+    null: np.ndarray
+
+    @staticmethod
+    def stack(pieces: Sequence["SideDraws"]) -> "SideDraws":
+        """One side's draws from pieces over consecutive draw ranges (in draw order)."""
+        first = pieces[0]
+        return SideDraws(first.n, first.observed, first.target_curve, first.reference_curve,
+                         np.concatenate([p.boot for p in pieces]), np.concatenate([p.null for p in pieces]))
+
+
+def side_draws(side: ObjectSide, index: int, seed: int, boot: range, swaps: range, bins: int = 100) -> SideDraws:
+    """The population test's aggregates of one non-empty side (its ``index`` among the test's
+    sides keys its draws) over the given bootstrap and swap draws."""
+    values = side_values(side, bins)
+    return SideDraws(
+        n=len(side),
+        observed=values.mean(axis=0),
+        target_curve=recall_curve(side.target_recall, bins)[1],
+        reference_curve=recall_curve(side.reference_recall, bins)[1],
+        boot=bootstrap_means(values, index, seed, boot),
+        null=swap_means(values[:, :_GAPS], index, seed, swaps),
+    )
+
+
+def population_summary(n: Sequence[int], present: Sequence[SideDraws], permutations: int, level: float,
+                       bins: int = 100) -> dict:
+    """PPG, PRG and AUCG with intervals and p-values, mean P and R, the curve: each statistic
+    averaged over the non-empty sides ``present``; ``n`` lists every side's size."""
+    observed = np.mean([s.observed for s in present], axis=0)  # (9,)
+    boot = np.mean([s.boot for s in present], axis=0)  # (bootstrap, 9)
+    null = np.mean([s.null for s in present], axis=0)  # (permutations, 3)
+    p_values = stats.permutation_p_value(observed[:_GAPS], null)
+    lo, hi = stats.percentile_interval(boot, level)
+    est = {c: {"value": float(observed[j]), "ci": [float(lo[j]), float(hi[j])]} for j, c in enumerate(_COLUMNS)}
+    for j, c in enumerate(_COLUMNS[:_GAPS]):
+        est[c]["p_value"], est[c]["permutations"] = float(p_values[j]), int(permutations)
+    return {
+        "n": [int(k) for k in n],
+        "ppg": est["ppg"],
+        "prg": est["prg"],
+        "aucg": est["aucg"],
+        "precision": {"target": est["p_target"], "reference": est["p_reference"]},
+        "recall": {"target": est["r_target"], "reference": est["r_reference"]},
+        "auc": {"target": est["auc_target"], "reference": est["auc_reference"]},
+        "curve": {
+            "x": np.linspace(0.0, 1.0, bins + 1).tolist(),
+            "target": np.mean([s.target_curve for s in present], axis=0).tolist(),
+            "reference": np.mean([s.reference_curve for s in present], axis=0).tolist(),
+        },
+    }
 
 
 def population_test(
@@ -149,40 +223,16 @@ def population_test(
 ) -> dict:
     """PPG, PRG and AUCG with bootstrap intervals and swap-test p-values; mean P and R; the curve.
 
-    Each statistic is computed per side and averaged over the non-empty sides. Returns plain data:
-    estimates as {"value", "ci": [lo, hi]}, gaps also with "p_value" and "permutations"; "n" lists every side given.
+    Each statistic is computed per side and averaged over the non-empty sides; a side's draws are
+    keyed by its index in ``sides``. Returns plain data: estimates as {"value", "ci": [lo, hi]},
+    gaps also with "p_value" and "permutations"; "n" lists every side given.
     """
     if bootstrap < 1 or permutations < 1:
         raise ValueError(f"need bootstrap >= 1 and permutations >= 1, got {bootstrap}, {permutations}")
-    present = [s for s in sides if len(s) > 0]
+    present = [side_draws(s, k, seed, range(bootstrap), range(permutations), bins) for k, s in enumerate(sides) if len(s)]
     if not present:
         raise ValueError("population_test needs at least one non-empty side")
-    rng = np.random.default_rng(seed)
-    values = [_record_values(s, bins) for s in present]
-    observed = np.mean([v.mean(axis=0) for v in values], axis=0)  # (9,)
-    boot = np.mean([_bootstrap_means(v, bootstrap, rng) for v in values], axis=0)  # (bootstrap, 9)
-    null = np.mean([_swap_means(v[:, :_GAPS], permutations, rng) for v in values], axis=0)
-    p_values = stats.permutation_p_value(observed[:_GAPS], null)
-    lo, hi = stats.percentile_interval(boot, level)
-    est = {c: {"value": float(observed[j]), "ci": [float(lo[j]), float(hi[j])]} for j, c in enumerate(_COLUMNS)}
-    for j, c in enumerate(_COLUMNS[:_GAPS]):
-        est[c]["p_value"], est[c]["permutations"] = float(p_values[j]), int(permutations)
-    target_curve = np.mean([recall_curve(s.target_recall, bins)[1] for s in present], axis=0)
-    reference_curve = np.mean([recall_curve(s.reference_recall, bins)[1] for s in present], axis=0)
-    return {
-        "n": [len(s) for s in sides],
-        "ppg": est["ppg"],
-        "prg": est["prg"],
-        "aucg": est["aucg"],
-        "precision": {"target": est["p_target"], "reference": est["p_reference"]},
-        "recall": {"target": est["r_target"], "reference": est["r_reference"]},
-        "auc": {"target": est["auc_target"], "reference": est["auc_reference"]},
-        "curve": {
-            "x": np.linspace(0.0, 1.0, bins + 1).tolist(),
-            "target": target_curve.tolist(),
-            "reference": reference_curve.tolist(),
-        },
-    }
+    return population_summary([len(s) for s in sides], present, permutations, level, bins)
 
 
 def _pooled(sides: Sequence[ObjectSide]):

@@ -2,10 +2,10 @@
 
 Records are resampled within each side of a test (stratified bootstrap), and gaps are tested with
 a paired randomisation test that swaps each record's target and reference outcome with
-probability 1/2. Two ways to draw: ``bootstrap_indices``/``swap_masks`` give (draws, n) matrices
-from one sequential stream (the VLM test chunks those calls); ``draw_rng`` gives each draw its own
-generator, keyed by (seed, purpose, side, draw), so a caller may chunk draws any way it likes and
-still get the same numbers.
+probability 1/2. The tests' draws each have their own generator (``draw_rng``), keyed by (seed,
+purpose, side, draw), so a caller may split draws any way it likes (chunks in one process, tasks
+on a cluster) and still get the same numbers. ``bootstrap_indices`` gives (draws, n) matrices from
+one sequential stream (the linear probe's small intervals).
 """
 from __future__ import annotations
 
