@@ -191,7 +191,7 @@ def measure_inputs() -> None:
     from study.data.records import decode_image
     from study.embed.views import resize
     from study.core.object_sets import ObjectSets
-    from study.kinds.vlm_dejavu.measure import record_scores
+    from study.kinds.vlm_dejavu.outcomes import record_scores
 
     rng, blobs = np.random.default_rng(0), []
     for _ in range(300):  # smooth colour fields plus noise: ~30 KB at quality 95, like LAION's 256 px

@@ -187,8 +187,8 @@ def main(argv: list[str] | None = None) -> int:
     commands = {"run": _run, "report": _report, "data": _data}
     try:
         return commands[args.command](args)
-    except StudyError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except StudyError as exc:  # also Ray's wrapper of a task's StudyError, whose text holds the task's traceback
+        print(f"error: {_study_error(exc)}", file=sys.stderr)
         return 2
     except PermissionError as exc:  # an output or input location the user cannot use
         print(f"error: permission denied: {exc.filename or exc}", file=sys.stderr)
@@ -209,8 +209,10 @@ def main(argv: list[str] | None = None) -> int:
 
 def _study_error(exc: BaseException) -> StudyError | None:
     """The StudyError a Ray task raised, from the exception Ray re-raised on the driver (its
-    ``cause`` or ``__cause__`` chain), else None."""
-    return next((e for e in causes(exc) if isinstance(e, StudyError)), None)
+    ``cause`` or ``__cause__`` chain), else None: the innermost one, since Ray's re-raised error
+    is itself an instance of the task's error class, with the task's traceback as its text."""
+    found = [e for e in causes(exc) if isinstance(e, StudyError)]
+    return found[-1] if found else None
 
 
 def entry() -> None:

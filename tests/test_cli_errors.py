@@ -185,3 +185,18 @@ def test_ssl_input_without_boxes_column(tmp_path, capsys, ray_local):
                   "--set", f"data.path={tmp_path / 'in'}")
     assert_one_line_error(proc, "lack column(s) ['boxes']", "ssl_dejavu")
     assert not (tmp_path / "out").exists()  # stopped before any stage
+
+
+def test_a_study_error_raised_in_a_ray_task_is_its_own_line():
+    """Ray re-raises a task's error as an instance of the task's error class whose text is the
+    task's traceback; the command prints the task's StudyError alone."""
+    from ray.exceptions import RayTaskError
+
+    from study.cli import _study_error
+    from study.errors import StudyError
+
+    inner = StudyError("search results under s3://b/x name 1 neighbour(s) that are not public records")
+    wrapped = RayTaskError("score_part", "Traceback (most recent call last):\n  File ...", inner).as_instanceof_cause()
+    assert isinstance(wrapped, StudyError) and str(wrapped) != str(inner)  # the text: where the task ran, its traceback
+    assert _study_error(wrapped) is inner
+    assert _study_error(ValueError("not ours")) is None

@@ -8,7 +8,9 @@ import pytest
 from study.data.lookup import IdIndex
 from study.errors import StudyError
 from study.kinds.ssl_dejavu.measure import dropped_counts, knn_outcomes
-from study.kinds.vlm_dejavu.measure import in_id_order, read_neighbours
+from study.core.object_sets import ObjectSets
+from study.kinds.vlm_dejavu import outcomes
+from study.kinds.vlm_dejavu.objects import ObjectTables, Texts
 from study.search.results import (ResultWriter, check_queries, check_same_queries, iter_results, neighbour_matrix,
                                   public_rows)
 
@@ -79,18 +81,49 @@ def test_repeated_queries_are_not_the_same_records(tmp_path):
                            {"model_a": "a", "model_b": "b"})
 
 
+def vlm_tables() -> ObjectTables:
+    """Objects cat (0), dog (1), tree (2); public p0..p7; queries q0..q3 with their captions."""
+    import pyarrow as pa
+
+    public = ObjectSets.from_lists([[0], [1], [2], [0, 1], [1, 2], [0, 2], [], [0, 1, 2]], 3)
+    attacked = ObjectSets.from_lists([[0, 1], [2], [0, 2], [1]], 3)
+    captions = ["a cat", "a tree", "nothing named", "a dog"]
+    return ObjectTables(["cat", "dog", "tree"], IdIndex([PUBLIC]), public, IdIndex([QUERIES]), attacked,
+                        Texts.from_arrow(pa.array(captions)))
+
+
 def test_vlm_neighbours_must_be_public(tmp_path):
     uri = write_results(tmp_path / "a", QUERIES, [["p0", "p1"], ["p2"], ["nope", "p3"], ["p4"]])
     with pytest.raises(StudyError, match=r"1 neighbour\(s\) .*first: nope"):
-        read_neighbours(uri, IdIndex([PUBLIC]))
+        outcomes.score_part(vlm_tables(), uri, 0, str(tmp_path / "out"), (1, 2), 3)
+    # the part without it scores: q3's nearest is p4 (dog, tree), its ground truth dog
+    assert outcomes.score_part(vlm_tables(), uri, 1, str(tmp_path / "out"), (1,), 3) == {
+        "records": 1, "no_gt/all": 0, "no_gt/unnamed": 1}  # its caption names its one object
 
 
-def test_vlm_rows_align_by_id_whatever_the_result_order(tmp_path):
+def test_vlm_query_outside_the_attacked_split(tmp_path):
+    uri = write_results(tmp_path / "a", ["q0", "elsewhere"], [["p0"], ["p1"]])
+    with pytest.raises(StudyError, match=r"1 of 2 queries .*first: elsewhere"):
+        outcomes.score_part(vlm_tables(), uri, 0, str(tmp_path / "out"), (1,), 3)
+
+
+def test_vlm_outcomes_align_by_id_whatever_the_result_order(tmp_path):
     a = write_results(tmp_path / "a", ["q2", "q0", "q1"], [["p2"], ["p0"], ["p1", "p5"]])
     b = write_results(tmp_path / "b", ["q1", "q2", "q0"], [["p1", "p5"], ["p2"], ["p0"]])
-    (ia, Ia), (ib, Ib) = (in_id_order(*read_neighbours(u, IdIndex([PUBLIC]))) for u in (a, b))
+    for name, uri in (("a", a), ("b", b)):
+        outcomes.score_part(vlm_tables(), uri, 0, str(tmp_path / f"out-{name}"), (1, 2), 3)
+    (ia, sa), (ib, sb) = (outcomes.read_outcomes(str(tmp_path / f"out-{n}"), (1, 2), "all") for n in "ab")
     assert ia.tolist() == ib.tolist() == ["q0", "q1", "q2"]
-    assert np.array_equal(Ia, Ib) and Ia.tolist() == [[0, -1], [1, 5], [2, -1]]
+    for key in sa:
+        assert all(np.array_equal(sa[key][c], sb[key][c]) for c in sa[key])
+    # By hand, k = 2, union: q0 (cat, dog) <- p0 (cat): 1 hit of 1; q1 (tree) <- p1, p5 (dog; cat, tree):
+    # 1 hit of 3; q2 (cat, tree) <- p2 (tree): 1 hit of 1.
+    got = sa[(2, "union")]
+    assert got["hits"].tolist() == [1, 1, 1] and got["pred_size"].tolist() == [1, 3, 1]
+    assert got["recall"].tolist() == [0.5, 1.0, 0.5]
+    # Unnamed: q0's caption names the cat (left: dog), q1's the tree (left: none, so q1 is left out).
+    iu, su = outcomes.read_outcomes(str(tmp_path / "out-a"), (1, 2), "unnamed")
+    assert iu.tolist() == ["q0", "q2"] and su[(2, "union")]["hits"].tolist() == [0, 1]
 
 
 def test_unknown_neighbours_exclude_padding(tmp_path):

@@ -444,7 +444,7 @@ def test_module_imports_neither_ray_nor_faiss():
 def test_scores_in_batches_of_queries_equal_one_pass(monkeypatch):
     """The measure stage scores a split's queries a batch at a time (bounded memory); the per-record
     scores equal one pass over them all, whatever the batch size."""
-    from study.kinds.vlm_dejavu import measure
+    from study.kinds.vlm_dejavu import outcomes
 
     rng = np.random.default_rng(5)
     C, nb, nq, K = 500, 60, 53, 10
@@ -454,6 +454,6 @@ def test_scores_in_batches_of_queries_equal_one_pass(monkeypatch):
     for rule in PREDICTION_RULES:
         whole = overlap(gt, PREDICTION_RULES[rule](neighbour_votes(public, I, 5), 3))
         for rows in (1, 7, 53, 1000):
-            monkeypatch.setattr(measure, "SCORE_ROWS", rows)
-            got = measure.record_scores(I, public, gt, 5, rule, 3)
+            monkeypatch.setattr(outcomes, "SCORE_ROWS", rows)
+            got = outcomes.record_scores(I, public, gt, 5, rule, 3)
             assert set(got) == set(whole) and all(np.array_equal(got[c], whole[c]) for c in whole)

@@ -21,7 +21,8 @@ from study.frame.context import RunContext
 from study.frame.kinds import get_kind
 from study.kinds.vlm_dejavu.text_retriever import CONTROLS, RETRIEVER
 from study.frame.validate import check_registries
-from study.kinds.vlm_dejavu.measure import control_results, record_scores
+from study.kinds.vlm_dejavu.measure import control_results
+from study.kinds.vlm_dejavu.outcomes import record_scores
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VLM = os.path.join(ROOT, "configs/quickstart-vlm.yaml")

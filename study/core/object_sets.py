@@ -162,7 +162,13 @@ def overlap(gt: ObjectSets, pred: ObjectSets) -> dict:
     width = max(gt.vocab_size, 1)
     pred_rows = pred.rows_of_pairs()
     found = np.isin(pred_rows * width + pred.indices, gt.rows_of_pairs() * width + gt.indices, assume_unique=True)
-    hits = np.bincount(pred_rows[found], minlength=len(gt))
+    return scores(np.bincount(pred_rows[found], minlength=len(gt)), pred_size, gt_size)
+
+
+def scores(hits: np.ndarray, pred_size: np.ndarray, gt_size: np.ndarray) -> dict:
+    """Per-record hits, |pred|, |GT|, precision, recall and F from the three counts, each (n,):
+    what ``overlap`` gives, from counts stored per record (precision 0 where pred is empty)."""
+    hits, pred_size, gt_size = (np.asarray(a, dtype=np.int64) for a in (hits, pred_size, gt_size))
     precision = np.divide(hits, pred_size, out=np.zeros(len(hits)), where=pred_size > 0)
     recall = hits / gt_size
     return {"hits": hits, "pred_size": pred_size, "gt_size": gt_size, "precision": precision, "recall": recall,

@@ -11,86 +11,83 @@ from __future__ import annotations
 
 import numpy as np
 
+import ray
+
 from study.report.pvalues import p_is
 from study import storage
-from study.core.object_sets import PREDICTION_RULES, ObjectSets, neighbour_votes, overlap
-from study.core.objects import ObjectSide, most_memorized, named_objects, population_test, sample_level
-from study.data.lookup import IdIndex
+from study.core.object_sets import PREDICTION_RULES
+from study.core.objects import ObjectSide, most_memorized, population_test, sample_level
 from study.frame.context import RunContext, read_marker
 from study.frame.kinds import CONTROLS, get_kind, side_mask
-from study.kinds.vlm_dejavu.objects import ObjectTables, object_sets, object_tables
-from study.search.results import check_queries, check_same_queries, iter_results, public_rows
+from study.kinds.vlm_dejavu import outcomes
+from study.kinds.vlm_dejavu.objects import object_tables
+from study.kinds.vlm_dejavu.utility import utility_rows
+from study.search import results
+from study.search.results import check_same_queries
 
-BATCH_ROWS = 65_536  # records or queries per batch
-SCORE_ROWS = 8_192  # queries per scoring batch: ~k x 5 objects x 40 bytes each at its peak, ~160 MB at k = 100
-VARIANTS = ("all", "unnamed")  # ground truth: every object, or those the caption does not name
-
-
-def ground_truth(objects: list, captions: list, variant: str, vocab: dict[str, int]) -> tuple[np.ndarray, ObjectSets]:
-    """(keep (n,) bool: records with ground truth for this variant, the kept records' object
-    sets), from the queries' objects and captions in query order."""
-    rows = objects
-    if variant == "unnamed":
-        rows = [sorted(set(o) - set(named_objects(c, o))) for o, c in zip(objects, captions)]
-    keep = np.array([len(g) > 0 for g in rows], dtype=bool)
-    return keep, object_sets([g for g, k in zip(rows, keep) if k], vocab)
+IN_FLIGHT_PER_CPU = 2  # scoring tasks submitted per CPU of the cluster at a time
+PROGRESS_PARTS = 20  # with this many parts or more, progress is logged every tenth of them
 
 
-def read_neighbours(uri: str, public: IdIndex) -> tuple[np.ndarray, np.ndarray]:
-    """(query ids (n,) str, neighbour rows of the public set (n, k)) of one search, in batches; a
-    StudyError if a neighbour is not a public record."""
-    ids, rows = [], []
-    for batch in iter_results(uri, BATCH_ROWS):
-        ids.append(np.asarray(batch.column("query_id").to_pylist(), dtype=str))
-        rows.append(public_rows(batch.column("neighbor_ids"), public, uri))
-    k = max((r.shape[1] for r in rows), default=0)
-    rows = [np.pad(r, ((0, 0), (0, k - r.shape[1])), constant_values=-1) for r in rows]
-    return (np.concatenate(ids) if ids else np.zeros(0, str)), (np.concatenate(rows) if rows else np.zeros((0, 0), np.int64))
+def outcome_dir(ctx: RunContext, model: str, split: str, space: str) -> str:
+    return ctx.stage_dir("measure", "outcomes", model, split, space)
 
 
-def in_id_order(ids: np.ndarray, I: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Query ids and neighbour rows sorted by id: results do not depend on the order of the
-    result files, and the models' rows align once they hold the same queries."""
-    order = np.argsort(ids, kind="stable")
-    return ids[order], I[order]
+def score_searches(ctx: RunContext, tables, keys: list[tuple[str, str, str]]) -> dict:
+    """Score every part of the given searches ((model, split, space)) in Ray tasks, each writing
+    its outcome file; returns {key: summed counts}. At most IN_FLIGHT_PER_CPU tasks per CPU are
+    queued at once, and progress is logged as parts finish."""
+    m = ctx.cfg.measure
+    task = ray.remote(num_cpus=1)(outcomes.score_part)
+    jobs = []
+    for key in keys:
+        uri = ctx.search_results(*key)
+        out = outcome_dir(ctx, *key)
+        storage.remove(out)
+        parts = int(storage.read_json(storage.join(uri, results.PARTS))["complete"])
+        jobs += [(key, uri, j, out) for j in range(parts)]
+    window = max(1, IN_FLIGHT_PER_CPU * int(ray.cluster_resources().get("CPU", 1)))
+    counts: dict = {key: {} for key in keys}
+    pending: dict = {}
+    done = 0
+    for job in jobs + [None] * window:
+        if job is not None:
+            key, uri, j, out = job
+            pending[task.remote(tables, uri, j, out, tuple(m.ks), m.top_n)] = key
+        if len(pending) >= window or (job is None and pending):
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            key = pending.pop(ready[0])
+            for name, value in ray.get(ready[0]).items():
+                counts[key][name] = counts[key].get(name, 0) + value
+            done += 1
+            if len(jobs) >= PROGRESS_PARTS and done % (len(jobs) // 10) == 0 and done < len(jobs):
+                ctx.log("measure", f"scored {done}/{len(jobs)} parts of search results")
+    records = sum(c.get("records", 0) for c in counts.values())
+    ctx.log("measure", f"scored {records} queries' outcomes from {len(jobs)} parts of search results in tasks")
+    return counts
 
 
-def record_scores(I: np.ndarray, public_objects: ObjectSets, gt: ObjectSets, k: int, rule: str, top_n: int) -> dict:
-    """Per-record hits, |pred|, |GT|, precision, recall, F of one model's predictions at one k,
-    SCORE_ROWS queries at a time: the votes of a batch hold a (query, object) pair per object of
-    each of a query's first k neighbours, about k x objects per image pairs a query."""
-    if len(I) <= SCORE_ROWS:
-        return overlap(gt, PREDICTION_RULES[rule](neighbour_votes(public_objects, I, min(k, I.shape[1])), top_n))
-    parts = [record_scores(I[start : start + SCORE_ROWS], public_objects,
-                           gt.take(np.arange(start, min(start + SCORE_ROWS, len(I)))), k, rule, top_n)
-             for start in range(0, len(I), SCORE_ROWS)]
-    return {key: np.concatenate([part[key] for part in parts]) for key in parts[0]}
-
-
-def split_scores(ctx: RunContext, tables: ObjectTables, split: str, searches: dict[str, str],
-                 skipped: dict) -> dict:
-    """{(model, split): {(k, rule, variant): (ids, overlap dict)}} of one attacked split for each
-    model's search (``searches``: model -> space); records without ground truth for a variant are
-    left out and counted in ``skipped``. Every model must hold the same queries."""
+def split_scores(ctx: RunContext, split: str, searches: dict[str, str], counts: dict, skipped: dict) -> dict:
+    """{(model, split): {(k, rule, variant): (ids, scores dict)}} of one attacked split for each
+    model's search (``searches``: model -> space), read from the outcome files; records without
+    ground truth for a variant are left out and counted in ``skipped``. Every model must hold the
+    same queries."""
     m = ctx.cfg.measure
     uris = {model: ctx.search_results(model, split, space) for model, space in searches.items()}
-    searched = {model: read_neighbours(uri, tables.public) for model, uri in uris.items()}
-    check_same_queries({model: ids for model, (ids, _) in searched.items()}, uris)
-    searched = {model: in_id_order(ids, I) for model, (ids, I) in searched.items()}
-    q_ids = next(iter(searched.values()))[0]
-    rows = tables.attacked.rows(q_ids)
-    check_queries(q_ids, rows, next(iter(uris.values())))
-    objects = [tables.attacked_objects[r] for r in rows]
-    captions = [tables.attacked_captions[r] for r in rows]
-    truths = {variant: ground_truth(objects, captions, variant, tables.vocab) for variant in VARIANTS}  # same for every model
-    for variant, (keep, _) in truths.items():
-        skipped[f"{split}/{variant}"] = int((~keep).sum())
+    where = {model: outcome_dir(ctx, model, split, space) for model, space in searches.items()}
+    check_same_queries({model: outcomes.all_ids(uri) for model, uri in where.items()}, uris)
+    first = next(iter(searches.items()))
+    for variant in outcomes.VARIANTS:
+        skipped[f"{split}/{variant}"] = int(counts[(first[0], split, first[1])].get(f"no_gt/{variant}", 0))
     scores = {}
-    for model, (_, I) in searched.items():
-        scores[(model, split)] = {
-            (k, rule, variant): (q_ids[keep], record_scores(I[keep], tables.public_objects, gt, k, rule, m.top_n))
-            for variant, (keep, gt) in truths.items() for k in m.ks for rule in PREDICTION_RULES}
-    return scores
+    for model, uri in where.items():
+        per = scores.setdefault((model, split), {})
+        for variant in outcomes.VARIANTS:
+            ids, by_key = outcomes.read_outcomes(uri, m.ks, variant)
+            for (k, rule), sc in by_key.items():
+                per[(k, rule, variant)] = (ids, sc)
+    return {key: {(k, rule, v): per[(k, rule, v)] for v in outcomes.VARIANTS for k in m.ks for rule in PREDICTION_RULES}
+            for key, per in scores.items()}
 
 
 def control_entries(scores: dict, rows: list, control: str, m, seed: int, gallery_size: int) -> dict:
@@ -149,28 +146,40 @@ def run_measure(ctx: RunContext) -> dict:
     cfg = ctx.cfg
     kind = get_kind(cfg.study)
     attacked = kind.attacked_sets(cfg)
-    tables = object_tables(ctx, attacked)
+    # The object tables are built by a task and stay in the object store: the scoring tasks read
+    # them there, the driver gets the vocabulary and the utility's few records.
+    tables = ray.remote(num_cpus=1)(object_tables).remote(ctx.data_root, ctx.splits_dir, attacked)
     retriever = text_retriever.searches(cfg)  # {(model, space): views}, empty when it is off
+    per_space = {space: {**{model: space for model in kind.models_for(cfg)}, **{model: sp for model, sp in retriever}}
+                 for space in kind.spaces_for(cfg)}
+    keys = sorted({(model, split, sp) for searches in per_space.values() for model, sp in searches.items()
+                   for split in attacked})
+    counts = score_searches(ctx, tables, keys)
     results, one_model, skipped = {}, {}, {}
-    for space in kind.spaces_for(cfg):
-        searches = {**{model: space for model in kind.models_for(cfg)}, **{model: sp for model, sp in retriever}}
+    for space, searches in per_space.items():
         scores = {}
         for split in attacked:
-            scores.update(split_scores(ctx, tables, split, searches, skipped))
+            scores.update(split_scores(ctx, split, searches, counts, skipped))
         results[space] = control_results(ctx, scores, CONTROLS, space)
         if retriever:
             one_model[space] = control_results(ctx, scores, text_retriever.CONTROLS,
                                                f"{space} vs. {text_retriever.RETRIEVER}", one_sided=True)
     from study.kinds.vlm_dejavu.utility import measure_utility
 
-    utility = measure_utility(ctx, tables)
+    rows = ray.get(ray.remote(num_cpus=1)(utility_rows).remote(tables, ctx.splits_dir, cfg.measure.utility_records))
+    utility = measure_utility(ctx, rows)
     ctx.log("measure", "utility: " + ", ".join(f"{k} {v:.3f}" for k, v in utility.items() if isinstance(v, float)))
+    vocabulary = ray.get(ray.remote(num_cpus=1)(_names).remote(tables))
     storage.write_json(ctx.measure_results, {"spaces": results, "utility": utility, "skipped_no_gt": skipped,
-                                             "vocabulary": list(tables.vocab), "headline_key": headline_key(cfg.measure)})
+                                             "vocabulary": vocabulary, "headline_key": headline_key(cfg.measure)})
     public_captions = ((read_marker(ctx.stage_dir("embed")) or {}).get("summary", {}).get("sets", {})
                        .get("public_captions"))
     text_retriever.write_results(ctx, one_model if retriever else None, public_captions)
     return {"spaces": list(results), "utility": utility, "one_model": sorted(one_model)}
+
+
+def _names(tables) -> list[str]:
+    return list(tables.names)
 
 
 def headline_k(ks) -> int:

@@ -40,53 +40,97 @@ def _object_pairs(objects: pa.Array, vocab: pa.Array) -> tuple[np.ndarray, np.nd
     return rows[known], pc.fill_null(ids, 0).to_numpy(zero_copy_only=False).astype(np.int64)[known]
 
 
+class Texts:
+    """Strings as one UTF-8 buffer and (n + 1,) offsets: two NumPy arrays, which Ray hands to
+    tasks without copying them, where a list of millions of Python strings would be unpickled
+    in every task."""
+
+    def __init__(self, offsets: np.ndarray, data: np.ndarray):
+        self.offsets, self.data = offsets, data
+
+    @classmethod
+    def from_arrow(cls, texts: pa.Array) -> "Texts":
+        """From an Arrow string array (nulls as empty strings)."""
+        arr = pc.fill_null(texts, "").cast(pa.large_string())
+        if isinstance(arr, pa.ChunkedArray):
+            arr = arr.combine_chunks()
+        offsets = np.frombuffer(arr.buffers()[1], dtype=np.int64)[arr.offset : arr.offset + len(arr) + 1]
+        data = np.frombuffer(arr.buffers()[2], dtype=np.uint8) if arr.buffers()[2] is not None else np.zeros(0, np.uint8)
+        return cls(offsets - offsets[0], data[offsets[0] : offsets[-1]].copy())
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def __getitem__(self, i: int) -> str:
+        return self.data[self.offsets[i] : self.offsets[i + 1]].tobytes().decode()
+
+
 @dataclass
 class ObjectTables:
     """What the measurement needs of each record, from one scan of the records' metadata: the
-    public set's object sets in ``public`` index rows; the attacked records' objects and captions
-    (lists, in ``attacked`` index rows)."""
+    public and attacked records' object sets and the attacked records' captions, in their
+    ``IdIndex`` rows (a record the data lacks has no objects and an empty caption). NumPy arrays
+    throughout: the tables are built in a Ray task and read by the scoring tasks from the object
+    store, never held by the driver."""
 
-    vocab: dict[str, int]
+    names: list  # the vocabulary: object id -> name (sorted)
     public: IdIndex
     public_objects: ObjectSets
     attacked: IdIndex
-    attacked_objects: list
-    attacked_captions: list
+    attacked_objects: ObjectSets
+    attacked_captions: Texts
+
+    @property
+    def vocab(self) -> dict[str, int]:
+        return {o: j for j, o in enumerate(self.names)}
+
+    def objects_of(self, row: int) -> list[str]:
+        """The object names of an attacked record."""
+        return [self.names[j] for j in self.attacked_objects.row(row)]
 
 
-def _record_batches(ctx: RunContext, batch_rows: int = BATCH_ROWS):
-    yield from records.dataset(ctx.data_root).to_batches(columns=["id", "objects", "caption"], batch_size=batch_rows)
+def _record_batches(data_root: str, batch_rows: int = BATCH_ROWS):
+    yield from records.dataset(data_root).to_batches(columns=["id", "objects", "caption"], batch_size=batch_rows)
 
 
-def object_tables(ctx: RunContext, attacked: tuple[str, ...]) -> ObjectTables:
+def _sets(pair_rows: list, pair_objects: list, n: int, vocab_size: int) -> ObjectSets:
+    empty = np.zeros(0, np.int64)
+    return ObjectSets.from_pairs(np.concatenate(pair_rows) if pair_rows else empty,
+                                 np.concatenate(pair_objects) if pair_objects else empty, n, vocab_size)
+
+
+def object_tables(data_root: str, splits_dir: str, attacked: tuple[str, ...]) -> ObjectTables:
     """Two streaming passes over (id, objects, caption): the vocabulary, then the tables."""
-    public = IdIndex(b.column("id").to_pylist() for b in iter_split(ctx.splits_dir, "public"))
-    att = IdIndex(b.column("id").to_pylist() for s in attacked for b in iter_split(ctx.splits_dir, s))
+    public = IdIndex(b.column("id").to_pylist() for b in iter_split(splits_dir, "public"))
+    att = IdIndex(b.column("id").to_pylist() for s in attacked for b in iter_split(splits_dir, s))
     names = set()
-    for batch in _record_batches(ctx):
+    for batch in _record_batches(data_root):
         ids = batch.column("id").to_pylist()
         used = (public.rows(ids) >= 0) | (att.rows(ids) >= 0)
         names.update(pc.unique(pc.list_flatten(batch.column("objects").filter(pa.array(used)))).to_pylist())
     names.discard(None)
     vocab_names = sorted(names)
     vocab_arr = pa.array(vocab_names, pa.string())
-    pair_rows, pair_objects = [], []
-    att_objects, att_captions = [None] * len(att), [None] * len(att)
-    for batch in _record_batches(ctx):
+    pairs = {"public": ([], []), "attacked": ([], [])}
+    caption_rows, captions = [], []
+    for batch in _record_batches(data_root):
         ids = batch.column("id").to_pylist()
-        rows = public.rows(ids)
-        hit = rows >= 0
-        if hit.any():
-            in_batch, objs = _object_pairs(batch.column("objects").filter(pa.array(hit)), vocab_arr)
-            pair_rows.append(rows[hit][in_batch])
-            pair_objects.append(objs)
-        rows = att.rows(ids)
-        for j in np.flatnonzero(rows >= 0):  # attacked records only: their ground truth, per record
-            att_objects[rows[j]] = batch.column("objects")[int(j)].as_py() or []
-            att_captions[rows[j]] = batch.column("caption")[int(j)].as_py() or ""
-    empty = np.zeros(0, np.int64)
-    public_objects = ObjectSets.from_pairs(np.concatenate(pair_rows) if pair_rows else empty,
-                                           np.concatenate(pair_objects) if pair_objects else empty,
-                                           len(public), len(vocab_names))
-    return ObjectTables({o: j for j, o in enumerate(vocab_names)}, public, public_objects, att, att_objects,
-                        att_captions)
+        for name, index in (("public", public), ("attacked", att)):
+            rows = index.rows(ids)
+            hit = rows >= 0
+            if hit.any():
+                in_batch, objs = _object_pairs(batch.column("objects").filter(pa.array(hit)), vocab_arr)
+                pairs[name][0].append(rows[hit][in_batch])
+                pairs[name][1].append(objs)
+                if name == "attacked":
+                    caption_rows.append(rows[hit])
+                    captions.append(batch.column("caption").filter(pa.array(hit)))
+    # Captions in attacked rows; a record the data lacks gets an empty caption (the appended one).
+    found = pa.concat_arrays([c.cast(pa.large_string()) for c in captions] + [pa.array([""], pa.large_string())])
+    at = np.full(len(att), len(found) - 1, dtype=np.int64)
+    if caption_rows:
+        rows = np.concatenate(caption_rows)
+        at[rows] = np.arange(len(rows))
+    return ObjectTables(vocab_names, public, _sets(*pairs["public"], len(public), len(vocab_names)), att,
+                        _sets(*pairs["attacked"], len(att), len(vocab_names)),
+                        Texts.from_arrow(found.take(pa.array(at))))

@@ -12,8 +12,23 @@ from study.frame.kinds import get_kind
 from study.kinds.vlm_dejavu.objects import ObjectTables, object_sets
 
 
-def measure_utility(ctx: RunContext, tables: ObjectTables) -> dict:
-    """Zero-shot classification and image->text recall@1/@5 of each model on holdout records.
+def utility_rows(tables: ObjectTables, splits_dir: str, limit: int) -> list[tuple[str, list[str], str]]:
+    """(id, objects, caption) of the first ``limit`` holdout records in id order that have a
+    caption (retrieval needs it); runs where the tables are (a task), returns ``limit`` rows at most."""
+    candidates = []
+    for batch in iter_split(splits_dir, "holdout"):
+        ids = np.asarray(batch.column("id").to_pylist(), dtype=str)
+        rows = tables.attacked.rows(ids)
+        ids = ids[[r >= 0 and records.has_text(tables.attacked_captions[int(r)]) for r in rows]]
+        candidates.append(np.sort(ids)[:limit])  # the batch's candidates for the first `limit`
+    ids = np.sort(np.concatenate(candidates))[:limit].tolist() if candidates else []
+    rows = tables.attacked.rows(ids)
+    return [(i, tables.objects_of(int(r)), tables.attacked_captions[int(r)]) for i, r in zip(ids, rows)]
+
+
+def measure_utility(ctx: RunContext, rows: list[tuple[str, list[str], str]]) -> dict:
+    """Zero-shot classification and image->text recall@1/@5 of each model on holdout records
+    (``rows``: ``utility_rows``).
 
     Zero-shot: each image is classified by its most similar prompt over the object vocabulary
     (``measure.zero_shot_prompt``, else the data's own template); a prediction is right when it
@@ -29,15 +44,8 @@ def measure_utility(ctx: RunContext, tables: ObjectTables) -> dict:
     cfg = ctx.cfg
     if not cfg.splits.uses("holdout"):
         return {"note": "no holdout split: utility not measured"}
-    # The first records of the holdout in id order that have a caption (retrieval needs it).
-    candidates = []
-    for batch in iter_split(ctx.splits_dir, "holdout"):
-        ids = np.asarray(batch.column("id").to_pylist(), dtype=str)
-        rows = tables.attacked.rows(ids)
-        candidates.append(ids[[records.has_text(tables.attacked_captions[r]) for r in rows]])
-    ids = np.sort(np.concatenate(candidates))[: cfg.measure.utility_records].tolist() if candidates else []
-    rows = tables.attacked.rows(ids)
-    table = {i: (tables.attacked_objects[r], tables.attacked_captions[r]) for i, r in zip(ids, rows)}
+    ids = [i for i, _, _ in rows]
+    table = {i: (objects, caption) for i, objects, caption in rows}
     vocab = sorted({o for i in ids for o in table[i][0]})
     data = (read_marker(ctx.stage_dir("data")) or {}).get("summary", {})
     prompt = cfg.measure.zero_shot_prompt or data.get("prompt") or "a photo of a {}"

@@ -1,0 +1,124 @@
+"""Per-record outcomes of the VLM test, scored in Ray tasks, one task per part of a model's search
+results, and written to Parquet beside them; the driver receives counts.
+
+Layout of ``measure/outcomes/<model>/<split>/<space>/`` (the search results' own layout)::
+
+    part-00000.parquet, ...   id, gt/all, gt/unnamed (ground-truth sizes; 0: no ground truth for
+                              that variant, the record is left out of it), and per k, prediction
+                              rule and variant ``k=<k>/<rule>/<variant>/hits`` and ``.../pred``
+
+Counts only (int32): precision, recall and F follow from them (``object_sets.scores``) exactly as
+the scoring computed them. A task reads the object tables (``objects.ObjectTables``: the public
+and attacked records' object sets and the attacked captions) from the object store, where one
+task put them; no per-record table passes through the driver.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from study import storage
+from study.core.object_sets import PREDICTION_RULES, ObjectSets, neighbour_votes, overlap, scores
+from study.core.objects import named_objects
+from study.search import results
+from study.search.results import check_queries, public_rows
+
+SCORE_ROWS = 8_192  # queries per scoring batch: ~k x 5 objects x 40 bytes each at its peak, ~160 MB at k = 100
+VARIANTS = ("all", "unnamed")  # ground truth: every object, or those the caption does not name
+
+
+def column(k: int, rule: str, variant: str, field: str) -> str:
+    return f"k={k}/{rule}/{variant}/{field}"
+
+
+def ground_truth(tables, rows: np.ndarray) -> dict[str, ObjectSets]:
+    """{variant: object sets of the given attacked rows}; the unnamed variant drops the objects
+    the record's caption names."""
+    all_sets = tables.attacked_objects.take(rows)
+    unnamed = []
+    for j, r in enumerate(rows):
+        ids = all_sets.row(j)
+        names = [tables.names[o] for o in ids]
+        named = set(named_objects(tables.attacked_captions[int(r)], names))
+        unnamed.append([o for o, name in zip(ids, names) if name not in named])
+    return {"all": all_sets, "unnamed": ObjectSets.from_lists(unnamed, all_sets.vocab_size)}
+
+
+def record_scores(I: np.ndarray, public_objects: ObjectSets, gt: ObjectSets, k: int, rule: str, top_n: int) -> dict:
+    """Per-record hits, |pred|, |GT|, precision, recall, F of one model's predictions at one k,
+    SCORE_ROWS queries at a time: the votes of a batch hold a (query, object) pair per object of
+    each of a query's first k neighbours, about k x objects per image pairs a query."""
+    if len(I) <= SCORE_ROWS:
+        return overlap(gt, PREDICTION_RULES[rule](neighbour_votes(public_objects, I, min(k, I.shape[1])), top_n))
+    parts = [record_scores(I[start : start + SCORE_ROWS], public_objects,
+                           gt.take(np.arange(start, min(start + SCORE_ROWS, len(I)))), k, rule, top_n)
+             for start in range(0, len(I), SCORE_ROWS)]
+    return {key: np.concatenate([part[key] for part in parts]) for key in parts[0]}
+
+
+def score_table(tables, q_ids: np.ndarray, I: np.ndarray, ks, top_n: int) -> pa.Table:
+    """The outcome columns of one batch of queries (ids (n,), public rows of their neighbours (n, k))."""
+    truths = ground_truth(tables, tables.attacked.rows(q_ids))
+    cols = {"id": pa.array(q_ids, pa.string())}
+    cols.update({f"gt/{v}": pa.array(gt.sizes().astype(np.int32)) for v, gt in truths.items()})
+    for variant, gt in truths.items():
+        keep = gt.sizes() > 0
+        kept = gt.take(np.flatnonzero(keep))
+        for k in ks:
+            for rule in PREDICTION_RULES:
+                hits, pred = np.zeros(len(q_ids), np.int32), np.zeros(len(q_ids), np.int32)
+                if keep.any():
+                    got = record_scores(I[keep], tables.public_objects, kept, k, rule, top_n)
+                    hits[keep], pred[keep] = got["hits"], got["pred_size"]
+                cols[column(k, rule, variant, "hits")] = pa.array(hits)
+                cols[column(k, rule, variant, "pred")] = pa.array(pred)
+    return pa.table(cols)
+
+
+def score_part(tables, results_uri: str, part: int, out_uri: str, ks: tuple, top_n: int) -> dict:
+    """Score one part of a model's search results and write its outcomes; returns counts
+    ({"records", "no_gt/<variant>"}). A neighbour that is not a public record, or a query that is
+    not an attacked record, stops the run (``search.results`` checks)."""
+    fs, path = storage.fs_and_path(results.part_uri(results_uri, part))
+    with fs.open(path, "rb") as fh:
+        found = pq.read_table(fh, columns=["query_id", "neighbor_ids"])
+    q_ids = np.asarray(found.column("query_id").to_pylist(), dtype=str)
+    I = public_rows(found.column("neighbor_ids").combine_chunks(), tables.public, results_uri)
+    check_queries(q_ids, tables.attacked.rows(q_ids), results_uri)
+    table = score_table(tables, q_ids, I, ks, top_n)
+    target = storage.join(out_uri, f"part-{part:05d}.parquet")
+    storage.makedirs(out_uri)
+    fs, path = storage.fs_and_path(target)
+    with fs.open(path, "wb") as fh:
+        pq.write_table(table, fh)
+    return {"records": len(q_ids), **{f"no_gt/{v}": int((table.column(f"gt/{v}").to_numpy() == 0).sum()) for v in VARIANTS}}
+
+
+def read_outcomes(uri: str, ks, variant: str) -> tuple[np.ndarray, dict]:
+    """(ids sorted, {(k, rule): scores dict}) of one variant's kept records, from one model's
+    outcome files (sorted by id: the statistics do not depend on the order of the files)."""
+    files = sorted(f for f in storage.list_files(uri) if f.endswith(".parquet"))
+    fs, paths = storage.arrow_fs_paths(files)
+    names = ["id", f"gt/{variant}"] + [column(k, rule, variant, f) for k in ks for rule in PREDICTION_RULES
+                                       for f in ("hits", "pred")]
+    table = pq.ParquetDataset(paths, filesystem=fs).read(columns=names) if files else None
+    if table is None or table.num_rows == 0:
+        return np.zeros(0, str), {(k, rule): scores(*(np.zeros(0, np.int64),) * 3) for k in ks for rule in PREDICTION_RULES}
+    ids = np.asarray(table.column("id").to_pylist(), dtype=str)
+    gt = table.column(f"gt/{variant}").to_numpy()
+    order = np.argsort(ids, kind="stable")
+    order = order[gt[order] > 0]
+    return ids[order], {
+        (k, rule): scores(table.column(column(k, rule, variant, "hits")).to_numpy()[order],
+                          table.column(column(k, rule, variant, "pred")).to_numpy()[order], gt[order])
+        for k in ks for rule in PREDICTION_RULES}
+
+
+def all_ids(uri: str) -> np.ndarray:
+    """Every query id of one model's outcome files (for the same-queries check)."""
+    files = sorted(f for f in storage.list_files(uri) if f.endswith(".parquet"))
+    if not files:
+        return np.zeros(0, str)
+    fs, paths = storage.arrow_fs_paths(files)
+    return np.asarray(pq.ParquetDataset(paths, filesystem=fs).read(columns=["id"]).column("id").to_pylist(), dtype=str)
