@@ -74,16 +74,16 @@ def split_scores(ctx: RunContext, split: str, searches: dict[str, str], counts: 
     same queries."""
     m = ctx.cfg.measure
     uris = {model: ctx.search_results(model, split, space) for model, space in searches.items()}
-    where = {model: outcome_dir(ctx, model, split, space) for model, space in searches.items()}
-    check_same_queries({model: outcomes.all_ids(uri) for model, uri in where.items()}, uris)
+    read = {model: outcomes.read_outcomes(outcome_dir(ctx, model, split, space), m.ks)
+            for model, space in searches.items()}
+    check_same_queries({model: ids for model, (ids, _) in read.items()}, uris)
     first = next(iter(searches.items()))
     for variant in outcomes.VARIANTS:
         skipped[f"{split}/{variant}"] = int(counts[(first[0], split, first[1])].get(f"no_gt/{variant}", 0))
     scores = {}
-    for model, uri in where.items():
+    for model, (_, by_variant) in read.items():
         per = scores.setdefault((model, split), {})
-        for variant in outcomes.VARIANTS:
-            ids, by_key = outcomes.read_outcomes(uri, m.ks, variant)
+        for variant, (ids, by_key) in by_variant.items():
             for (k, rule), sc in by_key.items():
                 per[(k, rule, variant)] = (ids, sc)
     return {key: {(k, rule, v): per[(k, rule, v)] for v in outcomes.VARIANTS for k in m.ks for rule in PREDICTION_RULES}

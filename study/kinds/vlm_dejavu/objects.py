@@ -80,10 +80,6 @@ class ObjectTables:
     attacked_objects: ObjectSets
     attacked_captions: Texts
 
-    @property
-    def vocab(self) -> dict[str, int]:
-        return {o: j for j, o in enumerate(self.names)}
-
     def objects_of(self, row: int) -> list[str]:
         """The object names of an attacked record."""
         return [self.names[j] for j in self.attacked_objects.row(row)]

@@ -95,30 +95,25 @@ def score_part(tables, results_uri: str, part: int, out_uri: str, ks: tuple, top
     return {"records": len(q_ids), **{f"no_gt/{v}": int((table.column(f"gt/{v}").to_numpy() == 0).sum()) for v in VARIANTS}}
 
 
-def read_outcomes(uri: str, ks, variant: str) -> tuple[np.ndarray, dict]:
-    """(ids sorted, {(k, rule): scores dict}) of one variant's kept records, from one model's
-    outcome files (sorted by id: the statistics do not depend on the order of the files)."""
+def read_outcomes(uri: str, ks) -> tuple[np.ndarray, dict]:
+    """(every query id, {variant: (ids of its kept records, {(k, rule): scores dict})}) of one
+    model's outcome files, in one read; records in id order, so the statistics do not depend on
+    the order of the files."""
     files = sorted(f for f in storage.list_files(uri) if f.endswith(".parquet"))
     fs, paths = storage.arrow_fs_paths(files)
-    names = ["id", f"gt/{variant}"] + [column(k, rule, variant, f) for k in ks for rule in PREDICTION_RULES
-                                       for f in ("hits", "pred")]
-    table = pq.ParquetDataset(paths, filesystem=fs).read(columns=names) if files else None
+    table = pq.ParquetDataset(paths, filesystem=fs).read() if files else None
     if table is None or table.num_rows == 0:
-        return np.zeros(0, str), {(k, rule): scores(*(np.zeros(0, np.int64),) * 3) for k in ks for rule in PREDICTION_RULES}
+        empty = scores(*(np.zeros(0, np.int64),) * 3)
+        return np.zeros(0, str), {v: (np.zeros(0, str), {(k, rule): empty for k in ks for rule in PREDICTION_RULES})
+                                  for v in VARIANTS}
     ids = np.asarray(table.column("id").to_pylist(), dtype=str)
-    gt = table.column(f"gt/{variant}").to_numpy()
     order = np.argsort(ids, kind="stable")
-    order = order[gt[order] > 0]
-    return ids[order], {
-        (k, rule): scores(table.column(column(k, rule, variant, "hits")).to_numpy()[order],
-                          table.column(column(k, rule, variant, "pred")).to_numpy()[order], gt[order])
-        for k in ks for rule in PREDICTION_RULES}
-
-
-def all_ids(uri: str) -> np.ndarray:
-    """Every query id of one model's outcome files (for the same-queries check)."""
-    files = sorted(f for f in storage.list_files(uri) if f.endswith(".parquet"))
-    if not files:
-        return np.zeros(0, str)
-    fs, paths = storage.arrow_fs_paths(files)
-    return np.asarray(pq.ParquetDataset(paths, filesystem=fs).read(columns=["id"]).column("id").to_pylist(), dtype=str)
+    out = {}
+    for variant in VARIANTS:
+        gt = table.column(f"gt/{variant}").to_numpy()
+        kept = order[gt[order] > 0]
+        out[variant] = (ids[kept], {
+            (k, rule): scores(table.column(column(k, rule, variant, "hits")).to_numpy()[kept],
+                              table.column(column(k, rule, variant, "pred")).to_numpy()[kept], gt[kept])
+            for k in ks for rule in PREDICTION_RULES})
+    return ids, out
