@@ -138,7 +138,7 @@ def plan(n: int, args) -> tuple[list[tuple], dict]:
                      x + "knn_bench's flat k-NN rate and ivfpq_bench's 10M rates (the range)"))
     t["measure"], gib = measure_cost(n, args.vocab)
     head = next((h for h in HEADS if h[1] - 2 >= gib), HEADS[-1])
-    rows.append(("measure (driver)", fmt_s(t["measure"]), f"~{gib:.0f} GiB on the head (C = {args.vocab} objects)",
+    rows.append(("measure (driver, as it was before tasks: to re-measure)", fmt_s(t["measure"]), f"~{gib:.0f} GiB on the head (C = {args.vocab} objects)",
                  x + "driver_memory's line + stats_bench's draws + record_scores at C; arrays held"))
     rows.append(("report", "< 1 min", f"driver {DRIVER_GIB:.1f} GiB", x + "driver_memory: 0.1 s at 20k and 200k"))
     wall = sum(t.values())

@@ -3,26 +3,28 @@ out by hand), what the retriever's embed pass plans and keeps, and its config ru
 run (the retriever trained on the public set, its numbers in report.json) is in test_vlm_e2e.py."""
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from study.config import TrainConfig
 from study.config_load import load_config
-from study.core.object_sets import ObjectSets
+from study.core.object_sets import PREDICTION_RULES, ObjectSets
 from study.core.split_plan import SplitPlan
 from study.data.model_input import ModelInput
 from study.embed.captions import (CAPTION, PUBLIC_CAPTIONS, TEXT, plan_with_public_captions,
                                   prepare_vlm_batch)
 from study.errors import ConfigError
-from study.frame.context import RunContext
 from study.frame.kinds import get_kind
 from study.kinds.vlm_dejavu.text_retriever import CONTROLS, RETRIEVER
 from study.frame.validate import check_registries
-from study.kinds.vlm_dejavu.measure import control_results
-from study.kinds.vlm_dejavu.outcomes import record_scores
+from study.kinds.vlm_dejavu import entries
+from study.kinds.vlm_dejavu.measure import sides_present
+from study.kinds.vlm_dejavu.outcomes import VARIANTS, column, record_scores
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VLM = os.path.join(ROOT, "configs/quickstart-vlm.yaml")
@@ -49,9 +51,26 @@ def _scores(ids, gt, image_rows, caption_rows):
 
 
 def _measured(scores, tmp_path):
+    """The positive control's entries from these per-record scores, written as the scoring tasks
+    write them (the outcome files) and measured in this process as the statistics tasks do."""
     overrides = ["measure.bootstrap=200", "measure.permutations=200", "report.gallery_size=5"]
-    ctx = RunContext(load_config(VLM, overrides, str(tmp_path)), str(tmp_path))
-    return control_results(ctx, scores, {"positive": CONTROLS["positive"]}, "oracle", one_sided=True)
+    cfg = load_config(VLM, overrides, str(tmp_path))
+    where = {}
+    for (model, split), by_key in scores.items():
+        ids, sc = by_key[KEY]
+        uri = str(tmp_path / "outcomes" / model / split)
+        os.makedirs(uri)
+        cols = {"id": pa.array(list(ids)), "gt/all": pa.array(sc["gt_size"].astype(np.int32)),
+                "gt/unnamed": pa.array(np.zeros(len(ids), np.int32))}  # no record in the unnamed variant
+        for rule in PREDICTION_RULES:
+            for variant in VARIANTS:
+                cols[column(1, rule, variant, "hits")] = pa.array(sc["hits"].astype(np.int32))
+                cols[column(1, rule, variant, "pred")] = pa.array(sc["pred_size"].astype(np.int32))
+        pq.write_table(pa.table(cols), os.path.join(uri, "part-00000.parquet"))
+        where[(model, split)] = (uri, f"search/{model}/{split}")
+    have = sides_present(CONTROLS["positive"], where, one_sided=True)
+    m = dataclasses.replace(cfg.measure, ks=(1,))
+    return {"positive": entries.local(where, have, "positive", ["all"], m, cfg.splits.seed, cfg.report.gallery_size)}
 
 
 # Side a: model A's training records (target split).
@@ -84,7 +103,6 @@ def test_model_a_alone_against_the_retriever_matches_hand_worked_numbers(tmp_pat
         assert 1 / 201 <= e[gap]["p_value"] <= 1 and round(e[gap]["p_value"] * 201, 6).is_integer()
     # Only r1 recovers more true objects with the target (2 hits) than with the retriever (1).
     assert [(r["id"], r["score"], r["reference_model"]) for r in e["most_memorized"]] == [("r1", 1.0, RETRIEVER)]
-    assert "null" not in out
 
 
 def test_with_the_pair_each_model_is_the_target_on_its_own_records(tmp_path):

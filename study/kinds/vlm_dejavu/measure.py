@@ -9,23 +9,19 @@ measured beside the two-model test. Utility (``vlm_utility``) is measured beside
 """
 from __future__ import annotations
 
-import numpy as np
-
 import ray
 
 from study.report.pvalues import p_is
 from study import storage
-from study.core.object_sets import PREDICTION_RULES
-from study.core.objects import ObjectSide, most_memorized, population_test, sample_level
 from study.frame.context import RunContext, read_marker
-from study.frame.kinds import CONTROLS, get_kind, side_mask
-from study.kinds.vlm_dejavu import outcomes
+from study.frame.kinds import CONTROLS, get_kind
+from study.kinds.vlm_dejavu import entries, outcomes
 from study.kinds.vlm_dejavu.objects import object_tables
 from study.kinds.vlm_dejavu.utility import utility_rows
 from study.search import results
-from study.search.results import check_same_queries
 
 IN_FLIGHT_PER_CPU = 2  # scoring tasks submitted per CPU of the cluster at a time
+DRAWS_PER_TASK = 250  # the fewest bootstrap or swap draws a statistics task is given
 PROGRESS_PARTS = 20  # with this many parts or more, progress is logged every tenth of them
 
 
@@ -67,73 +63,53 @@ def score_searches(ctx: RunContext, tables, keys: list[tuple[str, str, str]]) ->
     return counts
 
 
-def split_scores(ctx: RunContext, split: str, searches: dict[str, str], counts: dict, skipped: dict) -> dict:
-    """{(model, split): {(k, rule, variant): (ids, scores dict)}} of one attacked split for each
-    model's search (``searches``: model -> space), read from the outcome files; records without
-    ground truth for a variant are left out and counted in ``skipped``. Every model must hold the
-    same queries."""
-    m = ctx.cfg.measure
-    uris = {model: ctx.search_results(model, split, space) for model, space in searches.items()}
-    read = {model: outcomes.read_outcomes(outcome_dir(ctx, model, split, space), m.ks)
-            for model, space in searches.items()}
-    check_same_queries({model: ids for model, (ids, _) in read.items()}, uris)
-    first = next(iter(searches.items()))
-    for variant in outcomes.VARIANTS:
-        skipped[f"{split}/{variant}"] = int(counts[(first[0], split, first[1])].get(f"no_gt/{variant}", 0))
-    scores = {}
-    for model, (_, by_variant) in read.items():
-        per = scores.setdefault((model, split), {})
-        for variant, (ids, by_key) in by_variant.items():
-            for (k, rule), sc in by_key.items():
-                per[(k, rule, variant)] = (ids, sc)
-    return {key: {(k, rule, v): per[(k, rule, v)] for v in outcomes.VARIANTS for k in m.ks for rule in PREDICTION_RULES}
-            for key, per in scores.items()}
+def sides_present(rows: list, where: dict, one_sided: bool) -> list | None:
+    """The rows (sides) of a control whose two models' outcomes are there; None when the control
+    cannot be measured: the two-model test needs every side, the one-model test (``one_sided``:
+    model A alone has one side) any."""
+    have = [row for row in rows if (row[2], row[1]) in where and (row[3], row[1]) in where]
+    return have if have and (len(have) == len(rows) or one_sided) else None
 
 
-def control_entries(scores: dict, rows: list, control: str, m, seed: int, gallery_size: int) -> dict:
-    """{"k=../rule/variant": PPG, PRG, AUCG with intervals and p-values, sample-level gaps, most
-    memorized} of one control, from per-record scores ({(model, split): {(k, rule, variant): (ids,
-    overlap dict)}}) and its sides ``rows`` ((side, split, target model, reference model)); pure."""
-    entries = {}
-    test_args = dict(bootstrap=m.bootstrap, permutations=m.permutations, level=m.confidence_level, seed=m.seed)
-    for key in scores[(rows[0][2], rows[0][1])]:
-        sides = []
-        for side_name, split, tgt, ref in rows:
-            t_ids, t_sc = scores[(tgt, split)][key]
-            _, r_sc = scores[(ref, split)][key]
-            sel = side_mask(t_ids, control, side_name, seed)
-            sides.append(ObjectSide(
-                ids=t_ids[sel],
-                target_precision=t_sc["precision"][sel], target_recall=t_sc["recall"][sel], target_hits=t_sc["hits"][sel],
-                reference_precision=r_sc["precision"][sel], reference_recall=r_sc["recall"][sel], reference_hits=r_sc["hits"][sel],
-            ))
-        k, rule, variant = key
-        if sum(len(s) for s in sides) == 0:
-            continue
-        entries[f"k={k}/{rule}/{variant}"] = {
-            "k": k, "rule": rule, "variant": variant,
-            **population_test(sides, bins=100, **test_args),
-            "sample_level": sample_level(sides, m.top_fractions),
-            "most_memorized": [
-                {**r, "split": rows[r["side"]][1], "target_model": rows[r["side"]][2], "reference_model": rows[r["side"]][3]}
-                for r in most_memorized(sides, gallery_size)
-            ],
-        }
-    return entries
+def draw_pieces(bootstrap: int, permutations: int, cpus: int) -> list[tuple[range, range]]:
+    """The draw ranges of the tasks of one entry group: as many pieces as CPUs, at most, and at
+    least DRAWS_PER_TASK draws in each (fewer tasks where there is little to draw)."""
+    pieces = max(1, min(cpus, -(-max(bootstrap, permutations) // DRAWS_PER_TASK)))
+    cut = lambda n: [int(round(n * j / pieces)) for j in range(pieces + 1)]  # noqa: E731
+    b, p = cut(bootstrap), cut(permutations)
+    return [(range(b[j], b[j + 1]), range(p[j], p[j + 1])) for j in range(pieces)]
 
 
-def control_results(ctx: RunContext, scores: dict, controls: dict, label: str, one_sided: bool = False) -> dict:
-    """{control: entries} over the ``controls`` whose sides' scores are all there (the two-model
-    test's), or with ``one_sided`` over the sides whose scores are there (the one-model test's:
-    model A alone has one side)."""
+def control_results(ctx: RunContext, where: dict, controls: dict, label: str, one_sided: bool = False) -> dict:
+    """{control: {"k=../rule/variant": entry}} over the ``controls`` that can be measured
+    (``sides_present``), from the outcome files ``where`` ((model, split) -> (outcome dir, search
+    results dir)). Ray tasks read the files: per control and variant, one ranks the records
+    (sample level, most memorized) and each of ``draw_pieces`` computes a range of the bootstrap
+    and swap draws; the driver assembles the entries from their aggregates."""
     cfg = ctx.cfg
-    out = {}
+    m = cfg.measure
+    rank_task, draw_task = (ray.remote(num_cpus=1)(f) for f in (entries.ranking, entries.draws))
+    pieces = draw_pieces(m.bootstrap, m.permutations, int(ray.cluster_resources().get("CPU", 1)))
+    submitted = {}
     for control, rows in controls.items():
-        have = [row for row in rows if (row[2], row[1]) in scores and (row[3], row[1]) in scores]
-        if len(have) < len(rows) and not (one_sided and have):
+        have = sides_present(rows, where, one_sided)
+        if have is None:
             continue
-        out[control] = control_entries(scores, have, control, cfg.measure, cfg.splits.seed, cfg.report.gallery_size)
-        head = out[control].get(headline_key(cfg.measure))
+        for variant in outcomes.VARIANTS:
+            common = (where, have, control, variant, tuple(m.ks), cfg.splits.seed)
+            submitted[(control, variant)] = (
+                rank_task.remote(*common, tuple(m.top_fractions), cfg.report.gallery_size),
+                [draw_task.remote(*common, m.seed, b, p) for b, p in pieces])
+    out: dict = {}
+    for (control, variant), (ranked, drawn) in submitted.items():
+        ranked, drawn = ray.get(ranked), ray.get(drawn)
+        got = out.setdefault(control, {})
+        for key in ranked:
+            entry = entries.assemble(key, variant, ranked, drawn, m)
+            if entry is not None:
+                got[f"k={key[0]}/{key[1]}/{variant}"] = entry
+    for control, got in out.items():
+        head = got.get(headline_key(m))
         if head:
             ctx.log("measure", f"{label} {control:<8} k={head['k']} {head['rule']} unnamed objects: PPG {head['ppg']['value']:+.3f} "
                     f"[{head['ppg']['ci'][0]:+.3f}, {head['ppg']['ci'][1]:+.3f}] {p_is(head['ppg'], sep='=')}")
@@ -155,14 +131,15 @@ def run_measure(ctx: RunContext) -> dict:
     keys = sorted({(model, split, sp) for searches in per_space.values() for model, sp in searches.items()
                    for split in attacked})
     counts = score_searches(ctx, tables, keys)
-    results, one_model, skipped = {}, {}, {}
+    first = {split: next(key for key in keys if key[1] == split) for split in attacked}  # every model: the same counts
+    skipped = {f"{split}/{v}": int(counts[first[split]].get(f"no_gt/{v}", 0)) for split in attacked for v in outcomes.VARIANTS}
+    results, one_model = {}, {}
     for space, searches in per_space.items():
-        scores = {}
-        for split in attacked:
-            scores.update(split_scores(ctx, split, searches, counts, skipped))
-        results[space] = control_results(ctx, scores, CONTROLS, space)
+        where = {(model, split): (outcome_dir(ctx, model, split, sp), ctx.search_results(model, split, sp))
+                 for model, sp in searches.items() for split in attacked}
+        results[space] = control_results(ctx, where, CONTROLS, space)
         if retriever:
-            one_model[space] = control_results(ctx, scores, text_retriever.CONTROLS,
+            one_model[space] = control_results(ctx, where, text_retriever.CONTROLS,
                                                f"{space} vs. {text_retriever.RETRIEVER}", one_sided=True)
     from study.kinds.vlm_dejavu.utility import measure_utility
 
