@@ -1,7 +1,7 @@
 """The LAION-scale runbook's tables: cluster shape, each stage's time and memory and the pair's
 training cost for the VLM study (open_clip ViT-B-32, 224 px) at 1M, 10M and 50M pairs on AWS.
 
-    python benchmarks/laion_runbook.py [--sizes 1000000,10000000,50000000] [--epochs 32] [--util 0.4] [--vocab 1000] [--measure]
+    python benchmarks/laion_runbook.py [--sizes 1000000,10000000,50000000] [--epochs 32] [--util 0.4] [--measure]
 
 Nothing here ran at these sizes, on a GPU or on a cloud: inputs measured on a 2-CPU machine
 (constants naming their benchmark; ``--measure`` re-takes this script's own) and stated assumptions.
@@ -31,15 +31,16 @@ IVF_10M = {"n": 10_000_000, "d": 128, "flat": {"build_s": 9.0, "qps": 28.6},
 STAGE_S = {"data": (16.6, 73.9), "splits": (22.8, 53.2), "measure": (2.4, 26.0)}
 STAGE_N, BENCH_CPUS = (20_000, 200_000), 2
 DRIVER_GIB = 1499 / 1024  # driver_memory: the driver's peak at 200k (1.11x the 20k peak)
-STATS_S_PER_ELEMENT_DRAW = 48.7 / (2 * 1_000_000 * 3000)  # stats_bench: 10^6 per side, 1000 + 2000 draws
 # measured by this script (--measure), one CPU, host load 3-6 on its 2 CPUs (+-30 % between runs):
 DECODE_INGEST_S = 1 / 3500  # 256 px JPEG (~30 KB): the data stage's draft decode (laion.inspect_image)
 DECODE_224_S = 1 / 800  # the same, decoded and resized to 224 px as training and embedding do
-# vlm_measure.record_scores: 12 calls per query and model, k 100, measured with the dense (records x C)
-# object matrices the measure stage had before its object sets were sparse; kept for the head-size
-# model below until the measure stage's own benchmark replaces it (sparse: ~150 us at C = 1000)
-SCORES_US = {10: 21.5, 1000: 549.4}
-SCORES_BYTES_PER_OBJECT = 24  # tracemalloc peak of one dense call, per query and object
+# measure_bench (2026-12-06): the VLM measure stage in tasks on 2 CPUs, 10^6 attacked records, 4x10^6
+# public, k 100, C = 21,000 Zipf objects (~5 an image), draws 1000 + 2000, 2 models, 1 space: stage
+# 437.6 s (10^5: 38.3 s), driver 244 MiB flat, tasks' peak 2.3 GiB (the object tables' task; scoring
+# 1.7, statistics 1.6 GiB); C barely matters with sparse sets
+MEASURE_BENCH = {"records": 1_000_000, "cpus": 2, "stage_s": 437.6, "scoring_s": 265.9, "statistics_s": 171.7,
+                 "tasks_gib": {"tables": 2347 / 1024, "score": 1766 / 1024, "statistics": 1575 / 1024}, "driver_mib": 244}
+RESULT_ROWS_PER_PART = 100_000  # search.rows_per_file: a scoring task's queries
 # counted by this script (--measure) with torch.utils.flop_counter; open_clip's model table gives
 # 4.41 / 2.96 "GFLOPs" for ViT-B-32, which are multiply-accumulates (half these figures)
 IMAGE_GFLOP, TEXT_GFLOP, TRAIN_OVER_FORWARD = 8.73, 5.81, 2.98  # forward per image / 77-token caption
@@ -92,17 +93,23 @@ def search_cost(n_public: int, nq: int, nodes: int, d: int = 512) -> dict:
     }
 
 
-def measure_cost(n: int, vocab: int) -> tuple[float, float]:
-    """(s, GiB) of the measure stage, run in the driver on the head. Time: the measured line, the
-    default draws' statistics, record_scores over `vocab` objects. Memory: what run_measure holds:
-    ids, public objects (n_pub, C) bool, attacked objects and captions (Python lists, ~350 B each),
-    a split's neighbours for 2 models (+ a sorted copy), a call's (nq, C) arrays, 12 score sets."""
-    attacked, split = (1 - FRACTIONS["public"]) * n, FRACTIONS["target"] * n
-    seconds = linear(STAGE_S["measure"], n) + 12 * 3000 * attacked * STATS_S_PER_ELEMENT_DRAW
-    seconds += 2 * attacked * (vocab - 10) * (SCORES_US[1000] - SCORES_US[10]) / 990 * 1e-6  # line ran at C = 10
-    held = (n * (ID_BYTES + 8) + FRACTIONS["public"] * n * vocab + attacked * 350 + 1.5 * 2 * split * (8 * K + 4 * ID_BYTES)
-            + split * vocab * (SCORES_BYTES_PER_OBJECT + 2) + 2 * attacked * 12 * (32 + 4 * ID_BYTES))
-    return seconds, DRIVER_GIB + held / 2**30
+def measure_cost(n: int, cpus: int) -> tuple[float, str]:
+    """(s, memory text) of the measure stage, its tasks on the cluster's ``cpus``: measure_bench's
+    CPU-seconds per attacked record (they grew 11.4x for 10x the records there), the scoring spread
+    over at most one task per part of search results, the statistics over at most one task per CPU
+    (their ranking tasks, one per control and variant, each see every record: counted as spread too,
+    so the time is a lower bound where the CPUs outnumber the records' parts); the tasks' peaks
+    scaled with the records they hold (the tables' task: every record; a statistics task: a
+    control's two sides; a scoring task: one part, whatever the records' number)."""
+    attacked, b = (1 - FRACTIONS["public"]) * n, MEASURE_BENCH
+    scale = attacked / b["records"]
+    parts = 2 * -(-attacked // RESULT_ROWS_PER_PART)  # two models' result parts (splits rounded up ignored)
+    seconds = (b["scoring_s"] * b["cpus"] * scale / min(cpus, parts)
+               + b["statistics_s"] * b["cpus"] * scale / cpus)
+    tables = b["tasks_gib"]["tables"] * n / (5 * b["records"])  # the bench's public + attacked: 5x its records
+    text = (f"driver {b['driver_mib'] / 1024:.2f} GiB; tasks: tables ~{tables:.1f} GiB, statistics "
+            f"~{b['tasks_gib']['statistics'] * scale:.1f} GiB, scoring ~{b['tasks_gib']['score']:.1f} GiB each")
+    return seconds, text
 
 
 def plan(n: int, args) -> tuple[list[tuple], dict]:
@@ -136,13 +143,12 @@ def plan(n: int, args) -> tuple[list[tuple], dict]:
         rows.append((f"search, {name}{' **(use)**' if kind == best else ''}", f"{fmt_s(lo)} - {fmt_s(hi)}",
                      f"{e['index_gib']} GiB a model in {nodes} shards (fits in {e['shards']})",
                      x + "knn_bench's flat k-NN rate and ivfpq_bench's 10M rates (the range)"))
-    t["measure"], gib = measure_cost(n, args.vocab)
-    head = next((h for h in HEADS if h[1] - 2 >= gib), HEADS[-1])
-    rows.append(("measure (driver, as it was before tasks: to re-measure)", fmt_s(t["measure"]), f"~{gib:.0f} GiB on the head (C = {args.vocab} objects)",
-                 x + "driver_memory's line + stats_bench's draws + record_scores at C; arrays held"))
+    t["measure"], memory = measure_cost(n, nodes * NODE_CPUS)
+    head = HEADS[0]  # the driver holds aggregates only: the smallest head holds it
+    rows.append(("measure (tasks)", fmt_s(t["measure"]), memory, x + "measure_bench's 10^6 run per CPU"))
     rows.append(("report", "< 1 min", f"driver {DRIVER_GIB:.1f} GiB", x + "driver_memory: 0.1 s at 20k and 200k"))
     wall = sum(t.values())
-    worker_h = workers * (wall - t["measure"] + 600) / 3600  # given back 10 idle minutes after the search
+    worker_h = workers * (wall + 600) / 3600  # the measure's tasks run on the workers; given back 10 idle minutes later
     return rows, {"w_model": w_model, "workers": workers, "wall": wall, "gpu_h": 2 * w_model * t["train"] / 3600,
                   "worker_h": worker_h, "head": head, "cost": worker_h * WORKER_PRICE + wall / 3600 * head[2]}
 
@@ -162,11 +168,10 @@ def inputs(args) -> list[tuple]:
          f"{ivf['build_s']:,.0f} s, {ivf['qps']:,.0f} q/s; flat {IVF_10M['flat']['qps']} q/s", m + "ivfpq_bench"),
         ("VLM quickstart, 20k -> 200k records, 2 CPUs", f"data {st['data']}, splits {st['splits']}, measure {st['measure']}; "
          f"driver peak {DRIVER_GIB:.2f} GiB", m + "driver_memory"),
-        ("statistics, 10^6 records per side, 3000 draws", f"{STATS_S_PER_ELEMENT_DRAW * 6e9:.1f} CPU s", m + "stats_bench"),
+        ("VLM measure stage, 10^6 attacked records, k 100, C = 21,000, 2 CPUs", f"{MEASURE_BENCH['stage_s']} s; driver "
+         f"{MEASURE_BENCH['driver_mib']} MiB, tasks' peak {max(MEASURE_BENCH['tasks_gib'].values()):.1f} GiB", m + "measure_bench"),
         ("256 px JPEG (~30 KB), one CPU", f"{1 / DECODE_INGEST_S:,.0f}/s draft decode, {1 / DECODE_224_S:,.0f}/s decode + "
          "resize to 224", m + "this script, --measure"),
-        ("record_scores a query and model, k 100", f"{SCORES_US[10]} us at C = 10, {SCORES_US[1000]} us at C = 1000",
-         m + "this script, --measure"),
         ("ViT-B-32 per pair", f"forward {IMAGE_GFLOP} + {TEXT_GFLOP} GFLOP, training {TRAIN_OVER_FORWARD}x; "
          f"{ACTIVATION_MB_PER_PAIR} MB saved for backward", "counted: this script, --measure"),
         ("CPU utilisation", f"training {TRAIN_PAIRS_S * train_gflop:.0f} GFLOP/s = {TRAIN_PAIRS_S * train_gflop / GEMM_PEAK_GFLOPS:.0%}"
@@ -177,7 +182,7 @@ def inputs(args) -> list[tuple]:
 
 
 def measure_inputs() -> None:
-    """Re-take what this script measured: JPEG decode, record_scores, ViT-B-32's FLOPs (~15 s)."""
+    """Re-take what this script measured: JPEG decode, ViT-B-32's FLOPs (~15 s)."""
     import io
     from timeit import timeit
 
@@ -190,8 +195,6 @@ def measure_inputs() -> None:
     from study.data.laion import inspect_image
     from study.data.records import decode_image
     from study.embed.views import resize
-    from study.core.object_sets import ObjectSets
-    from study.kinds.vlm_dejavu.outcomes import record_scores
 
     rng, blobs = np.random.default_rng(0), []
     for _ in range(300):  # smooth colour fields plus noise: ~30 KB at quality 95, like LAION's 256 px
@@ -202,13 +205,6 @@ def measure_inputs() -> None:
     for name, fn in (("draft decode", inspect_image), ("decode + resize 224", lambda b: resize(decode_image(b), 224))):
         print(f"{name}: {len(blobs) / timeit(lambda: [fn(b) for b in blobs], number=1):.0f} images/s on one CPU "
               f"({np.mean([len(b) for b in blobs]) / 1024:.0f} KB JPEGs)")
-    nq, I = 1000, rng.integers(0, 20_000, (1000, K))
-    for c in (10, 1000):
-        public, gt = rng.random((20_000, c)) < 0.003, (rng.random((nq, c)) < 0.003) | (np.arange(c) == 0)  # gt never empty
-        public, gt = (ObjectSets.from_pairs(*np.nonzero(m), len(m), c) for m in (public, gt))
-        calls = [(k, rule) for k in (1, 10, 100) for rule in ("union", "top_n")] * 2  # x 2 variants
-        seconds = timeit(lambda: [record_scores(I, public, gt, k, r, 3) for k, r in calls], number=1)
-        print(f"record_scores at C = {c}: {seconds / nq * 1e6:.1f} us per query (12 calls)")
     torch.set_num_threads(1)
     model = open_clip.create_model("ViT-B-32", pretrained=None).train()  # train(): no fused attention path
     saved = {}
@@ -235,7 +231,6 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--sizes", default="1000000,10000000,50000000")
     p.add_argument("--epochs", type=int, default=32, help="per model (open_clip's LAION-400M B/32 recipe ran 32)")
     p.add_argument("--util", type=float, default=0.4, help="share of the A10G's FP32 peak reached (assumed)")
-    p.add_argument("--vocab", type=int, default=1000, help="object vocabulary C of the side table (assumed)")
     p.add_argument("--measure", action="store_true", help="re-take this script's own measurements instead")
     args = p.parse_args(argv)
     if args.measure:

@@ -34,11 +34,12 @@ def process_tree(root: int) -> dict[int, dict]:
 
 
 class MemorySampler:
-    """Peak summed RSS of the driver plus Ray workers ("ray::" processes), and each worker's
-    largest RSS seen, sampled every ``period`` seconds."""
+    """Peak summed RSS of the driver plus Ray workers ("ray::" processes), each worker's largest
+    RSS seen and the largest seen under each name a worker ran as ("ray::score_part": the task it
+    ran then), sampled every ``period`` seconds."""
 
     def __init__(self, period: float = 0.2):
-        self.period, self.peak_total, self.peak_by_pid = period, 0, {}
+        self.period, self.peak_total, self.peak_by_pid, self.peak_by_cmd = period, 0, {}, {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -50,6 +51,8 @@ class MemorySampler:
             self.peak_total = max(self.peak_total, sum(s.get("VmRSS", 0) for s in counted.values()))
             for p, s in counted.items():
                 self.peak_by_pid[p] = max(self.peak_by_pid.get(p, 0), s.get("VmRSS", 0))
+                if p != me:
+                    self.peak_by_cmd[s["cmd"]] = max(self.peak_by_cmd.get(s["cmd"], 0), s.get("VmRSS", 0))
             self._stop.wait(self.period)
 
     def __enter__(self):

@@ -24,23 +24,29 @@ from study.search.results import check_same_queries
 BINS = 100  # recall-curve grid points - 1
 
 
-def load_sides(where: dict, rows: Sequence[tuple], control: str, variant: str, ks, seed: int) -> dict:
-    """{(k, rule): [ObjectSide per row of ``rows`` ((side, split, target, reference))]} of one
-    control and variant, from the outcome files ``where`` ((model, split) -> (outcome dir, search
-    results dir)); the two models of a side must have been queried with the same records."""
-    read = {key: read_outcomes(where[key][0], ks) for key in {(m, split) for _, split, *ms in rows for m in ms}}
-    sides: dict = {(k, rule): [] for k in ks for rule in PREDICTION_RULES}
+def entry_keys(ks) -> list[tuple[int, str]]:
+    """Every (k, rule) of a control and variant, in the order the entries are written."""
+    return [(k, rule) for k in ks for rule in PREDICTION_RULES]
+
+
+def load_sides(where: dict, rows: Sequence[tuple], control: str, variant: str, key: tuple, seed: int) -> list:
+    """[ObjectSide per row of ``rows`` ((side, split, target, reference))] of one control, variant
+    and (k, rule) ``key``, from the outcome files ``where`` ((model, split) -> (outcome dir, search
+    results dir)), reading only that key's columns: a task holds one entry's records at a time.
+    The two models of a side must have been queried with the same records."""
+    read = {mk: read_outcomes(where[mk][0], (key[0],), [key]) for mk in {(m, split) for _, split, *ms in rows for m in ms}}
+    sides = []
     for side_name, split, tgt, ref in rows:
         check_same_queries({tgt: read[(tgt, split)][0], ref: read[(ref, split)][0]},
                            {tgt: where[(tgt, split)][1], ref: where[(ref, split)][1]})
         t_ids, t_sc = read[(tgt, split)][1][variant]
         _, r_sc = read[(ref, split)][1][variant]  # the same records in the same (id) order
         sel = side_mask(t_ids, control, side_name, seed)
-        for key, t, r in ((key, t_sc[key], r_sc[key]) for key in sides):
-            sides[key].append(ObjectSide(
-                ids=t_ids[sel], target_precision=t["precision"][sel], target_recall=t["recall"][sel],
-                target_hits=t["hits"][sel], reference_precision=r["precision"][sel],
-                reference_recall=r["recall"][sel], reference_hits=r["hits"][sel]))
+        t, r = t_sc[key], r_sc[key]
+        sides.append(ObjectSide(
+            ids=t_ids[sel], target_precision=t["precision"][sel], target_recall=t["recall"][sel],
+            target_hits=t["hits"][sel], reference_precision=r["precision"][sel],
+            reference_recall=r["recall"][sel], reference_hits=r["hits"][sel]))
     return sides
 
 
@@ -48,7 +54,8 @@ def ranking(where: dict, rows: Sequence[tuple], control: str, variant: str, ks, 
             fractions: Sequence[float], gallery_size: int) -> dict:
     """{(k, rule): {"n", "sample_level", "most_memorized"}} of one control and variant."""
     out = {}
-    for key, sides in load_sides(where, rows, control, variant, ks, seed).items():
+    for key in entry_keys(ks):
+        sides = load_sides(where, rows, control, variant, key, seed)
         n = [len(s) for s in sides]
         out[key] = {"n": n, "sample_level": sample_level(sides, fractions) if sum(n) else [],
                     "most_memorized": [
@@ -61,8 +68,11 @@ def ranking(where: dict, rows: Sequence[tuple], control: str, variant: str, ks, 
 def draws(where: dict, rows: Sequence[tuple], control: str, variant: str, ks, seed: int, draw_seed: int,
           boot: range, swaps: range) -> dict:
     """{(k, rule): [SideDraws over these draws, or None for an empty side, per row]}."""
-    return {key: [side_draws(s, i, draw_seed, boot, swaps, BINS) if len(s) else None for i, s in enumerate(sides)]
-            for key, sides in load_sides(where, rows, control, variant, ks, seed).items()}
+    out = {}
+    for key in entry_keys(ks):
+        sides = load_sides(where, rows, control, variant, key, seed)
+        out[key] = [side_draws(s, i, draw_seed, boot, swaps, BINS) if len(s) else None for i, s in enumerate(sides)]
+    return out
 
 
 def assemble(key: tuple, variant: str, ranked: dict, pieces: Sequence[dict], m) -> dict | None:

@@ -77,35 +77,46 @@ def score_table(tables, q_ids: np.ndarray, I: np.ndarray, ks, top_n: int) -> pa.
 
 
 def score_part(tables, results_uri: str, part: int, out_uri: str, ks: tuple, top_n: int) -> dict:
-    """Score one part of a model's search results and write its outcomes; returns counts
-    ({"records", "no_gt/<variant>"}). A neighbour that is not a public record, or a query that is
-    not an attacked record, stops the run (``search.results`` checks)."""
+    """Score one part of a model's search results, SCORE_ROWS queries at a time (a part holds up
+    to ``search.rows_per_file`` queries, each with k neighbour ids), and write its outcomes;
+    returns counts ({"records", "no_gt/<variant>"}). A neighbour that is not a public record, or a
+    query that is not an attacked record, stops the run (``search.results`` checks)."""
     fs, path = storage.fs_and_path(results.part_uri(results_uri, part))
-    with fs.open(path, "rb") as fh:
-        found = pq.read_table(fh, columns=["query_id", "neighbor_ids"])
-    q_ids = np.asarray(found.column("query_id").to_pylist(), dtype=str)
-    I = public_rows(found.column("neighbor_ids").combine_chunks(), tables.public, results_uri)
-    check_queries(q_ids, tables.attacked.rows(q_ids), results_uri)
-    table = score_table(tables, q_ids, I, ks, top_n)
     target = storage.join(out_uri, f"part-{part:05d}.parquet")
     storage.makedirs(out_uri)
-    fs, path = storage.fs_and_path(target)
-    with fs.open(path, "wb") as fh:
-        pq.write_table(table, fh)
-    return {"records": len(q_ids), **{f"no_gt/{v}": int((table.column(f"gt/{v}").to_numpy() == 0).sum()) for v in VARIANTS}}
+    out_fs, out_path = storage.fs_and_path(target)
+    counts = {"records": 0, **{f"no_gt/{v}": 0 for v in VARIANTS}}
+    with fs.open(path, "rb") as fh, out_fs.open(out_path, "wb") as out:
+        writer = None
+        for batch in pq.ParquetFile(fh).iter_batches(batch_size=SCORE_ROWS, columns=["query_id", "neighbor_ids"]):
+            q_ids = np.asarray(batch.column("query_id").to_pylist(), dtype=str)
+            I = public_rows(batch.column("neighbor_ids"), tables.public, results_uri)
+            check_queries(q_ids, tables.attacked.rows(q_ids), results_uri)
+            table = score_table(tables, q_ids, I, ks, top_n)
+            writer = writer or pq.ParquetWriter(out, table.schema)
+            writer.write_table(table)
+            counts["records"] += len(q_ids)
+            for v in VARIANTS:
+                counts[f"no_gt/{v}"] += int((table.column(f"gt/{v}").to_numpy() == 0).sum())
+        if writer is None:  # an empty part: an empty outcome file, with the columns
+            writer = pq.ParquetWriter(out, score_table(tables, np.zeros(0, str), np.zeros((0, 0), np.int64), ks, top_n).schema)
+        writer.close()
+    return counts
 
 
-def read_outcomes(uri: str, ks) -> tuple[np.ndarray, dict]:
+def read_outcomes(uri: str, ks, keys=None) -> tuple[np.ndarray, dict]:
     """(every query id, {variant: (ids of its kept records, {(k, rule): scores dict})}) of one
-    model's outcome files, in one read; records in id order, so the statistics do not depend on
-    the order of the files."""
+    model's outcome files, in one read of the columns of ``keys`` ((k, rule), default every one);
+    records in id order, so the statistics do not depend on the order of the files."""
+    keys = list(keys) if keys is not None else [(k, rule) for k in ks for rule in PREDICTION_RULES]
     files = sorted(f for f in storage.list_files(uri) if f.endswith(".parquet"))
     fs, paths = storage.arrow_fs_paths(files)
-    table = pq.ParquetDataset(paths, filesystem=fs).read() if files else None
+    names = ["id"] + [f"gt/{v}" for v in VARIANTS] + [column(k, rule, v, f) for k, rule in keys for v in VARIANTS
+                                                     for f in ("hits", "pred")]
+    table = pq.ParquetDataset(paths, filesystem=fs).read(columns=names) if files else None
     if table is None or table.num_rows == 0:
         empty = scores(*(np.zeros(0, np.int64),) * 3)
-        return np.zeros(0, str), {v: (np.zeros(0, str), {(k, rule): empty for k in ks for rule in PREDICTION_RULES})
-                                  for v in VARIANTS}
+        return np.zeros(0, str), {v: (np.zeros(0, str), {key: empty for key in keys}) for v in VARIANTS}
     ids = np.asarray(table.column("id").to_pylist(), dtype=str)
     order = np.argsort(ids, kind="stable")
     out = {}
@@ -115,5 +126,5 @@ def read_outcomes(uri: str, ks) -> tuple[np.ndarray, dict]:
         out[variant] = (ids[kept], {
             (k, rule): scores(table.column(column(k, rule, variant, "hits")).to_numpy()[kept],
                               table.column(column(k, rule, variant, "pred")).to_numpy()[kept], gt[kept])
-            for k in ks for rule in PREDICTION_RULES})
+            for k, rule in keys})
     return ids, out

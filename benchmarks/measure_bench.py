@@ -1,0 +1,196 @@
+"""The VLM measure stage at scale, on synthetic records and search results: its time, the
+driver's peak memory and the tasks' peak memory.
+
+    python benchmarks/measure_bench.py --records 100000 --vocab 21000 [--k 100] [--cpus 2] [--check]
+
+Generated first, in a child process (so the driver measured below never held it): N attacked
+records (target, reference, holdout: 0.4, 0.4, 0.2 of N) and 4 N public records, each image with
+about 5 distinct objects drawn from a Zipf-like law (p ∝ 1 / (rank + 1)^1.1) over C objects, its
+caption naming one of them; record shards, split members and both models' search results (k
+random public neighbours per query, the product's result layout) as the stages write them. Then
+the measure stage's work runs as the stage runs it, on a local Ray instance of ``--cpus`` CPUs:
+the object tables in a task, the scoring tasks (outcome files), and the statistics tasks of both
+controls with the default draws (``--bootstrap``/``--permutations`` to change them). The driver's
+peak is its VmHWM over that work; the tasks' peak is the largest RSS a Ray worker reached
+(sampled every 0.2 s). ``--check`` also computes every entry in one process from the same outcome
+files (what the statistics were before they ran in tasks) and fails unless the two are equal.
+
+The last line: ``driver peak MiB <x>, tasks peak MiB <y>, stage s <z>``.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import multiprocessing
+import os
+import sys
+import tempfile
+import time
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "quickstart-vlm.yaml")
+SPLITS = {"target": 0.4, "reference": 0.4, "holdout": 0.2}
+OBJECTS_PER_IMAGE = 5
+CHUNK = 65_536  # records or queries written per file or row group
+
+
+def _context(out: str, args):
+    from study.config_load import load_config
+    from study.frame.context import RunContext
+
+    cfg = load_config(CONFIG, [f"search.k={args.k}", f"measure.ks=[1, 10, {args.k}]"], out)
+    m = {"bootstrap": args.bootstrap, "permutations": args.permutations}
+    cfg = dataclasses.replace(cfg, measure=dataclasses.replace(cfg.measure, **{k: v for k, v in m.items() if v}))
+    return RunContext.create(cfg)
+
+
+def _flat(a):
+    """One Arrow array (pyarrow chunks arrays of many strings)."""
+    return a.combine_chunks() if isinstance(a, pa.ChunkedArray) else a
+
+
+def _objects(rng, n: int, vocab: int) -> tuple[np.ndarray, np.ndarray]:
+    """(offsets (n + 1,), object ids): ~OBJECTS_PER_IMAGE distinct Zipf-drawn ids per record."""
+    p = 1.0 / np.arange(1, vocab + 1) ** 1.1
+    draws = rng.choice(vocab, size=(n, OBJECTS_PER_IMAGE + 1), p=p / p.sum())
+    draws.sort(axis=1)
+    keep = np.ones_like(draws, dtype=bool)
+    keep[:, 1:] = draws[:, 1:] != draws[:, :-1]  # distinct within a record
+    keep[:, OBJECTS_PER_IMAGE:] &= rng.random(n)[:, None] < 0.2  # a sixth now and then
+    sizes = keep.sum(axis=1)
+    return np.concatenate([[0], np.cumsum(sizes)]), draws[keep]
+
+
+def generate(out: str, args) -> None:
+    """Write the records, split members and search results of one synthetic study."""
+    from study import storage
+    from study.data.loading import split_uri
+    from study.data.records import RECORD_SCHEMA
+    from study.search.results import PARTS, SCHEMA
+    from study.stages.search import rows_per_part
+
+    ctx = _context(out, args)
+    rng = np.random.default_rng(args.records)
+    names = pa.array([f"object{j:05d}" for j in range(args.vocab)])
+    n_att = {s: int(args.records * f) for s, f in SPLITS.items()}
+    n_pub = 4 * args.records
+    ids = {"public": np.char.add("p", np.arange(n_pub).astype(str))}
+    ids.update({s: np.char.add(s[0], np.arange(n).astype(str)) for s, n in n_att.items()})
+    os.makedirs(ctx.data_root)
+    shard = 0
+    for split, split_ids in ids.items():
+        os.makedirs(split_uri(ctx.splits_dir, split))
+        for start in range(0, len(split_ids), CHUNK):
+            chunk = split_ids[start : start + CHUNK]
+            offsets, objs = _objects(rng, len(chunk), args.vocab)
+            objects = pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), _flat(names.take(pa.array(objs))))
+            first = names.take(pa.array(objs[offsets[:-1]]))
+            n = len(chunk)
+            table = pa.table({
+                "id": pa.array(chunk), "image": pa.array([b""] * n, pa.binary()),
+                "width": pa.array(np.full(n, 32, np.int32)), "height": pa.array(np.full(n, 32, np.int32)),
+                "label": pa.nulls(n, pa.int32()), "boxes": pa.nulls(n, RECORD_SCHEMA.field("boxes").type),
+                "caption": pc.binary_join_element_wise("a photo of a ", first, ""), "objects": objects}, schema=RECORD_SCHEMA)
+            pq.write_table(table, os.path.join(ctx.data_root, f"part-{shard:05d}.parquet"))
+            pq.write_table(pa.table({"id": pa.array(chunk), "label": pa.nulls(n, pa.int64())}),
+                           os.path.join(split_uri(ctx.splits_dir, split), f"part-{shard:05d}.parquet"))
+            shard += 1
+    public_ids = _flat(pa.array(ids["public"]))
+    per_part = rows_per_part(ctx.cfg.search)
+    for model in ("model_a", "model_b"):
+        for split in SPLITS:
+            uri = ctx.search_results(model, split, "caption_to_image")
+            os.makedirs(uri)
+            q = ids[split]
+            parts = max(1, -(-len(q) // per_part))
+            for j in range(parts):
+                with pq.ParquetWriter(os.path.join(uri, f"part-{j:05d}.parquet"), SCHEMA) as writer:
+                    for start in range(j * per_part, min((j + 1) * per_part, len(q)), CHUNK):
+                        chunk = q[start : min(start + CHUNK, (j + 1) * per_part, len(q))]
+                        rows = rng.integers(0, n_pub, size=len(chunk) * args.k)
+                        offsets = pa.array(np.arange(0, len(rows) + 1, args.k, dtype=np.int32))
+                        writer.write_table(pa.table({
+                            "query_id": pa.array(chunk),
+                            "neighbor_ids": pa.ListArray.from_arrays(offsets, _flat(public_ids.take(pa.array(rows)))),
+                            "distances": pa.ListArray.from_arrays(offsets, pa.array(np.zeros(len(rows), np.float32)))},
+                            schema=SCHEMA))
+            storage.write_json(os.path.join(uri, PARTS), {"key": "bench", "complete": parts})
+
+
+def run(out: str, args) -> dict:
+    import ray
+
+    from proc_memory import MemorySampler, hwm_mib, reset_peak_rss
+    from study.frame.kinds import CONTROLS
+    from study.kinds.vlm_dejavu import entries, measure, outcomes
+    from study.kinds.vlm_dejavu.objects import object_tables
+
+    ctx = _context(out, args)
+    ray.init(num_cpus=args.cpus, include_dashboard=False, logging_level="WARNING")
+    try:
+        reset_peak_rss()
+        with MemorySampler() as sampler:
+            t0 = time.perf_counter()
+            tables = ray.remote(num_cpus=1)(object_tables).remote(ctx.data_root, ctx.splits_dir, tuple(SPLITS))
+            keys = [(model, split, "caption_to_image") for model in ("model_a", "model_b") for split in SPLITS]
+            counts = measure.score_searches(ctx, tables, keys)
+            t1 = time.perf_counter()
+            where = {(m, s): (measure.outcome_dir(ctx, m, s, sp), ctx.search_results(m, s, sp)) for m, s, sp in keys}
+            results = measure.control_results(ctx, where, CONTROLS, "bench")
+            t2 = time.perf_counter()
+        driver = hwm_mib(os.getpid())
+        workers = {p: kib for p, kib in sampler.peak_by_pid.items() if p != os.getpid()}
+    finally:
+        ray.shutdown()
+    line = {"records": args.records, "vocab": args.vocab, "k": args.k, "cpus": args.cpus,
+            "bootstrap": ctx.cfg.measure.bootstrap, "permutations": ctx.cfg.measure.permutations,
+            "scored": sum(c["records"] for c in counts.values()), "scoring_s": round(t1 - t0, 1),
+            "statistics_s": round(t2 - t1, 1), "driver_peak_mib": round(driver), "tasks_peak_mib": round(max(workers.values(), default=0) / 1024),
+            "entries": sum(len(e) for e in results.values()),
+            "tasks_peak_mib_by_task": {cmd.removeprefix("ray::"): round(kib / 1024) for cmd, kib in
+                                       sorted(sampler.peak_by_cmd.items()) if kib}}
+    if args.check:
+        local = {c: entries.local(where, rows, c, outcomes.VARIANTS, ctx.cfg.measure, ctx.cfg.splits.seed,
+                                  ctx.cfg.report.gallery_size) for c, rows in CONTROLS.items()}
+        line["equal_to_one_process"] = local == results
+        if local != results:
+            raise SystemExit("the entries computed in tasks differ from those computed in one process")
+    return line
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--records", type=int, default=100_000, help="attacked records (the public set is 4x)")
+    ap.add_argument("--vocab", type=int, default=21_000, help="objects in the vocabulary (C)")
+    ap.add_argument("--k", type=int, default=100)
+    ap.add_argument("--cpus", type=int, default=os.cpu_count())
+    ap.add_argument("--bootstrap", type=int, default=0, help="draws (default: the config's)")
+    ap.add_argument("--permutations", type=int, default=0, help="draws (default: the config's)")
+    ap.add_argument("--check", action="store_true", help="also compute the entries in one process and compare")
+    ap.add_argument("--dir", default=None, help="where to write (default: a temporary directory)")
+    args = ap.parse_args()
+    out = args.dir or tempfile.mkdtemp(prefix="measure-bench-")
+    t = time.perf_counter()
+    child = multiprocessing.get_context("spawn").Process(target=generate, args=(out, args))
+    child.start()
+    child.join()
+    if child.exitcode:
+        raise SystemExit(f"generating the inputs failed ({child.exitcode})")
+    print(f"generated {args.records} attacked and {4 * args.records} public records with their search results "
+          f"in {time.perf_counter() - t:.0f} s under {out}", flush=True)
+    line = run(out, args)
+    print(json.dumps(line))
+    print(f"driver peak MiB {line['driver_peak_mib']}, tasks peak MiB {line['tasks_peak_mib']}, "
+          f"stage s {line['scoring_s'] + line['statistics_s']:.1f}")
+
+
+if __name__ == "__main__":
+    main()
