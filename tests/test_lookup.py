@@ -15,3 +15,23 @@ def test_rows_equal_a_dictionary():
     assert index.rows(queries).tolist() == [oracle.get(q, -1) for q in queries]
     assert len(index) == 3000
     assert IdIndex([]).rows(["a"]).tolist() == [-1]
+
+
+def test_arrow_ids_answer_like_python_ids():
+    """Ids given as Arrow string arrays (sliced, chunked, with nulls, of mixed widths and UTF-8)
+    index and look up as the same ids given as Python strings."""
+    import pyarrow as pa
+
+    rng = np.random.default_rng(1)
+    ids = [f"r{v}" for v in rng.choice(10**6, size=2000, replace=False)] + ["é-unicode", "a", "x" * 40]
+    arrow = pa.array(["pad"] + ids).slice(1)  # an offset into its buffers
+    chunked = pa.chunked_array([ids[:700], ids[700:]])
+    oracle = {i: r for r, i in enumerate(ids)}
+    queries = [ids[j] for j in rng.integers(0, len(ids), 500)] + ["missing", "r", "é", None, "x" * 41, ""]
+    want = [oracle.get(q, -1) for q in queries]
+    for index in (IdIndex([arrow]), IdIndex([chunked]), IdIndex([ids[:1000], pa.array(ids[1000:])])):
+        assert index.rows(pa.array(queries)).tolist() == want
+        assert index.rows(pa.chunked_array([queries[:3], queries[3:]])).tolist() == want
+        assert index.rows(queries).tolist() == want
+    assert IdIndex([pa.array([], pa.string())]).rows(pa.array(["a"])).tolist() == [-1]
+    assert IdIndex([ids]).rows(pa.array([], pa.string())).tolist() == []

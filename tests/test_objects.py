@@ -441,19 +441,45 @@ def test_module_imports_neither_ray_nor_faiss():
     assert out.stdout.strip() == "[]"
 
 
-def test_scores_in_batches_of_queries_equal_one_pass(monkeypatch):
-    """The measure stage scores a split's queries a batch at a time (bounded memory); the per-record
-    scores equal one pass over them all, whatever the batch size."""
+def test_scores_in_batches_of_queries_equal_one_pass(monkeypatch, tmp_path):
+    """The scoring reads a part of search results a batch of queries at a time (bounded memory)
+    and counts each k's votes once for all rules and variants; the outcome file equals scoring
+    each (k, rule, variant) over every query in one pass, whatever the batch size."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from study.data.lookup import IdIndex
     from study.kinds.vlm_dejavu import outcomes
+    from study.kinds.vlm_dejavu.objects import ObjectTables, Texts
+    from study.search.results import ResultWriter
 
     rng = np.random.default_rng(5)
     C, nb, nq, K = 500, 60, 53, 10
+    names = [f"o{j}" for j in range(C)]
     public = ObjectSets.from_lists([rng.integers(0, C, size=rng.integers(0, 5)) for _ in range(nb)], C)
-    gt = ObjectSets.from_lists([rng.integers(0, C, size=rng.integers(1, 5)) for _ in range(nq)], C)
+    attacked = ObjectSets.from_lists([rng.integers(0, C, size=rng.integers(0, 5)) for _ in range(nq)], C)
+    captions = [" ".join(names[o] for o in attacked.row(i)[: i % 3]) for i in range(nq)]  # names some objects
+    pub_ids, q_ids = [f"p{i}" for i in range(nb)], [f"q{i}" for i in range(nq)]
+    tables = ObjectTables(names, IdIndex([pub_ids]), public, IdIndex([q_ids]), attacked, Texts.from_arrow(pa.array(captions)))
     I = rng.integers(-1, nb, size=(nq, K))
-    for rule in PREDICTION_RULES:
-        whole = overlap(gt, PREDICTION_RULES[rule](neighbour_votes(public, I, 5), 3))
-        for rows in (1, 7, 53, 1000):
-            monkeypatch.setattr(outcomes, "SCORE_ROWS", rows)
-            got = outcomes.record_scores(I, public, gt, 5, rule, 3)
-            assert set(got) == set(whole) and all(np.array_equal(got[c], whole[c]) for c in whole)
+    writer = ResultWriter(str(tmp_path / "results"), "key", rows_per_part=1000)
+    writer.write(q_ids, np.array([[pub_ids[j] if j >= 0 else None for j in row] for row in I], dtype=object),
+                 np.zeros((nq, K), np.float32))
+    writer.close()
+    ks = (1, 5, K)
+    want = {}
+    for variant, gt in outcomes.ground_truth(tables, np.arange(nq)).items():
+        keep = np.flatnonzero(gt.sizes() > 0)
+        for k in ks:
+            for rule in PREDICTION_RULES:
+                whole = overlap(gt.take(keep), PREDICTION_RULES[rule](neighbour_votes(public, I[keep], k), 3))
+                hits = np.zeros(nq, np.int64)
+                hits[keep] = whole["hits"]
+                want[outcomes.column(k, rule, variant, "hits")] = hits.tolist()
+    for rows in (1, 7, 53, 1000):
+        monkeypatch.setattr(outcomes, "SCORE_ROWS", rows)
+        out = tmp_path / f"out-{rows}"
+        outcomes.score_part(tables, str(tmp_path / "results"), 0, str(out), ks, 3)
+        got = pq.read_table(out / "part-00000.parquet")
+        assert got.column("id").to_pylist() == q_ids
+        assert {name: got.column(name).to_pylist() for name in want} == want

@@ -13,7 +13,7 @@ import pytest
 
 from study.config import TrainConfig
 from study.config_load import load_config
-from study.core.object_sets import PREDICTION_RULES, ObjectSets
+from study.core.object_sets import PREDICTION_RULES, ObjectSets, neighbour_votes, overlap, predict_union
 from study.core.split_plan import SplitPlan
 from study.data.model_input import ModelInput
 from study.embed.captions import (CAPTION, PUBLIC_CAPTIONS, TEXT, plan_with_public_captions,
@@ -24,7 +24,7 @@ from study.kinds.vlm_dejavu.text_retriever import CONTROLS, RETRIEVER
 from study.frame.validate import check_registries
 from study.kinds.vlm_dejavu import entries
 from study.kinds.vlm_dejavu.measure import sides_present
-from study.kinds.vlm_dejavu.outcomes import VARIANTS, column, record_scores
+from study.kinds.vlm_dejavu.outcomes import VARIANTS, column
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VLM = os.path.join(ROOT, "configs/quickstart-vlm.yaml")
@@ -44,8 +44,8 @@ KEY = (1, "union", "all")
 def _scores(ids, gt, image_rows, caption_rows):
     """(target's, retriever's) per-record scores at k = 1 from their nearest public record."""
     gt = ObjectSets.from_lists([np.flatnonzero(row) for row in gt], 3)
-    t = record_scores(np.array(image_rows)[:, None], PUBLIC, gt, 1, "union", 3)
-    r = record_scores(np.array(caption_rows)[:, None], PUBLIC, gt, 1, "union", 3)
+    t = overlap(gt, predict_union(neighbour_votes(PUBLIC, np.array(image_rows)[:, None], 1)))
+    r = overlap(gt, predict_union(neighbour_votes(PUBLIC, np.array(caption_rows)[:, None], 1)))
     ids = np.array(ids)
     return {KEY: (ids, t)}, {KEY: (ids, r)}
 

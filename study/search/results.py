@@ -140,12 +140,12 @@ def neighbour_matrix(neighbor_ids: pa.Array, rows_of) -> tuple[np.ndarray, np.nd
     nq, k = len(lengths), int(lengths.max()) if len(lengths) else 0
     out = np.full((nq, k), -1, dtype=np.int64)
     flat_ids = neighbor_ids.flatten()
-    flat = flat_ids.to_pylist()
-    rows = rows_of(flat)
-    col = np.arange(len(flat)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    rows = rows_of(flat_ids)  # an Arrow array: IdIndex reads its buffers, no Python string per id
+    col = np.arange(len(flat_ids)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
     out[np.repeat(np.arange(nq), lengths), col] = rows
     unknown = (rows < 0) & pc.is_valid(flat_ids).to_numpy(zero_copy_only=False)
-    return out, (np.asarray(flat, dtype=object)[unknown] if unknown.any() else np.zeros(0, dtype=object))
+    return out, (np.asarray(flat_ids.filter(pa.array(unknown)).to_pylist(), dtype=object) if unknown.any()
+                 else np.zeros(0, dtype=object))
 
 
 def first_ids(ids) -> str:

@@ -47,7 +47,7 @@ def split_index(ctx: RunContext, split: str) -> tuple[IdIndex, np.ndarray]:
     def ids():
         for batch in iter_split(ctx.splits_dir, split):
             labels.append(batch.column("label").fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64))
-            yield batch.column("id").to_pylist()
+            yield batch.column("id")
 
     index = IdIndex(ids())
     return index, np.concatenate(labels) if labels else np.zeros(0, np.int64)

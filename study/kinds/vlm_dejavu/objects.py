@@ -97,11 +97,11 @@ def _sets(pair_rows: list, pair_objects: list, n: int, vocab_size: int) -> Objec
 
 def object_tables(data_root: str, splits_dir: str, attacked: tuple[str, ...]) -> ObjectTables:
     """Two streaming passes over (id, objects, caption): the vocabulary, then the tables."""
-    public = IdIndex(b.column("id").to_pylist() for b in iter_split(splits_dir, "public"))
-    att = IdIndex(b.column("id").to_pylist() for s in attacked for b in iter_split(splits_dir, s))
+    public = IdIndex(b.column("id") for b in iter_split(splits_dir, "public"))
+    att = IdIndex(b.column("id") for s in attacked for b in iter_split(splits_dir, s))
     names = set()
     for batch in _record_batches(data_root):
-        ids = batch.column("id").to_pylist()
+        ids = batch.column("id")
         used = (public.rows(ids) >= 0) | (att.rows(ids) >= 0)
         names.update(pc.unique(pc.list_flatten(batch.column("objects").filter(pa.array(used)))).to_pylist())
     names.discard(None)
@@ -110,7 +110,7 @@ def object_tables(data_root: str, splits_dir: str, attacked: tuple[str, ...]) ->
     pairs = {"public": ([], []), "attacked": ([], [])}
     caption_rows, captions = [], []
     for batch in _record_batches(data_root):
-        ids = batch.column("id").to_pylist()
+        ids = batch.column("id")
         for name, index in (("public", public), ("attacked", att)):
             rows = index.rows(ids)
             hit = rows >= 0

@@ -45,34 +45,25 @@ def ground_truth(tables, rows: np.ndarray) -> dict[str, ObjectSets]:
     return {"all": all_sets, "unnamed": ObjectSets.from_lists(unnamed, all_sets.vocab_size)}
 
 
-def record_scores(I: np.ndarray, public_objects: ObjectSets, gt: ObjectSets, k: int, rule: str, top_n: int) -> dict:
-    """Per-record hits, |pred|, |GT|, precision, recall, F of one model's predictions at one k,
-    SCORE_ROWS queries at a time: the votes of a batch hold a (query, object) pair per object of
-    each of a query's first k neighbours, about k x objects per image pairs a query."""
-    if len(I) <= SCORE_ROWS:
-        return overlap(gt, PREDICTION_RULES[rule](neighbour_votes(public_objects, I, min(k, I.shape[1])), top_n))
-    parts = [record_scores(I[start : start + SCORE_ROWS], public_objects,
-                           gt.take(np.arange(start, min(start + SCORE_ROWS, len(I)))), k, rule, top_n)
-             for start in range(0, len(I), SCORE_ROWS)]
-    return {key: np.concatenate([part[key] for part in parts]) for key in parts[0]}
-
-
 def score_table(tables, q_ids: np.ndarray, I: np.ndarray, ks, top_n: int) -> pa.Table:
-    """The outcome columns of one batch of queries (ids (n,), public rows of their neighbours (n, k))."""
+    """The outcome columns of one batch of queries (ids (n,), public rows of their neighbours
+    (n, K)). A query's votes and predictions depend on its neighbours alone, so each k's votes
+    are counted once for the batch and each rule's prediction serves both variants."""
     truths = ground_truth(tables, tables.attacked.rows(q_ids))
     cols = {"id": pa.array(q_ids, pa.string())}
     cols.update({f"gt/{v}": pa.array(gt.sizes().astype(np.int32)) for v, gt in truths.items()})
-    for variant, gt in truths.items():
-        keep = gt.sizes() > 0
-        kept = gt.take(np.flatnonzero(keep))
-        for k in ks:
-            for rule in PREDICTION_RULES:
-                hits, pred = np.zeros(len(q_ids), np.int32), np.zeros(len(q_ids), np.int32)
-                if keep.any():
-                    got = record_scores(I[keep], tables.public_objects, kept, k, rule, top_n)
-                    hits[keep], pred[keep] = got["hits"], got["pred_size"]
+    kept = {v: np.flatnonzero(gt.sizes() > 0) for v, gt in truths.items()}
+    for k in ks:
+        votes = neighbour_votes(tables.public_objects, I, min(k, I.shape[1])) if len(q_ids) else None
+        for rule, predict in PREDICTION_RULES.items():
+            pred = predict(votes, top_n) if votes is not None else None
+            for variant, gt in truths.items():
+                hits, size = np.zeros(len(q_ids), np.int32), np.zeros(len(q_ids), np.int32)
+                if len(kept[variant]):
+                    got = overlap(gt.take(kept[variant]), pred.take(kept[variant]))
+                    hits[kept[variant]], size[kept[variant]] = got["hits"], got["pred_size"]
                 cols[column(k, rule, variant, "hits")] = pa.array(hits)
-                cols[column(k, rule, variant, "pred")] = pa.array(pred)
+                cols[column(k, rule, variant, "pred")] = pa.array(size)
     return pa.table(cols)
 
 

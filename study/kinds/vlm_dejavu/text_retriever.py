@@ -7,7 +7,7 @@ through it (a second Ray Data pass that reads no image), the search stage finds 
 caption's k nearest public captions (space ``caption_to_caption``, on the same sharded FAISS
 actors as the models' searches), and the measure stage scores the objects of the retrieved
 captions' images exactly as it scores the objects of the attacked model's retrieved images
-(``outcomes.record_scores``): union or top-n, all or unnamed objects, every k.
+(``outcomes.score_table``): union or top-n, all or unnamed objects, every k.
 
 Sides are the SSL one-model test's (``study.stages.measure.ONE_MODEL_CONTROLS``) with the retriever in the
 reference's place: positive = model A on its own training records and, when the pair exists,
