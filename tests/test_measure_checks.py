@@ -112,18 +112,20 @@ def test_vlm_outcomes_align_by_id_whatever_the_result_order(tmp_path):
     b = write_results(tmp_path / "b", ["q1", "q2", "q0"], [["p1", "p5"], ["p2"], ["p0"]])
     for name, uri in (("a", a), ("b", b)):
         outcomes.score_part(vlm_tables(), uri, 0, str(tmp_path / f"out-{name}"), (1, 2), 3)
-    (ia, sa), (ib, sb) = (outcomes.read_outcomes(str(tmp_path / f"out-{n}"), (1, 2))[1]["all"] for n in "ab")
-    assert ia.tolist() == ib.tolist() == ["q0", "q1", "q2"]
-    for key in sa:
-        assert all(np.array_equal(sa[key][c], sb[key][c]) for c in sa[key])
+    read = {n: outcomes.Outcomes(str(tmp_path / f"out-{n}")) for n in "ab"}
+    keys = [(k, rule) for k in (1, 2) for rule in ("union", "top_n")]
+    for key in keys:
+        (ia, sa), (ib, sb) = (read[n].entry("all", key) for n in "ab")
+        assert ia.tolist() == ib.tolist() == ["q0", "q1", "q2"]
+        assert all(np.array_equal(sa[c], sb[c]) for c in sa)
     # By hand, k = 2, union: q0 (cat, dog) <- p0 (cat): 1 hit of 1; q1 (tree) <- p1, p5 (dog; cat, tree):
     # 1 hit of 3; q2 (cat, tree) <- p2 (tree): 1 hit of 1.
-    got = sa[(2, "union")]
+    _, got = read["a"].entry("all", (2, "union"))
     assert got["hits"].tolist() == [1, 1, 1] and got["pred_size"].tolist() == [1, 3, 1]
     assert got["recall"].tolist() == [0.5, 1.0, 0.5]
     # Unnamed: q0's caption names the cat (left: dog), q1's the tree (left: none, so q1 is left out).
-    iu, su = outcomes.read_outcomes(str(tmp_path / "out-a"), (1, 2))[1]["unnamed"]
-    assert iu.tolist() == ["q0", "q2"] and su[(2, "union")]["hits"].tolist() == [0, 1]
+    iu, su = read["a"].entry("unnamed", (2, "union"))
+    assert iu.tolist() == ["q0", "q2"] and su["hits"].tolist() == [0, 1]
 
 
 def test_unknown_neighbours_exclude_padding(tmp_path):

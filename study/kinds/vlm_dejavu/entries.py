@@ -18,7 +18,7 @@ from typing import Sequence
 from study.core.object_sets import PREDICTION_RULES
 from study.core.objects import ObjectSide, SideDraws, most_memorized, population_summary, sample_level, side_draws
 from study.frame.kinds import side_mask
-from study.kinds.vlm_dejavu.outcomes import read_outcomes
+from study.kinds.vlm_dejavu.outcomes import Outcomes
 from study.search.results import check_same_queries
 
 BINS = 100  # recall-curve grid points - 1
@@ -29,20 +29,25 @@ def entry_keys(ks) -> list[tuple[int, str]]:
     return [(k, rule) for k in ks for rule in PREDICTION_RULES]
 
 
-def load_sides(where: dict, rows: Sequence[tuple], control: str, variant: str, key: tuple, seed: int) -> list:
+def read_sides(where: dict, rows: Sequence[tuple]) -> dict:
+    """{(model, split): Outcomes} of every model of the sides ``rows``, each read once; the two
+    models of a side must have been queried with the same records."""
+    read = {mk: Outcomes(where[mk][0]) for mk in {(m, split) for _, split, *ms in rows for m in ms}}
+    for _, split, tgt, ref in rows:
+        check_same_queries({tgt: read[(tgt, split)].ids, ref: read[(ref, split)].ids},
+                           {tgt: where[(tgt, split)][1], ref: where[(ref, split)][1]})
+    return read
+
+
+def load_sides(read: dict, rows: Sequence[tuple], control: str, variant: str, key: tuple, seed: int) -> list:
     """[ObjectSide per row of ``rows`` ((side, split, target, reference))] of one control, variant
-    and (k, rule) ``key``, from the outcome files ``where`` ((model, split) -> (outcome dir, search
-    results dir)), reading only that key's columns: a task holds one entry's records at a time.
-    The two models of a side must have been queried with the same records."""
-    read = {mk: read_outcomes(where[mk][0], (key[0],), [key]) for mk in {(m, split) for _, split, *ms in rows for m in ms}}
+    and (k, rule) ``key``, from the outcomes ``read`` (``read_sides``): a task makes one entry's
+    sides at a time."""
     sides = []
     for side_name, split, tgt, ref in rows:
-        check_same_queries({tgt: read[(tgt, split)][0], ref: read[(ref, split)][0]},
-                           {tgt: where[(tgt, split)][1], ref: where[(ref, split)][1]})
-        t_ids, t_sc = read[(tgt, split)][1][variant]
-        _, r_sc = read[(ref, split)][1][variant]  # the same records in the same (id) order
+        t_ids, t = read[(tgt, split)].entry(variant, key)
+        _, r = read[(ref, split)].entry(variant, key)  # the same records in the same (id) order
         sel = side_mask(t_ids, control, side_name, seed)
-        t, r = t_sc[key], r_sc[key]
         sides.append(ObjectSide(
             ids=t_ids[sel], target_precision=t["precision"][sel], target_recall=t["recall"][sel],
             target_hits=t["hits"][sel], reference_precision=r["precision"][sel],
@@ -53,9 +58,9 @@ def load_sides(where: dict, rows: Sequence[tuple], control: str, variant: str, k
 def ranking(where: dict, rows: Sequence[tuple], control: str, variant: str, ks, seed: int,
             fractions: Sequence[float], gallery_size: int) -> dict:
     """{(k, rule): {"n", "sample_level", "most_memorized"}} of one control and variant."""
-    out = {}
+    out, read = {}, read_sides(where, rows)
     for key in entry_keys(ks):
-        sides = load_sides(where, rows, control, variant, key, seed)
+        sides = load_sides(read, rows, control, variant, key, seed)
         n = [len(s) for s in sides]
         out[key] = {"n": n, "sample_level": sample_level(sides, fractions) if sum(n) else [],
                     "most_memorized": [
@@ -68,9 +73,9 @@ def ranking(where: dict, rows: Sequence[tuple], control: str, variant: str, ks, 
 def draws(where: dict, rows: Sequence[tuple], control: str, variant: str, ks, seed: int, draw_seed: int,
           boot: range, swaps: range) -> dict:
     """{(k, rule): [SideDraws over these draws, or None for an empty side, per row]}."""
-    out = {}
+    out, read = {}, read_sides(where, rows)
     for key in entry_keys(ks):
-        sides = load_sides(where, rows, control, variant, key, seed)
+        sides = load_sides(read, rows, control, variant, key, seed)
         out[key] = [side_draws(s, i, draw_seed, boot, swaps, BINS) if len(s) else None for i, s in enumerate(sides)]
     return out
 

@@ -95,27 +95,26 @@ def score_part(tables, results_uri: str, part: int, out_uri: str, ks: tuple, top
     return counts
 
 
-def read_outcomes(uri: str, ks, keys=None) -> tuple[np.ndarray, dict]:
-    """(every query id, {variant: (ids of its kept records, {(k, rule): scores dict})}) of one
-    model's outcome files, in one read of the columns of ``keys`` ((k, rule), default every one);
-    records in id order, so the statistics do not depend on the order of the files."""
-    keys = list(keys) if keys is not None else [(k, rule) for k in ks for rule in PREDICTION_RULES]
-    files = sorted(f for f in storage.list_files(uri) if f.endswith(".parquet"))
-    fs, paths = storage.arrow_fs_paths(files)
-    names = ["id"] + [f"gt/{v}" for v in VARIANTS] + [column(k, rule, v, f) for k, rule in keys for v in VARIANTS
-                                                     for f in ("hits", "pred")]
-    table = pq.ParquetDataset(paths, filesystem=fs).read(columns=names) if files else None
-    if table is None or table.num_rows == 0:
-        empty = scores(*(np.zeros(0, np.int64),) * 3)
-        return np.zeros(0, str), {v: (np.zeros(0, str), {key: empty for key in keys}) for v in VARIANTS}
-    ids = np.asarray(table.column("id").to_pylist(), dtype=str)
-    order = np.argsort(ids, kind="stable")
-    out = {}
-    for variant in VARIANTS:
-        gt = table.column(f"gt/{variant}").to_numpy()
-        kept = order[gt[order] > 0]
-        out[variant] = (ids[kept], {
-            (k, rule): scores(table.column(column(k, rule, variant, "hits")).to_numpy()[kept],
-                              table.column(column(k, rule, variant, "pred")).to_numpy()[kept], gt[kept])
-            for k, rule in keys})
-    return ids, out
+class Outcomes:
+    """One model's outcome files of one split, read once: counts stay int32 Arrow columns (a
+    few bytes per record and entry) and each entry's scores are made when asked for, so a task
+    holds one entry's float arrays at a time. Records in id order: the statistics do not depend
+    on the order of the files."""
+
+    def __init__(self, uri: str):
+        files = sorted(f for f in storage.list_files(uri) if f.endswith(".parquet"))
+        fs, paths = storage.arrow_fs_paths(files)
+        self.table = pq.ParquetDataset(paths, filesystem=fs).read() if files else None
+        n = self.table.num_rows if self.table is not None else 0
+        self.ids = np.asarray(self.table.column("id").to_pylist(), dtype=str) if n else np.zeros(0, str)
+        self.order = np.argsort(self.ids, kind="stable")
+
+    def entry(self, variant: str, key: tuple) -> tuple[np.ndarray, dict]:
+        """(ids of the records with ground truth for ``variant``, in id order; their scores at
+        (k, rule) ``key``)."""
+        if not len(self.ids):
+            return np.zeros(0, str), scores(*(np.zeros(0, np.int64),) * 3)
+        gt = self.table.column(f"gt/{variant}").to_numpy()
+        kept = self.order[gt[self.order] > 0]
+        hits, pred = (self.table.column(column(*key, variant, f)).to_numpy()[kept] for f in ("hits", "pred"))
+        return self.ids[kept], scores(hits, pred, gt[kept])
