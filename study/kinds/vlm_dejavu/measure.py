@@ -25,6 +25,11 @@ DRAWS_PER_TASK = 250  # the fewest bootstrap or swap draws a statistics task is 
 PROGRESS_PARTS = 20  # with this many parts or more, progress is logged every tenth of them
 
 
+def _cpus() -> int:
+    """The cluster's CPUs, which size the task windows and the draw pieces."""
+    return int(ray.cluster_resources().get("CPU", 1))
+
+
 def outcome_dir(ctx: RunContext, model: str, split: str, space: str) -> str:
     return ctx.stage_dir("measure", "outcomes", model, split, space)
 
@@ -42,7 +47,7 @@ def score_searches(ctx: RunContext, tables, keys: list[tuple[str, str, str]]) ->
         storage.remove(out)
         parts = int(storage.read_json(storage.join(uri, results.PARTS))["complete"])
         jobs += [(key, uri, j, out) for j in range(parts)]
-    window = max(1, IN_FLIGHT_PER_CPU * int(ray.cluster_resources().get("CPU", 1)))
+    window = max(1, IN_FLIGHT_PER_CPU * _cpus())
     counts: dict = {key: {} for key in keys}
     pending: dict = {}
     done = 0
@@ -89,7 +94,7 @@ def control_results(ctx: RunContext, where: dict, controls: dict, label: str, on
     cfg = ctx.cfg
     m = cfg.measure
     rank_task, draw_task = (ray.remote(num_cpus=1)(f) for f in (entries.ranking, entries.draws))
-    pieces = draw_pieces(m.bootstrap, m.permutations, int(ray.cluster_resources().get("CPU", 1)))
+    pieces = draw_pieces(m.bootstrap, m.permutations, _cpus())
     submitted = {}
     for control, rows in controls.items():
         have = sides_present(rows, where, one_sided)
