@@ -141,7 +141,8 @@ def run(out: str, args) -> dict:
             t0 = time.perf_counter()
             tables = ray.remote(num_cpus=1)(object_tables).remote(ctx.data_root, ctx.splits_dir, tuple(SPLITS))
             keys = [(model, split, "caption_to_image") for model in ("model_a", "model_b") for split in SPLITS]
-            counts = measure.score_searches(ctx, tables, keys)
+            counts = measure.score_searches(ctx, outcomes.score_part, tables, keys, tuple(ctx.cfg.measure.ks),
+                                            ctx.cfg.measure.top_n)
             t1 = time.perf_counter()
             where = {(m, s): (measure.outcome_dir(ctx, m, s, sp), ctx.search_results(m, s, sp)) for m, s, sp in keys}
             results = measure.control_results(ctx, where, CONTROLS, "bench")

@@ -10,13 +10,10 @@ import pyarrow.parquet as pq
 
 from study.core.topk import label_votes, predict_from_votes
 from study.frame.kinds import side_ids
-from study.kinds.ssl_dejavu.measure import build_sides, knn_outcomes, split_index
+from study.kinds.ssl_dejavu.entries import build_sides
+from study.kinds.ssl_dejavu.outcomes import split_labels
 from study.search.results import ResultWriter
-
-
-class _Ctx:
-    def __init__(self, splits_dir):
-        self.splits_dir = splits_dir
+from test_measure_checks import knn_outcomes
 
 
 def _write_split(splits_dir, name, ids, labels):
@@ -58,12 +55,14 @@ def test_batched_outcomes_equal_the_dictionary_oracle(tmp_path):
                      np.zeros((len(queries), 12), np.float32))
         writer.close()
         expected = _oracle(queries, nbrs, dict(zip(pub, pub_labels.tolist())), dict(zip(queries, q_labels.tolist())), C)
-        public, truth = split_index(_Ctx(splits_dir), "public"), split_index(_Ctx(splits_dir), "target")
+        public, truth = split_labels(splits_dir, "public"), split_labels(splits_dir, "target")
         for batch_rows in (7, 1000):
-            got = knn_outcomes(uri, public, truth, C, batch_rows=batch_rows)
+            got, counts = knn_outcomes(uri, public, truth, C, batch_rows=batch_rows)
+            assert counts["records"] == len(queries) and counts["unlabelled_queries"] == 0
             assert list(got.ids) == sorted(queries)
             assert {q: (bool(a), bool(b), float(c)) for q, a, b, c in zip(got.ids, got.top1, got.top5, got.confidence)} == expected
         out[(model, "holdout")] = got
-    a, b = build_sides(out, "null", 4, "top1")
+    a, b = build_sides(out, [("a", "holdout", "model_a", "model_b"), ("b", "holdout", "model_b", "model_a")], "null",
+                       4, "top1")
     assert list(a.ids) == side_ids(queries, "null", "a", 4) and list(b.ids) == side_ids(queries, "null", "b", 4)
     assert len(a) + len(b) == len(queries)

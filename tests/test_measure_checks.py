@@ -7,11 +7,12 @@ import pytest
 
 from study.data.lookup import IdIndex
 from study.errors import StudyError
-from study.kinds.ssl_dejavu.measure import dropped_counts, knn_outcomes
+from study import storage
+from study.kinds.ssl_dejavu.outcomes import LabelTables, Outcomes, score_part
 from study.core.object_sets import ObjectSets
 from study.kinds.vlm_dejavu import outcomes
 from study.kinds.vlm_dejavu.objects import ObjectTables, Texts
-from study.search.results import (ResultWriter, check_queries, check_same_queries, iter_results, neighbour_matrix,
+from study.search.results import (PARTS, ResultWriter, check_queries, check_same_queries, iter_results, neighbour_matrix,
                                   public_rows)
 
 PUBLIC = [f"p{i}" for i in range(8)]
@@ -29,6 +30,17 @@ def write_results(uri, query_ids, neighbours):
     return str(uri)
 
 
+def knn_outcomes(uri, public, truth, num_classes, batch_rows=65_536):
+    """The SSL scoring of every part of one model's search results on the "target" split, as the
+    measure stage's tasks run it: (Outcomes read back from the files, summed counts)."""
+    tables = LabelTables(num_classes, *public, {"target": truth})
+    out, counts = uri + "-outcomes", {}
+    for part in range(storage.read_json(storage.join(uri, PARTS))["complete"]):
+        for name, value in score_part(tables, uri, part, out, "target", batch_rows).items():
+            counts[name] = counts.get(name, 0) + value
+    return Outcomes.read(out), counts
+
+
 def public():
     return IdIndex([PUBLIC]), PUBLIC_LABELS
 
@@ -39,13 +51,12 @@ def truth(labels=(0, 1, 2, 0)):
 
 def test_unlabelled_neighbours_and_queries_are_counted_not_hidden(tmp_path):
     uri = write_results(tmp_path / "a", QUERIES, [["p6", "p7", None], ["p1", "p7", "p4"], ["p2"], ["p6", "p7"]])
-    out = knn_outcomes(uri, public(), truth(labels=(0, 1, 2, -1)), num_classes=3, batch_rows=2)
+    out, counts = knn_outcomes(uri, public(), truth(labels=(0, 1, 2, -1)), num_classes=3, batch_rows=2)
     # q3 has no label: left out, not scored right because no neighbour voted (-1 == -1)
     assert list(out.ids) == ["q0", "q1", "q2"]
     # q0's neighbours carry no label: no vote, so no prediction and wrong
     assert out.top1.tolist() == [False, True, True]
-    assert (out.neighbours, out.unlabelled_neighbours, out.unlabelled_queries) == (8, 5, 1)
-    assert dropped_counts([out, out]) == {"neighbours": 16, "unlabelled_neighbours": 10, "unlabelled_queries": 2}
+    assert counts == {"records": 4, "neighbours": 8, "unlabelled_neighbours": 5, "unlabelled_queries": 1}
 
 
 def test_neighbour_outside_the_public_split_names_results_and_ids(tmp_path):
@@ -65,7 +76,7 @@ def test_query_outside_the_attacked_split(tmp_path):
 def test_models_queried_with_different_records(tmp_path):
     a = write_results(tmp_path / "a", QUERIES, [["p0"]] * 4)
     b = write_results(tmp_path / "b", ["q3", "q1", "q0"], [["p0"]] * 3)  # q2 missing, other order
-    ids = {m: knn_outcomes(u, public(), truth(), 3).ids for m, u in (("model_a", a), ("model_b", b))}
+    ids = {m: knn_outcomes(u, public(), truth(), 3)[0].ids for m, u in (("model_a", a), ("model_b", b))}
     with pytest.raises(StudyError) as err:
         check_same_queries(ids, {"model_a": a, "model_b": b})
     msg = str(err.value)

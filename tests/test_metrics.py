@@ -9,11 +9,14 @@ import pytest
 
 from study.core import stats
 from study.core.metrics import (
+    AccuracyDraws,
     Side,
+    accuracy_summary,
     accuracy_curve,
     dejavu_test,
     most_memorized,
     quadrant_fractions,
+    side_draws,
     topq_accuracy,
 )
 from study.core.stats import (
@@ -281,6 +284,26 @@ def test_dejavu_test_does_not_depend_on_chunk_size():
     assert dejavu_test(sides, chunk_elements=7 * 53, **args) == one_draw  # 3 to 9 draws a chunk, ragged last
     assert dejavu_test(sides, chunk_elements=10**9, **args) == one_draw  # every draw at once
     assert dejavu_test(sides, **args) == one_draw
+
+
+def test_draws_in_pieces_stack_into_the_whole_test():
+    """The measure stage's tasks each draw a range of draw numbers (a side's index keys its draws):
+    any split of the ranges, including an empty piece, stacks into the numbers of one piece."""
+    rng = np.random.default_rng(11)
+    sides = [tied_side(rng, 47, "a"), Side(*(np.zeros(0),) * 5), random_side(rng, 39, 0.6, 0.5, "b")]
+    qs, boot, perms = [0.1, 0.5, 1.0], 70, 90
+    whole = dejavu_test(sides, qs=qs, bootstrap=boot, permutations=perms, level=0.9, seed=6)
+    splits = (
+        [(range(70), range(90))],
+        [(range(0, 13), range(0, 60)), (range(13, 13), range(60, 90)), (range(13, 70), range(90, 90))],
+        [(range(0, 1), range(0, 2)), (range(1, 30), range(2, 45)), (range(30, 70), range(45, 90))],
+    )
+    for pieces in splits:
+        present = [AccuracyDraws.stack([side_draws(s, k, qs, 6, rb, rp) for rb, rp in pieces])
+                   for k, s in enumerate(sides) if len(s)]
+        assert accuracy_summary(present, qs, perms, 0.9) == whole, pieces
+    shifted = side_draws(sides[0], 0, qs, 6, range(5, 9), range(0))
+    assert np.array_equal(shifted.boot_target, side_draws(sides[0], 0, qs, 6, range(9), range(0)).boot_target[5:])
 
 
 def test_dejavu_test_memory_does_not_grow_with_draws():

@@ -151,3 +151,19 @@ def test_scorer_equals_an_in_memory_computation(tmp_path):
             b2v = np.stack([enc.backbone[:3](v).mean(dim=(2, 3)).numpy() for v in views])
         np.testing.assert_allclose(out[f"{name}/{view_name('projector')}"][:, 0], sslmem.alignment(z, zv), rtol=1e-5)
         np.testing.assert_allclose(out[f"{name}/{view_name('backbone.2')}"][:, 0], sslmem.alignment(b2, b2v), rtol=1e-5)
+
+
+def test_draws_in_pieces_stack_into_the_whole():
+    """The measure stage's tasks each draw a range of draw numbers: any split of the ranges, an
+    empty piece included, gives the numbers of one piece."""
+    rng = np.random.default_rng(4)
+    a, b = rng.normal(0.3, 1, 90), rng.normal(0, 1, 70)
+    whole = sslmem.compare(a, b, 60, 80, 0.9, 3, 0.9)
+    pieces = [(range(0, 25), range(0, 0)), (range(25, 25), range(0, 33)), (range(25, 60), range(33, 80))]
+    drawn = [sslmem.compare_draws(a, b, rb, rp, 3, 0.9) for rb, rp in pieces]
+    got = sslmem.compare_summary(sslmem.compare_observed(a, b, 0.9), np.concatenate([d[0] for d in drawn]),
+                                 np.concatenate([d[1] for d in drawn]), 0.9, 0.9)
+    assert got == whole
+    means = np.concatenate([sslmem.describe_draws(a, rb, 3, 1) for rb, _ in pieces])
+    assert sslmem.describe_summary(sslmem.describe_observed(a), means, 0.9) == sslmem.describe(a, 60, 0.9, 3, 1)
+    assert not np.array_equal(sslmem.describe_draws(a, range(5, 10), 3, 1), sslmem.describe_draws(a, range(5), 3, 1))

@@ -136,3 +136,29 @@ def test_null_control_extra_set(sslmem_run):
         scores = rows[f"{space}/score"].to_numpy()
         test = sslmem.compare(scores[half], scores[~half], 200, 500, 0.95, 0, 0.95)["mean_difference"]
         assert test["ci"][0] <= 0 <= test["ci"][1] and test["p_value"] > 0.01, (space, test)
+
+
+def test_statistics_in_several_tasks_give_the_same_results(sslmem_run, monkeypatch):
+    """The measure stage again with its draws split over 2 to 4 tasks (keyed draws): the same
+    results, and each statistic as the one-process functions give it from the scores file."""
+    from study.core import sslmem
+    from study.kinds.sslmem import measure
+    from study.stages import measure_tasks
+
+    ctx, report = sslmem_run
+    before = storage.read_json(ctx.measure_results)
+    monkeypatch.setattr(measure_tasks, "DRAWS_PER_TASK", 130)
+    monkeypatch.setattr(measure, "cpus", lambda: 4)
+    measure.run_measure(ctx)
+    assert storage.read_json(ctx.measure_results) == before
+    m, q = ctx.cfg.measure, ctx.cfg.sslmem.high_quantile
+    table = pq.read_table(ctx.stage_dir("measure", SCORES_FILE)).to_pandas()
+    by_set = {name: table[table["set"] == name]["backbone/normalised"].to_numpy()
+              for name in ("candidates", "independent", "extra")}
+    got = before["backbone"]["normalised"]
+    for control in ("independent", "extra"):
+        want = sslmem.compare(by_set["candidates"], by_set[control], m.bootstrap, m.permutations, m.confidence_level,
+                              m.seed, q)
+        assert got["tests"][control] == want
+    for k, (name, values) in enumerate(by_set.items()):
+        assert got["sets"][name] == sslmem.describe(values, m.bootstrap, m.confidence_level, m.seed, k)

@@ -19,6 +19,7 @@ from study.errors import StudyError
 from study.frame.context import RunContext
 from study.frame.kinds import CONTROLS, side_mask
 from study.kinds.vlm_dejavu import entries, measure
+from study.stages import measure_tasks
 from study.kinds.vlm_dejavu.outcomes import VARIANTS, column
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -102,7 +103,7 @@ def test_entries_do_not_depend_on_the_number_of_tasks_and_equal_the_core_functio
     ctx = _ctx(tmp_path)
     got = []
     for per_task in (10**6, 120, 37):  # one task for every draw; 4 and 11 pieces, more than this machine has CPUs
-        monkeypatch.setattr(measure, "DRAWS_PER_TASK", per_task)
+        monkeypatch.setattr(measure_tasks, "DRAWS_PER_TASK", per_task)
         monkeypatch.setattr(measure, "draw_pieces", _pieces_ignoring_cpus(per_task))
         got.append(measure.control_results(ctx, where, CONTROLS, "test"))
     assert got[0] == got[1] == got[2]
@@ -121,7 +122,7 @@ def test_entries_do_not_depend_on_the_number_of_tasks_and_equal_the_core_functio
 
 
 def _pieces_ignoring_cpus(per_task: int):
-    real = measure.draw_pieces
+    real = measure_tasks.draw_pieces
 
     def pieces(bootstrap: int, permutations: int, cpus: int):
         return real(bootstrap, permutations, 10**6)  # more pieces than this machine's CPUs
@@ -131,11 +132,11 @@ def _pieces_ignoring_cpus(per_task: int):
 
 def test_draw_pieces_cover_every_draw_once():
     for b, p, cpus in ((300, 400, 2), (1000, 2000, 16), (10, 7, 4), (1, 1, 8), (5000, 100, 3)):
-        pieces = measure.draw_pieces(b, p, cpus)
+        pieces = measure_tasks.draw_pieces(b, p, cpus)
         assert 1 <= len(pieces) <= cpus
         assert [d for r, _ in pieces for d in r] == list(range(b))
         assert [d for _, r in pieces for d in r] == list(range(p))
-        assert len(pieces) == 1 or min(max(len(r), len(s)) for r, s in pieces) >= measure.DRAWS_PER_TASK // 2
+        assert len(pieces) == 1 or min(max(len(r), len(s)) for r, s in pieces) >= measure_tasks.DRAWS_PER_TASK // 2
 
 
 def test_models_queried_with_different_records_stop_the_statistics(ray_local, outcomes, tmp_path):

@@ -23,7 +23,7 @@ from study.frame.kinds import get_kind
 from study.kinds.vlm_dejavu.text_retriever import CONTROLS, RETRIEVER
 from study.frame.validate import check_registries
 from study.kinds.vlm_dejavu import entries
-from study.kinds.vlm_dejavu.measure import sides_present
+from study.stages.measure_tasks import sides_present
 from study.kinds.vlm_dejavu.outcomes import VARIANTS, column
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

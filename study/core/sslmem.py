@@ -63,39 +63,75 @@ def _resample(values: np.ndarray, seed: int, side: int, draw: int) -> np.ndarray
     return values[stats.resample_indices(len(values), stats.draw_rng(seed, stats.BOOTSTRAP, side, draw))]
 
 
+def compare_observed(candidates: np.ndarray, control: np.ndarray, quantile: float) -> tuple[float, float, float]:
+    """Mean difference, AUC and share above the control's ``quantile``, as they are."""
+    a, b = np.asarray(candidates, dtype=np.float64), np.asarray(control, dtype=np.float64)
+    return float(a.mean() - b.mean()), auc(a, b), high_share(a, b, quantile)
+
+
+def compare_draws(candidates: np.ndarray, control: np.ndarray, boot: range, swaps: range, seed: int,
+                  quantile: float) -> tuple[np.ndarray, np.ndarray]:
+    """The bootstrap draws numbered ``boot`` ((B, 3): the three statistics of each resample) and
+    the permutation draws numbered ``swaps`` ((P,): the mean difference under shuffled set
+    labels). Each draw has its own keyed generator: any split of the ranges gives the same draws."""
+    a, b = np.asarray(candidates, dtype=np.float64), np.asarray(control, dtype=np.float64)
+    out = np.empty((len(boot), 3))
+    for row, d in enumerate(boot):
+        ra, rb = _resample(a, seed, 0, d), _resample(b, seed, 1, d)
+        out[row] = ra.mean() - rb.mean(), auc(ra, rb), high_share(ra, rb, quantile)
+    pooled = np.concatenate([a, b])
+    null = np.empty(len(swaps))
+    for row, d in enumerate(swaps):
+        order = stats.draw_rng(seed, stats.SWAP, 0, d).permutation(len(pooled))
+        null[row] = pooled[order[: len(a)]].mean() - pooled[order[len(a):]].mean()
+    return out, null
+
+
+def compare_summary(observed: Sequence[float], boot: np.ndarray, null: np.ndarray, level: float,
+                    quantile: float) -> dict:
+    """The comparison from its observed statistics and all its draws (``compare_draws``)."""
+    lo, hi = stats.percentile_interval(boot, level)
+    p = float(stats.permutation_p_value(np.asarray([observed[0]]), null[:, None])[0])
+    est = [{"value": float(v), "ci": [float(x), float(y)]} for v, x, y in zip(observed, lo, hi)]
+    est[0]["p_value"], est[0]["permutations"] = p, int(len(null))
+    return {"mean_difference": est[0], "auc": est[1], "high_share": {**est[2], "expected": 1.0 - quantile}}
+
+
 def compare(candidates: np.ndarray, control: np.ndarray, draws: int, permutations: int, level: float,
             seed: int, quantile: float) -> dict:
     """Candidates against a control set: mean difference (interval, two-sided permutation
     p-value), AUC (interval) and the share above the control's ``quantile`` (interval; expected
     1 − quantile without memorization). Each set is resampled on its own (a two-sample bootstrap);
     the permutation test shuffles the set labels of the pooled scores."""
-    a, b = np.asarray(candidates, dtype=np.float64), np.asarray(control, dtype=np.float64)
-    observed = (a.mean() - b.mean(), auc(a, b), high_share(a, b, quantile))
-    boot = np.empty((draws, 3))
-    for d in range(draws):
-        ra, rb = _resample(a, seed, 0, d), _resample(b, seed, 1, d)
-        boot[d] = ra.mean() - rb.mean(), auc(ra, rb), high_share(ra, rb, quantile)
-    pooled = np.concatenate([a, b])
-    null = np.empty(permutations)
-    for d in range(permutations):
-        order = stats.draw_rng(seed, stats.SWAP, 0, d).permutation(len(pooled))
-        null[d] = pooled[order[: len(a)]].mean() - pooled[order[len(a):]].mean()
-    lo, hi = stats.percentile_interval(boot, level)
-    p = float(stats.permutation_p_value(np.asarray([observed[0]]), null[:, None])[0])
-    est = [{"value": float(v), "ci": [float(x), float(y)]} for v, x, y in zip(observed, lo, hi)]
-    est[0]["p_value"], est[0]["permutations"] = p, int(permutations)
-    return {"mean_difference": est[0], "auc": est[1], "high_share": {**est[2], "expected": 1.0 - quantile}}
+    boot, null = compare_draws(candidates, control, range(draws), range(permutations), seed, quantile)
+    return compare_summary(compare_observed(candidates, control, quantile), boot, null, level, quantile)
+
+
+def describe_draws(values: np.ndarray, draws: range, seed: int, side: int) -> np.ndarray:
+    """The means of the bootstrap resamples numbered ``draws`` of one set's scores."""
+    v = np.asarray(values, dtype=np.float64)
+    return np.array([_resample(v, seed, side, d).mean() for d in draws]) if len(v) else np.zeros(0)
+
+
+def describe_observed(values: np.ndarray) -> dict:
+    """n, mean and quantiles of one set's scores (the mean's interval comes from its draws)."""
+    v = np.asarray(values, dtype=np.float64)
+    if not len(v):
+        return {"n": 0}
+    return {"n": int(len(v)), "mean": {"value": float(v.mean())},
+            "quantiles": dict(zip((f"{q:g}" for q in QUANTILES), map(float, np.quantile(v, QUANTILES))))}
+
+
+def describe_summary(observed: dict, means: np.ndarray, level: float) -> dict:
+    if not observed["n"]:
+        return observed
+    lo, hi = stats.percentile_interval(means, level)
+    return {**observed, "mean": {**observed["mean"], "ci": [float(lo), float(hi)]}}
 
 
 def describe(values: np.ndarray, draws: int, level: float, seed: int, side: int) -> dict:
     """n, mean (bootstrap interval) and quantiles of one set's scores."""
-    v = np.asarray(values, dtype=np.float64)
-    if not len(v):
-        return {"n": 0}
-    means = np.array([_resample(v, seed, side, d).mean() for d in range(draws)])
-    lo, hi = stats.percentile_interval(means, level)
-    return {"n": int(len(v)), "mean": {"value": float(v.mean()), "ci": [float(lo), float(hi)]},
-            "quantiles": dict(zip((f"{q:g}" for q in QUANTILES), map(float, np.quantile(v, QUANTILES))))}
+    return describe_summary(describe_observed(values), describe_draws(values, range(draws), seed, side), level)
 
 
 def histogram(by_set: dict[str, np.ndarray], bins: int) -> dict:

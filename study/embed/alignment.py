@@ -18,16 +18,12 @@ from study import storage
 from study.config import AugmentConfig
 from study.core.splits import id_hash64
 from study.core.sslmem import alignment
+from study.embed.views import view_name  # noqa: F401  (re-exported: where the views are named)
 from study.errors import ConfigError
 from study.train.augment import apply_view, draw_view
 from study.train.models import Encoder, load_model, normalize
 
 REPRESENTATIONS = ("backbone", "projector")
-
-
-def view_name(space: str) -> str:
-    """The embedding view that holds a space's alignments."""
-    return f"align-{space}"
 
 
 def record_views(x: torch.Tensor, ids: Sequence[str], views: int, augment: AugmentConfig, seed: int) -> torch.Tensor:

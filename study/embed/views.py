@@ -18,8 +18,14 @@ from study.core.split_plan import SplitPlan
 from study.data import records
 from study.data.model_input import ModelInput, channels_first
 
+
 REASON_NO_LABEL = "no_label"
 WHOLE, CROP = "whole", "crop"
+
+
+def view_name(space: str) -> str:
+    """The embedding view that holds a space's SSLMem alignments (``study.embed.alignment``)."""
+    return f"align-{space}"
 
 
 def crop_for(width: int, height: int, boxes, label, crop_cfg: CropConfig):

@@ -17,10 +17,10 @@ import pyarrow as pa
 
 from study import storage
 from study.core.naive_bayes import TagCounts, probabilities
-from study.core.topk import predict_from_votes
 from study.data import records
 from study.data.loading import read_split
 from study.frame.context import RunContext
+from study.kinds.ssl_dejavu.outcomes import write_predicted
 from study.kinds.ssl_dejavu.taggers import COLUMNS, TAGGERS
 from study.data.model_input import ModelInput
 
@@ -34,26 +34,36 @@ def _tags(ctx: RunContext, ids) -> list[list[str]]:
     return [by_id.get(str(i), []) for i in ids]
 
 
-def predictors(ctx: RunContext, splits, num_classes: int, outcomes_type) -> dict[str, dict]:
-    """{predictor: {split: Outcomes}} of the predictors this study has."""
-    out = {"naive_bayes": naive_bayes_outcomes(ctx, splits, num_classes, outcomes_type),
-           CROP_CLASSIFIER: crop_classifier_outcomes(ctx, splits, outcomes_type)}
-    return {name: o for name, o in out.items() if o}
+def predictor_dir(ctx: RunContext, name: str, split: str) -> str:
+    """Where a predictor's outcomes on one split are written (the k-NN outcomes' layout, no space)."""
+    return ctx.stage_dir("measure", "outcomes", name, split)
 
 
-def crop_classifier_outcomes(ctx: RunContext, splits, outcomes_type) -> dict | None:
-    """{split: Outcomes} of the crop classifier (trained by the train stage when
+def predictors(ctx: RunContext, splits, num_classes: int) -> dict[str, dict[str, int]]:
+    """Run the predictors this study has on the attacked ``splits`` and write their outcomes
+    (``predictor_dir``); returns {predictor: {split: records scored}}. The measure stage runs it
+    in a task: the class scores stay there."""
+    out = {}
+    for name, scores in (("naive_bayes", naive_bayes_outcomes(ctx, splits, num_classes)),
+                         (CROP_CLASSIFIER, crop_classifier_outcomes(ctx, splits))):
+        if scores:
+            out[name] = {split: write_predicted(predictor_dir(ctx, name, split), *got) for split, got in scores.items()}
+    return out
+
+
+def crop_classifier_outcomes(ctx: RunContext, splits) -> dict | None:
+    """{split: (ids, labels, class probabilities)} of the crop classifier (trained by the train stage when
     ``train.crop_classifier``) on each attacked split's labelled, croppable records: one pass over
     the record shards in batches (the split plan picks each batch's attacked records, as every
     stage does), so the driver holds class scores, never the splits' images."""
+    if not ctx.cfg.train.crop_classifier:
+        return None
     import torch
 
     from study.embed.views import labelled_crops
     from study.train import layout
     from study.train.models import load_model, normalize
 
-    if not ctx.cfg.train.crop_classifier:
-        return None
     model, _ = load_model(storage.read_bytes(ctx.stage_dir("train", CROP_CLASSIFIER, layout.MODEL)))
     plan = ctx.split_plan()
     columns = list(dict.fromkeys(["id", "image", "width", "height", "label", "boxes", *plan.columns()]))
@@ -73,20 +83,13 @@ def crop_classifier_outcomes(ctx: RunContext, splits, outcomes_type) -> dict | N
     out = {}
     for split, (ids, labels, probs) in got.items():
         p = np.concatenate(probs) if probs else np.zeros((0, model.projector.out_features))
-        out[split] = _outcomes(np.asarray([i for part in ids for i in part], dtype=str),
-                               np.concatenate(labels) if labels else np.zeros(0, dtype=np.int64), p, outcomes_type)
+        out[split] = (np.asarray([i for part in ids for i in part], dtype=str),
+                      np.concatenate(labels) if labels else np.zeros(0, dtype=np.int64), p)
     return out
 
 
-def _outcomes(ids: np.ndarray, labels: np.ndarray, probs: np.ndarray, outcomes_type):
-    """A predictor's Outcomes from its class scores, ranked as the k-NN votes are, sorted by id."""
-    pred, top5, conf = predict_from_votes(probs)
-    order = np.argsort(ids, kind="stable")
-    return outcomes_type(ids[order], (pred == labels)[order], (top5 == labels[:, None]).any(axis=1)[order], conf[order])
-
-
-def naive_bayes_outcomes(ctx: RunContext, splits, num_classes: int, outcomes_type) -> dict | None:
-    """{split: Outcomes} of the naive-Bayes predictor on each attacked split's labelled records, or
+def naive_bayes_outcomes(ctx: RunContext, splits, num_classes: int) -> dict | None:
+    """{split: (ids, labels, class probabilities)} of the naive-Bayes predictor on each attacked split's labelled records, or
     None when it is off or no public record has a tag (nothing to learn a correlation from)."""
     if not ctx.cfg.measure.one_model_tagger:
         return None
@@ -99,7 +102,7 @@ def naive_bayes_outcomes(ctx: RunContext, splits, num_classes: int, outcomes_typ
         keep = labels >= 0
         ids, labels = ids[keep].astype(str), labels[keep]
         probs = probabilities(table, _tags(ctx, ids), ctx.cfg.measure.one_model_alpha)
-        out[split] = _outcomes(ids, labels, probs, outcomes_type)
+        out[split] = (ids, labels, probs)
     return out
 
 

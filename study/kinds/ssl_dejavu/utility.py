@@ -18,8 +18,9 @@ from study.data.model_input import ModelInput
 UTILITY = "utility.json"
 
 
-def _labelled(ctx: RunContext, split: str, n: int) -> tuple[list[str], np.ndarray]:
-    ids, labels = read_split(ctx.splits_dir, split)  # sorted by id
+def _labelled(splits_dir: str, split: str, n: int) -> tuple[list[str], np.ndarray]:
+    """The first ``n`` labelled records of a split in id order, and their labels."""
+    ids, labels = read_split(splits_dir, split)  # sorted by id
     keep = labels >= 0
     return [str(i) for i in ids[keep][:n]], labels[keep][:n]
 
@@ -37,9 +38,13 @@ def _probe(ctx: RunContext, models) -> dict:
     cfg = ctx.cfg
     if not cfg.splits.uses("holdout"):
         return {"note": "no holdout split: the linear probe needs held-out labelled records"}
+    import ray
+
+    # A task reads the splits' ids and labels; the driver gets the probe's records alone (at most
+    # measure.utility_records of each split).
     n = cfg.measure.utility_records
-    train_ids, train_y = _labelled(ctx, "public", n)
-    test_ids, test_y = _labelled(ctx, "holdout", n)
+    labelled = ray.remote(num_cpus=1)(_labelled)
+    (train_ids, train_y), (test_ids, test_y) = ray.get([labelled.remote(ctx.splits_dir, s, n) for s in ("public", "holdout")])
     num_classes = int(max(train_y.max(initial=-1), test_y.max(initial=-1))) + 1
     if len(set(train_y.tolist())) < 2 or not test_ids:
         return {"note": "the linear probe needs labelled public records of two classes and labelled holdout records"}

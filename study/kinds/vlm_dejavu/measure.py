@@ -18,72 +18,7 @@ from study.frame.kinds import CONTROLS, get_kind
 from study.kinds.vlm_dejavu import entries, outcomes
 from study.kinds.vlm_dejavu.objects import object_tables
 from study.kinds.vlm_dejavu.utility import utility_rows
-from study.search import results
-
-IN_FLIGHT_PER_CPU = 2  # scoring tasks submitted per CPU of the cluster at a time
-DRAWS_PER_TASK = 250  # the fewest bootstrap or swap draws a statistics task is given
-PROGRESS_PARTS = 20  # with this many parts or more, progress is logged every tenth of them
-
-
-def _cpus() -> int:
-    """The cluster's CPUs, which size the task windows and the draw pieces."""
-    return int(ray.cluster_resources().get("CPU", 1))
-
-
-def outcome_dir(ctx: RunContext, model: str, split: str, space: str) -> str:
-    return ctx.stage_dir("measure", "outcomes", model, split, space)
-
-
-def score_searches(ctx: RunContext, tables, keys: list[tuple[str, str, str]]) -> dict:
-    """Score every part of the given searches ((model, split, space)) in Ray tasks, each writing
-    its outcome file; returns {key: summed counts}. At most IN_FLIGHT_PER_CPU tasks per CPU are
-    queued at once, and progress is logged as parts finish."""
-    m = ctx.cfg.measure
-    task = ray.remote(num_cpus=1)(outcomes.score_part)
-    jobs = []
-    for key in keys:
-        uri = ctx.search_results(*key)
-        out = outcome_dir(ctx, *key)
-        storage.remove(out)
-        parts = int(storage.read_json(storage.join(uri, results.PARTS))["complete"])
-        jobs += [(key, uri, j, out) for j in range(parts)]
-    window = max(1, IN_FLIGHT_PER_CPU * _cpus())
-    counts: dict = {key: {} for key in keys}
-    pending: dict = {}
-    done = 0
-    for job in jobs + [None] * window:
-        if job is not None:
-            key, uri, j, out = job
-            pending[task.remote(tables, uri, j, out, tuple(m.ks), m.top_n)] = key
-        if len(pending) >= window or (job is None and pending):
-            ready, _ = ray.wait(list(pending), num_returns=1)
-            key = pending.pop(ready[0])
-            for name, value in ray.get(ready[0]).items():
-                counts[key][name] = counts[key].get(name, 0) + value
-            done += 1
-            if len(jobs) >= PROGRESS_PARTS and done % (len(jobs) // 10) == 0 and done < len(jobs):
-                ctx.log("measure", f"scored {done}/{len(jobs)} parts of search results")
-    records = sum(c.get("records", 0) for c in counts.values())
-    ctx.log("measure", f"scored {records} queries' outcomes from {len(jobs)} parts of search results in tasks")
-    return counts
-
-
-def sides_present(rows: list, where: dict, one_sided: bool) -> list | None:
-    """The rows (sides) of a control whose two models' outcomes are there; None when the control
-    cannot be measured: the two-model test needs every side, the one-model test (``one_sided``:
-    model A alone has one side) any."""
-    have = [row for row in rows if (row[2], row[1]) in where and (row[3], row[1]) in where]
-    return have if have and (len(have) == len(rows) or one_sided) else None
-
-
-def draw_pieces(bootstrap: int, permutations: int, cpus: int) -> list[tuple[range, range]]:
-    """The draw ranges of the tasks of one entry group: as many pieces as CPUs, at most, and at
-    least DRAWS_PER_TASK draws in each (fewer tasks where there is little to draw)."""
-    pieces = max(1, min(cpus, -(-max(bootstrap, permutations) // DRAWS_PER_TASK)))
-    cut = lambda n: [int(round(n * j / pieces)) for j in range(pieces + 1)]  # noqa: E731
-    b, p = cut(bootstrap), cut(permutations)
-    return [(range(b[j], b[j + 1]), range(p[j], p[j + 1])) for j in range(pieces)]
-
+from study.stages.measure_tasks import cpus, draw_pieces, outcome_dir, rank_and_draw, score_searches, sides_present
 
 def control_results(ctx: RunContext, where: dict, controls: dict, label: str, one_sided: bool = False) -> dict:
     """{control: {"k=../rule/variant": entry}} over the ``controls`` that can be measured
@@ -93,21 +28,17 @@ def control_results(ctx: RunContext, where: dict, controls: dict, label: str, on
     and swap draws; the driver assembles the entries from their aggregates."""
     cfg = ctx.cfg
     m = cfg.measure
-    rank_task, draw_task = (ray.remote(num_cpus=1)(f) for f in (entries.ranking, entries.draws))
-    pieces = draw_pieces(m.bootstrap, m.permutations, _cpus())
-    submitted = {}
+    pieces = draw_pieces(m.bootstrap, m.permutations, cpus())
+    groups = {}
     for control, rows in controls.items():
         have = sides_present(rows, where, one_sided)
         if have is None:
             continue
         for variant in outcomes.VARIANTS:
-            common = (where, have, control, variant, tuple(m.ks), cfg.splits.seed)
-            submitted[(control, variant)] = (
-                rank_task.remote(*common, tuple(m.top_fractions), cfg.report.gallery_size),
-                [draw_task.remote(*common, m.seed, b, p) for b, p in pieces])
+            groups[(control, variant)] = ((where, have, control, variant, tuple(m.ks), cfg.splits.seed),
+                                          (tuple(m.top_fractions), cfg.report.gallery_size), (m.seed,))
     out: dict = {}
-    for (control, variant), (ranked, drawn) in submitted.items():
-        ranked, drawn = ray.get(ranked), ray.get(drawn)
+    for (control, variant), (ranked, drawn) in rank_and_draw(groups, entries.ranking, entries.draws, pieces).items():
         got = out.setdefault(control, {})
         for key in ranked:
             entry = entries.assemble(key, variant, ranked, drawn, m)
@@ -135,7 +66,7 @@ def run_measure(ctx: RunContext) -> dict:
                  for space in kind.spaces_for(cfg)}
     keys = sorted({(model, split, sp) for searches in per_space.values() for model, sp in searches.items()
                    for split in attacked})
-    counts = score_searches(ctx, tables, keys)
+    counts = score_searches(ctx, outcomes.score_part, tables, keys, tuple(cfg.measure.ks), cfg.measure.top_n)
     first = {split: next(key for key in keys if key[1] == split) for split in attacked}  # every model: the same counts
     skipped = {f"{split}/{v}": int(counts[first[split]].get(f"no_gt/{v}", 0)) for split in attacked for v in outcomes.VARIANTS}
     results, one_model = {}, {}

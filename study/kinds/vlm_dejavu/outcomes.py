@@ -16,13 +16,11 @@ from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from study import storage
 from study.core.object_sets import PREDICTION_RULES, ObjectSets, neighbour_votes, overlap, scores
 from study.core.objects import named_objects
-from study.search import results
 from study.search.results import check_queries, public_rows
+from study.stages.outcome_files import read_outcomes, score_part_file
 
 SCORE_ROWS = 8_192  # queries per scoring batch: ~k x 5 objects x 40 bytes each at its peak, ~160 MB at k = 100
 VARIANTS = ("all", "unnamed")  # ground truth: every object, or those the caption does not name
@@ -72,27 +70,15 @@ def score_part(tables, results_uri: str, part: int, out_uri: str, ks: tuple, top
     to ``search.rows_per_file`` queries, each with k neighbour ids), and write its outcomes;
     returns counts ({"records", "no_gt/<variant>"}). A neighbour that is not a public record, or a
     query that is not an attacked record, stops the run (``search.results`` checks)."""
-    fs, path = storage.fs_and_path(results.part_uri(results_uri, part))
-    target = storage.join(out_uri, f"part-{part:05d}.parquet")
-    storage.makedirs(out_uri)
-    out_fs, out_path = storage.fs_and_path(target)
-    counts = {"records": 0, **{f"no_gt/{v}": 0 for v in VARIANTS}}
-    with fs.open(path, "rb") as fh, out_fs.open(out_path, "wb") as out:
-        writer = None
-        for batch in pq.ParquetFile(fh).iter_batches(batch_size=SCORE_ROWS, columns=["query_id", "neighbor_ids"]):
-            q_ids = np.asarray(batch.column("query_id").to_pylist(), dtype=str)
-            I = public_rows(batch.column("neighbor_ids"), tables.public, results_uri)
-            check_queries(q_ids, tables.attacked.rows(q_ids), results_uri)
-            table = score_table(tables, q_ids, I, ks, top_n)
-            writer = writer or pq.ParquetWriter(out, table.schema)
-            writer.write_table(table)
-            counts["records"] += len(q_ids)
-            for v in VARIANTS:
-                counts[f"no_gt/{v}"] += int((table.column(f"gt/{v}").to_numpy() == 0).sum())
-        if writer is None:  # an empty part: an empty outcome file, with the columns
-            writer = pq.ParquetWriter(out, score_table(tables, np.zeros(0, str), np.zeros((0, 0), np.int64), ks, top_n).schema)
-        writer.close()
-    return counts
+    def score(q_ids: np.ndarray, neighbor_ids: pa.Array) -> tuple[pa.Table, dict]:
+        if not len(q_ids):
+            return score_table(tables, q_ids, np.zeros((0, 0), np.int64), ks, top_n), {}
+        I = public_rows(neighbor_ids, tables.public, results_uri)
+        check_queries(q_ids, tables.attacked.rows(q_ids), results_uri)
+        table = score_table(tables, q_ids, I, ks, top_n)
+        return table, {f"no_gt/{v}": (table.column(f"gt/{v}").to_numpy() == 0).sum() for v in VARIANTS}
+
+    return {**{f"no_gt/{v}": 0 for v in VARIANTS}, **score_part_file(results_uri, part, out_uri, SCORE_ROWS, score)}
 
 
 class Outcomes:
@@ -102,12 +88,7 @@ class Outcomes:
     on the order of the files."""
 
     def __init__(self, uri: str):
-        files = sorted(f for f in storage.list_files(uri) if f.endswith(".parquet"))
-        fs, paths = storage.arrow_fs_paths(files)
-        self.table = pq.ParquetDataset(paths, filesystem=fs).read() if files else None
-        n = self.table.num_rows if self.table is not None else 0
-        self.ids = np.asarray(self.table.column("id").to_pylist(), dtype=str) if n else np.zeros(0, str)
-        self.order = np.argsort(self.ids, kind="stable")
+        self.table, self.ids, self.order = read_outcomes(uri)
 
     def entry(self, variant: str, key: tuple) -> tuple[np.ndarray, dict]:
         """(ids of the records with ground truth for ``variant``, in id order; their scores at

@@ -1,0 +1,96 @@
+"""The SSL test's results of one control (top-1 and top-5 tests, the accuracy curve, the most
+memorized records) from the per-record outcome files, in pieces that Ray tasks compute (the
+measure stage) and the driver assembles: the driver receives per-side aggregates only.
+
+* ``ranking``: the side sizes, the accuracy curve and the most memorized records (every record of
+  the control's sides, in one task);
+* ``draws``: each side's bootstrap and swap draws over one range of draw numbers, for top-1 and
+  top-5 correctness (draws are keyed by number, so any split of the ranges gives the same numbers);
+* ``assemble``: the control's results from its ranking and its draw pieces.
+
+``local`` composes the three in one process: what the tasks compute together, for tests and
+small inputs. ``where`` maps (model, split) to the outcome directory of that model (or predictor)
+on that split and its search results (None for a predictor).
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from study.core.metrics import AccuracyDraws, Side, accuracy_curve, accuracy_summary, most_memorized, side_draws
+from study.frame.kinds import side_mask
+from study.kinds.ssl_dejavu.outcomes import Outcomes
+from study.search.results import check_same_queries
+
+METRICS = ("top1", "top5")
+
+
+def read_sides(where: dict, rows: Sequence[tuple]) -> dict:
+    """{(model, split): Outcomes} of every model of the sides ``rows``, each read once; the two
+    models of a side must have been queried with the same records (a predictor, which has no
+    search results, scores the labelled records it can)."""
+    read = {mk: Outcomes.read(where[mk][0]) for mk in {(m, split) for _, split, *ms in rows for m in ms}}
+    for _, split, tgt, ref in rows:
+        uris = {tgt: where[(tgt, split)][1], ref: where[(ref, split)][1]}
+        if None not in uris.values():
+            check_same_queries({tgt: read[(tgt, split)].ids, ref: read[(ref, split)].ids}, uris)
+    return read
+
+
+def build_sides(read: dict, rows: Sequence[tuple], control: str, seed: int, metric: str) -> list[Side]:
+    """Sides of one control with top-1 (``metric`` "top1") or top-5 ("top5") correctness, over the
+    records both models were queried with (a predictor may score fewer), in id order."""
+    sides = []
+    for side_name, split, tgt, ref in rows:
+        t, r = read[(tgt, split)], read[(ref, split)]
+        common = np.intersect1d(t.ids, r.ids, assume_unique=True)
+        ti, ri = np.searchsorted(t.ids, common), np.searchsorted(r.ids, common)
+        keep = side_mask(common, control, side_name, seed)
+        ti, ri = ti[keep], ri[keep]
+        sides.append(Side(
+            ids=common[keep],
+            target_correct=getattr(t, metric)[ti], target_confidence=t.confidence[ti],
+            reference_correct=getattr(r, metric)[ri], reference_confidence=r.confidence[ri],
+        ))
+    return sides
+
+
+def ranking(where: dict, rows: Sequence[tuple], control: str, seed: int, curve_points: int, gallery_size: int) -> dict:
+    """{"n": side sizes, "curve", "most_memorized"} of one control (top-1 correctness)."""
+    sides = build_sides(read_sides(where, rows), rows, control, seed, "top1")
+    n = [len(s) for s in sides]
+    return {"n": n,
+            "curve": accuracy_curve(sides, curve_points) if sum(n) else None,
+            "most_memorized": [{**row, "split": rows[row["side"]][1], "target_model": rows[row["side"]][2]}
+                               for row in most_memorized(sides, gallery_size)]}
+
+
+def draws(where: dict, rows: Sequence[tuple], control: str, seed: int, qs: Sequence[float], draw_seed: int,
+          boot: range, swaps: range) -> dict:
+    """{metric: [AccuracyDraws over these draws, or None for an empty side, per row]}."""
+    read = read_sides(where, rows)
+    out = {}
+    for metric in METRICS:
+        sides = build_sides(read, rows, control, seed, metric)
+        out[metric] = [side_draws(s, i, qs, draw_seed, boot, swaps) if len(s) else None for i, s in enumerate(sides)]
+    return out
+
+
+def assemble(ranked: dict, pieces: Sequence[dict], m) -> dict | None:
+    """The control's results from its ranking and its draw pieces (in draw order); None when its
+    sides hold no record."""
+    if not sum(ranked["n"]):
+        return None
+    out = {}
+    for metric in METRICS:
+        present = [AccuracyDraws.stack([p[metric][i] for p in pieces]) for i, size in enumerate(ranked["n"]) if size]
+        out[metric] = accuracy_summary(present, m.quantiles, m.permutations, m.confidence_level)
+    return {**out, "curve": ranked["curve"], "most_memorized": ranked["most_memorized"]}
+
+
+def local(where: dict, rows: Sequence[tuple], control: str, m, seed: int, gallery_size: int) -> dict | None:
+    """One control's results in this process (one piece of draws)."""
+    ranked = ranking(where, rows, control, seed, m.curve_points, gallery_size)
+    piece = draws(where, rows, control, seed, m.quantiles, m.seed, range(m.bootstrap), range(m.permutations))
+    return assemble(ranked, [piece], m)

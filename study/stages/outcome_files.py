@@ -1,0 +1,64 @@
+"""Per-record outcome files of the measure stage, shared by the study kinds: one file per part of
+a model's search results, written by the task that scored that part, under
+``measure/outcomes/<model>/<split>/<space>/`` (the search results' own layout), and read back
+whole by the statistics tasks. No Ray here: the tasks are submitted by ``measure_tasks``.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from study import storage
+from study.search import results
+
+# score(query ids (n,) str, the batch's neighbour ids column) -> (outcome table, counts to add)
+Score = Callable[[np.ndarray, pa.Array], tuple[pa.Table, dict]]
+
+
+def score_part_file(results_uri: str, part: int, out_uri: str, batch_rows: int, score: Score) -> dict:
+    """Score one part of a model's search results ``batch_rows`` queries at a time and write the
+    outcome tables ``score`` makes of each batch to ``out_uri/part-<part>.parquet``; returns the
+    summed counts, with "records". An empty part gets an empty file with the columns."""
+    fs, path = storage.fs_and_path(results.part_uri(results_uri, part))
+    storage.makedirs(out_uri)
+    out_fs, out_path = storage.fs_and_path(storage.join(out_uri, f"part-{part:05d}.parquet"))
+    counts: dict = {"records": 0}
+    with fs.open(path, "rb") as fh, out_fs.open(out_path, "wb") as out:
+        writer = None
+        for batch in pq.ParquetFile(fh).iter_batches(batch_size=batch_rows, columns=["query_id", "neighbor_ids"]):
+            q_ids = np.asarray(batch.column("query_id").to_pylist(), dtype=str)
+            table, got = score(q_ids, batch.column("neighbor_ids"))
+            writer = writer or pq.ParquetWriter(out, table.schema)
+            writer.write_table(table)
+            counts["records"] += len(q_ids)
+            for name, value in got.items():
+                counts[name] = counts.get(name, 0) + int(value)
+        if writer is None:
+            empty = pa.array([], pa.list_(pa.string()))
+            writer = pq.ParquetWriter(out, score(np.zeros(0, str), empty)[0].schema)
+        writer.close()
+    return counts
+
+
+def write_outcomes(out_uri: str, table: pa.Table) -> None:
+    """Outcomes made otherwise than from search results (a predictor's) as one file in the same
+    layout: whatever was there before is replaced."""
+    storage.remove(out_uri)
+    storage.makedirs(out_uri)
+    fs, path = storage.fs_and_path(storage.join(out_uri, "part-00000.parquet"))
+    with fs.open(path, "wb") as out:
+        pq.write_table(table, out)
+
+
+def read_outcomes(uri: str) -> tuple[pa.Table | None, np.ndarray, np.ndarray]:
+    """(every outcome file of ``uri`` as one table or None when there is none, the records' ids
+    (n,) str, the order that sorts them): the statistics do not depend on the files' order."""
+    files = sorted(f for f in storage.list_files(uri) if f.endswith(".parquet")) if storage.exists(uri) else []
+    fs, paths = storage.arrow_fs_paths(files)
+    table = pq.ParquetDataset(paths, filesystem=fs).read() if files else None
+    n = table.num_rows if table is not None else 0
+    ids = np.asarray(table.column("id").to_pylist(), dtype=str) if n else np.zeros(0, str)
+    return table, ids, np.argsort(ids, kind="stable")
