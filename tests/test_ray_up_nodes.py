@@ -159,7 +159,7 @@ def test_the_autoscaler_adds_nodes_a_node_is_lost_and_nothing_changes(cluster, c
     def kill_a_node_once_training(line: str) -> None:
         # Epoch 1's checkpoint is written and the workers pause before epoch 2 (a fault, below):
         # the node goes while training is under way, never after it.
-        if killed or "pausing 20 s before epoch 2" not in line:
+        if killed or "pausing 12 s before epoch 2" not in line:
             return
 
         def kill() -> None:
@@ -177,7 +177,7 @@ def test_the_autoscaler_adds_nodes_a_node_is_lost_and_nothing_changes(cluster, c
 
         threading.Thread(target=kill, daemon=True).start()
 
-    proc, lines = _study(cluster, "disturbed", kill_a_node_once_training, faults="pause_train_epoch=2:20")
+    proc, lines = _study(cluster, "disturbed", kill_a_node_once_training, faults="pause_train_epoch=2:12")
     assert proc.returncode == 0, "".join(lines)[-3000:]
     log = open(os.path.join(cluster["temp"], "session_latest", "logs", "monitor.log")).read()
     assert re.search(r"Adding \d+ node\(s\) of type cpu_worker", log), "the autoscaler added no worker node"

@@ -77,7 +77,7 @@ def test_a_lasting_outage_ends_in_one_line_and_the_rerun_rides_out_a_short_one(s
     of a run no outage touched."""
     proxy, direct, env = store
     proxy.down_on(EMBED_UPLOAD)  # and it stays down
-    failed = study(env, "outage", DEJAVU_STORE_ATTEMPTS="3")
+    failed = study(env, "outage", DEJAVU_STORE_ATTEMPTS="2")
     assert proxy.cuts == 1
     # One line from the command and nothing else: a writing task cut mid-upload may print its own
     # error, which Ray forwards as "(Write pid=...)" lines; those go to run.log, not the console.
@@ -86,7 +86,7 @@ def test_a_lasting_outage_ends_in_one_line_and_the_rerun_rides_out_a_short_one(s
     assert "embed    starting" in failed.stdout and "embed    done" not in failed.stdout
 
     proxy.up()
-    proxy.down_on(EMBED_UPLOAD, for_s=4.0)  # the rerun's first upload: back 4 s later
+    proxy.down_on(EMBED_UPLOAD, for_s=2.0)  # the rerun's first upload: back 2 s later
     resumed = study(env, "outage")
     assert proxy.cuts == 2 and resumed.returncode == 0, resumed.stderr
     for stage in ("data", "splits", "train"):
