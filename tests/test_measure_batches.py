@@ -63,6 +63,6 @@ def test_batched_outcomes_equal_the_dictionary_oracle(tmp_path):
             assert {q: (bool(a), bool(b), float(c)) for q, a, b, c in zip(got.ids, got.top1, got.top5, got.confidence)} == expected
         out[(model, "holdout")] = got
     a, b = build_sides(out, [("a", "holdout", "model_a", "model_b"), ("b", "holdout", "model_b", "model_a")], "null",
-                       4, "top1")
+                       4)["top1"]
     assert list(a.ids) == side_ids(queries, "null", "a", 4) and list(b.ids) == side_ids(queries, "null", "b", 4)
     assert len(a) + len(b) == len(queries)

@@ -49,16 +49,23 @@ def side_ids(ids: list[str], control: str, side: str, seed: int) -> list[str]:
     return [i for i, keep in zip(ids, side_mask(ids, control, side, seed)) if keep]
 
 
-def side_mask(ids, control: str, side: str, seed: int):
-    """(n,) bool: which of ``ids`` belong to one side of a control (all, unless the null control
-    halves its holdout by a second keyed hash)."""
-    import numpy as np
-
+def side_unit(ids, seed: int):
+    """(n,) float in [0, 1): the keyed hash that halves the null control's holdout (independent of
+    the split plan's hash); below 0.5 is side a."""
     from study.core.splits import hash_unit
+
+    return hash_unit(ids, seed + 7919)
+
+
+def side_mask(ids, control: str, side: str, seed: int, unit=None):
+    """(n,) bool: which of ``ids`` belong to one side of a control (all, unless the null control
+    halves its holdout by a second keyed hash). ``unit``: a function giving the ids' ``side_unit``,
+    for a caller that measures several entries of the same records and hashes them once."""
+    import numpy as np
 
     if control != "null":
         return np.ones(len(ids), dtype=bool)
-    return (hash_unit(ids, seed + 7919) < 0.5) == (side == "a")  # independent of the split plan's hash
+    return ((unit() if unit else side_unit(ids, seed)) < 0.5) == (side == "a")
 
 
 @dataclass(frozen=True)

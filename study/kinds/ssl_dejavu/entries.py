@@ -38,27 +38,29 @@ def read_sides(where: dict, rows: Sequence[tuple]) -> dict:
     return read
 
 
-def build_sides(read: dict, rows: Sequence[tuple], control: str, seed: int, metric: str) -> list[Side]:
-    """Sides of one control with top-1 (``metric`` "top1") or top-5 ("top5") correctness, over the
-    records both models were queried with (a predictor may score fewer), in id order."""
-    sides = []
+def build_sides(read: dict, rows: Sequence[tuple], control: str, seed: int) -> dict[str, list[Side]]:
+    """{metric: sides of one control} with top-1 ("top1") or top-5 ("top5") correctness, over the
+    records both models were queried with (a predictor may score fewer), in id order; each side's
+    records are matched and halved once for both metrics."""
+    sides: dict = {metric: [] for metric in METRICS}
     for side_name, split, tgt, ref in rows:
         t, r = read[(tgt, split)], read[(ref, split)]
         common = np.intersect1d(t.ids, r.ids, assume_unique=True)
         ti, ri = np.searchsorted(t.ids, common), np.searchsorted(r.ids, common)
         keep = side_mask(common, control, side_name, seed)
         ti, ri = ti[keep], ri[keep]
-        sides.append(Side(
-            ids=common[keep],
-            target_correct=getattr(t, metric)[ti], target_confidence=t.confidence[ti],
-            reference_correct=getattr(r, metric)[ri], reference_confidence=r.confidence[ri],
-        ))
+        for metric in METRICS:
+            sides[metric].append(Side(
+                ids=common[keep],
+                target_correct=getattr(t, metric)[ti], target_confidence=t.confidence[ti],
+                reference_correct=getattr(r, metric)[ri], reference_confidence=r.confidence[ri],
+            ))
     return sides
 
 
 def ranking(where: dict, rows: Sequence[tuple], control: str, seed: int, curve_points: int, gallery_size: int) -> dict:
     """{"n": side sizes, "curve", "most_memorized"} of one control (top-1 correctness)."""
-    sides = build_sides(read_sides(where, rows), rows, control, seed, "top1")
+    sides = build_sides(read_sides(where, rows), rows, control, seed)["top1"]
     n = [len(s) for s in sides]
     return {"n": n,
             "curve": accuracy_curve(sides, curve_points) if sum(n) else None,
@@ -69,12 +71,9 @@ def ranking(where: dict, rows: Sequence[tuple], control: str, seed: int, curve_p
 def draws(where: dict, rows: Sequence[tuple], control: str, seed: int, qs: Sequence[float], draw_seed: int,
           boot: range, swaps: range) -> dict:
     """{metric: [AccuracyDraws over these draws, or None for an empty side, per row]}."""
-    read = read_sides(where, rows)
-    out = {}
-    for metric in METRICS:
-        sides = build_sides(read, rows, control, seed, metric)
-        out[metric] = [side_draws(s, i, qs, draw_seed, boot, swaps) if len(s) else None for i, s in enumerate(sides)]
-    return out
+    by_metric = build_sides(read_sides(where, rows), rows, control, seed)
+    return {metric: [side_draws(s, i, qs, draw_seed, boot, swaps) if len(s) else None for i, s in enumerate(sides)]
+            for metric, sides in by_metric.items()}
 
 
 def assemble(ranked: dict, pieces: Sequence[dict], m) -> dict | None:

@@ -45,9 +45,10 @@ def load_sides(read: dict, rows: Sequence[tuple], control: str, variant: str, ke
     sides at a time."""
     sides = []
     for side_name, split, tgt, ref in rows:
-        t_ids, t = read[(tgt, split)].entry(variant, key)
+        target = read[(tgt, split)]
+        t_ids, t = target.entry(variant, key)
         _, r = read[(ref, split)].entry(variant, key)  # the same records in the same (id) order
-        sel = side_mask(t_ids, control, side_name, seed)
+        sel = side_mask(t_ids, control, side_name, seed, unit=lambda: target.side_unit(seed, variant))
         sides.append(ObjectSide(
             ids=t_ids[sel], target_precision=t["precision"][sel], target_recall=t["recall"][sel],
             target_hits=t["hits"][sel], reference_precision=r["precision"][sel],

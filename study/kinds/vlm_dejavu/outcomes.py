@@ -19,6 +19,7 @@ import pyarrow as pa
 
 from study.core.object_sets import PREDICTION_RULES, ObjectSets, neighbour_votes, overlap, scores
 from study.core.objects import named_objects
+from study.frame.kinds import side_unit
 from study.search.results import check_queries, public_rows
 from study.stages.outcome_files import read_outcomes, score_part_file
 
@@ -89,13 +90,29 @@ class Outcomes:
 
     def __init__(self, uri: str):
         self.table, self.ids, self.order = read_outcomes(uri)
+        self._kept: dict = {}
+        self._units: dict = {}
+
+    def kept(self, variant: str) -> np.ndarray:
+        """Rows of the records with ground truth for ``variant``, in id order."""
+        if variant not in self._kept:
+            gt = self.table.column(f"gt/{variant}").to_numpy() if len(self.ids) else np.zeros(0, np.int32)
+            self._kept[variant] = self.order[gt[self.order] > 0]
+        return self._kept[variant]
+
+    def side_unit(self, seed: int, variant: str) -> np.ndarray:
+        """``kinds.side_unit`` of the records ``entry`` gives for ``variant``: every record is hashed
+        once, however many entries a task makes."""
+        if seed not in self._units:
+            self._units[seed] = side_unit(self.ids, seed)
+        return self._units[seed][self.kept(variant)]
 
     def entry(self, variant: str, key: tuple) -> tuple[np.ndarray, dict]:
         """(ids of the records with ground truth for ``variant``, in id order; their scores at
         (k, rule) ``key``)."""
         if not len(self.ids):
             return np.zeros(0, str), scores(*(np.zeros(0, np.int64),) * 3)
-        gt = self.table.column(f"gt/{variant}").to_numpy()
-        kept = self.order[gt[self.order] > 0]
+        kept = self.kept(variant)
+        gt = self.table.column(f"gt/{variant}").to_numpy()[kept]
         hits, pred = (self.table.column(column(*key, variant, f)).to_numpy()[kept] for f in ("hits", "pred"))
-        return self.ids[kept], scores(hits, pred, gt[kept])
+        return self.ids[kept], scores(hits, pred, gt)
