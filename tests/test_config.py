@@ -264,3 +264,38 @@ def test_every_shipped_study_config_loads_and_passes_its_kinds_checks():
     for path in paths:
         cfg = load_config(path)
         get_kind(cfg.study).check(cfg)
+
+
+COCO = ["data.source=coco", "data.path=/data/images", "data.coco.instances=/data/instances.json"]
+
+
+@pytest.mark.parametrize("study, source, tagger", [
+    ("ssl_dejavu", ["data.source=synthetic"], "synthetic_background"),  # the generator's captions name the background
+    ("ssl_dejavu", COCO, ""),  # a COCO caption names the foreground: the one-model tagger is off
+    ("ssl_dejavu", ["data.source=img2dataset", "data.path=/data/shards"], ""),
+    ("vlm_dejavu", COCO, "synthetic_background"),  # a kind that never reads it keeps its old value
+])
+def test_the_one_model_tagger_defaults_by_source(study, source, tagger):
+    cfg = load_config(None, [f"study={study}", *source])
+    assert cfg.measure.one_model_tagger == tagger
+    assert config_to_dict(cfg)["measure"]["one_model_tagger"] == tagger  # the saved config holds the resolved value
+
+
+def test_an_explicit_tagger_is_kept_and_auto_hashes_as_it_resolves():
+    explicit = load_config(None, [*COCO, "measure.one_model_tagger=synthetic_background"])
+    assert explicit.measure.one_model_tagger == "synthetic_background"
+    assert load_config(None, ["measure.one_model_tagger="]).measure.one_model_tagger == ""
+    # A synthetic study's runs keep their ids: "auto" resolves before anything is hashed.
+    auto = load_config(os.path.join(ROOT, "configs/quickstart.yaml"), [])
+    named = load_config(os.path.join(ROOT, "configs/quickstart.yaml"), ["measure.one_model_tagger=synthetic_background"])
+    assert config_hash(auto.measure) == config_hash(named.measure)
+    assert dataclasses.replace(auto, name="again").measure == auto.measure
+
+
+def test_the_report_says_why_there_is_no_one_model_test():
+    from study.kinds.ssl_dejavu.measure import no_predictor_note
+
+    off = no_predictor_note(load_config(None, COCO))
+    assert "measure.one_model_tagger is off" in off and "data.source=coco" in off and "foreground" in off
+    untagged = no_predictor_note(load_config(None, []))
+    assert "no public record has a tag of measure.one_model_tagger (synthetic_background)" in untagged

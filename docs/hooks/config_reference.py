@@ -103,6 +103,10 @@ def _section(prefix: str, obj: Any) -> str:
             text = f"a section: see [`{key}`](#{_anchor(key)}). {text}".strip()
             lines.append(f"| `{key}` | `{type(value).__name__}` | | {_cell(text)} |")
             continue
+        # The declared default, not the instance's: a section's __post_init__ may resolve it
+        # (``measure.one_model_tagger: auto`` becomes a tagger or off, by data source).
+        if f.default is not dataclasses.MISSING:
+            value = f.default
         lines.append(f"| `{key}` | `{_cell(str(f.type))}` | {_default(value)} | {_cell(text)} |")
     lines.append("")
     return "\n".join(lines)

@@ -7,7 +7,7 @@ search, measure, sslmem, report, ray); everything is importable from here.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Mapping
 
 from study.config.checks import SPLIT_NAMES, check as _check
@@ -53,6 +53,20 @@ __all__ = [
 ]
 
 
+AUTO_TAGGER = "auto"
+
+
+def _tagger_for(cfg: "StudyConfig") -> str:
+    """What ``measure.one_model_tagger: auto`` means: the synthetic generator's captions name the
+    crop's background, so its tagger reads them; other sources' captions name the foreground (the
+    one-model predictor would see the label it is asked to predict), so the naive-Bayes predictor
+    is off. The study kinds that never read the tagger keep the value it had before "auto" existed,
+    so their runs keep their ids."""
+    if cfg.data.source == "synthetic" or cfg.study != "ssl_dejavu":
+        return "synthetic_background"
+    return ""
+
+
 @dataclass(frozen=True)
 class StudyConfig:
     name: str = "study"
@@ -79,3 +93,5 @@ class StudyConfig:
         _check(bool(self.name) and "/" not in self.name, "name", "must be a non-empty name without '/'")
         _check(bool(self.run_id) and "/" not in self.run_id, "run_id", "must be a non-empty name without '/'")
         _check(isinstance(self.repeats, int) and self.repeats >= 1, "repeats", "must be a whole number >= 1")
+        if self.measure.one_model_tagger == AUTO_TAGGER:
+            object.__setattr__(self, "measure", replace(self.measure, one_model_tagger=_tagger_for(self)))

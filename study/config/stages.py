@@ -115,8 +115,11 @@ class MeasureConfig:
     confidence_level: float = 0.95
     seed: int = 0
     # The one-model test's naive-Bayes predictor (SSL): the tagger of what a crop shows
-    # (study.kinds.ssl_dejavu.taggers; "" turns the test off) and its add-alpha smoothing.
-    one_model_tagger: str = "synthetic_background"
+    # (study.kinds.ssl_dejavu.taggers; "" turns the test off) and its add-alpha smoothing. "auto"
+    # (the default): synthetic_background where data.source is synthetic, whose captions name the
+    # crop's background, and off on other sources, whose captions name the foreground (the label
+    # the predictor must not see); the resolved value is saved with the run.
+    one_model_tagger: str = "auto"
     one_model_alpha: float = 1.0
 
     def __post_init__(self) -> None:

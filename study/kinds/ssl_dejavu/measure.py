@@ -50,6 +50,17 @@ def control_results(ctx: RunContext, where: dict, controls: dict, label: str, on
     return out
 
 
+def no_predictor_note(cfg) -> str:
+    """Why a study has no one-model test, as the report says it."""
+    if cfg.measure.one_model_tagger:
+        tagger = f"no public record has a tag of measure.one_model_tagger ({cfg.measure.one_model_tagger})"
+    else:
+        tagger = (f"measure.one_model_tagger is off (by default off for data.source={cfg.data.source}: its captions "
+                  "name the crop's foreground, which the predictor must not see; set it to a tagger of the "
+                  "background when the captions describe that)")
+    return f"no predictor: {tagger}, and train.crop_classifier is off"
+
+
 def run_measure(ctx: RunContext) -> dict:
     cfg = ctx.cfg
     kind = get_kind(cfg.study)
@@ -79,8 +90,7 @@ def run_measure(ctx: RunContext) -> dict:
                                                    one_sided=True)
     storage.write_json(ctx.measure_results, results)
     write_one_model(ctx, {"tagger": cfg.measure.one_model_tagger, "predictors": one_model} if predicted else
-                    {"note": "no predictor: measure.one_model_tagger is off or no public record has a tag, and "
-                             "train.crop_classifier is off"})
+                    {"note": no_predictor_note(cfg)})
     utility = measure_utility(ctx, models)
     for rep, per_model in utility.get("linear_probe", {}).items():
         ctx.log("measure", f"{rep:<9} linear probe " + ", ".join(
