@@ -102,7 +102,13 @@ def test_ssl_study_on_photographs_trains_in_memory(ssl_run):
 
     encoder, _ = load_model(storage.read_bytes(ctx.model_file("model_a")))
     _check_embeddings(ctx, "model_a", "public", "backbone", lambda x: encoder(normalize(x))[0].numpy())
-    assert os.path.getsize(ctx.stage_dir("report", "report.html")) > 0
+    # A COCO source: the one-model test's tagger is off by default (a caption here names the
+    # foreground, the label its predictor must not see), and the report says so.
+    assert ctx.cfg.measure.one_model_tagger == ""
+    one = report["one_model"]
+    assert "predictors" not in one and "data.source=coco" in one["note"] and "foreground" in one["note"]
+    page = open(ctx.report_html).read()
+    assert "One-model test" in page and "by default off for data.source=coco" in page
 
 
 def test_vlm_study_on_photographs_streams_its_training(vlm_run):
