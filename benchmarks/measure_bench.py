@@ -1,7 +1,8 @@
-"""The VLM measure stage at scale, on synthetic records and search results: its time, the
-driver's peak memory and the tasks' peak memory.
+"""The VLM (or SSL) measure stage at scale, on synthetic records and search results: its time,
+the driver's peak memory and the tasks' peak memory.
 
     python benchmarks/measure_bench.py --records 100000 --vocab 21000 [--k 100] [--cpus 2] [--check]
+    python benchmarks/measure_bench.py --kind ssl --records 100000 [--k 50] [--check]
 
 Generated first, in a child process (so the driver measured below never held it): N attacked
 records (target, reference, holdout: 0.4, 0.4, 0.2 of N) and 4 N public records, each image with
@@ -14,6 +15,11 @@ controls with the default draws (``--bootstrap``/``--permutations`` to change th
 peak is its VmHWM over that work; the tasks' peak is the largest RSS a Ray worker reached
 (sampled every 0.2 s). ``--check`` also computes every entry in one process from the same outcome
 files (what the statistics were before they ran in tasks) and fails unless the two are equal.
+
+``--kind ssl``: the same records and search results with a label (one of 10 classes) per record in
+the split members instead of objects (no record shards: the SSL stage reads labels from the
+splits), and the SSL stage's work: the labels' task, the scoring tasks (top-1, top-5, confidence
+per query), the statistics tasks of both controls (top-1 and top-5 tests, curve, most memorized).
 
 The last line: ``driver peak MiB <x>, tasks peak MiB <y>, stage s <z>``.
 """
@@ -36,7 +42,9 @@ import pyarrow.parquet as pq
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "quickstart-vlm.yaml")
+CONFIGS = {"vlm": "quickstart-vlm.yaml", "ssl": "quickstart.yaml"}
+SPACES = {"vlm": "caption_to_image", "ssl": "projector"}
+CLASSES = 10  # labels of the SSL kind's records
 SPLITS = {"target": 0.4, "reference": 0.4, "holdout": 0.2}
 OBJECTS_PER_IMAGE = 5
 CHUNK = 65_536  # records or queries written per file or row group
@@ -46,7 +54,9 @@ def _context(out: str, args):
     from study.config_load import load_config
     from study.frame.context import RunContext
 
-    cfg = load_config(CONFIG, [f"search.k={args.k}", f"measure.ks=[1, 10, {args.k}]"], out)
+    config = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", CONFIGS[args.kind])
+    cfg = load_config(config, [f"search.k={args.k}"] + ([f"measure.ks=[1, 10, {args.k}]"] if args.kind == "vlm" else []),
+                      out)
     m = {"bootstrap": args.bootstrap, "permutations": args.permutations}
     cfg = dataclasses.replace(cfg, measure=dataclasses.replace(cfg.measure, **{k: v for k, v in m.items() if v}))
     return RunContext.create(cfg)
@@ -90,6 +100,11 @@ def generate(out: str, args) -> None:
         os.makedirs(split_uri(ctx.splits_dir, split))
         for start in range(0, len(split_ids), CHUNK):
             chunk = split_ids[start : start + CHUNK]
+            if args.kind == "ssl":
+                pq.write_table(pa.table({"id": pa.array(chunk), "label": pa.array(rng.integers(0, CLASSES, len(chunk)))}),
+                               os.path.join(split_uri(ctx.splits_dir, split), f"part-{shard:05d}.parquet"))
+                shard += 1
+                continue
             offsets, objs = _objects(rng, len(chunk), args.vocab)
             objects = pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), _flat(names.take(pa.array(objs))))
             first = names.take(pa.array(objs[offsets[:-1]]))
@@ -107,7 +122,7 @@ def generate(out: str, args) -> None:
     per_part = rows_per_part(ctx.cfg.search)
     for model in ("model_a", "model_b"):
         for split in SPLITS:
-            uri = ctx.search_results(model, split, "caption_to_image")
+            uri = ctx.search_results(model, split, SPACES[args.kind])
             os.makedirs(uri)
             q = ids[split]
             parts = max(1, -(-len(q) // per_part))
@@ -125,50 +140,83 @@ def generate(out: str, args) -> None:
             storage.write_json(os.path.join(uri, PARTS), {"key": "bench", "complete": parts})
 
 
-def run(out: str, args) -> dict:
+def _vlm_stage(ctx, keys):
+    """The VLM stage's work: (counts, where, results, the entries in one process)."""
     import ray
 
-    from proc_memory import MemorySampler, hwm_mib, reset_peak_rss
     from study.frame.kinds import CONTROLS
     from study.kinds.vlm_dejavu import entries, measure, outcomes
     from study.kinds.vlm_dejavu.objects import object_tables
 
+    m = ctx.cfg.measure
+    tables = ray.remote(num_cpus=1)(object_tables).remote(ctx.data_root, ctx.splits_dir, tuple(SPLITS))
+    counts = measure.score_searches(ctx, outcomes.score_part, tables, keys, tuple(m.ks), m.top_n)
+    where = {(mo, s): (measure.outcome_dir(ctx, mo, s, sp), ctx.search_results(mo, s, sp)) for mo, s, sp in keys}
+    yield counts
+    yield where, measure.control_results(ctx, where, CONTROLS, "bench")
+    yield {c: entries.local(where, rows, c, outcomes.VARIANTS, m, ctx.cfg.splits.seed, ctx.cfg.report.gallery_size)
+           for c, rows in CONTROLS.items()}
+
+
+def _ssl_stage(ctx, keys):
+    """The SSL stage's work, as ``_vlm_stage``."""
+    import ray
+
+    from study.frame.kinds import CONTROLS
+    from study.kinds.ssl_dejavu import entries, measure, outcomes
+
+    tables = ray.remote(num_cpus=1)(outcomes.label_tables).remote(ctx.splits_dir, tuple(SPLITS), CLASSES)
+    counts = measure.score_searches(ctx, outcomes.score_part, tables, keys, per_key=lambda key: (key[1],))
+    where = {(mo, s): (measure.outcome_dir(ctx, mo, s, sp), ctx.search_results(mo, s, sp)) for mo, s, sp in keys}
+    yield counts
+    yield where, measure.control_results(ctx, where, CONTROLS, "bench")
+    yield {c: entries.local(where, rows, c, ctx.cfg.measure, ctx.cfg.splits.seed, ctx.cfg.report.gallery_size)
+           for c, rows in CONTROLS.items()}
+
+
+STAGES = {"vlm": _vlm_stage, "ssl": _ssl_stage}
+
+
+def run(out: str, args) -> dict:
+    import ray
+
+    from proc_memory import MemorySampler, hwm_mib, reset_peak_rss
+
     ctx = _context(out, args)
+    keys = [(model, split, SPACES[args.kind]) for model in ("model_a", "model_b") for split in SPLITS]
     ray.init(num_cpus=args.cpus, include_dashboard=False, logging_level="WARNING")
     try:
         reset_peak_rss()
         with MemorySampler() as sampler:
             t0 = time.perf_counter()
-            tables = ray.remote(num_cpus=1)(object_tables).remote(ctx.data_root, ctx.splits_dir, tuple(SPLITS))
-            keys = [(model, split, "caption_to_image") for model in ("model_a", "model_b") for split in SPLITS]
-            counts = measure.score_searches(ctx, outcomes.score_part, tables, keys, tuple(ctx.cfg.measure.ks),
-                                            ctx.cfg.measure.top_n)
+            stage = STAGES[args.kind](ctx, keys)
+            counts = next(stage)  # the tables' task and the scoring tasks
             t1 = time.perf_counter()
-            where = {(m, s): (measure.outcome_dir(ctx, m, s, sp), ctx.search_results(m, s, sp)) for m, s, sp in keys}
-            results = measure.control_results(ctx, where, CONTROLS, "bench")
+            where, results = next(stage)  # the statistics tasks
             t2 = time.perf_counter()
         driver = hwm_mib(os.getpid())
         workers = {p: kib for p, kib in sampler.peak_by_pid.items() if p != os.getpid()}
+        line = {"kind": args.kind, "records": args.records, "vocab": args.vocab if args.kind == "vlm" else None,
+                "k": args.k, "cpus": args.cpus, "bootstrap": ctx.cfg.measure.bootstrap,
+                "permutations": ctx.cfg.measure.permutations, "scored": sum(c["records"] for c in counts.values()),
+                "scoring_s": round(t1 - t0, 1), "statistics_s": round(t2 - t1, 1), "driver_peak_mib": round(driver),
+                "tasks_peak_mib": round(max(workers.values(), default=0) / 1024),
+                "results": sum(len(e) for e in results.values()),
+                "tasks_peak_mib_by_task": {cmd.removeprefix("ray::"): round(kib / 1024) for cmd, kib in
+                                           sorted(sampler.peak_by_cmd.items()) if kib}}
+        if args.check:  # in this process, from the same outcome files
+            local = next(stage)
+            line["equal_to_one_process"] = local == results
+            if local != results:
+                raise SystemExit("the results computed in tasks differ from those computed in one process")
     finally:
         ray.shutdown()
-    line = {"records": args.records, "vocab": args.vocab, "k": args.k, "cpus": args.cpus,
-            "bootstrap": ctx.cfg.measure.bootstrap, "permutations": ctx.cfg.measure.permutations,
-            "scored": sum(c["records"] for c in counts.values()), "scoring_s": round(t1 - t0, 1),
-            "statistics_s": round(t2 - t1, 1), "driver_peak_mib": round(driver), "tasks_peak_mib": round(max(workers.values(), default=0) / 1024),
-            "entries": sum(len(e) for e in results.values()),
-            "tasks_peak_mib_by_task": {cmd.removeprefix("ray::"): round(kib / 1024) for cmd, kib in
-                                       sorted(sampler.peak_by_cmd.items()) if kib}}
-    if args.check:
-        local = {c: entries.local(where, rows, c, outcomes.VARIANTS, ctx.cfg.measure, ctx.cfg.splits.seed,
-                                  ctx.cfg.report.gallery_size) for c, rows in CONTROLS.items()}
-        line["equal_to_one_process"] = local == results
-        if local != results:
-            raise SystemExit("the entries computed in tasks differ from those computed in one process")
     return line
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--kind", choices=sorted(STAGES), default="vlm", help="whose measure stage")
     ap.add_argument("--records", type=int, default=100_000, help="attacked records (the public set is 4x)")
     ap.add_argument("--vocab", type=int, default=21_000, help="objects in the vocabulary (C)")
     ap.add_argument("--k", type=int, default=100)
