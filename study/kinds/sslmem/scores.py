@@ -92,11 +92,13 @@ def observed(ctx, splits, space: str, kind: str) -> dict:
            "tests": {c: sslmem.compare_observed(cand, values[c], q) for c in CONTROLS
                      if len(values.get(c, ())) and len(cand)}}
     if kind == "raw" and "target" in splits:
-        table = _read(set_file(ctx, "target")).to_pydict()
-        top = sslmem.most_memorized(table["id"], np.asarray(table[f"{space}/score"]), ctx.cfg.report.gallery_size)
-        out["most_memorized"] = [{"id": str(table["id"][p]), **{f: float(table[f"{space}/{c}"][p]) for f, c in
-                                  (("score", "score"), ("normalised", "normalised"), ("align_f", "align_f"),
-                                   ("align_g", "align_g"))}} for p in top]
+        # The candidates' ids and raw scores as arrays; Python values for the gallery's rows only.
+        fields = ("score", "normalised", "align_f", "align_g")
+        table = _read(set_file(ctx, "target"), ["id", *(f"{space}/{f}" for f in fields)])
+        ids = table.column("id").to_numpy(zero_copy_only=False)
+        top = sslmem.most_memorized(ids, table.column(f"{space}/score").to_numpy(), ctx.cfg.report.gallery_size)
+        rows = table.take(pa.array(top, pa.int64())).to_pylist()
+        out["most_memorized"] = [{"id": str(r["id"]), **{f: float(r[f"{space}/{f}"]) for f in fields}} for r in rows]
     return out
 
 

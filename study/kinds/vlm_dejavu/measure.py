@@ -20,6 +20,7 @@ from study.kinds.vlm_dejavu.objects import object_tables
 from study.kinds.vlm_dejavu.utility import utility_rows
 from study.stages.measure_tasks import cpus, draw_pieces, outcome_dir, rank_and_draw, score_searches, sides_present
 
+
 def control_results(ctx: RunContext, where: dict, controls: dict, label: str, one_sided: bool = False) -> dict:
     """{control: {"k=../rule/variant": entry}} over the ``controls`` that can be measured
     (``sides_present``), from the outcome files ``where`` ((model, split) -> (outcome dir, search
