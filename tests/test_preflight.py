@@ -177,6 +177,15 @@ def test_a_local_output_on_two_raylets_is_refused(tmp_path):
         two.shutdown()
 
 
+def _listening(port: int) -> bool:
+    """Something accepts connections on 127.0.0.1:port (the head's GCS is up)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.settimeout(1.0)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
 def test_a_cluster_that_refuses_the_token(tmp_path):
     """A head started with token authentication (``ray start``, a process of its own, as a user
     starts one) and a client holding another token."""
@@ -191,7 +200,7 @@ def test_a_cluster_that_refuses_the_token(tmp_path):
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 60
-        while subprocess.run(["nc", "-z", "127.0.0.1", str(port)]).returncode and time.monotonic() < deadline:
+        while not _listening(port) and time.monotonic() < deadline:
             time.sleep(0.5)
         # Ray's own retries of a refused join (20, a second apart) cut to 3: what is tested is what
         # the command says once Ray gives up, not how long Ray tries.
