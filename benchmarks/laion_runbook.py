@@ -34,12 +34,16 @@ DRIVER_GIB = 1499 / 1024  # driver_memory: the driver's peak at 200k (1.11x the 
 # measured by this script (--measure), one CPU, host load 3-6 on its 2 CPUs (+-30 % between runs):
 DECODE_INGEST_S = 1 / 3500  # 256 px JPEG (~30 KB): the data stage's draft decode (laion.inspect_image)
 DECODE_224_S = 1 / 800  # the same, decoded and resized to 224 px as training and embedding do
-# measure_bench (2026-12-06): the VLM measure stage in tasks on 2 CPUs, 10^6 attacked records, 4x10^6
+# measure_bench (2026-12-07): the VLM measure stage in tasks on 2 CPUs, 10^6 attacked records, 4x10^6
 # public, k 100, C = 21,000 Zipf objects (~5 an image), draws 1000 + 2000, 2 models, 1 space: stage
-# 343.2 s (10^5: 31.4 s), driver 243 MiB flat, tasks' peak 2.3 GiB (the object tables' task; scoring
-# and statistics 1.8 GiB); C barely matters with sparse sets
-MEASURE_BENCH = {"records": 1_000_000, "cpus": 2, "stage_s": 343.2, "scoring_s": 164.1, "statistics_s": 179.1,
-                 "tasks_gib": {"tables": 2323 / 1024, "score": 1793 / 1024, "statistics": 1789 / 1024}, "driver_mib": 243}
+# 362.4 s on a host ~1.4x slower than on 2026-12-06 (scoring 245.1 s, statistics 117.3 s), driver
+# 300 MiB flat, tasks' peak 2.4 GiB (the object tables' task; scoring 1.7 GiB, a statistics task
+# 1.2 GiB); the same with measure.records_per_task = 250,000 (4 id ranges): statistics 126.3 s, a
+# statistics task 0.66 GiB. C barely matters with sparse sets.
+MEASURE_BENCH = {"records": 1_000_000, "cpus": 2, "stage_s": 362.4, "scoring_s": 245.1, "statistics_s": 117.3,
+                 "tasks_gib": {"tables": 2481 / 1024, "score": 1773 / 1024, "statistics": 1211 / 1024}, "driver_mib": 300,
+                 "ranged": {"records_per_task": 250_000, "statistics_gib": 679 / 1024}}
+RECORDS_PER_TASK = 1_000_000  # measure.records_per_task's default: the records a statistics task holds
 RESULT_ROWS_PER_PART = 100_000  # search.rows_per_file: a scoring task's queries
 # counted by this script (--measure) with torch.utils.flop_counter; open_clip's model table gives
 # 4.41 / 2.96 "GFLOPs" for ViT-B-32, which are multiply-accumulates (half these figures)
@@ -95,21 +99,24 @@ def search_cost(n_public: int, nq: int, nodes: int, d: int = 512) -> dict:
 
 def measure_cost(n: int, cpus: int) -> tuple[float, str]:
     """(s, memory text) of the measure stage, its tasks on the cluster's ``cpus``: measure_bench's
-    CPU-seconds per attacked record (they grew 10.9x for 10x the records there), the scoring spread
-    over at most one task per part of search results, the statistics over at most one task per CPU
-    (their ranking tasks, one per control and variant, each see every record: counted as spread too,
-    so the time is a lower bound where the CPUs outnumber the records' parts); the tasks' peaks
-    scaled with the records they hold (the tables' task: every record; a statistics task: a
-    control's two sides; a scoring task: one part of search results, plus the tables it reads from
-    the object store, shared by a node's tasks)."""
+    CPU-seconds per attacked record (they grew 10.9x for 10x the records on 2026-12-06), the scoring
+    spread over at most one task per part of search results, the statistics over at most one task
+    per CPU (each reads one id range of at most measure.records_per_task records); the tasks' peaks:
+    the tables' task scaled with every record, a statistics task's set by the records of its id
+    range (linear through the bench's two runs, 10^6 and 250,000 records a task), a scoring task's
+    by one part of search results, plus the tables it reads from the object store, shared by a
+    node's tasks."""
     attacked, b = (1 - FRACTIONS["public"]) * n, MEASURE_BENCH
     scale = attacked / b["records"]
     parts = 2 * -(-attacked // RESULT_ROWS_PER_PART)  # two models' result parts (splits rounded up ignored)
     seconds = (b["scoring_s"] * b["cpus"] * scale / min(cpus, parts)
                + b["statistics_s"] * b["cpus"] * scale / cpus)
     tables = b["tasks_gib"]["tables"] * n / (5 * b["records"])  # the bench's public + attacked: 5x its records
+    r = b["ranged"]
+    slope = (b["tasks_gib"]["statistics"] - r["statistics_gib"]) / (b["records"] - r["records_per_task"])
+    statistics = r["statistics_gib"] + slope * (min(attacked, RECORDS_PER_TASK) - r["records_per_task"])
     text = (f"driver {b['driver_mib'] / 1024:.2f} GiB; tasks: tables ~{tables:.1f} GiB (kept in the object store), "
-            f"statistics ~{b['tasks_gib']['statistics'] * scale:.1f} GiB, scoring {b['tasks_gib']['score']:.1f} GiB "
+            f"statistics ~{statistics:.1f} GiB (one id range each), scoring {b['tasks_gib']['score']:.1f} GiB "
             f"at the bench's 10^6 records, the tables it reads included")
     return seconds, text
 

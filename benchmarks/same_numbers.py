@@ -9,6 +9,8 @@ folder ``make photos`` writes; it is generated here (smaller) when absent.
     python benchmarks/same_numbers.py --out /tmp/before.json
     python benchmarks/same_numbers.py --out /tmp/after.json
     python benchmarks/same_numbers.py --compare /tmp/before.json /tmp/after.json
+
+``--only quickstart-vlm.yaml,photos-vlm.yaml`` runs only those configs.
 """
 from __future__ import annotations
 
@@ -51,7 +53,7 @@ def dejavu(*args: str) -> subprocess.CompletedProcess:
     return proc
 
 
-def run_all(out_json: str) -> None:
+def run_all(out_json: str, only: list[str]) -> None:
     if not os.path.exists(os.path.join(ROOT, PHOTOS)):
         dejavu("data", "synth", "--format", "coco", "--num", "400", "--output", PHOTOS, "--overwrite", "--set",
                "data.background=photo", "--set", "data.size_range=[0.5, 2.0]", "--set", "data.image_size=48",
@@ -60,7 +62,7 @@ def run_all(out_json: str) -> None:
     digests = {}
     with tempfile.TemporaryDirectory() as tmp:
         for path in sorted(glob.glob(os.path.join(ROOT, "configs", "*.yaml"))):
-            if os.path.basename(path).startswith("cluster-"):
+            if os.path.basename(path).startswith("cluster-") or (only and os.path.basename(path) not in only):
                 continue
             name = os.path.basename(path)
             sets = [a for o in overrides(path) for a in ("--set", o)]
@@ -87,10 +89,11 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out")
     p.add_argument("--compare", nargs=2)
+    p.add_argument("--only", default="", help="comma-separated config file names (default: every config)")
     args = p.parse_args()
     if args.compare:
         return compare(*args.compare)
-    run_all(args.out)
+    run_all(args.out, [c for c in args.only.split(",") if c])
     return 0
 
 

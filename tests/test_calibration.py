@@ -18,7 +18,8 @@ from hypothesis import strategies as st
 
 from study.core import stats
 from study.core.metrics import Side, dejavu_test
-from study.core.objects import ObjectSide, population_test
+from study.core.object_draws import population_test
+from study.core.objects import ObjectSide
 
 R = 600  # datasets per example (cheap: a few ms each); the power above is for this R
 # The percentile bootstrap under-covers a little at these sizes (n >= 80, p away from 0 and 1):

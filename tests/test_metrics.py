@@ -422,7 +422,8 @@ def test_reported_gap_p_value_matches_exact_sign_test(n_pos, n_neg):
 def test_reported_ppg_p_value_matches_exact_sign_test(n_pos, n_neg):
     # PPG = share(P_t > P_r) - share(P_t < P_r); its swap test (the VLM report's p-value) is a sign
     # test on sign(P_t - P_r).
-    from study.core.objects import ObjectSide, population_test
+    from study.core.object_draws import population_test
+    from study.core.objects import ObjectSide
 
     rng = np.random.default_rng(n_neg)
     n = n_pos + n_neg + 15

@@ -5,6 +5,7 @@ boolean matrices and turned into sets, and the fast paths are checked against Py
 counters on seeded data."""
 from __future__ import annotations
 
+import dataclasses
 import math
 import subprocess
 import sys
@@ -14,7 +15,7 @@ import pytest
 
 from collections import Counter
 
-from study.core import objects, stats
+from study.core import object_draws, objects, stats
 from study.core.object_sets import (
     PREDICTION_RULES,
     ObjectSets,
@@ -24,11 +25,11 @@ from study.core.object_sets import (
     predict_top_n,
     predict_union,
 )
+from study.core.object_draws import population_test
 from study.core.objects import (
     ObjectSide,
     most_memorized,
     named_objects,
-    population_test,
     recall_area,
     recall_curve,
     sample_level,
@@ -281,17 +282,17 @@ def test_intervals_and_p_values_match_naive_resampling():
 def test_draws_split_anywhere_give_the_same_rows(monkeypatch):
     rng = np.random.default_rng(3)
     values = rng.random((13, 4))
-    whole = objects.bootstrap_means(values, 1, 7, range(10))
-    swaps = objects.swap_means(values, 1, 7, range(9))
-    monkeypatch.setattr(objects, "_CHUNK_ELEMENTS", 13 * 3)  # three draws per chunk
-    np.testing.assert_array_equal(objects.bootstrap_means(values, 1, 7, range(10)), whole)
-    np.testing.assert_array_equal(np.concatenate([objects.bootstrap_means(values, 1, 7, range(0, 4)),
-                                                  objects.bootstrap_means(values, 1, 7, range(4, 10))]), whole)
-    np.testing.assert_array_equal(np.concatenate([objects.swap_means(values, 1, 7, r)
+    whole = object_draws.bootstrap_means(values, 1, 7, range(10))
+    swaps = object_draws.swap_means(values, 1, 7, range(9))
+    monkeypatch.setattr(object_draws, "_CHUNK_ELEMENTS", 13 * 3)  # three draws per chunk
+    np.testing.assert_array_equal(object_draws.bootstrap_means(values, 1, 7, range(10)), whole)
+    np.testing.assert_array_equal(np.concatenate([object_draws.bootstrap_means(values, 1, 7, range(0, 4)),
+                                                  object_draws.bootstrap_means(values, 1, 7, range(4, 10))]), whole)
+    np.testing.assert_array_equal(np.concatenate([object_draws.swap_means(values, 1, 7, r)
                                                   for r in (range(0, 1), range(1, 5), range(5, 9))]), swaps)
     # Another side or seed draws other rows.
-    assert not np.array_equal(objects.bootstrap_means(values, 0, 7, range(10)), whole)
-    assert not np.array_equal(objects.swap_means(values, 1, 8, range(9)), swaps)
+    assert not np.array_equal(object_draws.bootstrap_means(values, 0, 7, range(10)), whole)
+    assert not np.array_equal(object_draws.swap_means(values, 1, 8, range(9)), swaps)
 
 
 def test_population_test_does_not_depend_on_chunk_size_or_pieces(monkeypatch):
@@ -299,14 +300,14 @@ def test_population_test_does_not_depend_on_chunk_size_or_pieces(monkeypatch):
     sides = [side_from_sets(rng, 61, prefix="a", boost=0.3), side_from_sets(rng, 37, prefix="b")]
     outs = []
     for elements in (1, 61 * 7, 10**9):  # one draw per chunk, ragged chunks, every draw at once
-        monkeypatch.setattr(objects, "_CHUNK_ELEMENTS", elements)
+        monkeypatch.setattr(object_draws, "_CHUNK_ELEMENTS", elements)
         outs.append(population_test(sides, bootstrap=50, permutations=70, level=0.9, seed=2))
     assert outs[0] == outs[1] == outs[2]
     # Each side's draws in pieces (as tasks compute them), stacked: the same test.
-    pieces = [objects.SideDraws.stack([objects.side_draws(s, k, 2, b, p) for b, p in
+    pieces = [object_draws.SideDraws.stack([object_draws.side_draws(s, k, 2, b, p) for b, p in
                                        ((range(0, 20), range(0, 7)), (range(20, 50), range(7, 70)))])
               for k, s in enumerate(sides)]
-    assert objects.population_summary([61, 37], pieces, 70, 0.9) == outs[0]
+    assert object_draws.population_summary([61, 37], pieces, 70, 0.9) == outs[0]
 
 
 def test_identical_models_give_zero_gaps_and_p_value_one():
@@ -359,6 +360,78 @@ def test_recall_area_and_curve_hand_checked():
 
 
 # ---- sample level and galleries ------------------------------------------------------------------
+
+
+def _blocks_of(sides, bounds):
+    """The sides' records in id ranges [bounds[j], bounds[j + 1]) (None: unbounded), per range."""
+    edges = [None, *bounds, None]
+    out = []
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        block = []
+        for s in sides:
+            keep = np.array([(lo is None or i >= lo) and (hi is None or i < hi) for i in s.ids], dtype=bool)
+            block.append(ObjectSide(*(getattr(s, f.name)[keep] for f in dataclasses.fields(ObjectSide))))
+        out.append(block)
+    return out
+
+
+def test_sample_level_and_gallery_from_id_ranges_match_naive_sort():
+    """The distributed top-k: per-range histograms give each cut's threshold, the ranges' shares
+    of the ties at it go by id; the same rows as a naive sort of every record (ties by id)."""
+    rng = np.random.default_rng(14)
+    sides = [side_from_sets(rng, 90, prefix="a", boost=0.3), side_from_sets(rng, 70, prefix="b")]
+    fractions = [0.001, 0.1, 0.25, 0.5, 1.0]
+    rows = []
+    for k, s in enumerate(sides):
+        for i in range(len(s)):
+            f = lambda p, r: 2 * p * r / (p + r) if p + r else 0.0  # noqa: E731
+            tp, tr, rp, rr = s.target_precision[i], s.target_recall[i], s.reference_precision[i], s.reference_recall[i]
+            rows.append((-(int(s.target_hits[i]) - int(s.reference_hits[i])), s.ids[i], k, tp - rp, tr - rr,
+                         f(tp, tr) - f(rp, rr)))
+    rows.sort(key=lambda r: r[:3])
+    blocks = _blocks_of(sides, ["a030", "a061", "b020", "b045"])
+    assert [sum(len(s) for s in b) for b in blocks] == [30, 31, 49, 25, 25]
+    counts = [objects.score_counts(b) for b in blocks]
+    added = {g: sum(c.get(g, 0) for c in counts) for g in set().union(*counts)}
+    cuts = objects.sample_cuts(added, fractions)
+    takes = objects.block_takes(counts, cuts)
+    assert any(sum(0 < t[j][1] for t in takes) > 1 for j in range(len(fractions)))  # ties across ranges
+    got = objects.sample_rows(fractions, cuts, [objects.sample_sums(b, t) for b, t in zip(blocks, takes)])
+    for out, q in zip(got, fractions):
+        m = max(1, math.ceil(q * len(rows)))
+        assert out["n"] == m
+        for j, name in enumerate(("precision_gap", "recall_gap", "f_gap")):
+            assert out[name] == pytest.approx(np.mean([r[3 + j] for r in rows[:m]]), abs=1e-12)
+    gallery = objects.merge_most_memorized([most_memorized(b, 12) for b in blocks], 12)
+    assert [(r["id"], r["side"]) for r in gallery] == [(r[1], r[2]) for r in rows[:12] if r[0] < 0]
+
+
+def test_a_side_drawn_in_id_ranges_adds_up_to_the_whole_side():
+    """A range's bootstrap counts and swap bits are its part of the whole side's (the stream of
+    each draw is generated in pieces and only the range's records counted): the ranges' sums
+    add up to the side's, whatever the ranges."""
+    total = 1000
+    for seed in range(3):
+        whole = np.bincount(stats.resample_indices(total, stats.draw_rng(seed, stats.BOOTSTRAP, 0, 5)), minlength=total)
+        mask = stats.swap_mask(total, stats.draw_rng(seed, stats.SWAP, 0, 5))
+        for cuts in ([0, 1, 999, 1000], [0, 333, 334, 700, 1000], [0, 7, 13, 1000]):
+            parts = list(zip(cuts[:-1], cuts[1:]))
+            assert np.array_equal(np.concatenate([
+                stats.block_counts(total, a, b - a, stats.draw_rng(seed, stats.BOOTSTRAP, 0, 5)) for a, b in parts]), whole)
+            assert np.array_equal(np.concatenate([
+                stats.block_swap_mask(total, a, b - a, stats.draw_rng(seed, stats.SWAP, 0, 5)) for a, b in parts]), mask)
+    rng = np.random.default_rng(15)
+    side = side_from_sets(rng, 150, boost=0.3)
+    one = object_draws.side_draws(side, 1, 4, range(40), range(30))
+    blocks = _blocks_of([side], ["r040", "r041", "r100"])
+    offsets = np.cumsum([0] + [len(b[0]) for b in blocks])
+    added = object_draws.SideDraws.add([object_draws.side_draws(b[0], 1, 4, range(40), range(30), 100, 150, int(o))
+                                        for b, o in zip(blocks, offsets)])
+    assert added.n == one.n and np.array_equal(added.target_at_least, one.target_at_least)
+    for name in ("sums", "boot", "null"):
+        np.testing.assert_allclose(getattr(added, name), getattr(one, name), rtol=1e-12, atol=1e-12)
+    assert not np.allclose(object_draws.side_draws(blocks[3][0], 1, 4, range(40), range(30)).boot,
+                           object_draws.side_draws(blocks[3][0], 1, 4, range(40), range(30), 100, 150, 100).boot)
 
 
 def test_sample_level_matches_naive_sort_and_slice():

@@ -14,12 +14,14 @@ import pytest
 
 from study.config_load import load_config
 from study.core.object_sets import PREDICTION_RULES
-from study.core.objects import ObjectSide, most_memorized, population_test, sample_level
+from study.core.object_draws import population_test
+from study.core.objects import ObjectSide, most_memorized, sample_level
 from study.errors import StudyError
 from study.frame.context import RunContext
 from study.frame.kinds import CONTROLS, side_mask
 from study.kinds.vlm_dejavu import entries, measure
 from study.stages import measure_tasks
+from study.stages.outcome_files import WHOLE, id_blocks
 from study.kinds.vlm_dejavu.outcomes import VARIANTS, column
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -105,7 +107,7 @@ def test_entries_do_not_depend_on_the_number_of_tasks_and_equal_the_core_functio
     for per_task in (10**6, 120, 37):  # one task for every draw; 4 and 11 pieces, more than this machine has CPUs
         monkeypatch.setattr(measure_tasks, "DRAWS_PER_TASK", per_task)
         monkeypatch.setattr(measure, "draw_pieces", _pieces_ignoring_cpus(per_task))
-        got.append(measure.control_results(ctx, where, CONTROLS, "test"))
+        got.append(measure.control_results(ctx, where, CONTROLS, "test", [WHOLE]))
     assert got[0] == got[1] == got[2]
     assert set(got[0]) == {"positive", "null"}
     for control in CONTROLS:
@@ -146,4 +148,60 @@ def test_models_queried_with_different_records_stop_the_statistics(ray_local, ou
     _write(uri, ids, rec, "model_b", np.arange(len(ids) - 1), 1)  # model B's holdout misses a record
     bad = {**where, ("model_b", "holdout"): (uri, "search/model_b/holdout")}
     with pytest.raises(StudyError, match=r"search/model_a/holdout.*1 only in model_a's"):
-        measure.control_results(_ctx(tmp_path), bad, {"null": CONTROLS["null"]}, "test")
+        measure.control_results(_ctx(tmp_path), bad, {"null": CONTROLS["null"]}, "test", [WHOLE])
+
+
+def _close(a, b, path=""):
+    """Equal, floats to 1e-12 (sums of the same values in another order)."""
+    if isinstance(a, dict):
+        assert a.keys() == b.keys(), path
+        for key in a:
+            _close(a[key], b[key], f"{path}/{key}")
+    elif isinstance(a, list):
+        assert len(a) == len(b), path
+        for j, (x, y) in enumerate(zip(a, b)):
+            _close(x, y, f"{path}[{j}]")
+    elif isinstance(a, float):
+        assert a == pytest.approx(b, rel=1e-12, abs=1e-12), path
+    else:
+        assert a == b, path
+
+
+def test_entries_from_id_ranges_equal_those_of_one_range(ray_local, outcomes, tmp_path, monkeypatch):
+    """Records split into three id ranges, one task each (and draws in pieces): every number as
+    from one range, to the rounding of sums in another order; the sample-level cuts (a
+    distributed top-k) take their ties at the threshold across ranges by id."""
+    where, data = outcomes
+    ctx = _ctx(tmp_path)
+    uris = [where[("model_a", split)][0] for split in SPLITS]
+    blocks = id_blocks(uris, 3)
+    assert len(blocks) == 3 and blocks[0][0] is None and blocks[-1][1] is None
+    assert all(lo < hi for lo, hi in blocks[1:-1]) and [b[1] for b in blocks[:-1]] == [b[0] for b in blocks[1:]]
+    every = sorted(i for split in SPLITS for i in data[split][0])
+    sizes = [sum(1 for i in every if (lo is None or i >= lo) and (hi is None or i < hi)) for lo, hi in blocks]
+    assert sum(sizes) == len(every) and max(sizes) - min(sizes) <= len(every) // 6  # about equal parts
+
+    whole = measure.control_results(ctx, where, CONTROLS, "test", [WHOLE])
+    monkeypatch.setattr(measure_tasks, "DRAWS_PER_TASK", 120)
+    monkeypatch.setattr(measure, "draw_pieces", _pieces_ignoring_cpus(120))
+    _close(measure.control_results(ctx, where, CONTROLS, "test", blocks), whole)
+    _close(entries.local(where, CONTROLS["positive"], "positive", VARIANTS, ctx.cfg.measure, ctx.cfg.splits.seed,
+                         ctx.cfg.report.gallery_size, blocks), whole["positive"])
+
+    # Some cut's ties at its threshold span two ranges: the ranges' shares of the cut are tested.
+    rows = CONTROLS["positive"]
+    summed = [entries.summaries(where, rows, "positive", "all", KS, ctx.cfg.splits.seed, b, 7) for b in blocks]
+    plans = entries.plan(summed, (0.3, 0.5, 0.7))
+    split_ties = [(key, j) for key in summed[0] for j in range(3)
+                  if sum(0 < plans[b][key]["takes"][j][1] for b in range(3)) > 1]
+    assert split_ties
+
+
+def test_a_study_over_records_per_task_is_split_into_id_ranges(ray_local, outcomes, tmp_path):
+    where, data = outcomes
+    ctx = _ctx(tmp_path, records_per_task=60)
+    uris = [where[("model_a", split)][0] for split in SPLITS]
+    n = sum(SPLITS.values())
+    blocks = measure_tasks.blocks_for(ctx, uris, n)
+    assert len(blocks) == -(-n // 60)
+    assert measure_tasks.blocks_for(_ctx(tmp_path), uris, n) == [WHOLE]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from study.config.checks import check as _check
+from study.config.checks import ADDED, check as _check
 
 
 @dataclass(frozen=True)
@@ -121,9 +121,14 @@ class MeasureConfig:
     # the predictor must not see); the resolved value is saved with the run.
     one_model_tagger: str = "auto"
     one_model_alpha: float = 1.0
+    # The most attacked records a VLM statistics task holds: a study with more is split into id
+    # ranges of about this many, one task each (memory per task ~1 KiB a record); the numbers do
+    # not depend on it, up to the rounding of sums in another order (~1e-16).
+    records_per_task: int = field(default=1_000_000, metadata=ADDED)
 
     def __post_init__(self) -> None:
         _check(self.one_model_alpha > 0, "measure.one_model_alpha", "must be > 0")
+        _check(self.records_per_task >= 1, "measure.records_per_task", "must be >= 1")
         _check(all(0 < q <= 1 for q in self.quantiles) and self.quantiles, "measure.quantiles", "must be in (0, 1]")
         _check(all(k >= 1 for k in self.ks) and self.ks, "measure.ks", "must be >= 1")
         _check(self.top_n >= 1, "measure.top_n", "must be >= 1")

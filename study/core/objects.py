@@ -3,15 +3,18 @@
 A record's caption retrieves its k nearest public images; their objects vote, a prediction rule
 turns the votes into a predicted object set, and the set is scored against the record's ground
 truth. Object sets are sparse rows of object ids (``object_sets``: the votes, the prediction
-rules, the per-record scores). This module owns the caption-name filter, the population test
-(PPG, PRG, AUCG with intervals and p-values), the sample-level gaps and the most-memorized list.
+rules, the per-record scores). This module owns the caption-name filter, the recall curve, the
+sample-level gaps and the most-memorized list, both also over records held in id-range blocks;
+the population test (PPG, PRG, AUCG with intervals and p-values) is ``object_draws``.
 
 Sides follow ``metrics.Side``: side "a" holds model A's training records (A target, B
 reference), side "b" model B's with the roles swapped; population numbers are the mean over sides.
 """
 from __future__ import annotations
 
+import functools
 import math
+import operator
 import re
 from dataclasses import dataclass, fields
 from typing import Sequence
@@ -21,8 +24,6 @@ import numpy as np
 from study.core import stats
 from study.core.object_sets import f_score
 
-# Elements per (draws, n) chunk of bootstrap counts or swap signs: 2**22 float64 is 32 MiB.
-_CHUNK_ELEMENTS = 1 << 22
 # Caption tokens: runs of letters, digits and '-'; whitespace, '_' and other punctuation split.
 _TOKEN = re.compile(r"(?:[^\W_]|-)+")
 
@@ -73,12 +74,17 @@ class ObjectSide:
         return len(self.ids)
 
 
-def recall_curve(recall: np.ndarray, bins: int = 100) -> tuple[np.ndarray, np.ndarray]:
-    """(x, fraction of records with recall >= x) on x = linspace(0, 1, bins + 1); recall (n,)."""
+def recall_at_least(recall: np.ndarray, bins: int = 100) -> np.ndarray:
+    """(bins + 1,) int: the records with recall >= x on x = linspace(0, 1, bins + 1); recall (n,).
+    Counts, so the records of a side held in several blocks add up."""
     grid = np.linspace(0.0, 1.0, bins + 1)
     ones = np.searchsorted(grid, recall, side="right")  # grid points at or below each recall
-    at_least = len(recall) - np.cumsum(np.bincount(ones, minlength=bins + 2))[: bins + 1]
-    return grid, at_least / max(len(recall), 1)
+    return len(recall) - np.cumsum(np.bincount(ones, minlength=bins + 2))[: bins + 1]
+
+
+def recall_curve(recall: np.ndarray, bins: int = 100) -> tuple[np.ndarray, np.ndarray]:
+    """(x, fraction of records with recall >= x) on x = linspace(0, 1, bins + 1); recall (n,)."""
+    return np.linspace(0.0, 1.0, bins + 1), recall_at_least(recall, bins) / max(len(recall), 1)
 
 
 def recall_area(recall: np.ndarray, bins: int = 100) -> np.ndarray:
@@ -91,148 +97,6 @@ def recall_area(recall: np.ndarray, bins: int = 100) -> np.ndarray:
     indicators = np.arange(bins + 1)[None, :] < np.arange(bins + 2)[:, None]  # row c: c leading ones
     table = np.trapezoid(indicators.astype(np.float64), grid, axis=1)
     return table[np.searchsorted(grid, recall, side="right")]
-
-
-# Columns of the per-record value matrix; the first three are gaps, which a swap negates.
-_COLUMNS = ("ppg", "prg", "aucg", "p_target", "p_reference", "r_target", "r_reference", "auc_target", "auc_reference")
-_GAPS = 3
-
-
-def side_values(side: ObjectSide, bins: int) -> np.ndarray:
-    """(n, 9) per-record values whose column means are the side's statistics (see _COLUMNS)."""
-    pt, pr = side.target_precision.astype(np.float64), side.reference_precision.astype(np.float64)
-    rt, rr = side.target_recall.astype(np.float64), side.reference_recall.astype(np.float64)
-    at, ar = recall_area(rt, bins), recall_area(rr, bins)
-    return np.stack([np.sign(pt - pr), np.sign(rt - rr), at - ar, pt, pr, rt, rr, at, ar], axis=1)
-
-
-def _chunks(draws: range, n: int):
-    """Consecutive sub-ranges of ``draws`` of at most _CHUNK_ELEMENTS (draws x n) elements each."""
-    for start, stop in stats.draw_chunks(len(draws), n, _CHUNK_ELEMENTS):
-        yield draws[start:stop]
-
-
-def bootstrap_means(values: np.ndarray, side: int, seed: int, draws: range) -> np.ndarray:
-    """(len(draws), m) column means of values (n, m) over bootstrap resamples of its rows.
-
-    Draw d resamples with its own generator, keyed (seed, bootstrap, side, d): any split of the
-    draws (chunks here, tasks in the measure stage) gives the same rows.
-    """
-    n = len(values)
-    out = np.empty((len(draws), values.shape[1]))
-    row = 0
-    for chunk in _chunks(draws, n):
-        counts = np.empty((len(chunk), n))
-        for j, d in enumerate(chunk):
-            counts[j] = np.bincount(stats.resample_indices(n, stats.draw_rng(seed, stats.BOOTSTRAP, side, d)), minlength=n)
-        # One (1, n) @ (n, m) product per draw: its rounding cannot depend on the chunk's size.
-        out[row : row + len(chunk)] = (counts[:, None, :] @ values)[:, 0] / n
-        row += len(chunk)
-    return out
-
-
-def swap_means(gaps: np.ndarray, side: int, seed: int, draws: range) -> np.ndarray:
-    """(len(draws), m) column means of gaps (n, m) under random target/reference swaps.
-
-    Swapping a record's target and reference negates its sign(P_t - P_r), sign(R_t - R_r) and
-    area difference, so each swap draw is a sign flip of the record's row; draw d's flips come
-    from its own generator, keyed (seed, swap, side, d).
-    """
-    n = len(gaps)
-    out = np.empty((len(draws), gaps.shape[1]))
-    row = 0
-    for chunk in _chunks(draws, n):
-        signs = np.empty((len(chunk), n))
-        for j, d in enumerate(chunk):
-            signs[j] = np.where(stats.swap_mask(n, stats.draw_rng(seed, stats.SWAP, side, d)), -1.0, 1.0)
-        out[row : row + len(chunk)] = (signs[:, None, :] @ gaps)[:, 0] / n
-        row += len(chunk)
-    return out
-
-
-@dataclass(frozen=True)
-class SideDraws:
-    """What the population test needs of one non-empty side: its observed column means (9,),
-    its recall curves (bins + 1,) and its bootstrap (B, 9) and swap (P, 3) draws. Aggregates
-    only: a side's draws may be computed in pieces anywhere and stacked (``stack``)."""
-
-    n: int
-    observed: np.ndarray
-    target_curve: np.ndarray
-    reference_curve: np.ndarray
-    boot: np.ndarray
-    null: np.ndarray
-
-    @staticmethod
-    def stack(pieces: Sequence["SideDraws"]) -> "SideDraws":
-        """One side's draws from pieces over consecutive draw ranges (in draw order)."""
-        first = pieces[0]
-        return SideDraws(first.n, first.observed, first.target_curve, first.reference_curve,
-                         np.concatenate([p.boot for p in pieces]), np.concatenate([p.null for p in pieces]))
-
-
-def side_draws(side: ObjectSide, index: int, seed: int, boot: range, swaps: range, bins: int = 100) -> SideDraws:
-    """The population test's aggregates of one non-empty side (its ``index`` among the test's
-    sides keys its draws) over the given bootstrap and swap draws."""
-    values = side_values(side, bins)
-    return SideDraws(
-        n=len(side),
-        observed=values.mean(axis=0),
-        target_curve=recall_curve(side.target_recall, bins)[1],
-        reference_curve=recall_curve(side.reference_recall, bins)[1],
-        boot=bootstrap_means(values, index, seed, boot),
-        null=swap_means(values[:, :_GAPS], index, seed, swaps),
-    )
-
-
-def population_summary(n: Sequence[int], present: Sequence[SideDraws], permutations: int, level: float,
-                       bins: int = 100) -> dict:
-    """PPG, PRG and AUCG with intervals and p-values, mean P and R, the curve: each statistic
-    averaged over the non-empty sides ``present``; ``n`` lists every side's size."""
-    observed = np.mean([s.observed for s in present], axis=0)  # (9,)
-    boot = np.mean([s.boot for s in present], axis=0)  # (bootstrap, 9)
-    null = np.mean([s.null for s in present], axis=0)  # (permutations, 3)
-    p_values = stats.permutation_p_value(observed[:_GAPS], null)
-    lo, hi = stats.percentile_interval(boot, level)
-    est = {c: {"value": float(observed[j]), "ci": [float(lo[j]), float(hi[j])]} for j, c in enumerate(_COLUMNS)}
-    for j, c in enumerate(_COLUMNS[:_GAPS]):
-        est[c]["p_value"], est[c]["permutations"] = float(p_values[j]), int(permutations)
-    return {
-        "n": [int(k) for k in n],
-        "ppg": est["ppg"],
-        "prg": est["prg"],
-        "aucg": est["aucg"],
-        "precision": {"target": est["p_target"], "reference": est["p_reference"]},
-        "recall": {"target": est["r_target"], "reference": est["r_reference"]},
-        "auc": {"target": est["auc_target"], "reference": est["auc_reference"]},
-        "curve": {
-            "x": np.linspace(0.0, 1.0, bins + 1).tolist(),
-            "target": np.mean([s.target_curve for s in present], axis=0).tolist(),
-            "reference": np.mean([s.reference_curve for s in present], axis=0).tolist(),
-        },
-    }
-
-
-def population_test(
-    sides: Sequence[ObjectSide],
-    bootstrap: int,
-    permutations: int,
-    level: float,
-    seed: int,
-    bins: int = 100,
-) -> dict:
-    """PPG, PRG and AUCG with bootstrap intervals and swap-test p-values; mean P and R; the curve.
-
-    Each statistic is computed per side and averaged over the non-empty sides; a side's draws are
-    keyed by its index in ``sides``. Returns plain data: estimates as {"value", "ci": [lo, hi]},
-    gaps also with "p_value" and "permutations"; "n" lists every side given.
-    """
-    if bootstrap < 1 or permutations < 1:
-        raise ValueError(f"need bootstrap >= 1 and permutations >= 1, got {bootstrap}, {permutations}")
-    present = [side_draws(s, k, seed, range(bootstrap), range(permutations), bins) for k, s in enumerate(sides) if len(s)]
-    if not present:
-        raise ValueError("population_test needs at least one non-empty side")
-    return population_summary([len(s) for s in sides], present, permutations, level, bins)
 
 
 def _pooled(sides: Sequence[ObjectSide]):
@@ -250,28 +114,89 @@ def _pooled(sides: Sequence[ObjectSide]):
 _SCORES = ("target_precision", "reference_precision", "target_recall", "reference_recall")
 
 
+def sample_tops(n: int, fractions: Sequence[float]) -> list[int]:
+    """The records each fraction f takes of n: max(1, ceil(f * n))."""
+    if any(not 0.0 < f <= 1.0 for f in fractions):
+        raise ValueError(f"fractions must lie in (0, 1], got {list(fractions)}")
+    return [min(n, max(1, math.ceil(f * n - 1e-9))) for f in fractions]  # tolerance: 0.1 * 30 is 3, not 4
+
+
+def score_counts(sides: Sequence[ObjectSide]) -> dict[int, int]:
+    """{hits gap: records} of the pooled sides: a block's histogram (the blocks' counts add)."""
+    score, _, _ = _pooled(sides)
+    values, counts = np.unique(score, return_counts=True)
+    return {int(v): int(c) for v, c in zip(values, counts)}
+
+
+def sample_cuts(counts: dict[int, int], fractions: Sequence[float]) -> list[tuple[int, int, int]]:
+    """(m, t, above) per fraction from the whole ranking's histogram: the top m records are the
+    ``above`` records with hits gap > t and the first m - above of those at t (by id, then side)."""
+    n = sum(counts.values())
+    if n == 0:
+        raise ValueError("sample_level needs at least one record")
+    cuts = []
+    for m in sample_tops(n, fractions):
+        above = 0
+        for t in sorted(counts, reverse=True):
+            if above + counts[t] >= m:
+                break
+            above += counts[t]
+        cuts.append((m, t, above))
+    return cuts
+
+
+def block_takes(block_counts: Sequence[dict[int, int]], cuts: Sequence[tuple[int, int, int]]) -> list[list[tuple[int, int]]]:
+    """Per block (in id order), per cut: (t, how many of the block's records at t the cut takes).
+    Ties at t go by id, then side, so the earlier blocks' ties come first."""
+    takes = [[] for _ in block_counts]
+    for m, t, above in cuts:
+        left = m - above
+        for b, counts in enumerate(block_counts):
+            take = min(counts.get(t, 0), left)
+            takes[b].append((t, take))
+            left -= take
+    return takes
+
+
+def sample_sums(sides: Sequence[ObjectSide], takes: Sequence[tuple[int, int]]) -> np.ndarray:
+    """(cuts, 3) sums of the precision, recall and F gaps (target - reference) over one block's
+    records in each cut: those with hits gap > t and the first ``take`` at t, summed in rank order."""
+    score, _, ids_at = _pooled(sides)
+    lengths = [int((score > t).sum()) + take for t, take in takes]
+    out = np.zeros((len(takes), 3))
+    order = stats.top_by_score(score, ids_at, max(lengths, default=0))  # only the records some cut takes
+    if not len(order):
+        return out
+    pt, pr, rt, rr = (np.concatenate([getattr(s, f) for s in sides])[order].astype(np.float64) for f in _SCORES)
+    gaps = np.stack([pt - pr, rt - rr, f_score(pt, rt) - f_score(pr, rr)], axis=1)
+    running = np.cumsum(gaps, axis=0)  # (top, 3): prefix sums of the ranked gaps
+    for j, length in enumerate(lengths):
+        if length:
+            out[j] = running[length - 1]
+    return out
+
+
+def sample_rows(fractions: Sequence[float], cuts: Sequence[tuple[int, int, int]], block_sums: Sequence[np.ndarray]) -> list[dict]:
+    """The sample-level rows from the blocks' ``sample_sums`` (in block order)."""
+    total = functools.reduce(operator.add, block_sums)
+    rows = []
+    for f, (m, _, _), sums in zip(fractions, cuts, total):
+        p_gap, r_gap, f_gap = (float(v) for v in sums / m)
+        rows.append({"fraction": float(f), "n": m, "precision_gap": p_gap, "recall_gap": r_gap, "f_gap": f_gap})
+    return rows
+
+
 def sample_level(sides: Sequence[ObjectSide], fractions: Sequence[float]) -> list[dict]:
     """Precision, recall and F gaps (mean target - reference) over the top fraction of records.
 
     Records of all sides are pooled and ranked by |GT ∩ pred_tgt| - |GT ∩ pred_ref| (descending,
-    ties by id); a fraction f takes the top max(1, ceil(f * n)) records.
+    ties by id, then side); a fraction f takes the top max(1, ceil(f * n)) records. The records may
+    be held in id-range blocks: the histogram of hits gaps (``score_counts``, added over blocks)
+    gives each fraction's cut (``sample_cuts``), each block sums its part of the cuts
+    (``block_takes``, ``sample_sums``) and the sums add (``sample_rows``); here, one block.
     """
-    n = sum(len(s) for s in sides)
-    if n == 0:
-        raise ValueError("sample_level needs at least one record")
-    if any(not 0.0 < f <= 1.0 for f in fractions):
-        raise ValueError(f"fractions must lie in (0, 1], got {list(fractions)}")
-    tops = [min(n, max(1, math.ceil(f * n - 1e-9))) for f in fractions]  # tolerance: 0.1 * 30 is 3, not 4
-    score, _, ids_at = _pooled(sides)
-    order = stats.top_by_score(score, ids_at, max(tops, default=0))  # only the records some fraction takes
-    pt, pr, rt, rr = (np.concatenate([getattr(s, f) for s in sides])[order].astype(np.float64) for f in _SCORES)
-    gaps = np.stack([pt - pr, rt - rr, f_score(pt, rt) - f_score(pr, rr)], axis=1)
-    running = np.cumsum(gaps, axis=0)  # (top, 3): prefix sums of the ranked gaps
-    rows = []
-    for f, m in zip(fractions, tops):
-        p_gap, r_gap, f_gap = (float(v) for v in running[m - 1] / m)
-        rows.append({"fraction": float(f), "n": m, "precision_gap": p_gap, "recall_gap": r_gap, "f_gap": f_gap})
-    return rows
+    cuts = sample_cuts(score_counts(sides), fractions)
+    return sample_rows(fractions, cuts, [sample_sums(sides, block_takes([score_counts(sides)], cuts)[0])])
 
 
 def most_memorized(sides: Sequence[ObjectSide], limit: int) -> list[dict]:
@@ -282,3 +207,10 @@ def most_memorized(sides: Sequence[ObjectSide], limit: int) -> list[dict]:
     top = stats.top_by_score(score, ids_at, limit)
     top = top[score[top] > 0]
     return [{"id": str(i), "side": int(side_index[p]), "score": float(score[p])} for p, i in zip(top, ids_at(top))]
+
+
+def merge_most_memorized(blocks: Sequence[Sequence[dict]], limit: int) -> list[dict]:
+    """The most memorized of the records held in blocks: each block's ``most_memorized``, merged
+    by hits gap (descending), then id, then side."""
+    rows = [r for block in blocks for r in block]
+    return sorted(rows, key=lambda r: (-r["score"], r["id"], r["side"]))[:limit]

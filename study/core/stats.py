@@ -45,6 +45,34 @@ def swap_mask(n: int, rng: np.random.Generator) -> np.ndarray:
     return np.unpackbits(np.frombuffer(rng.bytes((n + 7) // 8), dtype=np.uint8), count=n).view(bool)
 
 
+# Indices or bits of a draw generated at a time where a block of a side is drawn (``block_counts``).
+STREAM = 1 << 20
+
+
+def block_counts(total: int, offset: int, n: int, rng: np.random.Generator) -> np.ndarray:
+    """(n,) bootstrap counts of the records at positions offset .. offset + n - 1 of a side of
+    ``total`` records: the whole resample (``resample_indices(total, rng)``) is generated in
+    pieces of STREAM and only this block's indices are counted, so the blocks of a side together
+    hold the counts of the one resample (the stream does not depend on the piece size)."""
+    if offset == 0 and n == total:
+        return np.bincount(resample_indices(total, rng), minlength=total)
+    counts = np.zeros(n, dtype=np.int64)
+    for start in range(0, total, STREAM):
+        idx = rng.integers(0, total, size=min(STREAM, total - start))
+        idx = idx[(idx >= offset) & (idx < offset + n)] - offset
+        counts += np.bincount(idx, minlength=n)
+    return counts
+
+
+def block_swap_mask(total: int, offset: int, n: int, rng: np.random.Generator) -> np.ndarray:
+    """(n,) bool: this block's part (positions offset .. offset + n - 1) of ``swap_mask(total, rng)``:
+    the bytes up to the block's end are generated, those before the block's first byte dropped."""
+    if offset == 0 and n == total:
+        return swap_mask(total, rng)
+    raw = np.frombuffer(rng.bytes((offset + n + 7) // 8), dtype=np.uint8)[offset // 8:]
+    return np.unpackbits(raw, count=offset % 8 + n).view(bool)[offset % 8:]
+
+
 def draw_chunks(draws: int, elements_per_draw: int, chunk_elements: int) -> Iterator[tuple[int, int]]:
     """(start, stop) of consecutive chunks of draws, each at most chunk_elements elements (>= 1 draw)."""
     step = max(1, chunk_elements // max(elements_per_draw, 1))

@@ -11,6 +11,7 @@ from typing import Callable
 import ray
 
 from study import storage
+from study.stages import outcome_files
 from study.frame.context import RunContext
 from study.search import results
 
@@ -89,3 +90,37 @@ def rank_and_draw(groups: dict, rank: Callable, draw: Callable, pieces: list[tup
     submitted = {g: (rank_task.remote(*args, *rank_extra), [draw_task.remote(*args, *draw_extra, b, p) for b, p in pieces])
                  for g, (args, rank_extra, draw_extra) in groups.items()}
     return {g: (ray.get(ranked), ray.get(drawn)) for g, (ranked, drawn) in submitted.items()}
+
+
+def blocks_for(ctx: RunContext, uris: list[str], records: int):
+    """The id ranges the statistics tasks read (``outcome_files.id_blocks``): one, every record,
+    unless ``records`` (the most a control's tasks would hold) exceed ``measure.records_per_task``;
+    then a task samples the ids of the outcome directories ``uris`` for the bounds."""
+    per_task = ctx.cfg.measure.records_per_task
+    wanted = -(-records // per_task)
+    if wanted <= 1:
+        return [outcome_files.WHOLE]
+    blocks = ray.get(ray.remote(num_cpus=1)(outcome_files.id_blocks).remote(uris, wanted))
+    ctx.log("measure", f"{records} records in {len(blocks)} id ranges of about {per_task} (measure.records_per_task)")
+    return blocks
+
+
+def summarise_and_draw(groups: dict, blocks: list, summarise: Callable, plan: Callable, draw: Callable,
+                       pieces: list[tuple[range, range]]) -> dict:
+    """{group: ([summarise's result per block], [[draw's result per piece] per block])}: for
+    every group (``groups``: {group: (args, summarise's extra args, plan's extra args, draw's
+    extra args)}) one task per id range ``blocks`` summarises, ``summarise(*args, block, *extra)``;
+    from every block's summary ``plan(summaries, *extra)`` gives each block's plan, and one task
+    per block and piece draws, ``draw(*args, *extra, block, its plan, boot range, swap range,
+    first piece?)``. Every summary is submitted before any is waited for, and a group's draws as
+    soon as its summaries are in."""
+    summarise_task, draw_task = (ray.remote(num_cpus=1)(f) for f in (summarise, draw))
+    summarised = {g: [summarise_task.remote(*args, block, *s_extra) for block in blocks]
+                  for g, (args, s_extra, _, _) in groups.items()}
+    submitted = {}
+    for g, (args, _, p_extra, d_extra) in groups.items():
+        got = ray.get(summarised[g])
+        plans = plan(got, *p_extra)
+        submitted[g] = (got, [[draw_task.remote(*args, *d_extra, block, plans[j], b, p, i == 0)
+                               for i, (b, p) in enumerate(pieces)] for j, block in enumerate(blocks)])
+    return {g: (got, [ray.get(row) for row in refs]) for g, (got, refs) in submitted.items()}

@@ -9,6 +9,7 @@ from typing import Callable
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from study import storage
@@ -53,12 +54,64 @@ def write_outcomes(out_uri: str, table: pa.Table) -> None:
         pq.write_table(table, out)
 
 
-def read_outcomes(uri: str) -> tuple[pa.Table | None, np.ndarray, np.ndarray]:
-    """(every outcome file of ``uri`` as one table or None when there is none, the records' ids
-    (n,) str, the order that sorts them): the statistics do not depend on the files' order."""
-    files = sorted(f for f in storage.list_files(uri) if f.endswith(".parquet")) if storage.exists(uri) else []
+Block = tuple  # (lowest id, id past the last) of an id range; None: unbounded on that side
+WHOLE: Block = (None, None)
+SAMPLES_PER_FILE = 1024  # ids a file gives to the choice of the blocks' bounds
+
+
+def _in_block(table: pa.Table, block: Block) -> pa.Table:
+    lo, hi = block
+    ids = table.column("id")
+    keep = None
+    for test in ([pc.greater_equal(ids, lo)] if lo is not None else []) + ([pc.less(ids, hi)] if hi is not None else []):
+        keep = test if keep is None else pc.and_(keep, test)
+    return table if keep is None else table.filter(keep)
+
+
+def _files(uri: str) -> list[str]:
+    return sorted(f for f in storage.list_files(uri) if f.endswith(".parquet")) if storage.exists(uri) else []
+
+
+def read_outcomes(uri: str, block: Block = WHOLE) -> tuple[pa.Table | None, np.ndarray, np.ndarray]:
+    """(the outcome files of ``uri`` as one table, or None when there is none; the records' ids
+    (n,) str; the order that sorts them): the statistics do not depend on the files' order. With an
+    id range ``block``, only its records, read file by file (a task holds one file beside them)."""
+    files = _files(uri)
     fs, paths = storage.arrow_fs_paths(files)
-    table = pq.ParquetDataset(paths, filesystem=fs).read() if files else None
+    if not files:
+        table = None
+    elif block == WHOLE:
+        table = pq.ParquetDataset(paths, filesystem=fs).read()
+    else:
+        table = pa.concat_tables([_in_block(pq.read_table(p, filesystem=fs), block) for p in paths])
     n = table.num_rows if table is not None else 0
     ids = np.asarray(table.column("id").to_pylist(), dtype=str) if n else np.zeros(0, str)
     return table, ids, np.argsort(ids, kind="stable")
+
+
+def id_blocks(uris: list[str], blocks: int) -> list[Block]:
+    """At most ``blocks`` id ranges that split the records of the outcome directories ``uris``
+    into parts of about equal size, from up to SAMPLES_PER_FILE ids of each file (each sample
+    weighted by the records it stands for); one range (``WHOLE``) for one block."""
+    if blocks <= 1:
+        return [WHOLE]
+    picks, weights = [], []
+    for uri in uris:
+        files = _files(uri)
+        fs, paths = storage.arrow_fs_paths(files)
+        for path in paths:
+            column = pq.read_table(path, columns=["id"], filesystem=fs).column("id")
+            column = column.take(pc.sort_indices(column))
+            step = max(1, -(-len(column) // SAMPLES_PER_FILE))
+            got = column[step // 2::step].to_pylist()
+            picks += got
+            weights += [len(column) / len(got)] * len(got) if got else []
+    order = sorted(range(len(picks)), key=picks.__getitem__)
+    cumulative = np.cumsum([weights[j] for j in order])
+    bounds = []
+    for b in range(1, blocks):
+        at = int(np.searchsorted(cumulative, cumulative[-1] * b / blocks)) if len(order) else 0
+        if at < len(order) and (not bounds or picks[order[at]] > bounds[-1]):
+            bounds.append(picks[order[at]])
+    edges = [None, *bounds, None]
+    return list(zip(edges[:-1], edges[1:]))

@@ -2,24 +2,35 @@
 the per-record outcome files, in pieces that Ray tasks compute (the measure stage) and the driver
 assembles: the driver receives per-side aggregates only.
 
-* ``ranking``: each entry's side sizes, sample-level gaps and most-memorized records (every record
-  of the control's sides, ranked by hits gap in one task);
-* ``draws``: each entry's bootstrap and swap draws over one range of draw numbers, per side
-  (draws are keyed by number, so any split of the ranges gives the same numbers);
-* ``assemble``: the entry from its ranking and its draw pieces.
+The records are held in id-range blocks (``outcome_files.id_blocks``: one block, every record,
+unless the study has more than ``measure.records_per_task`` of them), and each task reads one
+block, so a task's memory is set by the block, not by the study:
 
-``local`` composes the three in one process: what the tasks compute together, for tests and
-small inputs.
+* ``summaries`` (per block): each entry's side sizes, histogram of hits gaps and most-memorized
+  records;
+* ``plan`` (driver, from every block's summaries): each block's first position in each side and
+  its share of the sample-level cuts (a distributed top-k: the cut's threshold from the added
+  histograms, the ties at it by id);
+* ``draws`` (per block and range of draw numbers): each entry's bootstrap and swap sums over the
+  block's records, per side (draws are keyed by number and resample the whole side, so any split
+  of the ranges or the records gives the same numbers), and its sample-level sums;
+* ``assemble``: the entry from the blocks' summaries and draws.
+
+``local`` composes them in one process: what the tasks compute together, for tests and small
+inputs.
 """
 from __future__ import annotations
 
 from typing import Sequence
 
 from study.core.object_sets import PREDICTION_RULES
-from study.core.objects import ObjectSide, SideDraws, most_memorized, population_summary, sample_level, side_draws
+from study.core.object_draws import SideDraws, entries_draws, population_summary
+from study.core.objects import (ObjectSide, block_takes, merge_most_memorized, most_memorized, sample_cuts, sample_rows,
+                                sample_sums, score_counts)
 from study.frame.kinds import side_mask
 from study.kinds.vlm_dejavu.outcomes import Outcomes
 from study.search.results import check_same_queries
+from study.stages.outcome_files import WHOLE
 
 BINS = 100  # recall-curve grid points - 1
 
@@ -29,10 +40,11 @@ def entry_keys(ks) -> list[tuple[int, str]]:
     return [(k, rule) for k in ks for rule in PREDICTION_RULES]
 
 
-def read_sides(where: dict, rows: Sequence[tuple]) -> dict:
-    """{(model, split): Outcomes} of every model of the sides ``rows``, each read once; the two
-    models of a side must have been queried with the same records."""
-    read = {mk: Outcomes(where[mk][0]) for mk in {(m, split) for _, split, *ms in rows for m in ms}}
+def read_sides(where: dict, rows: Sequence[tuple], block: tuple = WHOLE) -> dict:
+    """{(model, split): Outcomes} of the records in the id range ``block`` of every model of the
+    sides ``rows``, each read once; the two models of a side must have been queried with the same
+    records."""
+    read = {mk: Outcomes(where[mk][0], block) for mk in {(m, split) for _, split, *ms in rows for m in ms}}
     for _, split, tgt, ref in rows:
         check_same_queries({tgt: read[(tgt, split)].ids, ref: read[(ref, split)].ids},
                            {tgt: where[(tgt, split)][1], ref: where[(ref, split)][1]})
@@ -56,14 +68,14 @@ def load_sides(read: dict, rows: Sequence[tuple], control: str, variant: str, ke
     return sides
 
 
-def ranking(where: dict, rows: Sequence[tuple], control: str, variant: str, ks, seed: int,
-            fractions: Sequence[float], gallery_size: int) -> dict:
-    """{(k, rule): {"n", "sample_level", "most_memorized"}} of one control and variant."""
-    out, read = {}, read_sides(where, rows)
+def summaries(where: dict, rows: Sequence[tuple], control: str, variant: str, ks, seed: int, block: tuple,
+              gallery_size: int) -> dict:
+    """{(k, rule): {"n", "counts", "most_memorized"}} of one control and variant over one block:
+    the block's side sizes, its {hits gap: records} and its most memorized records."""
+    out, read = {}, read_sides(where, rows, block)
     for key in entry_keys(ks):
         sides = load_sides(read, rows, control, variant, key, seed)
-        n = [len(s) for s in sides]
-        out[key] = {"n": n, "sample_level": sample_level(sides, fractions) if sum(n) else [],
+        out[key] = {"n": [len(s) for s in sides], "counts": score_counts(sides),
                     "most_memorized": [
                         {**r, "split": rows[r["side"]][1], "target_model": rows[r["side"]][2],
                          "reference_model": rows[r["side"]][3]}
@@ -71,38 +83,79 @@ def ranking(where: dict, rows: Sequence[tuple], control: str, variant: str, ks, 
     return out
 
 
-def draws(where: dict, rows: Sequence[tuple], control: str, variant: str, ks, seed: int, draw_seed: int,
-          boot: range, swaps: range) -> dict:
-    """{(k, rule): [SideDraws over these draws, or None for an empty side, per row]}."""
-    out, read = {}, read_sides(where, rows)
-    for key in entry_keys(ks):
-        sides = load_sides(read, rows, control, variant, key, seed)
-        out[key] = [side_draws(s, i, draw_seed, boot, swaps, BINS) if len(s) else None for i, s in enumerate(sides)]
+def _added_counts(blocks: Sequence[dict], key: tuple) -> dict:
+    counts: dict = {}
+    for b in blocks:
+        for gap, c in b[key]["counts"].items():
+            counts[gap] = counts.get(gap, 0) + c
+    return counts
+
+
+def plan(blocks: Sequence[dict], fractions: Sequence[float]) -> list[dict]:
+    """Per block (``summaries`` of every block, in id order): {(k, rule): {"total": side sizes,
+    "offset": the block's first position in each side, "takes": its share of the sample-level
+    cuts (None for an entry without records)}}."""
+    out: list[dict] = [{} for _ in blocks]
+    for key in blocks[0]:
+        sizes = [b[key]["n"] for b in blocks]
+        total = [sum(col) for col in zip(*sizes)]
+        takes = (block_takes([b[key]["counts"] for b in blocks], sample_cuts(_added_counts(blocks, key), fractions))
+                 if sum(total) else [None] * len(blocks))
+        for j in range(len(blocks)):
+            offset = [sum(s[i] for s in sizes[:j]) for i in range(len(total))]
+            out[j][key] = {"total": total, "offset": offset, "takes": takes[j]}
     return out
 
 
-def assemble(key: tuple, variant: str, ranked: dict, pieces: Sequence[dict], m) -> dict | None:
-    """The entry of (k, rule) and a variant from its ranking and its draw pieces (in draw order);
-    None when its sides hold no record."""
+def draws(where: dict, rows: Sequence[tuple], control: str, variant: str, ks, seed: int, draw_seed: int,
+          block: tuple, plans: dict, boot: range, swaps: range, sample: bool) -> dict:
+    """{(k, rule): {"sides": [SideDraws of the block's records over these draws, or None where
+    it has none, per row], "sample": the block's sample-level sums (when ``sample``) or None}}.
+    A side's records are the same under every (k, rule) of a variant, so each draw's counts are
+    made once for all of them (``entries_draws``)."""
+    read, keys = read_sides(where, rows, block), entry_keys(ks)
+    sides = {key: load_sides(read, rows, control, variant, key, seed) for key in keys}
+    out = {key: {"sides": [], "sample": sample_sums(sides[key], plans[key]["takes"])
+                 if sample and plans[key]["takes"] is not None else None} for key in keys}
+    for i in range(len(rows)):
+        p = plans[keys[0]]
+        got = entries_draws([sides[key][i] for key in keys], i, draw_seed, boot, swaps, BINS, p["total"][i],
+                            p["offset"][i]) if len(sides[keys[0]][i]) else [None] * len(keys)
+        for key, drawn in zip(keys, got):
+            out[key]["sides"].append(drawn)
+    return out
+
+
+def assemble(key: tuple, variant: str, blocks: Sequence[dict], drawn: Sequence[Sequence[dict]], m,
+             gallery_size: int) -> dict | None:
+    """The entry of (k, rule) and a variant from every block's summaries and draw pieces (blocks
+    in id order, pieces in draw order, the first with the sample-level sums); None when its sides
+    hold no record."""
     k, rule = key
-    n = ranked[key]["n"]
+    n = [sum(col) for col in zip(*(b[key]["n"] for b in blocks))]
     if sum(n) == 0:
         return None
-    present = [SideDraws.stack([p[key][i] for p in pieces]) for i, size in enumerate(n) if size]
+    present = [SideDraws.add([SideDraws.stack([p[key]["sides"][i] for p in pieces])
+                              for pieces in drawn if pieces[0][key]["sides"][i] is not None])
+               for i, size in enumerate(n) if size]
+    cuts = sample_cuts(_added_counts(blocks, key), m.top_fractions)
     return {"k": k, "rule": rule, "variant": variant,
             **population_summary(n, present, m.permutations, m.confidence_level, BINS),
-            "sample_level": ranked[key]["sample_level"], "most_memorized": ranked[key]["most_memorized"]}
+            "sample_level": sample_rows(m.top_fractions, cuts, [pieces[0][key]["sample"] for pieces in drawn]),
+            "most_memorized": merge_most_memorized([b[key]["most_memorized"] for b in blocks], gallery_size)}
 
 
 def local(where: dict, rows: Sequence[tuple], control: str, variants: Sequence[str], m, seed: int,
-          gallery_size: int) -> dict:
-    """{"k=../rule/variant": entry} of one control in this process (one piece of draws)."""
+          gallery_size: int, blocks: Sequence[tuple] = (WHOLE,)) -> dict:
+    """{"k=../rule/variant": entry} of one control in this process (one piece of draws a block)."""
     entries = {}
     for variant in variants:
-        ranked = ranking(where, rows, control, variant, m.ks, seed, m.top_fractions, gallery_size)
-        piece = draws(where, rows, control, variant, m.ks, seed, m.seed, range(m.bootstrap), range(m.permutations))
-        for key in ranked:
-            entry = assemble(key, variant, ranked, [piece], m)
+        summed = [summaries(where, rows, control, variant, m.ks, seed, b, gallery_size) for b in blocks]
+        plans = plan(summed, m.top_fractions)
+        drawn = [[draws(where, rows, control, variant, m.ks, seed, m.seed, b, plans[j], range(m.bootstrap),
+                        range(m.permutations), True)] for j, b in enumerate(blocks)]
+        for key in summed[0]:
+            entry = assemble(key, variant, summed, drawn, m, gallery_size)
             if entry is not None:
                 entries[f"k={key[0]}/{key[1]}/{variant}"] = entry
     return entries

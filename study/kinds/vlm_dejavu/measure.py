@@ -18,15 +18,18 @@ from study.frame.kinds import CONTROLS, get_kind
 from study.kinds.vlm_dejavu import entries, outcomes
 from study.kinds.vlm_dejavu.objects import object_tables
 from study.kinds.vlm_dejavu.utility import utility_rows
-from study.stages.measure_tasks import cpus, draw_pieces, outcome_dir, rank_and_draw, score_searches, sides_present
+from study.stages.measure_tasks import (blocks_for, cpus, draw_pieces, outcome_dir, score_searches, sides_present,
+                                        summarise_and_draw)
 
 
-def control_results(ctx: RunContext, where: dict, controls: dict, label: str, one_sided: bool = False) -> dict:
+def control_results(ctx: RunContext, where: dict, controls: dict, label: str, blocks: list,
+                    one_sided: bool = False) -> dict:
     """{control: {"k=../rule/variant": entry}} over the ``controls`` that can be measured
     (``sides_present``), from the outcome files ``where`` ((model, split) -> (outcome dir, search
-    results dir)). Ray tasks read the files: per control and variant, one ranks the records
-    (sample level, most memorized) and each of ``draw_pieces`` computes a range of the bootstrap
-    and swap draws; the driver assembles the entries from their aggregates."""
+    results dir)) in the id ranges ``blocks``. Ray tasks read the files: per control, variant and
+    block, one summarises the records (sizes, hits-gap histogram, most memorized) and each of
+    ``draw_pieces`` computes a range of the bootstrap and swap draws (the first also the block's
+    sample-level sums); the driver assembles the entries from their aggregates."""
     cfg = ctx.cfg
     m = cfg.measure
     pieces = draw_pieces(m.bootstrap, m.permutations, cpus())
@@ -37,12 +40,13 @@ def control_results(ctx: RunContext, where: dict, controls: dict, label: str, on
             continue
         for variant in outcomes.VARIANTS:
             groups[(control, variant)] = ((where, have, control, variant, tuple(m.ks), cfg.splits.seed),
-                                          (tuple(m.top_fractions), cfg.report.gallery_size), (m.seed,))
+                                          (cfg.report.gallery_size,), (tuple(m.top_fractions),), (m.seed,))
     out: dict = {}
-    for (control, variant), (ranked, drawn) in rank_and_draw(groups, entries.ranking, entries.draws, pieces).items():
+    for (control, variant), (summed, drawn) in summarise_and_draw(groups, blocks, entries.summaries, entries.plan,
+                                                                  entries.draws, pieces).items():
         got = out.setdefault(control, {})
-        for key in ranked:
-            entry = entries.assemble(key, variant, ranked, drawn, m)
+        for key in summed[0]:
+            entry = entries.assemble(key, variant, summed, drawn, m, cfg.report.gallery_size)
             if entry is not None:
                 got[f"k={key[0]}/{key[1]}/{variant}"] = entry
     for control, got in out.items():
@@ -70,14 +74,18 @@ def run_measure(ctx: RunContext) -> dict:
     counts = score_searches(ctx, outcomes.score_part, tables, keys, tuple(cfg.measure.ks), cfg.measure.top_n)
     first = {split: next(key for key in keys if key[1] == split) for split in attacked}  # every model: the same counts
     skipped = {f"{split}/{v}": int(counts[first[split]].get(f"no_gt/{v}", 0)) for split in attacked for v in outcomes.VARIANTS}
+    # The id ranges of the statistics tasks: a control's tasks read both models' outcomes of its
+    # splits, at most every attacked record of one model and space.
+    records = sum(counts[first[split]].get("records", 0) for split in attacked)
+    blocks = blocks_for(ctx, [outcome_dir(ctx, *first[split]) for split in attacked], records)
     results, one_model = {}, {}
     for space, searches in per_space.items():
         where = {(model, split): (outcome_dir(ctx, model, split, sp), ctx.search_results(model, split, sp))
                  for model, sp in searches.items() for split in attacked}
-        results[space] = control_results(ctx, where, CONTROLS, space)
+        results[space] = control_results(ctx, where, CONTROLS, space, blocks)
         if retriever:
             one_model[space] = control_results(ctx, where, text_retriever.CONTROLS,
-                                               f"{space} vs. {text_retriever.RETRIEVER}", one_sided=True)
+                                               f"{space} vs. {text_retriever.RETRIEVER}", blocks, one_sided=True)
     from study.kinds.vlm_dejavu.utility import measure_utility
 
     rows = ray.get(ray.remote(num_cpus=1)(utility_rows).remote(tables, ctx.splits_dir, cfg.measure.utility_records))

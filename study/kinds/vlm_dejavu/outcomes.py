@@ -21,7 +21,7 @@ from study.core.object_sets import PREDICTION_RULES, ObjectSets, neighbour_votes
 from study.core.objects import named_objects
 from study.frame.kinds import side_unit
 from study.search.results import check_queries, public_rows
-from study.stages.outcome_files import read_outcomes, score_part_file
+from study.stages.outcome_files import WHOLE, read_outcomes, score_part_file
 
 SCORE_ROWS = 8_192  # queries per scoring batch: ~k x 5 objects x 40 bytes each at its peak, ~160 MB at k = 100
 VARIANTS = ("all", "unnamed")  # ground truth: every object, or those the caption does not name
@@ -83,13 +83,13 @@ def score_part(tables, results_uri: str, part: int, out_uri: str, ks: tuple, top
 
 
 class Outcomes:
-    """One model's outcome files of one split, read once: counts stay int32 Arrow columns (a
-    few bytes per record and entry) and each entry's scores are made when asked for, so a task
-    holds one entry's float arrays at a time. Records in id order: the statistics do not depend
-    on the order of the files."""
+    """One model's outcome files of one split (the records of one id range), read once: counts
+    stay int32 Arrow columns (a few bytes per record and entry) and each entry's scores are made
+    when asked for, so a task holds one entry's float arrays at a time. Records in id order: the
+    statistics do not depend on the order of the files."""
 
-    def __init__(self, uri: str):
-        self.table, self.ids, self.order = read_outcomes(uri)
+    def __init__(self, uri: str, block: tuple = WHOLE):
+        self.table, self.ids, self.order = read_outcomes(uri, block)
         self._kept: dict = {}
         self._units: dict = {}
 
