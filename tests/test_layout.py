@@ -16,7 +16,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LAYERS = {
     "study.core": 1,  # pure maths
     "study.frame.kinds": 2, "study.frame.sweep": 2,  # what a study kind and a sweep are
-    "study.data": 3, "study.train": 3, "study.embed": 3, "study.search": 3, "study.report": 3,
+    "study.data": 3, "study.annotate": 3, "study.train": 3, "study.embed": 3, "study.search": 3, "study.report": 3,
     "study.preflight": 3, "study.frame.context": 3, "study.frame.cluster": 3, "study.frame.tally": 3,
     "study.stages": 4, "study.kinds": 4, "study.frame.validate": 4,  # the stages and what they run
     "study.frame.runner": 5,  # runs the stages

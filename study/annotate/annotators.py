@@ -1,0 +1,107 @@
+"""Annotators, from a registry: each loads its model from a local path or any fsspec URI (nothing is
+downloaded) and turns a batch of images into each image's kept detections (``detections.keep``)
+over a vocabulary, boxes in the pixels of the image it was given.
+
+* ``torchvision``: a closed-set torchvision detector (``ARCHITECTURES``: Faster R-CNN, RetinaNet,
+  FCOS) with its COCO categories, from a state dict (torchvision's own weight files are one). Its
+  categories are mapped to the vocabulary's canonical names (through the synonyms); a category the
+  vocabulary does not name is dropped. The detector's own post-processing (its per-category NMS)
+  runs first, at a score floor no higher than the threshold; then the shared thresholds.
+
+Each annotator has a ``fingerprint`` (a hash of its weights file, its kind and architecture), for
+the annotate stage's hash.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+from typing import Sequence
+
+import numpy as np
+
+from study import storage
+from study.annotate.detections import Detections, Thresholds, keep
+from study.annotate.vocabulary import Vocabulary
+from study.errors import ConfigError, DataError
+
+ARCHITECTURES = ("fasterrcnn_resnet50_fpn", "fasterrcnn_resnet50_fpn_v2", "fasterrcnn_mobilenet_v3_large_fpn",
+                 "fasterrcnn_mobilenet_v3_large_320_fpn", "retinanet_resnet50_fpn", "retinanet_resnet50_fpn_v2",
+                 "fcos_resnet50_fpn")
+COCO_IDS = 91  # torchvision's COCO detectors: 91 label ids, '__background__' and 'N/A' among them
+
+
+def _weights(uri: str, what: str) -> tuple[dict, str]:
+    """(a state dict of tensors, the file's sha256) from any fsspec URI; weights only (no code
+    runs from the file)."""
+    import torch
+
+    try:
+        data = storage.read_bytes(uri)
+    except OSError as e:
+        raise ConfigError(f"{what}: cannot read {uri} ({e})") from None
+    try:
+        blob = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception:
+        raise DataError(f"{what}: {uri} is not a PyTorch state dict that loads as weights only") from None
+    for key in ("model", "state_dict"):
+        if isinstance(blob, dict) and isinstance(blob.get(key), dict):
+            blob = blob[key]
+    if not isinstance(blob, dict) or not all(isinstance(v, torch.Tensor) for v in blob.values()):
+        raise DataError(f"{what}: {uri} is not a state dict (nor one under 'model' or 'state_dict')")
+    return {k.removeprefix("module."): v for k, v in blob.items()}, hashlib.sha256(data).hexdigest()
+
+
+def load_strict(model, state: dict, what: str, uri: str) -> None:
+    """Load every weight or name, in one line, what is missing and what was not expected."""
+    want = model.state_dict()
+    missing = [k for k in want if k not in state]
+    unexpected = [k for k in state if k not in want]
+    wrong = [k for k in want if k in state and state[k].shape != want[k].shape]
+    if missing or unexpected or wrong:
+        raise DataError(f"{what}: {uri} does not fit the model: {len(missing)} weight(s) missing (e.g. {missing[:2]}), "
+                        f"{len(unexpected)} unexpected (e.g. {unexpected[:2]}), {len(wrong)} of another shape "
+                        f"(e.g. {wrong[:2]})")
+    model.load_state_dict(state)
+
+
+class TorchvisionDetector:
+    """A torchvision COCO detector over a vocabulary; ``image_size`` is its resize's shorter side."""
+
+    def __init__(self, weights: str, vocabulary: Vocabulary, thresholds: Thresholds,
+                 architecture: str = "fasterrcnn_resnet50_fpn", image_size: int = 800):
+        import torchvision.models.detection as detection
+
+        if architecture not in ARCHITECTURES:
+            raise ConfigError(f"annotate.architecture: '{architecture}' is not one of {', '.join(ARCHITECTURES)}")
+        self.thresholds = thresholds
+        extra = {"box_score_thresh": min(0.05, thresholds.score)} if architecture.startswith("fasterrcnn") else \
+            {"score_thresh": min(0.05, thresholds.score)}
+        self.model = getattr(detection, architecture)(
+            weights=None, weights_backbone=None, num_classes=COCO_IDS, min_size=image_size,
+            max_size=round(image_size * 1333 / 800), **extra).eval()
+        state, digest = _weights(weights, "annotate.weights")
+        load_strict(self.model, state, "annotate.weights", weights)
+        self.fingerprint = hashlib.sha256(f"torchvision/{architecture}/{image_size}/{digest}".encode()).hexdigest()
+        categories = detection.FasterRCNN_ResNet50_FPN_Weights.DEFAULT.meta["categories"]
+        # label id -> canonical object index; -1: a category the vocabulary does not name
+        self.to_object = np.array([-1 if c in ("__background__", "N/A") or vocabulary.canonical(c) is None
+                                   else vocabulary.canonical(c) for c in categories], dtype=np.int64)
+
+    def __call__(self, images: Sequence) -> list[Detections]:
+        """Each image's (PIL) kept detections, boxes in its pixels."""
+        import torch
+        from torchvision.transforms.functional import pil_to_tensor
+
+        tensors = [pil_to_tensor(im.convert("RGB")).float() / 255.0 for im in images]
+        with torch.no_grad():
+            outputs = self.model(tensors) if tensors else []
+        found = []
+        for out in outputs:
+            objects = self.to_object[out["labels"].numpy()]
+            named = objects >= 0
+            found.append(keep(out["boxes"].numpy()[named], out["scores"].numpy()[named], objects[named],
+                              self.thresholds))
+        return found
+
+
+ANNOTATORS = {"torchvision": TorchvisionDetector}

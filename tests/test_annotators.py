@@ -1,0 +1,116 @@
+"""The annotators on photographs of several sizes, each with a small random-weight model saved in the
+format users have (torchvision: a state dict): what an annotator keeps equals running the model
+directly and applying the published thresholds by hand (score >= threshold, then greedy NMS per
+object), with the detector's categories mapped through a vocabulary's synonyms."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from study.annotate.annotators import ANNOTATORS, TorchvisionDetector
+from study.annotate.detections import Thresholds
+from study.annotate.vocabulary import parse
+from study.data.photos import photo
+from study.errors import DataError
+
+ARCH = "fasterrcnn_resnet50_fpn"
+# 'bike' and 'rucksack' are not torchvision's names; no detector knows unicorns; the suitcases and
+# baseball gloves the random model also finds are left out.
+WORDS = "bike: bicycle\nrucksack: backpack\nbottle\nscissors\nunicorn\n"
+
+
+def _detector(seed: int):
+    import torchvision.models.detection as detection
+
+    torch.manual_seed(seed)
+    model = getattr(detection, ARCH)(weights=None, weights_backbone=None, num_classes=91, min_size=160,
+                                     max_size=267, box_score_thresh=0.0).eval()  # image_size 160: 160 x 1333 / 800
+    with torch.no_grad():  # random weights that find several categories at scores around 0.5
+        model.roi_heads.box_predictor.cls_score.weight.normal_(0, 0.05)
+    return model
+
+
+def _images() -> list[Image.Image]:
+    """Photographs at several sizes and aspect ratios."""
+    sizes = [(200, 130), (96, 160), (150, 150)]
+    return [Image.fromarray(photo(i)).convert("RGB").resize(s) for i, s in enumerate(sizes)]
+
+
+def _iou(a, b) -> float:
+    w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - w * h
+    return w * h / union if union > 0 else 0.0
+
+
+def _by_hand(model, images, vocabulary, th: Thresholds) -> list[list[tuple]]:
+    """The model run directly, its categories named, then the thresholds in plain Python."""
+    from torchvision.models.detection import FasterRCNN_ResNet50_FPN_Weights
+    from torchvision.transforms.functional import pil_to_tensor
+
+    categories = FasterRCNN_ResNet50_FPN_Weights.DEFAULT.meta["categories"]
+    with torch.no_grad():
+        outputs = model([pil_to_tensor(im).float() / 255 for im in images])
+    kept_all = []
+    for out in outputs:
+        found = [(float(s), vocabulary.canonical(categories[int(c)]), [float(v) for v in b])
+                 for b, s, c in zip(out["boxes"], out["scores"], out["labels"])]
+        found = [f for f in found if f[1] is not None and f[0] >= th.score]
+        found.sort(key=lambda f: -f[0])  # stable: equal scores keep the model's order
+        kept = []
+        for f in found:
+            if all(k[1] != f[1] or _iou(k[2], f[2]) <= th.nms_iou for k in kept):
+                kept.append(f)
+        kept_all.append(kept[: th.max_per_image])
+    return kept_all
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    model = _detector(3)
+    path = tmp_path_factory.mktemp("weights") / "detector.pt"
+    torch.save(model.state_dict(), path)  # the format torchvision's own weight files have
+    return model, path
+
+
+@pytest.mark.parametrize("th", [Thresholds(score=0.0, nms_iou=0.3), Thresholds(score=0.5, max_per_image=5)])
+def test_a_torchvision_detector_keeps_what_the_model_and_the_thresholds_give(saved, th):
+    (model, path), images = saved, _images()
+    vocabulary = parse(WORDS, "test")
+    annotator = ANNOTATORS["torchvision"](str(path), vocabulary, th, architecture=ARCH, image_size=160)
+    got = annotator(images)
+    want = _by_hand(model, images, vocabulary, th)
+    assert len(got) == 3 and sum(len(w) for w in want) >= 3  # the case has detections to compare
+    assert len({k[1] for w in want for k in w}) >= 2  # of several objects
+    for det, kept, image in zip(got, want, images):
+        assert det.objects.tolist() == [k[1] for k in kept]
+        np.testing.assert_allclose(det.scores, [k[0] for k in kept], rtol=1e-6)
+        np.testing.assert_allclose(det.boxes, np.array([k[2] for k in kept]).reshape(-1, 4), rtol=1e-5)
+        assert 4 not in det.objects.tolist()  # never the unicorn
+        if len(det):
+            h, w = np.asarray(image).shape[:2]
+            assert det.boxes[:, 2].max() <= w + 1e-3 and det.boxes[:, 3].max() <= h + 1e-3  # the image's pixels
+
+
+def test_the_fingerprint_follows_the_weights_file_and_the_settings(saved, tmp_path):
+    (model, path), vocabulary, th = saved, parse(WORDS, "test"), Thresholds()
+    first = TorchvisionDetector(str(path), vocabulary, th, ARCH, 160)
+    torch.save({"model": model.state_dict()}, tmp_path / "wrapped.pt")  # a training script's checkpoint
+    again = TorchvisionDetector(str(tmp_path / "wrapped.pt"), vocabulary, th, ARCH, 160)
+    assert again.fingerprint != first.fingerprint  # another file: the stage's hash changes
+    assert [d.objects.tolist() for d in again(_images())] == [d.objects.tolist() for d in first(_images())]
+    assert TorchvisionDetector(str(path), vocabulary, th, ARCH, 160).fingerprint == first.fingerprint
+    assert TorchvisionDetector(str(path), vocabulary, th, ARCH, 192).fingerprint != first.fingerprint
+
+
+def test_weights_of_another_model_or_not_weights_are_one_clear_error(tmp_path):
+    vocabulary = parse(WORDS, "test")
+    torch.save({"backbone.body.conv1.weight": torch.zeros(1), "head.extra": torch.zeros(1)}, tmp_path / "other.pt")
+    with pytest.raises(DataError, match=r"annotate.weights: .*other\.pt does not fit the model: \d+ weight\(s\) "
+                                         r"missing \(e\.g\. \['backbone\.body.*1 unexpected .*'head\.extra'.*1 of another shape"):
+        TorchvisionDetector(str(tmp_path / "other.pt"), vocabulary, Thresholds(), "fcos_resnet50_fpn", 160)
+    (tmp_path / "notes.pt").write_text("not weights")
+    with pytest.raises(DataError, match="notes.pt is not a PyTorch state dict that loads as weights only"):
+        TorchvisionDetector(str(tmp_path / "notes.pt"), vocabulary, Thresholds(), ARCH, 160)
