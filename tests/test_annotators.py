@@ -1,7 +1,8 @@
 """The annotators on photographs of several sizes, each with a small random-weight model saved in the
-format users have (torchvision: a state dict): what an annotator keeps equals running the model
+format users have (a state dict): what a torchvision detector keeps equals running the model
 directly and applying the published thresholds by hand (score >= threshold, then greedy NMS per
-object), with the detector's categories mapped through a vocabulary's synonyms."""
+object), its categories mapped through a vocabulary's synonyms; an open_clip tagger's tags equal
+CLIP's zero-shot classification written out in the test."""
 from __future__ import annotations
 
 import numpy as np
@@ -10,10 +11,10 @@ import torch
 from PIL import Image
 
 from study.annotate.annotators import ANNOTATORS, TorchvisionDetector
-from study.annotate.detections import Thresholds
+from study.annotate.detections import Thresholds, side_row
 from study.annotate.vocabulary import parse
 from study.data.photos import photo
-from study.errors import DataError
+from study.errors import ConfigError, DataError
 
 ARCH = "fasterrcnn_resnet50_fpn"
 # 'bike' and 'rucksack' are not torchvision's names; no detector knows unicorns; the suitcases and
@@ -114,3 +115,70 @@ def test_weights_of_another_model_or_not_weights_are_one_clear_error(tmp_path):
     (tmp_path / "notes.pt").write_text("not weights")
     with pytest.raises(DataError, match="notes.pt is not a PyTorch state dict that loads as weights only"):
         TorchvisionDetector(str(tmp_path / "notes.pt"), vocabulary, Thresholds(), ARCH, 160)
+
+
+@pytest.fixture(scope="module")
+def clip_weights(tmp_path_factory):
+    import open_clip
+
+    from study.train.clip import register_model_configs
+
+    register_model_configs()
+    torch.manual_seed(5)
+    model = open_clip.create_model("dejavu-tiny")
+    path = tmp_path_factory.mktemp("clip") / "open_clip_model.pt"
+    torch.save(model.state_dict(), path)
+    return model.eval(), path
+
+
+def _tags_by_hand(model, images, vocabulary, templates, th: Thresholds, max_tags: int) -> list[list[tuple]]:
+    """CLIP zero-shot classification written out: prompts, cosine similarities, softmax, each
+    object's best query, the most probable objects at or above the threshold."""
+    import open_clip
+
+    tokenizer, queries = open_clip.get_tokenizer("dejavu-tiny"), vocabulary.queries()
+    _, _, preprocess = open_clip.create_model_and_transforms("dejavu-tiny")
+    with torch.no_grad():
+        text = []
+        for q, _ in queries:
+            feats = model.encode_text(tokenizer([t.format(q) for t in templates]))
+            feats = feats / feats.norm(dim=-1, keepdim=True)
+            mean = feats.mean(dim=0)
+            text.append(mean / mean.norm())
+        out = []
+        for im in images:
+            f = model.encode_image(preprocess(im.convert("RGB"))[None])[0]
+            f = f / f.norm()
+            logits = [float(model.logit_scale.exp() * (f @ t)) for t in text]
+            z = np.exp(np.array(logits) - max(logits))
+            probs = z / z.sum()
+            best = {}
+            for (q, o), p in zip(queries, probs):
+                best[o] = max(best.get(o, -1.0), p)
+            ranked = sorted(best.items(), key=lambda kv: (-kv[1], kv[0]))
+            out.append([(o, p) for o, p in ranked if p >= th.score][:max_tags])
+    return out
+
+
+@pytest.mark.parametrize("th, max_tags", [(Thresholds(score=0.0), 3), (Thresholds(score=0.2), 5)])
+def test_an_open_clip_tagger_gives_the_zero_shot_tags_written_out(clip_weights, th, max_tags):
+    model, path = clip_weights
+    vocabulary, templates = parse(WORDS, "test"), ("a photo of a {}.", "a picture of the {}")
+    tagger = ANNOTATORS["open_clip"](str(path), vocabulary, th, "dejavu-tiny", templates, max_tags)
+    images = _images()
+    want = _tags_by_hand(model, images, vocabulary, templates, th, max_tags)
+    got = tagger(images)
+    assert sum(len(w) for w in want) >= 2  # the case has tags to compare
+    for det, tags in zip(got, want):
+        assert det.boxes is None and det.objects.tolist() == [o for o, _ in tags]
+        np.testing.assert_allclose(det.scores, [p for _, p in tags], rtol=1e-4)
+    row = side_row("k", got[0], vocabulary.names) if len(got[0]) else None
+    assert row is None or (row["boxes"] == [] and row["label"] == int(got[0].objects[0]))
+
+
+def test_a_tagger_with_weights_of_another_model_is_one_clear_error(tmp_path):
+    torch.save({"visual.conv1.weight": torch.zeros(1)}, tmp_path / "other.pt")
+    with pytest.raises(DataError, match=r"annotate.weights: .*other\.pt does not fit open_clip's dejavu-tiny"):
+        ANNOTATORS["open_clip"](str(tmp_path / "other.pt"), parse(WORDS, "test"), Thresholds(), "dejavu-tiny")
+    with pytest.raises(ConfigError, match="each prompt template must hold"):
+        ANNOTATORS["open_clip"](str(tmp_path / "other.pt"), parse(WORDS, "test"), Thresholds(), "dejavu-tiny", ("a photo",))

@@ -8,6 +8,14 @@ over a vocabulary, boxes in the pixels of the image it was given.
   vocabulary does not name is dropped. The detector's own post-processing (its per-category NMS)
   runs first, at a score floor no higher than the threshold; then the shared thresholds.
 
+* ``open_clip``: image-level zero-shot tags from an open_clip model (an architecture name, the
+  product's own tiny configs included, and a state dict file): every name and synonym of the
+  vocabulary in each prompt template is a query (text features averaged over the templates); an
+  image's query probabilities (softmax of the scaled cosine similarities, as CLIP classifies) give
+  each object its best query's probability, and the ``max_tags`` most probable objects at or above
+  the score threshold are its tags. Tags have no boxes. The model's preprocessing (image size,
+  mean and std) and tokenizer come from its config.
+
 Each annotator has a ``fingerprint`` (a hash of its weights file, its kind and architecture), for
 the annotate stage's hash.
 """
@@ -104,4 +112,59 @@ class TorchvisionDetector:
         return found
 
 
-ANNOTATORS = {"torchvision": TorchvisionDetector}
+class OpenClipTagger:
+    """Zero-shot image tags over a vocabulary with an open_clip model (the module's ``open_clip``)."""
+
+    def __init__(self, weights: str, vocabulary: Vocabulary, thresholds: Thresholds, architecture: str,
+                 templates: Sequence[str] = ("a photo of a {}.",), max_tags: int = 5):
+        import tempfile
+
+        import open_clip
+        import torch
+
+        from study.train.clip import check_model_name
+
+        check_model_name(architecture)  # the product's tiny configs registered; a close name suggested
+        if not templates or any("{}" not in t for t in templates):
+            raise ConfigError("annotate.templates: each prompt template must hold {} where the object's name goes")
+        _, digest = _weights(weights, "annotate.weights")  # a state dict, checked before open_clip reads it
+        with tempfile.NamedTemporaryFile(suffix=".pt") as local:  # open_clip reads weights from a local path
+            local.write(storage.read_bytes(weights))
+            local.flush()
+            try:
+                self.model, _, self.preprocess = open_clip.create_model_and_transforms(architecture, pretrained=local.name)
+            except RuntimeError as e:
+                raise DataError(f"annotate.weights: {weights} does not fit open_clip's {architecture}: "
+                                f"{str(e).splitlines()[0]}") from None
+        self.model.eval()
+        self.thresholds, self.max_tags = thresholds, max_tags
+        queries = vocabulary.queries()
+        self.query_object = np.array([o for _, o in queries], dtype=np.int64)
+        tokenizer = open_clip.get_tokenizer(architecture)
+        with torch.no_grad():
+            per_template = [self.model.encode_text(tokenizer([t.format(q) for q, _ in queries])) for t in templates]
+            text = torch.stack([f / f.norm(dim=-1, keepdim=True) for f in per_template]).mean(dim=0)
+        self.text = text / text.norm(dim=-1, keepdim=True)
+        self.fingerprint = hashlib.sha256(f"open_clip/{architecture}/{list(templates)}/{digest}".encode()).hexdigest()
+
+    def __call__(self, images: Sequence) -> list[Detections]:
+        """Each image's (PIL) tags, most probable first (boxes: none)."""
+        import torch
+
+        if not images:
+            return []
+        with torch.no_grad():
+            feats = self.model.encode_image(torch.stack([self.preprocess(im.convert("RGB")) for im in images]))
+            feats = feats / feats.norm(dim=-1, keepdim=True)
+            probs = (self.model.logit_scale.exp() * feats @ self.text.T).softmax(dim=-1).numpy()
+        found = []
+        for p in probs:
+            best = np.full(int(self.query_object.max()) + 1, -1.0)
+            np.maximum.at(best, self.query_object, p)  # an object's probability: its best query's
+            order = np.argsort(-best, kind="stable")
+            order = order[best[order] >= self.thresholds.score][: self.max_tags]
+            found.append(Detections(None, best[order].astype(np.float32), order))
+        return found
+
+
+ANNOTATORS = {"torchvision": TorchvisionDetector, "open_clip": OpenClipTagger}

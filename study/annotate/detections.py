@@ -35,10 +35,10 @@ class Thresholds:
 
 @dataclass(frozen=True)
 class Detections:
-    """One image's kept detections: boxes (n, 4) float32 pixels, scores (n,), objects (n,) int
-    (canonical indices), best first."""
+    """One image's kept detections: boxes (n, 4) float32 pixels (None: image-level tags, which
+    have none), scores (n,), objects (n,) int (canonical indices), best first."""
 
-    boxes: np.ndarray
+    boxes: np.ndarray | None
     scores: np.ndarray
     objects: np.ndarray
 
@@ -76,8 +76,11 @@ def keep(boxes: np.ndarray, scores: np.ndarray, objects: np.ndarray, th: Thresho
 
 
 def side_row(key: str, det: Detections, names: tuple[str, ...], label_rule: str = "largest") -> dict:
-    """The objects side table's row of one image (``data.objects``'s columns, and the scores)."""
+    """The objects side table's row of one image (``data.objects``'s columns, and the scores).
+    Tags (no boxes) label the image with the most probable one."""
     boxes = [{"x0": float(b[0]), "y0": float(b[1]), "x1": float(b[2]), "y1": float(b[3]), "label": int(o)}
-             for b, o in zip(det.boxes, det.objects)]
+             for b, o in zip(det.boxes, det.objects)] if det.boxes is not None else []
+    tagged = det.boxes is None and label_rule != "none"
+    label = (int(det.objects[0]) if len(det) else None) if tagged else LABEL_RULES[label_rule](boxes)
     return {"key": key, "objects": sorted({names[int(o)] for o in det.objects}), "boxes": boxes,
-            "scores": [float(s) for s in det.scores], "label": LABEL_RULES[label_rule](boxes)}
+            "scores": [float(s) for s in det.scores], "label": label}
