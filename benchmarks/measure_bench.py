@@ -3,6 +3,7 @@ the driver's peak memory and the tasks' peak memory.
 
     python benchmarks/measure_bench.py --records 100000 --vocab 21000 [--k 100] [--cpus 2] [--check]
     python benchmarks/measure_bench.py --kind ssl --records 100000 [--k 50] [--check]
+    python benchmarks/measure_bench.py --kind sslmem --records 100000
 
 Generated first, in a child process (so the driver measured below never held it): N attacked
 records (target, reference, holdout: 0.4, 0.4, 0.2 of N) and 4 N public records, each image with
@@ -23,6 +24,12 @@ files (what the statistics were before they ran in tasks) and fails unless the t
 the split members instead of objects (no record shards: the SSL stage reads labels from the
 splits), and the SSL stage's work: the labels' task, the scoring tasks (top-1, top-5, confidence
 per query), the statistics tasks of both controls (top-1 and top-5 tests, curve, most memorized).
+
+``--kind sslmem``: both encoders' alignments of the scored sets' records (the same split sizes,
+every space of configs/sslmem.yaml, the candidates aligned a little closer by encoder f) in the
+embed stage's layout, and the SSLMem stage's work as it runs (``run_measure``: a scoring task per
+set, the join, per space and score kind the observed statistics and the draws); its time is
+reported as statistics, and ``--check`` does not apply.
 
 The last line: ``driver peak MiB <x>, tasks peak MiB <y>, stage s <z>``.
 """
@@ -45,8 +52,8 @@ import pyarrow.parquet as pq
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-CONFIGS = {"vlm": "quickstart-vlm.yaml", "ssl": "quickstart.yaml"}
-SPACES = {"vlm": "caption_to_image", "ssl": "projector"}
+CONFIGS = {"vlm": "quickstart-vlm.yaml", "ssl": "quickstart.yaml", "sslmem": "sslmem.yaml"}
+SPACES = {"vlm": "caption_to_image", "ssl": "projector", "sslmem": "projector"}
 CLASSES = 10  # labels of the SSL kind's records
 SPLITS = {"target": 0.4, "reference": 0.4, "holdout": 0.2}
 OBJECTS_PER_IMAGE = 5
@@ -82,6 +89,25 @@ def _objects(rng, n: int, vocab: int) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate([[0], np.cumsum(sizes)]), draws[keep]
 
 
+def _alignments(ctx, rng, records: int) -> None:
+    """SSLMem's inputs: both encoders' alignment of every record of the scored sets, per space, in
+    the embed stage's layout; encoder f (model A) aligns the candidates (target) a little closer."""
+    from study.embed.views import view_name
+
+    for split, fraction in SPLITS.items():
+        ids = np.char.add(split[0], np.arange(int(records * fraction)).astype(str))
+        for model in ("model_a", "model_b"):
+            for space in ctx.cfg.sslmem.spaces():
+                uri = ctx.embeddings(model, split, view_name(space))
+                os.makedirs(uri)
+                for j, start in enumerate(range(0, len(ids), CHUNK)):
+                    n = len(ids[start : start + CHUNK])
+                    align = 0.6 + 0.1 * rng.standard_normal(n) - (0.02 if (model, split) == ("model_a", "target") else 0)
+                    emb = pa.FixedSizeListArray.from_arrays(pa.array(align.astype(np.float32)), 1)
+                    pq.write_table(pa.table({"id": pa.array(ids[start : start + CHUNK]), "embedding": emb}),
+                                   os.path.join(uri, f"part-{j:05d}.parquet"))
+
+
 def generate(out: str, args) -> None:
     """Write the records, split members and search results of one synthetic study."""
     from study import storage
@@ -92,6 +118,8 @@ def generate(out: str, args) -> None:
 
     ctx = _context(out, args)
     rng = np.random.default_rng(args.records)
+    if args.kind == "sslmem":
+        return _alignments(ctx, rng, args.records)
     names = pa.array([f"object{j:05d}" for j in range(args.vocab)])
     n_att = {s: int(args.records * f) for s, f in SPLITS.items()}
     n_pub = 4 * args.records
@@ -180,7 +208,16 @@ def _ssl_stage(ctx, keys):
            for c, rows in CONTROLS.items()}
 
 
-STAGES = {"vlm": _vlm_stage, "ssl": _ssl_stage}
+def _sslmem_stage(ctx, keys):
+    """The SSLMem stage's work (scoring sets, joining, statistics: ``run_measure`` itself); its
+    scoring and statistics are not timed apart, and there is no one-process check."""
+    from study.kinds.sslmem import measure
+
+    yield {}
+    yield None, measure.run_measure(ctx), 1
+
+
+STAGES = {"vlm": _vlm_stage, "ssl": _ssl_stage, "sslmem": _sslmem_stage}
 
 
 def _close(a, b) -> bool:
@@ -226,7 +263,7 @@ def run(out: str, args) -> dict:
                 "results": sum(len(e) for e in results.values()),
                 "tasks_peak_mib_by_task": {cmd.removeprefix("ray::"): round(kib / 1024) for cmd, kib in
                                            sorted(sampler.peak_by_cmd.items()) if kib}}
-        if args.check:  # in this process, from the same outcome files
+        if args.check and args.kind != "sslmem":  # in this process, from the same outcome files
             local = next(stage)
             line["equal_to_one_process"] = local == results if blocks == 1 else _close(local, results)
             if not line["equal_to_one_process"]:
@@ -247,7 +284,7 @@ def main() -> None:
     ap.add_argument("--permutations", type=int, default=0, help="draws (default: the config's)")
     ap.add_argument("--records-per-task", type=int, default=1_000_000,
                     help="measure.records_per_task: the VLM statistics tasks' id ranges")
-    ap.add_argument("--check", action="store_true", help="also compute the entries in one process and compare")
+    ap.add_argument("--check", action="store_true", help="also compute the entries in one process and compare (VLM, SSL)")
     ap.add_argument("--dir", default=None, help="where to write (default: a temporary directory)")
     args = ap.parse_args()
     out = args.dir or tempfile.mkdtemp(prefix="measure-bench-")
@@ -257,8 +294,9 @@ def main() -> None:
     child.join()
     if child.exitcode:
         raise SystemExit(f"generating the inputs failed ({child.exitcode})")
-    print(f"generated {args.records} attacked and {4 * args.records} public records with their search results "
-          f"in {time.perf_counter() - t:.0f} s under {out}", flush=True)
+    what = ("both encoders' alignments" if args.kind == "sslmem" else
+            f"and {4 * args.records} public records with their search results")
+    print(f"generated {args.records} attacked records' {what} in {time.perf_counter() - t:.0f} s under {out}", flush=True)
     line = run(out, args)
     print(json.dumps(line))
     print(f"driver peak MiB {line['driver_peak_mib']}, tasks peak MiB {line['tasks_peak_mib']}, "
