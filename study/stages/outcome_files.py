@@ -61,11 +61,11 @@ SAMPLES_PER_FILE = 1024  # ids a file gives to the choice of the blocks' bounds
 
 def _in_block(table: pa.Table, block: Block) -> pa.Table:
     lo, hi = block
-    ids = table.column("id")
-    keep = None
-    for test in ([pc.greater_equal(ids, lo)] if lo is not None else []) + ([pc.less(ids, hi)] if hi is not None else []):
-        keep = test if keep is None else pc.and_(keep, test)
-    return table if keep is None else table.filter(keep)
+    if lo is not None:
+        table = table.filter(pc.greater_equal(table.column("id"), lo))
+    if hi is not None:
+        table = table.filter(pc.less(table.column("id"), hi))
+    return table
 
 
 def _files(uri: str) -> list[str]:
