@@ -140,7 +140,7 @@ TIERS = {
                annotate_parts annotators""",
     "ray": """balance coco embed_pipeline hf near_dups search_ivfpq search_restart search_shards
               search_stage splits_stage train_faults train_stream voc faults inspect laion_inputs
-              report_pull vlm_measure_tasks ssl_measure_tasks""",
+              report_pull vlm_measure_tasks ssl_measure_tasks annotate_stage""",
     "e2e": """api console console_clean reproduce pipeline_e2e photos_e2e vlm_e2e sslmem_e2e ssl_sweeps new_kind
               wheel store_outage preflight cli_errors""",
     "cluster": """ray_up ray_up_nodes cluster_yaml""",

@@ -17,8 +17,12 @@ def _digests(overrides):
     cfg = load_config(None, ["data.num_images=100", *overrides])
     digests = {}
     for stage in stages():
-        digests[stage.name] = stage_digest(stage, cfg, digests)
+        if stage.enabled(cfg):
+            digests[stage.name] = stage_digest(stage, cfg, digests)
     return digests
+
+
+ANNOTATED = ["annotate.annotator=torchvision", "annotate.weights=/nonexistent/detector.pt"]
 
 
 @pytest.mark.parametrize(
@@ -32,11 +36,38 @@ def _digests(overrides):
         ("report.neighbors_shown=2", {"report"}),
         ("report.gallery_size=2", {"measure", "report"}),
         ("data.image_size=24", {"data", "splits", "train", "embed", "search", "measure", "report"}),
+        # Without an annotator its section is read by no stage but the report (the saved config).
+        ("annotate.score=0.4", {"report"}),
     ],
 )
 def test_a_stage_reruns_exactly_when_what_it_reads_changes(override, changed):
     base, other = _digests([]), _digests([override])
     assert {name for name in base if base[name] != other[name]} == changed
+
+
+AFTER_ANNOTATE = {"annotate", "splits", "train", "embed", "search", "measure", "report"}
+
+
+@pytest.mark.parametrize("override, changed", [
+    ("annotate.score=0.4", AFTER_ANNOTATE),
+    ("annotate.vocabulary=/nonexistent/words.txt", AFTER_ANNOTATE),
+    ("data.image_size=24", {"data"} | AFTER_ANNOTATE),
+    ("train.epochs=3", {"train", "embed", "search", "measure", "report"}),
+])
+def test_with_an_annotator_its_stage_runs_after_data_and_everything_after_it_follows(override, changed):
+    base, other = _digests(ANNOTATED), _digests(ANNOTATED + [override])
+    assert set(base) == set(STAGE_NAMES) and "annotate" not in _digests([])
+    assert {name for name in base if base[name] != other[name]} == changed
+
+
+def test_new_weights_at_the_same_place_rerun_the_annotate_stage(tmp_path):
+    weights = tmp_path / "detector.pt"
+    weights.write_bytes(b"one")
+    on = [*ANNOTATED[:1], f"annotate.weights={weights}"]
+    before = _digests(on)
+    weights.write_bytes(b"other weights")
+    after = _digests(on)
+    assert {name for name in before if before[name] != after[name]} == AFTER_ANNOTATE
 
 
 def test_stage_names_list_the_stages_in_run_order():

@@ -55,7 +55,7 @@ def make_run(output: str, name: str, *overrides: str, until: str | None = None, 
     storage.write_json(storage.join(ctx.run_dir, "config.json"), config_to_dict(cfg))
     stages = STAGE_NAMES[: STAGE_NAMES.index(until) + 1] if until else STAGE_NAMES
     for stage in stages:
-        if stage == "report":
+        if stage == "report" or (stage == "annotate" and not cfg.annotate.on):
             continue
         if stage in SHARED_STAGES:
             write_marker(ctx.stage_dir(stage), "h", {}, 1.0)

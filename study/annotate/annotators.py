@@ -75,6 +75,8 @@ def load_strict(model, state: dict, what: str, uri: str) -> None:
 class TorchvisionDetector:
     """A torchvision COCO detector over a vocabulary; ``image_size`` is its resize's shorter side."""
 
+    boxes = True  # it finds boxes (a tagger finds image-level tags only)
+
     def __init__(self, weights: str, vocabulary: Vocabulary, thresholds: Thresholds,
                  architecture: str = "fasterrcnn_resnet50_fpn", image_size: int = 800):
         import torchvision.models.detection as detection
@@ -95,6 +97,10 @@ class TorchvisionDetector:
         self.to_object = np.array([-1 if c in ("__background__", "N/A") or vocabulary.canonical(c) is None
                                    else vocabulary.canonical(c) for c in categories], dtype=np.int64)
 
+    @classmethod
+    def from_config(cls, cfg, vocabulary: Vocabulary, thresholds: Thresholds) -> "TorchvisionDetector":
+        return cls(cfg.weights, vocabulary, thresholds, cfg.architecture or "fasterrcnn_resnet50_fpn", cfg.image_size)
+
     def __call__(self, images: Sequence) -> list[Detections]:
         """Each image's (PIL) kept detections, boxes in its pixels."""
         import torch
@@ -114,6 +120,8 @@ class TorchvisionDetector:
 
 class OpenClipTagger:
     """Zero-shot image tags over a vocabulary with an open_clip model (the module's ``open_clip``)."""
+
+    boxes = False
 
     def __init__(self, weights: str, vocabulary: Vocabulary, thresholds: Thresholds, architecture: str,
                  templates: Sequence[str] = ("a photo of a {}.",), max_tags: int = 5):
@@ -147,6 +155,12 @@ class OpenClipTagger:
         self.text = text / text.norm(dim=-1, keepdim=True)
         self.fingerprint = hashlib.sha256(f"open_clip/{architecture}/{list(templates)}/{digest}".encode()).hexdigest()
 
+    @classmethod
+    def from_config(cls, cfg, vocabulary: Vocabulary, thresholds: Thresholds) -> "OpenClipTagger":
+        if not cfg.architecture:
+            raise ConfigError("annotate.architecture: the open_clip annotator needs its model's architecture name")
+        return cls(cfg.weights, vocabulary, thresholds, cfg.architecture, cfg.templates, cfg.max_tags)
+
     def __call__(self, images: Sequence) -> list[Detections]:
         """Each image's (PIL) tags, most probable first (boxes: none)."""
         import torch
@@ -168,3 +182,10 @@ class OpenClipTagger:
 
 
 ANNOTATORS = {"torchvision": TorchvisionDetector, "open_clip": OpenClipTagger}
+
+
+def build(cfg, vocabulary: Vocabulary):
+    """The annotator ``cfg`` (an ``AnnotateConfig``) names, over ``vocabulary``, with its thresholds."""
+    if cfg.annotator not in ANNOTATORS:
+        raise ConfigError(f"annotate.annotator: unknown value '{cfg.annotator}'; choose from {sorted(ANNOTATORS)}")
+    return ANNOTATORS[cfg.annotator].from_config(cfg, vocabulary, Thresholds(cfg.score, cfg.nms_iou, cfg.max_per_image))

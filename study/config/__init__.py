@@ -2,7 +2,7 @@
 
 Each stage takes the narrowest section it needs. Values are checked in ``__post_init__`` so a bad
 value fails at load time with the key's dotted path in the message (see ``study.config_load``).
-The sections live in ``data`` (data, splits), ``train`` (model, train) and ``stages`` (embed,
+The sections live in ``data`` (data, splits), ``annotate``, ``train`` (model, train) and ``stages`` (embed,
 search, measure, sslmem, report, ray); everything is importable from here.
 """
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any, Mapping
 
+from study.config.annotate import GROUND_TRUTHS, AnnotateConfig
 from study.config.checks import SPLIT_NAMES, check as _check
 from study.config.data import (
     COCO_CAPTION_MODES,
@@ -45,8 +46,8 @@ from study.config.train import (
 
 __all__ = [
     "SPLIT_NAMES", "DATA_SOURCES", "HF_FORMATS", "HF_FIELDS", "HF_BOX_FORMATS", "COCO_LABEL_RULES",
-    "COCO_CAPTION_MODES", "TEXT_RANDOMIZATION_MODES",
-    "CocoConfig", "VocConfig", "HfConfig", "DataConfig", "NearDuplicateConfig", "SplitConfig",
+    "COCO_CAPTION_MODES", "TEXT_RANDOMIZATION_MODES", "GROUND_TRUTHS",
+    "AnnotateConfig", "CocoConfig", "VocConfig", "HfConfig", "DataConfig", "NearDuplicateConfig", "SplitConfig",
     "ModelConfig", "AugmentConfig", "TextRandomizationConfig", "TrainConfig",
     "CropConfig", "EmbedConfig", "IVFPQConfig", "SearchConfig", "MeasureConfig", "SSLMemConfig",
     "ReportConfig", "RayConfig", "StudyConfig",
@@ -75,6 +76,7 @@ class StudyConfig:
     output: str = "runs"
     ray: RayConfig = field(default_factory=RayConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    annotate: AnnotateConfig = field(default_factory=AnnotateConfig)
     splits: SplitConfig = field(default_factory=SplitConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)

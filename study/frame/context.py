@@ -7,6 +7,8 @@ Layout (all paths are built here and nowhere else)::
         data/records/part-*.parquet           generated or ingested records (user shards stay where
                                               they are unless some must be quarantined)
         data/quarantine/part-*.parquet        (id, reason) of records the data stage could not use
+        annotate/records/, annotate/objects/  with an annotator: the records with its objects, and
+                                              its side table (one file per data shard each)
         splits/<split>.parquet, manifest.json
         [settings/<setting>/]train/<model>/model.pt, metrics.jsonl, ray_train/
         [settings/<setting>/]embed/<model>/<set>/<view>/part-*.parquet
@@ -35,10 +37,10 @@ from study.train import layout
 LOG = logging.getLogger("study.run")  # the stages' progress lines
 MARKER = "_COMPLETE.json"
 RUN_LOG = "run.log"  # every line of the run, for a post-mortem (study.console.RunLog)
-SHARED_STAGES = ("data", "splits", "report")
+SHARED_STAGES = ("data", "annotate", "splits", "report")
 # The stages' names in run order, without importing them (torch, Ray): for `dejavu report`,
 # `--until` and the report's stage table; a test holds them equal to the runner's stages().
-STAGE_NAMES = ("data", "splits", "train", "embed", "search", "measure", "report")
+STAGE_NAMES = ("data", "annotate", "splits", "train", "embed", "search", "measure", "report")
 
 
 
@@ -50,7 +52,8 @@ def run_id_for(cfg: StudyConfig) -> str:
 
     parts = (cfg.study, cfg.data, cfg.splits, cfg.model, cfg.train, cfg.embed, cfg.search, cfg.measure, cfg.sweep)
     # Added only where they apply, so the runs of configs without them keep their ids.
-    extra = (*get_kind(cfg.study).extra_reads(cfg), *((cfg.repeats,) if cfg.repeats != 1 else ()))
+    extra = (*get_kind(cfg.study).extra_reads(cfg), *((cfg.repeats,) if cfg.repeats != 1 else ()),
+             *((cfg.annotate,) if cfg.annotate.on else ()))
     return "run-" + config_hash(*parts, *extra)[:10]
 
 
@@ -86,12 +89,29 @@ class RunContext:
     # -- artifacts -----------------------------------------------------------------------------
     @property
     def data_root(self) -> str:
-        """The record shards every stage after ``data`` reads: a user's record shards in place, else
-        those the data stage writes under the run (generated, or ingested from img2dataset output)."""
+        """The record shards every stage after ``data`` (and ``annotate``) reads: with an annotator
+        whose objects are the ground truth, the annotate stage's; else the data stage's."""
+        return self.annotated_root if self.cfg.annotate.replaces else self.ingested_root
+
+    @property
+    def ingested_root(self) -> str:
+        """The data stage's record shards: a user's record shards in place, else those the data
+        stage writes under the run (generated, or ingested from img2dataset output)."""
         copy = self.stage_dir("data", "records")
         if self.cfg.data.source == "parquet" and not storage.exists(copy):  # a copy: some were unusable
             return storage.absolute(self.cfg.data.path)
         return copy
+
+    @property
+    def annotated_root(self) -> str:
+        """The annotate stage's record shards: the data stage's, one for one, with the annotator's
+        objects, boxes and labels."""
+        return self.stage_dir("annotate", "records")
+
+    @property
+    def annotations(self) -> str:
+        """The annotate stage's side table (``data.objects``'s columns and the scores), a file per shard."""
+        return self.stage_dir("annotate", "objects")
 
     @property
     def quarantine_dir(self) -> str:

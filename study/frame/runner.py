@@ -34,6 +34,8 @@ class Stage:
     run: Callable[..., dict]
     needs_ray: bool = False
     takes_digest: bool = False  # train keeps a marker per model, keyed by the stage's hash
+    # Whether the config runs it at all; a stage it does not run counts in no later stage's hash.
+    enabled: Callable[[StudyConfig], bool] = lambda cfg: True
 
 
 def _inputs(cfg: StudyConfig):
@@ -42,6 +44,21 @@ def _inputs(cfg: StudyConfig):
     from study.stages.data import input_fingerprint
 
     return input_fingerprint(cfg.data)
+
+
+def _file_identity(uri: str):
+    """(size, modified) of a file, or of every file under a folder, so that new weights or a new
+    vocabulary at the same place count as a change; None when it is not there (the stage says so)."""
+    if not uri or not storage.exists(uri):
+        return None
+    return sorted((i.uri, i.size, str(i.modified)) for i in storage.list_info(uri))
+
+
+def _annotator_files(cfg: StudyConfig):
+    from study.annotate.vocabulary import SHIPPED
+
+    a = cfg.annotate
+    return _file_identity(a.weights), None if a.vocabulary in SHIPPED else _file_identity(a.vocabulary)
 
 
 def _checkpoint_file(cfg: StudyConfig):
@@ -56,6 +73,7 @@ def _checkpoint_file(cfg: StudyConfig):
 def stages() -> list[Stage]:
     """The stages in run order. Imported lazily so `dejavu report` does not pay for torch and Ray."""
     from study.frame.kinds import get_kind
+    from study.stages.annotate import run_annotate
     from study.stages.data import run_data
     from study.stages.embed import run_embed as embed
     from study.stages.measure import run_measure as measure
@@ -66,25 +84,29 @@ def stages() -> list[Stage]:
 
     return [
         Stage("data", lambda c: (c.data, _inputs(c)), (), run_data, needs_ray=True),
-        Stage("splits", lambda c: (c.splits,), ("data",), run_splits, needs_ray=True),
+        Stage("annotate", lambda c: (c.annotate, _annotator_files(c)), ("data",), run_annotate, needs_ray=True,
+              takes_digest=True, enabled=lambda c: c.annotate.on),
+        Stage("splits", lambda c: (c.splits,), ("data", "annotate"), run_splits, needs_ray=True),
         # Which snapshot is measured does not change the training: the stages after train read it.
         Stage("train", lambda c: (c.study, c.model, dataclasses.replace(c.train, snapshot=0), c.data.input_key(),
                                   get_kind(c.study).train_extra(c), _checkpoint_file(c)),
-              ("data", "splits"), run_train, needs_ray=True, takes_digest=True),
+              ("data", "annotate", "splits"), run_train, needs_ray=True, takes_digest=True),
         Stage("embed", lambda c: (c.study, c.embed, c.splits, c.data.input_key(), c.train.snapshot,
                                   *get_kind(c.study).extra_reads(c)),
-              ("data", "splits", "train"), embed, needs_ray=True),
+              ("data", "annotate", "splits", "train"), embed, needs_ray=True),
         Stage("search", lambda c: (c.study, c.search, c.splits), ("embed",), run_search, needs_ray=True),
         Stage("measure", lambda c: (c.study, c.measure, c.search, c.splits, c.report.gallery_size, c.data.input_key(),
                                     c.train.snapshot, *get_kind(c.study).extra_reads(c)),
-              ("data", "splits", "train", "search"), measure),
-        Stage("report", lambda c: (config_to_dict(c),), ("data", "splits", "measure"), run_report),
+              ("data", "annotate", "splits", "train", "search"), measure),
+        Stage("report", lambda c: (config_to_dict(c),), ("data", "annotate", "splits", "measure"), run_report),
     ]
 
 
 def stage_digest(stage: Stage, cfg: StudyConfig, digests: dict[str, str]) -> str:
-    """The hash a stage's marker must hold: the sections it reads and its inputs' hashes."""
-    return config_hash(*stage.reads(cfg), [digests[u] for u in stage.after])
+    """The hash a stage's marker must hold: the sections it reads and its inputs' hashes (of the
+    stages the config runs)."""
+    run = {s.name for s in stages() if s.enabled(cfg)}
+    return config_hash(*stage.reads(cfg), [digests[u] for u in stage.after if u in run])
 
 
 def _run_stage(ctx: RunContext, stage: Stage, digests: dict[str, str], timings: dict[str, float]) -> None:
@@ -189,7 +211,8 @@ def run_study(cfg: StudyConfig, until: str | None = None) -> RunContext:
         except OSError as exc:
             raise StudyError(f"cannot write to the output location {cfg.output}: {exc.strerror or exc}") from None
         with reads:
-            _run_wanted(ctx, [s for s in stages() if s.name in wanted], lambda: _save_log(ctx, previous, run_log))
+            _run_wanted(ctx, [s for s in stages() if s.name in wanted and s.enabled(cfg)],
+                        lambda: _save_log(ctx, previous, run_log))
     finally:
         logging.getLogger("study").removeHandler(run_log)
         if previous is not None:
@@ -214,7 +237,7 @@ def _save_log(ctx: RunContext, previous: str, run_log: RunLog) -> None:
 def _run_wanted(ctx: RunContext, all_stages: list[Stage], saved: Callable[[], None]) -> None:
     """The stages asked for, in order: the shared ones once, the others per sweep setting, then
     the report over every setting."""
-    shared = [s for s in all_stages if s.name in ("data", "splits")]
+    shared = [s for s in all_stages if s.name in SHARED_STAGES and s.name != "report"]
     per_setting = [s for s in all_stages if s.name not in SHARED_STAGES]
     report = next((s for s in all_stages if s.name == "report"), None)
     digests: dict[str, str] = {}

@@ -20,6 +20,10 @@ def check_registries(cfg: StudyConfig) -> None:
 
     kind = get_kind(cfg.study)
     one_of(cfg.data.background, BACKGROUNDS, "data.background")
+    if cfg.annotate.on:
+        from study.annotate.annotators import ANNOTATORS
+
+        one_of(cfg.annotate.annotator, ANNOTATORS, "annotate.annotator")
     kind.spaces_for(cfg)
     if "public" in kind.needs and not cfg.splits.uses("public"):
         key = "splits.per_class.public" if cfg.splits.per_class else "splits.fractions.public"
@@ -39,7 +43,13 @@ def check_record_columns(cfg: StudyConfig, needed: tuple[str, ...]) -> None:
     from study.stages.data import SOURCES
 
     provided = SOURCES[cfg.data.source].columns(cfg.data)  # a DataError for a missing input path
+    if provided is not None and cfg.annotate.replaces:
+        from study.annotate.annotators import ANNOTATORS
+
+        provided = provided | {"objects"} | ({"boxes"} if ANNOTATORS[cfg.annotate.annotator].boxes else set()) \
+            | ({"label"} if cfg.annotate.label_rule != "none" else set())
     missing = [c for c in needed if provided is not None and c not in provided]
     if missing:
         hint = "; give them in the side table data.objects" if cfg.data.source in ("webdataset", "img2dataset") else ""
+        hint += " or have an annotator find them (annotate.annotator)" if hint else ""
         raise DataError(f"the records from {cfg.data.path} lack column(s) {missing}, which {cfg.study} needs{hint}")

@@ -53,9 +53,11 @@ def _settings(config: dict) -> list[str]:
         return [""]
 
 
-def _stages(files: dict[str, storage.FileInfo], settings: list[str]) -> dict[str, tuple[int, int]]:
+def _stages(files: dict[str, storage.FileInfo], settings: list[str], annotated: bool) -> dict[str, tuple[int, int]]:
     out = {}
     for stage in STAGE_NAMES:
+        if stage == "annotate" and not annotated:  # a run without an annotator has no annotate stage
+            continue
         if stage in SHARED_STAGES or settings == [""]:
             out[stage] = (int(f"{stage}/{MARKER}" in files), 1)
         else:
@@ -117,7 +119,7 @@ def _state(run: str, files: dict[str, storage.FileInfo], doc_uri: str, raw: byte
     return RunState(
         uri=run,
         study=str(doc.get("study") or config.get("study") or "?"),
-        stages=_stages(files, _settings(config)),
+        stages=_stages(files, _settings(config), bool((config.get("annotate") or {}).get("annotator"))),
         updated=max(times) if times else None,
         has_report=has_report,
         report=doc if has_report and not problem else None,

@@ -1,0 +1,107 @@
+"""One record shard through an annotator, and what the annotate stage counts of it.
+
+A shard is read a batch of images at a time (memory: one batch, not the shard) and gives two files,
+each written whole or not at all (``storage.open_atomic``), so a shard either is done or is
+annotated again when the stage resumes:
+
+* its side-table file: ``key`` (the record id), ``objects``, ``boxes``, ``scores``, ``label`` (``detections.side_row``;
+  the ``data.objects`` side table's columns, so another study over the same images can read it);
+* with ``records``, the same records with the annotator's ``objects`` and ``boxes`` (and ``label``
+  unless the label rule is ``none``) in place of the input's.
+
+The counts (``tally``) are what the driver holds: images, objects per image, how many images show
+each object, and where the input has objects of its own, the image-level agreement per object
+(an object the annotator and the input both name in an image is a true positive; named by the
+annotator only, a false positive; by the input only, a false negative), the input's names mapped
+through the vocabulary's synonyms. Names outside the vocabulary are counted apart: no annotator
+over it can find them.
+"""
+from __future__ import annotations
+
+import io
+from collections import Counter
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from PIL import Image
+
+from study import storage
+from study.annotate.detections import side_row
+from study.annotate.vocabulary import Vocabulary
+from study.data.records import BOX_TYPE, RECORD_SCHEMA, to_record_schema
+
+SIDE_SCHEMA = pa.schema([("key", pa.string()), ("objects", pa.list_(pa.string())), ("boxes", pa.list_(BOX_TYPE)),
+                         ("scores", pa.list_(pa.float32())), ("label", pa.int32())])
+
+
+def annotate_shard(annotator, vocabulary: Vocabulary, src: str, side: str, records: str | None,
+                   batch_size: int, label_rule: str) -> dict:
+    """Annotate the record shard ``src`` into ``side`` (and ``records``); its counts."""
+    counts = empty_counts()
+    with storage.open_read(src) as fh, storage.open_atomic(side) as side_fh, \
+            (storage.open_atomic(records) if records else _Nothing()) as rec_fh:
+        side_out = pq.ParquetWriter(side_fh, SIDE_SCHEMA)
+        rec_out = pq.ParquetWriter(rec_fh, RECORD_SCHEMA) if records else None
+        for batch in pq.ParquetFile(fh).iter_batches(batch_size=batch_size):
+            table = to_record_schema(pa.Table.from_batches([batch]))
+            images = [Image.open(io.BytesIO(b)).convert("RGB") for b in table.column("image").to_pylist()]
+            rows = [side_row(i, d, vocabulary.names, label_rule)
+                    for i, d in zip(table.column("id").to_pylist(), annotator(images))]
+            side_table = pa.Table.from_pylist(rows, schema=SIDE_SCHEMA)
+            side_out.write_table(side_table)
+            tally(counts, rows, table.column("objects").to_pylist(), vocabulary)
+            if rec_out is not None:
+                rec_out.write_table(_with_annotations(table, side_table, label_rule))
+        side_out.close()
+        if rec_out is not None:
+            rec_out.close()
+    return counts
+
+
+class _Nothing:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _with_annotations(table: pa.Table, side: pa.Table, label_rule: str) -> pa.Table:
+    """The records with the side table's objects and boxes (and label, unless the rule is none)."""
+    for name in ("objects", "boxes") + (("label",) if label_rule != "none" else ()):
+        table = table.set_column(table.schema.get_field_index(name), name, side.column(name).cast(RECORD_SCHEMA.field(name).type))
+    return table
+
+
+# -- counts -------------------------------------------------------------------------------------
+def empty_counts() -> dict:
+    return {"images": 0, "with_objects": 0, "per_image": Counter(), "objects": Counter(),
+            "compared": 0, "tp": Counter(), "fp": Counter(), "fn": Counter(), "outside": Counter()}
+
+
+def tally(counts: dict, rows: list[dict], given: list, vocabulary: Vocabulary) -> None:
+    """Add one batch: the side table's rows and the input's own objects (None: the input has none)."""
+    for row, theirs in zip(rows, given):
+        found = set(row["objects"])
+        counts["images"] += 1
+        counts["with_objects"] += bool(found)
+        counts["per_image"][str(len(found))] += 1
+        counts["objects"].update(found)
+        if theirs is None:
+            continue
+        known = {vocabulary.names[i] for i in (vocabulary.canonical(t) for t in theirs) if i is not None}
+        counts["outside"].update(t for t in theirs if vocabulary.canonical(t) is None)
+        counts["compared"] += 1
+        counts["tp"].update(found & known)
+        counts["fp"].update(found - known)
+        counts["fn"].update(known - found)
+
+
+def merge(total: dict, part: dict) -> dict:
+    """Counts of two sets of shards added (``part`` may have made a JSON round trip)."""
+    for key, value in part.items():
+        if isinstance(value, dict):
+            total[key].update(value)
+        else:
+            total[key] += value
+    return total

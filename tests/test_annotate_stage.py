@@ -1,0 +1,135 @@
+"""The annotate stage through Ray Data: two detector replicas over record shards of photographs
+of several sizes, shards of different lengths finishing in any order. What it writes equals the
+model run directly on the same images (in the same batches: a detector pads a batch to its
+largest image) with the thresholds applied by hand (tests/test_annotators.py's oracle); the
+records carry the annotator's objects; its agreement with the input's own objects is counted by
+hand; a stage stopped half-way resumes with the shards it had not finished."""
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+from PIL import Image
+from test_annotators import ARCH, WORDS, _by_hand, _detector
+
+from study import storage
+from study.annotate.vocabulary import parse
+from study.config_load import load_config
+from study.data import records
+from study.data.photos import photo
+from study.frame.context import RunContext
+from study.frame.runner import _run_stage, stages
+
+SHARDS = [[(200, 130), (96, 160), (150, 150), (120, 90), (64, 64)], [(160, 100)], [(90, 140), (130, 130), (100, 70)]]
+GIVEN = [["bike", "dog"], None, ["unicorn"], ["bottle", "scissors", "tv"], [], None, ["rucksack"], ["bicycle"], None]
+BATCH = 2
+
+
+def _png(i: int, size) -> bytes:
+    out = io.BytesIO()
+    Image.fromarray(photo(i)).convert("RGB").resize(size).save(out, format="PNG")
+    return out.getvalue()
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory, ray_local):
+    from study import console
+
+    console.configure()  # the stages' lines on stdout, whichever test ran before
+    root = tmp_path_factory.mktemp("annotate")
+    i = 0
+    for s, sizes in enumerate(SHARDS):
+        rows = {c: [] for c in records.RECORD_SCHEMA.names}
+        for size in sizes:
+            for c, v in zip(records.RECORD_SCHEMA.names, (f"r{i}", _png(i, size), size[0], size[1], 7, [], None, GIVEN[i])):
+                rows[c].append(v)
+            i += 1
+        records.write_shard(str(root / "records" / f"part-{s}.parquet"), rows)
+    model = _detector(3)
+    torch.save(model.state_dict(), root / "detector.pt")
+    (root / "words.txt").write_text(WORDS)
+    cfg = load_config(None, ["data.source=parquet", f"data.path={root / 'records'}", "annotate.annotator=torchvision",
+                             f"annotate.weights={root / 'detector.pt'}", f"annotate.architecture={ARCH}",
+                             "annotate.image_size=160", f"annotate.vocabulary={root / 'words.txt'}",
+                             f"annotate.batch_size={BATCH}", "annotate.replicas=2", "annotate.cpus_per_replica=0.5"],
+                      str(root / "runs"))
+    return cfg, model
+
+
+def _run(ctx) -> dict:
+    digests, timings = {}, {}
+    for stage in stages()[:2]:
+        _run_stage(ctx, stage, digests, timings)
+    return storage.read_json(ctx.stage_dir("annotate", "_COMPLETE.json"))
+
+
+def _oracle(model) -> list[list[tuple]]:
+    """Per record (in id order), its kept (score, object, box): the model on each shard's batches."""
+    vocabulary, th = parse(WORDS, "oracle"), load_config(None, []).annotate
+    from study.annotate.detections import Thresholds
+
+    kept = []
+    for sizes, first in zip(SHARDS, np.cumsum([0] + [len(s) for s in SHARDS])):
+        images = [Image.open(io.BytesIO(_png(first + j, size))).convert("RGB") for j, size in enumerate(sizes)]
+        for b in range(0, len(images), BATCH):
+            kept += _by_hand(model, images[b:b + BATCH], vocabulary, Thresholds(th.score, th.nms_iou, th.max_per_image))
+    return kept
+
+
+def test_the_stage_writes_what_the_model_and_the_thresholds_give(setup, capsys):
+    cfg, model = setup
+    ctx = RunContext.create(cfg)
+    summary = _run(ctx)["summary"]
+    out = capsys.readouterr().out
+    assert "annotating 3 of 3 record shards with torchvision" in out
+    names = parse(WORDS, "test").names
+    want = _oracle(model)
+    assert sum(len(w) for w in want) >= 3 and len({k[1] for w in want for k in w}) >= 2  # a case with content
+    side = pq.read_table(ctx.annotations).sort_by("key")
+    annotated = records.dataset(ctx.data_root).to_table().sort_by("id")
+    assert ctx.data_root == ctx.annotated_root and annotated.num_rows == len(GIVEN)
+    order = sorted(range(len(GIVEN)), key=lambda i: f"r{i}")
+    for row, rec, i in zip(side.to_pylist(), annotated.to_pylist(), order):
+        kept = want[i]
+        assert row["key"] == rec["id"] == f"r{i}"
+        assert row["objects"] == sorted({names[k[1]] for k in kept}) == rec["objects"]
+        np.testing.assert_allclose(row["scores"], [k[0] for k in kept], atol=1e-4)
+        got = np.array([[b["x0"], b["y0"], b["x1"], b["y1"]] for b in row["boxes"]]).reshape(-1, 4)
+        np.testing.assert_allclose(got, np.array([k[2] for k in kept]).reshape(-1, 4), atol=1e-2)
+        assert [b["label"] for b in row["boxes"]] == [k[1] for k in kept] == [b["label"] for b in rec["boxes"]]
+        areas = [(b[2] - b[0]) * (b[3] - b[1]) for b in got]
+        assert rec["label"] == (kept[int(np.argmax(areas))][1] if kept else None)  # the largest box's object
+        assert rec["image"] == _png(i, [s for sh in SHARDS for s in sh][i])  # the image itself unchanged
+    # Counts, and the agreement with the input's own objects worked out here.
+    assert summary["images"] == len(GIVEN) and summary["shards"] == 3
+    assert summary["with_objects"] == sum(bool(w) for w in want)
+    tp = fp = fn = 0
+    for i, given in enumerate(GIVEN):
+        if given is None:
+            continue
+        theirs = {names[parse(WORDS, "t").canonical(g)] for g in given if parse(WORDS, "t").canonical(g) is not None}
+        found = {names[k[1]] for k in want[i]}
+        tp, fp, fn = tp + len(found & theirs), fp + len(found - theirs), fn + len(theirs - found)
+    quality = summary["quality"]
+    assert (quality["images"], quality["tp"], quality["fp"], quality["fn"]) == (6, tp, fp, fn)
+    assert quality["outside_vocabulary"] == {"dog": 1, "tv": 1}
+    assert quality["per_object"]["unicorn"]["recall"] == 0.0  # no detector knows unicorns
+
+
+def test_a_stopped_stage_resumes_with_the_shards_it_had_not_finished(setup, capsys):
+    cfg, _ = setup
+    ctx = RunContext.create(cfg)
+    _run(ctx)
+    before = pq.read_table(ctx.annotations).sort_by("key")
+    counts = sorted(storage.list_files(ctx.stage_dir("annotate", "counts")))
+    storage.remove(ctx.stage_dir("annotate", "_COMPLETE.json"))  # stopped after two of three shards
+    storage.remove(counts[1])
+    capsys.readouterr()
+    summary = _run(ctx)["summary"]
+    out = capsys.readouterr().out
+    assert "annotating 1 of 3 record shards" in out and "2 done by an earlier attempt" in out
+    assert summary["shards_annotated"] == 1 and summary["images"] == len(GIVEN)
+    assert pq.read_table(ctx.annotations).sort_by("key").equals(before)
