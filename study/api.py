@@ -92,8 +92,8 @@ def run(config: StudyConfig | str | os.PathLike, overrides: Iterable[str] = (), 
         config: a config object, or the path of a YAML config.
         overrides: ``"key=value"`` strings applied to the config (with a path only).
         output: the output root, instead of the config's ``output``.
-        until: stop after this stage (``data``, ``splits``, ``train``, ``embed``, ``search``,
-            ``measure``); None runs every stage through ``report``.
+        until: stop after this stage (``data``, ``annotate``, ``splits``, ``train``, ``embed``,
+            ``search``, ``measure``); None runs every stage through ``report``.
 
     Returns:
         The report, or None when ``until`` stopped before the report stage.
@@ -118,6 +118,30 @@ def run(config: StudyConfig | str | os.PathLike, overrides: Iterable[str] = (), 
     if until is not None and until != "report":
         return None
     return open_report(ctx.report_json)
+
+
+def annotate(config: str | os.PathLike | None, uri: str, source: str, overrides: Iterable[str] = (),
+             output: str | None = None) -> dict:
+    """Annotate an input on its own: the data and annotate stages of ``config`` over ``uri``
+    (read as ``source``), whose side table other studies can read as ``data.objects``.
+
+    Returns:
+        The annotate stage's summary (``side_table`` is where the side table is), with ``run_dir``.
+    """
+    import json
+
+    from study import console
+    from study.frame.context import RunContext, read_marker
+    from study.frame.runner import run_study
+
+    if not console.configured():
+        console.configure()
+    # JSON-quoted: the URI and source are taken as they are, never read as YAML
+    cfg = load_config(config, [*overrides, f"data.source={json.dumps(source)}", f"data.path={json.dumps(uri)}"], output)
+    if not cfg.annotate.on:
+        raise StudyError("data annotate: the config names no annotator; set annotate.annotator and annotate.weights")
+    ctx = run_study(cfg, until="annotate")
+    return {**read_marker(RunContext.create(cfg).stage_dir("annotate"))["summary"], "run_dir": ctx.run_dir}
 
 
 def open_report(uri: str) -> Report:

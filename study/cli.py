@@ -4,7 +4,8 @@
 (img2dataset's tar and Parquet output, COCO, VOC class folders) at any scale, without
 downloading anything,
 ``dejavu data inspect`` prints what a study would get from an input (nothing is written but the
-optional page).
+optional page); ``dejavu data annotate`` runs a config's annotator over an input and says where its
+side table is.
 
 A StudyError (bad config, missing input) prints as one ``error:`` line with exit status 2;
 anything else is a bug and keeps its traceback.
@@ -56,6 +57,13 @@ def _parser() -> argparse.ArgumentParser:
     inspect.add_argument("--sample", type=int, default=24, help="records in the page's montage (default 24)")
     inspect.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                          help="a data.*, embed.crop.* or ray.* setting, e.g. --set data.objects=URI")
+    annotate = data.add_parser("annotate", help="annotate an input with a detector or tagger: its objects side table")
+    annotate.add_argument("uri", help="the input: a local directory or any fsspec URI (s3://bucket/prefix)")
+    annotate.add_argument("--config", help="a study config whose annotate section names the annotator")
+    annotate.add_argument("--source", default="webdataset", help="how to read it: a data.source (default webdataset)")
+    annotate.add_argument("--output", help="output root (default: the config's output)")
+    annotate.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                          help="a config setting, e.g. --set annotate.score=0.3")
     return p
 
 
@@ -172,8 +180,20 @@ def _data_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _data_annotate(args: argparse.Namespace) -> int:
+    from study import api
+    from study.report.annotation_html import annotation_lines
+
+    summary = api.annotate(args.config, args.uri, args.source, args.overrides, args.output)
+    for line in annotation_lines({"annotation": summary}):
+        print(line)
+    print(f"side table: {summary['side_table']} (a study over the same images reads it with "
+          f"--set data.objects={shlex.quote(summary['side_table'])})")
+    return 0
+
+
 def _data(args: argparse.Namespace) -> int:
-    return {"synth": _data_synth, "inspect": _data_inspect}[args.data_command](args)
+    return {"synth": _data_synth, "inspect": _data_inspect, "annotate": _data_annotate}[args.data_command](args)
 
 
 def main(argv: list[str] | None = None) -> int:

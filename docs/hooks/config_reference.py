@@ -32,6 +32,7 @@ SEE_ALSO = {
     "data.coco": "inputs.md#coco-style-annotations",
     "data.voc": "inputs.md#imagenet-style-class-folders-with-pascal-voc-boxes",
     "data.hf": "inputs.md#hugging-face-datasets",
+    "annotate": "annotation.md",
     "splits": "../concepts/index.md#splits",
     "splits.near_duplicates": "inputs.md#splits-that-match-the-papers",
     "model": "training.md#methods-and-backbones",

@@ -30,6 +30,7 @@ from study.data import records
 from study.frame.context import RunContext
 
 STARTED = "_started.json"  # the hash of the attempt whose files the stage folder holds
+ANNOTATED_SHOWN = 12  # annotated images in the report's gallery
 
 
 class ShardWorker:
@@ -146,3 +147,26 @@ def summarise(ctx: RunContext, total: dict, shards: int, annotated: int, vocabul
                         + (f"; against the input's objects: precision {summary['quality']['precision']:.3f}, "
                            f"recall {summary['quality']['recall']:.3f}" if total["compared"] else ""))
     return summary
+
+
+def annotated_figures(ctx: RunContext, n: int) -> list[str]:
+    """The first ``n`` annotated images with objects, their boxes drawn with the objects' names."""
+    import pyarrow.dataset as pads
+
+    from study.annotate.vocabulary import load_vocabulary
+    from study.stages.data_inspect import figure
+
+    fs, paths = storage.arrow_fs_paths(sorted(storage.list_files(ctx.annotations)))
+    rows = []
+    for batch in pads.dataset(paths, filesystem=fs, format="parquet").to_batches():
+        rows += [r for r in batch.to_pylist() if r["objects"]][: n - len(rows)]
+        if len(rows) >= n:
+            break
+    if not rows:
+        return []
+    names = load_vocabulary(ctx.cfg.annotate.vocabulary).names
+    found = {r["id"]: r for r in records.read_records(ctx.ingested_root, [r["key"] for r in rows],
+                                                      ["id", "image", "caption"]).to_pylist()}
+    return [figure({**found[r["key"]], "objects": r["objects"], "label": None,
+                    "boxes": [{**b, "label": f"{names[b['label']]} {s:.2f}"} for b, s in zip(r["boxes"], r["scores"])]})
+            for r in rows if r["key"] in found]

@@ -124,7 +124,8 @@ def thumbnail(row: dict) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
-def _figure(row: dict) -> str:
+def figure(row: dict) -> str:
+    """A record's thumbnail (boxes drawn) with its id, label, objects and caption."""
     img = f'<img src="{thumbnail(row)}" alt="{html.escape(str(row["id"]))}">'  # ok records decode (read status)
     caption = html.escape(row.get("caption") or "(no caption)")
     label = "-" if row.get("label") is None else row["label"]
@@ -143,7 +144,7 @@ def render_html(summary: dict, rows: list[dict], title: str) -> str:
                      f"<h3>{html.escape(t)}</h3>"
                      f"{table(['', 'value'], [[html.escape(str(k)), html.escape(str(v))] for k, v in rs])}</div>"
                      for t, rs in sections(summary))
-    montage = "".join(_figure(r) for r in rows) or "<p>No usable record to show.</p>"
+    montage = "".join(figure(r) for r in rows) or "<p>No usable record to show.</p>"
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>inspect: {html.escape(title)}</title>
 <style>{STYLE}</style></head><body>
 <h1>Input inspection: {html.escape(title)}</h1>

@@ -14,7 +14,9 @@ from study import storage
 from study.config_load import config_to_dict
 from study.frame.context import STAGE_NAMES, RunContext, read_marker
 from study.frame.kinds import get_kind
+from study.report.annotation_html import annotation_section
 from study.report.calibration_html import calibration_section
+from study.stages.annotate import ANNOTATED_SHOWN, annotated_figures
 from study.report.page import render_page
 
 PACKAGES = ("dejavu-study", "torch", "torchvision", "ray", "numpy", "pyarrow", "lightly", "open_clip_torch")
@@ -100,6 +102,8 @@ def build_report(ctx: RunContext) -> dict:
         "splits": storage.read_json(ctx.manifest),
     }
     report["quarantine"] = quarantine_summary(ctx, report["splits"])
+    if cfg.annotate.on:  # the ground truth's own origin, beside the numbers it makes
+        report["annotation"] = (read_marker(ctx.stage_dir("annotate")) or {}).get("summary")
     if cfg.sweep or cfg.repeats > 1:
         from study.core.calibration import calibrate, calibrated_headline
         from study.report.summary import one_model_headlines
@@ -141,7 +145,9 @@ def run_report(ctx: RunContext) -> dict:
     report = build_report(ctx)
     # The gallery shows the records of the first (or only) setting, whose numbers top the report.
     _, gallery_ctx = (list(ctx.settings) or [("", ctx)])[0]
-    page = render_page(report, kind.html(report, kind.gallery(gallery_ctx, report)) + calibration_section(report))
+    figures = annotated_figures(ctx, ANNOTATED_SHOWN) if report.get("annotation") else []
+    page = render_page(report, kind.html(report, kind.gallery(gallery_ctx, report)) + calibration_section(report)
+                       + annotation_section(report, figures))
     storage.write_bytes(ctx.report_html, page.encode())
     storage.write_json(ctx.report_json, report)
     ctx.log("report", f"wrote {ctx.report_json} and report.html")
