@@ -1,12 +1,14 @@
 """Annotation: the annotate stage (Ray Data actor pool) vs a bare loop of the same detector, one run.
 
     python benchmarks/annotate_bench.py [--images 120] [--cpus N] [--batch 4] [--image-size 320] [--shards 8]
+        [--annotator torchvision|transformers]
 
 Records: ``--images`` crops of the shipped photographs (``study.data.photos``) at several sizes and
 aspect ratios (192-480 px on a side) as JPEG bytes in ``--shards`` record-schema Parquet shards. Model:
 torchvision's Faster R-CNN ResNet-50 FPN (41 M parameters; random weights, its classifier scaled
 so that it finds objects above the 0.5 threshold), resized to ``--image-size`` px (its shorter
-side), over the COCO vocabulary. Both sides read the shards, decode the JPEG and run the detector
+side), over the COCO vocabulary; or, with ``--annotator transformers``, OWL-ViT base (patch 32,
+768 px; random weights) over the COCO vocabulary's 80 names. Both sides read the shards, decode the JPEG and run the detector
 in batches of ``--batch`` with the published thresholds:
 
 * bare: one process, ``--cpus`` torch threads, the annotator called batch after batch;
@@ -34,7 +36,7 @@ import torch
 from PIL import Image
 
 from study import storage
-from study.annotate.annotators import TorchvisionDetector
+from study.annotate.annotators import TorchvisionDetector, TransformersDetector
 from study.annotate.detections import Thresholds
 from study.annotate.vocabulary import coco
 from study.data import records
@@ -72,6 +74,23 @@ def detector_weights(path: str) -> None:
     torch.save(model.state_dict(), path)
 
 
+def owl_folder(folder: str) -> None:
+    """OWL-ViT base (patch 32, 768 px: its library's default config) with random weights, saved
+    with its processor (CLIP's tokenizer from open_clip's vocabulary: nothing is downloaded)."""
+    import pathlib
+    import sys
+
+    import transformers as tf
+
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))
+    from test_hf_detectors import clip_tokenizer
+
+    torch.manual_seed(0)
+    tf.OwlViTForObjectDetection(tf.OwlViTConfig()).eval().save_pretrained(folder)
+    tf.OwlViTProcessor(image_processor=tf.OwlViTImageProcessor(),
+                       tokenizer=clip_tokenizer(pathlib.Path(folder))).save_pretrained(folder)
+
+
 def bare_loop(shards: list[str], annotator, batch: int) -> tuple[dict, float]:
     """Objects by id and seconds: read, decode, detect, keep, in this process."""
     out, start = {}, time.perf_counter()
@@ -90,6 +109,8 @@ def main(argv=None) -> None:
     p.add_argument("--batch", type=int, default=4, help="annotate.batch_size, and the bare loop's")
     p.add_argument("--image-size", type=int, default=320, help="the detector's resize (shorter side, px)")
     p.add_argument("--shards", type=int, default=8)
+    p.add_argument("--annotator", default="torchvision", choices=["torchvision", "transformers"],
+                   help="torchvision's Faster R-CNN, or OWL-ViT base at 768 px (its default config) through transformers")
     args = p.parse_args(argv)
     import ray
 
@@ -100,18 +121,24 @@ def main(argv=None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         data, weights = storage.join(tmp, "records"), storage.join(tmp, "detector.pt")
         write_records(data, args.images, args.shards)
-        detector_weights(weights)
+        if args.annotator == "transformers":
+            weights = storage.join(tmp, "owlvit")
+            owl_folder(weights)
+        else:
+            detector_weights(weights)
         shards = records.shard_uris(data)
         half = len(shards) // 2 or 1
         logging.getLogger("ray.data").setLevel(logging.WARNING)
         ray.init(num_cpus=args.cpus, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
         ray.data.DataContext.get_current().enable_progress_bars = False
         torch.set_num_threads(args.cpus)
-        annotator = TorchvisionDetector(weights, coco(), Thresholds(), ARCH, args.image_size)
+        annotator = TransformersDetector(weights, coco(), Thresholds()) if args.annotator == "transformers" else \
+            TorchvisionDetector(weights, coco(), Thresholds(), ARCH, args.image_size)
 
         bare, t_bare = bare_loop(shards[:half], annotator, args.batch)
-        cfg = load_config(None, ["data.source=parquet", f"data.path={data}", "annotate.annotator=torchvision",
-                                 f"annotate.weights={weights}", f"annotate.architecture={ARCH}",
+        cfg = load_config(None, ["data.source=parquet", f"data.path={data}", f"annotate.annotator={args.annotator}",
+                                 f"annotate.weights={weights}",
+                                 f"annotate.architecture={ARCH if args.annotator == 'torchvision' else ''}",
                                  f"annotate.image_size={args.image_size}", f"annotate.batch_size={args.batch}",
                                  f"annotate.cpus_per_replica={args.cpus}"], storage.join(tmp, "runs"))
         run_study(cfg, until="annotate")
@@ -128,10 +155,12 @@ def main(argv=None) -> None:
         ray.shutdown()
 
     bare_s, stage_s = args.images / t_bare, args.images / t_stage
-    result = {"images": args.images, "image_size": args.image_size, "batch": args.batch, "cpus": args.cpus,
-              "model": ARCH, "bare_images_s": round(bare_s, 3), "stage_images_s": round(stage_s, 3),
+    model = ARCH if args.annotator == "torchvision" else "owlvit-base-patch32 (768 px)"
+    size = args.image_size if args.annotator == "torchvision" else 768
+    result = {"images": args.images, "image_size": size, "batch": args.batch, "cpus": args.cpus,
+              "model": model, "bare_images_s": round(bare_s, 3), "stage_images_s": round(stage_s, 3),
               "ratio": round(stage_s / bare_s, 3), "objects_found": found, "images_whose_objects_differ": differ}
-    print(f"\n{ARCH} (random weights) at {args.image_size} px, {args.images} photographs of 192-480 px, batch "
+    print(f"\n{model} (random weights) at {size} px, {args.images} photographs of 192-480 px, batch "
           f"{args.batch}, {args.cpus} CPUs")
     print(f"bare loop   {bare_s:8.3f} images/s   ({args.cpus} torch threads)")
     print(f"stage       {stage_s:8.3f} images/s   (one replica of {args.cpus} CPUs; its start and the writes included)")

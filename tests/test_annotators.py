@@ -168,6 +168,9 @@ def test_an_open_clip_tagger_gives_the_zero_shot_tags_written_out(clip_weights, 
     images = _images()
     want = _tags_by_hand(model, images, vocabulary, templates, th, max_tags)
     got = tagger(images)
+    assert tagger.to("cpu") is tagger and tagger.text.device.type == "cpu"  # a replica's move (to a GPU where one is)
+    again = tagger(images)
+    assert [d.objects.tolist() for d in again] == [d.objects.tolist() for d in got]
     assert sum(len(w) for w in want) >= 2  # the case has tags to compare
     for det, tags in zip(got, want):
         assert det.boxes is None and det.objects.tolist() == [o for o, _ in tags]

@@ -16,6 +16,9 @@ over a vocabulary, boxes in the pixels of the image it was given.
   the score threshold are its tags. Tags have no boxes. The model's preprocessing (image size,
   mean and std) and tokenizer come from its config.
 
+* ``transformers``: open-vocabulary detection with OWL-ViT or OWLv2 through Hugging Face
+  transformers (``hf_detectors``).
+
 Each annotator has a ``fingerprint`` (a hash of its weights file, its kind and architecture), for
 the annotate stage's hash.
 """
@@ -29,6 +32,8 @@ import numpy as np
 
 from study import storage
 from study.annotate.detections import Detections, Thresholds, keep
+from study.annotate.hf_detectors import TransformersDetector
+from study.annotate.on_device import OnDevice
 from study.annotate.vocabulary import Vocabulary
 from study.errors import ConfigError, DataError
 
@@ -72,7 +77,7 @@ def load_strict(model, state: dict, what: str, uri: str) -> None:
     model.load_state_dict(state)
 
 
-class TorchvisionDetector:
+class TorchvisionDetector(OnDevice):
     """A torchvision COCO detector over a vocabulary; ``image_size`` is its resize's shorter side."""
 
     boxes = True  # it finds boxes (a tagger finds image-level tags only)
@@ -108,7 +113,8 @@ class TorchvisionDetector:
 
         tensors = [pil_to_tensor(im.convert("RGB")).float() / 255.0 for im in images]
         with torch.no_grad():
-            outputs = self.model(tensors) if tensors else []
+            outputs = self.model([t.to(self.device) for t in tensors]) if tensors else []
+            outputs = [{k: v.cpu() for k, v in out.items()} for out in outputs]
         found = []
         for out in outputs:
             objects = self.to_object[out["labels"].numpy()]
@@ -118,10 +124,11 @@ class TorchvisionDetector:
         return found
 
 
-class OpenClipTagger:
+class OpenClipTagger(OnDevice):
     """Zero-shot image tags over a vocabulary with an open_clip model (the module's ``open_clip``)."""
 
     boxes = False
+    moved = ("text",)
 
     def __init__(self, weights: str, vocabulary: Vocabulary, thresholds: Thresholds, architecture: str,
                  templates: Sequence[str] = ("a photo of a {}.",), max_tags: int = 5):
@@ -168,9 +175,10 @@ class OpenClipTagger:
         if not images:
             return []
         with torch.no_grad():
-            feats = self.model.encode_image(torch.stack([self.preprocess(im.convert("RGB")) for im in images]))
+            pixels = torch.stack([self.preprocess(im.convert("RGB")) for im in images]).to(self.device)
+            feats = self.model.encode_image(pixels)
             feats = feats / feats.norm(dim=-1, keepdim=True)
-            probs = (self.model.logit_scale.exp() * feats @ self.text.T).softmax(dim=-1).numpy()
+            probs = (self.model.logit_scale.exp() * feats @ self.text.T).softmax(dim=-1).cpu().numpy()
         found = []
         for p in probs:
             best = np.full(int(self.query_object.max()) + 1, -1.0)
@@ -181,7 +189,7 @@ class OpenClipTagger:
         return found
 
 
-ANNOTATORS = {"torchvision": TorchvisionDetector, "open_clip": OpenClipTagger}
+ANNOTATORS = {"torchvision": TorchvisionDetector, "open_clip": OpenClipTagger, "transformers": TransformersDetector}
 
 
 def build(cfg, vocabulary: Vocabulary):

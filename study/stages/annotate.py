@@ -44,6 +44,8 @@ class ShardWorker:
         torch.set_num_threads(threads)
         self.cfg, self.vocabulary = cfg, load_vocabulary(cfg.vocabulary)
         self.annotator = build(cfg, self.vocabulary)
+        if cfg.gpus_per_replica > 0 and torch.cuda.is_available():  # the GPU Ray gave this replica
+            self.annotator.to("cuda")
 
     def __call__(self, batch: dict) -> dict:
         from study.annotate.shards import annotate_shard
@@ -110,7 +112,9 @@ def _annotate(ctx: RunContext, todo: list[dict], shards: int) -> None:
         fn_constructor_kwargs={"cfg": cfg, "threads": max(1, int(cfg.cpus_per_replica))},
         batch_size=1,
         batch_format="numpy",
-        concurrency=min(cfg.replicas, len(todo)),
+        # From one replica up to ``replicas`` as Ray Data's budget allows: a fixed pool larger than
+        # what the nodes hold once it starts would wait without an error.
+        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=min(cfg.replicas, len(todo))),
         num_cpus=cfg.cpus_per_replica,
         num_gpus=cfg.gpus_per_replica,
     )
