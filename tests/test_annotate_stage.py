@@ -133,3 +133,56 @@ def test_a_stopped_stage_resumes_with_the_shards_it_had_not_finished(setup, caps
     assert "annotating 1 of 3 record shards" in out and "2 done by an earlier attempt" in out
     assert summary["shards_annotated"] == 1 and summary["images"] == len(GIVEN)
     assert pq.read_table(ctx.annotations).sort_by("key").equals(before)
+
+
+def test_crop_tags_are_what_the_model_finds_in_each_crop_without_the_foreground(setup):
+    """With annotate.crop_tags the annotator also runs on each record's attacked crop (the embed
+    stage's rule on the annotated boxes and label), in the same batches; the label's object is
+    masked out; the one-model SSL test's naive-Bayes predictor reads them by default."""
+    from study.annotate.detections import Thresholds
+    from study.embed.views import crop_for
+    from study.kinds.ssl_dejavu.one_model import _tags
+
+    base, model = setup
+    cfg = load_config(None, [*(f"{k}={v}" for k, v in _flat(base)), "annotate.crop_tags=true",
+                             "embed.crop.min_side=4"], base.output)
+    assert cfg.measure.one_model_tagger == "crop_tags"  # the default once an annotator tags the crops
+    ctx = RunContext.create(cfg)
+    digests, timings = {}, {}
+    for stage in stages()[:2]:  # data, annotate
+        _run_stage(ctx, stage, digests, timings)
+    names, th = parse(WORDS, "test").names, Thresholds()
+    side = {r["key"]: r for r in pq.read_table(ctx.annotations).to_pylist()}
+    sizes, first, want, masked = [s for sh in SHARDS for s in sh], 0, {}, 0
+    for shard in SHARDS:
+        for b in range(0, len(shard), BATCH):
+            ids = [f"r{first + b + j}" for j in range(len(shard[b:b + BATCH]))]
+            rects = {}
+            for i in ids:
+                r = side[i]
+                boxes = [(x["x0"], x["y0"], x["x1"], x["y1"]) for x in r["boxes"]]
+                rect, _ = crop_for(*sizes[int(i[1:])], boxes, r["label"], cfg.embed.crop)
+                if rect is not None:
+                    rects[i] = rect
+            crops = [Image.open(io.BytesIO(_png(int(i[1:]), sizes[int(i[1:])]))).convert("RGB").crop(rects[i]) for i in rects]
+            for i, kept in zip(rects, _by_hand(model, crops, parse(WORDS, "test"), th) if crops else []):
+                want[i] = sorted({names[k[1]] for k in kept} - {names[side[i]["label"]]})
+                masked += names[side[i]["label"]] in {names[k[1]] for k in kept}
+        first += len(shard)
+    got = {i: r["crop_tags"] for i, r in side.items() if r["crop_tags"] is not None}
+    assert got == want and len(got) >= 3 and any(got.values())  # crops, some with tags
+    assert masked >= 1  # the model found a crop's foreground object, and it is not among the tags
+    assert all(names[side[i]["label"]] not in tags for i, tags in got.items())
+    ids = sorted(side)
+    assert _tags(ctx, ids) == [side[i]["crop_tags"] or [] for i in ids]  # what the predictor reads
+    assert storage.read_json(ctx.stage_dir("annotate", "_COMPLETE.json"))["summary"]["crop_tags"]["records_with_a_crop"] == len(got)
+
+
+def _flat(cfg) -> list[tuple[str, object]]:
+    """The settings the fixture's config was made with, as key=value pairs."""
+    a = cfg.annotate
+    return [("data.source", "parquet"), ("data.path", cfg.data.path), ("annotate.annotator", a.annotator),
+            ("annotate.weights", a.weights), ("annotate.architecture", a.architecture),
+            ("annotate.image_size", a.image_size), ("annotate.vocabulary", a.vocabulary),
+            ("annotate.batch_size", a.batch_size), ("annotate.replicas", a.replicas),
+            ("annotate.cpus_per_replica", a.cpus_per_replica)]

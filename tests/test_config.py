@@ -267,6 +267,7 @@ def test_every_shipped_study_config_loads_and_passes_its_kinds_checks():
 
 
 COCO = ["data.source=coco", "data.path=/data/images", "data.coco.instances=/data/instances.json"]
+ANNOTATOR = ["annotate.annotator=torchvision", "annotate.weights=/models/detector.pt"]
 
 
 @pytest.mark.parametrize("study, source, tagger", [
@@ -274,6 +275,9 @@ COCO = ["data.source=coco", "data.path=/data/images", "data.coco.instances=/data
     ("ssl_dejavu", COCO, ""),  # a COCO caption names the foreground: the one-model tagger is off
     ("ssl_dejavu", ["data.source=img2dataset", "data.path=/data/shards"], ""),
     ("vlm_dejavu", COCO, "synthetic_background"),  # a kind that never reads it keeps its old value
+    # An annotator that tags the crops: their tags, on any source.
+    ("ssl_dejavu", [*COCO, *ANNOTATOR, "annotate.crop_tags=true"], "crop_tags"),
+    ("ssl_dejavu", [*COCO, *ANNOTATOR], ""),
 ])
 def test_the_one_model_tagger_defaults_by_source(study, source, tagger):
     cfg = load_config(None, [f"study={study}", *source])
@@ -290,6 +294,16 @@ def test_an_explicit_tagger_is_kept_and_auto_hashes_as_it_resolves():
     named = load_config(os.path.join(ROOT, "configs/quickstart.yaml"), ["measure.one_model_tagger=synthetic_background"])
     assert config_hash(auto.measure) == config_hash(named.measure)
     assert dataclasses.replace(auto, name="again").measure == auto.measure
+
+
+def test_crop_tags_need_an_annotator_that_makes_them():
+    from study.frame.kinds import get_kind
+
+    with pytest.raises(ConfigError, match="crop_tags are what an annotator finds in the crops; set annotate.annotator "
+                                          "and annotate.crop_tags: true"):
+        get_kind("ssl_dejavu").check(load_config(None, [*COCO, "measure.one_model_tagger=crop_tags"]))
+    with pytest.raises(ConfigError, match="annotate.weights: is required with an annotator"):
+        load_config(None, ["annotate.annotator=torchvision"])
 
 
 def test_the_report_says_why_there_is_no_one_model_test():

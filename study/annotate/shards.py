@@ -7,7 +7,9 @@ annotated again when the stage resumes:
 * its side-table file: ``key`` (the record id), ``objects``, ``boxes``, ``scores``, ``label`` (``detections.side_row``;
   the ``data.objects`` side table's columns, so another study over the same images can read it);
 * with ``records``, the same records with the annotator's ``objects`` and ``boxes`` (and ``label``
-  unless the label rule is ``none``) in place of the input's.
+  unless the label rule is ``none``) in place of the input's;
+* with crop tags (``crop_tags``), both get a ``crop_tags`` column: what the annotator finds in each
+  record's attacked crop, its foreground masked out.
 
 The counts (``tally``) are what the driver holds: images, objects per image, how many images show
 each object, and where the input has objects of its own, the image-level agreement per object
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import io
 from collections import Counter
+from dataclasses import dataclass
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -34,24 +37,52 @@ SIDE_SCHEMA = pa.schema([("key", pa.string()), ("objects", pa.list_(pa.string())
                          ("scores", pa.list_(pa.float32())), ("label", pa.int32())])
 
 
+@dataclass(frozen=True)
+class ShardOptions:
+    """How a shard is annotated: images per forward pass, the label rule, whether the records take
+    the annotator's objects (``replace``), and with ``crop`` (the embed stage's crop rule) the tags
+    of each record's crop (``crop_tags``), the foreground named by ``label_names`` where the
+    records keep the input's labels."""
+
+    batch_size: int
+    label_rule: str
+    replace: bool
+    crop: object = None
+    label_names: tuple[str, ...] = ()
+
+    @property
+    def records(self) -> bool:
+        return self.replace or self.crop is not None
+
+
 def annotate_shard(annotator, vocabulary: Vocabulary, src: str, side: str, records: str | None,
-                   batch_size: int, label_rule: str) -> dict:
+                   opts: ShardOptions) -> dict:
     """Annotate the record shard ``src`` into ``side`` (and ``records``); its counts."""
+    from study.annotate.crop_tags import COLUMN, TYPE, crop_tags, foreground_of
+
     counts = empty_counts()
+    side_schema, rec_schema = (SIDE_SCHEMA.append(pa.field(COLUMN, TYPE)), RECORD_SCHEMA.append(pa.field(COLUMN, TYPE))) \
+        if opts.crop is not None else (SIDE_SCHEMA, RECORD_SCHEMA)
+    foreground = foreground_of(vocabulary, opts.replace, opts.label_names)
     with storage.open_read(src) as fh, storage.open_atomic(side) as side_fh, \
             (storage.open_atomic(records) if records else _Nothing()) as rec_fh:
-        side_out = pq.ParquetWriter(side_fh, SIDE_SCHEMA)
-        rec_out = pq.ParquetWriter(rec_fh, RECORD_SCHEMA) if records else None
-        for batch in pq.ParquetFile(fh).iter_batches(batch_size=batch_size):
+        side_out = pq.ParquetWriter(side_fh, side_schema)
+        rec_out = pq.ParquetWriter(rec_fh, rec_schema) if records else None
+        for batch in pq.ParquetFile(fh).iter_batches(batch_size=opts.batch_size):
             table = to_record_schema(pa.Table.from_batches([batch]))
             images = [Image.open(io.BytesIO(b)).convert("RGB") for b in table.column("image").to_pylist()]
-            rows = [side_row(i, d, vocabulary.names, label_rule)
+            rows = [side_row(i, d, vocabulary.names, opts.label_rule)
                     for i, d in zip(table.column("id").to_pylist(), annotator(images))]
             side_table = pa.Table.from_pylist(rows, schema=SIDE_SCHEMA)
-            side_out.write_table(side_table)
             tally(counts, rows, table.column("objects").to_pylist(), vocabulary)
+            out = _with_annotations(table, side_table, opts.label_rule) if opts.replace else table
+            if opts.crop is not None:
+                tags = crop_tags(annotator, images, out, vocabulary, opts.crop, foreground)
+                side_table, out = side_table.append_column(COLUMN, tags), out.append_column(COLUMN, tags)
+                counts["cropped"] += sum(t is not None for t in tags.to_pylist())
+            side_out.write_table(side_table)
             if rec_out is not None:
-                rec_out.write_table(_with_annotations(table, side_table, label_rule))
+                rec_out.write_table(out)
         side_out.close()
         if rec_out is not None:
             rec_out.close()
@@ -75,7 +106,7 @@ def _with_annotations(table: pa.Table, side: pa.Table, label_rule: str) -> pa.Ta
 
 # -- counts -------------------------------------------------------------------------------------
 def empty_counts() -> dict:
-    return {"images": 0, "with_objects": 0, "per_image": Counter(), "objects": Counter(),
+    return {"images": 0, "with_objects": 0, "cropped": 0, "per_image": Counter(), "objects": Counter(),
             "compared": 0, "tp": Counter(), "fp": Counter(), "fn": Counter(), "outside": Counter()}
 
 

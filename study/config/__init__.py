@@ -61,8 +61,11 @@ def _tagger_for(cfg: "StudyConfig") -> str:
     """What ``measure.one_model_tagger: auto`` means: the synthetic generator's captions name the
     crop's background, so its tagger reads them; other sources' captions name the foreground (the
     one-model predictor would see the label it is asked to predict), so the naive-Bayes predictor
-    is off. The study kinds that never read the tagger keep the value it had before "auto" existed,
+    is off, unless an annotator tags the crops (``annotate.crop_tags``): then their tags. The study
+    kinds that never read the tagger keep the value it had before "auto" existed,
     so their runs keep their ids."""
+    if cfg.annotate.on and cfg.annotate.crop_tags and cfg.study == "ssl_dejavu":
+        return "crop_tags"
     if cfg.data.source == "synthetic" or cfg.study != "ssl_dejavu":
         return "synthetic_background"
     return ""

@@ -38,6 +38,9 @@ class AnnotateConfig:
     max_tags: int = 5  # a tagger's most tags per image
     label_rule: str = "largest"  # each record's label from its boxes (``none``: the input's label stays)
     ground_truth: str = "annotator"
+    # Tags of each record's attacked crop (embed.crop's rule), its foreground masked out: the one-model
+    # SSL test's naive-Bayes predictor reads them (measure.one_model_tagger: crop_tags, its default then).
+    crop_tags: bool = False
     batch_size: int = 8  # images per forward pass
     replicas: int = 1
     cpus_per_replica: float = 1.0
@@ -69,3 +72,9 @@ class AnnotateConfig:
     def replaces(self) -> bool:
         """Whether the study reads the annotator's objects (else the input's own)."""
         return self.on and self.ground_truth == "annotator"
+
+    @property
+    def writes_records(self) -> bool:
+        """Whether the stage writes the records again (with the annotator's objects, or crop tags),
+        which the later stages then read."""
+        return self.replaces or (self.on and self.crop_tags)

@@ -90,8 +90,8 @@ class RunContext:
     @property
     def data_root(self) -> str:
         """The record shards every stage after ``data`` (and ``annotate``) reads: with an annotator
-        whose objects are the ground truth, the annotate stage's; else the data stage's."""
-        return self.annotated_root if self.cfg.annotate.replaces else self.ingested_root
+        whose objects are the ground truth (or crop tags), the annotate stage's; else the data stage's."""
+        return self.annotated_root if self.cfg.annotate.writes_records else self.ingested_root
 
     @property
     def ingested_root(self) -> str:

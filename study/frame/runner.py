@@ -84,7 +84,8 @@ def stages() -> list[Stage]:
 
     return [
         Stage("data", lambda c: (c.data, _inputs(c)), (), run_data, needs_ray=True),
-        Stage("annotate", lambda c: (c.annotate, _annotator_files(c)), ("data",), run_annotate, needs_ray=True,
+        Stage("annotate", lambda c: (c.annotate, _annotator_files(c), c.embed.crop if c.annotate.crop_tags else None),
+              ("data",), run_annotate, needs_ray=True,
               takes_digest=True, enabled=lambda c: c.annotate.on),
         Stage("splits", lambda c: (c.splits,), ("data", "annotate"), run_splits, needs_ray=True),
         # Which snapshot is measured does not change the training: the stages after train read it.

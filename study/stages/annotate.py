@@ -36,13 +36,13 @@ ANNOTATED_SHOWN = 12  # annotated images in the report's gallery
 class ShardWorker:
     """A Ray Data actor: the annotator built once; each call annotates whole shards."""
 
-    def __init__(self, cfg: AnnotateConfig, threads: int):
+    def __init__(self, cfg: AnnotateConfig, options, threads: int):
         import torch
 
         from study.annotate.annotators import build
 
         torch.set_num_threads(threads)
-        self.cfg, self.vocabulary = cfg, load_vocabulary(cfg.vocabulary)
+        self.cfg, self.options, self.vocabulary = cfg, options, load_vocabulary(cfg.vocabulary)
         self.annotator = build(cfg, self.vocabulary)
         if cfg.gpus_per_replica > 0 and torch.cuda.is_available():  # the GPU Ray gave this replica
             self.annotator.to("cuda")
@@ -52,8 +52,7 @@ class ShardWorker:
 
         out = []
         for src, side, recs, counted in zip(batch["source"], batch["side"], batch["records"], batch["counts"]):
-            counts = annotate_shard(self.annotator, self.vocabulary, src, side, recs or None, self.cfg.batch_size,
-                                    self.cfg.label_rule)
+            counts = annotate_shard(self.annotator, self.vocabulary, src, side, recs or None, self.options)
             storage.write_json(counted, counts)  # last: the shard is done
             out.append(json.dumps(counts))
         return {"counts": np.array(out, dtype=object)}
@@ -65,7 +64,7 @@ def _jobs(ctx: RunContext) -> list[dict]:
     for i, src in enumerate(records.shard_uris(ctx.ingested_root)):
         name = f"{i:05d}-{src.rsplit('/', 1)[-1]}"
         jobs.append({"source": src, "side": storage.join(ctx.annotations, name),
-                     "records": storage.join(ctx.annotated_root, name) if ctx.cfg.annotate.replaces else "",
+                     "records": storage.join(ctx.annotated_root, name) if ctx.cfg.annotate.writes_records else "",
                      "counts": storage.join(ctx.stage_dir("annotate", "counts"), name + ".json")})
     return jobs
 
@@ -105,11 +104,22 @@ def run_annotate(ctx: RunContext, digest: str) -> dict:
     return summarise(ctx, total, len(jobs), len(todo), vocabulary)
 
 
+def _options(ctx: RunContext):
+    """The shards' options: the crop rule and the input's label names, with crop tags."""
+    from study.annotate.shards import ShardOptions
+    from study.frame.context import read_marker
+
+    cfg = ctx.cfg.annotate
+    names = ((read_marker(ctx.stage_dir("data")) or {}).get("summary") or {}).get("label_names") or ()
+    return ShardOptions(cfg.batch_size, cfg.label_rule, cfg.replaces, ctx.cfg.embed.crop if cfg.crop_tags else None,
+                        tuple(names))
+
+
 def _annotate(ctx: RunContext, todo: list[dict], shards: int) -> None:
     cfg = ctx.cfg.annotate
     ds = ray.data.from_items(todo, override_num_blocks=len(todo)).map_batches(
         ShardWorker,
-        fn_constructor_kwargs={"cfg": cfg, "threads": max(1, int(cfg.cpus_per_replica))},
+        fn_constructor_kwargs={"cfg": cfg, "options": _options(ctx), "threads": max(1, int(cfg.cpus_per_replica))},
         batch_size=1,
         batch_format="numpy",
         # From one replica up to ``replicas`` as Ray Data's budget allows: a fixed pool larger than
@@ -139,6 +149,8 @@ def summarise(ctx: RunContext, total: dict, shards: int, annotated: int, vocabul
         "thresholds": {"score": cfg.score, "nms_iou": cfg.nms_iou, "max_per_image": cfg.max_per_image},
         "ground_truth": cfg.ground_truth, "label_rule": cfg.label_rule,
         "shards": shards, "shards_annotated": annotated, "images": n, "with_objects": total["with_objects"],
+        **({"crop_tags": {"records_with_a_crop": total["cropped"], "crop": str(ctx.cfg.embed.crop)}}
+           if cfg.crop_tags else {}),
         "objects_per_image": round(sum(int(k) * v for k, v in total["per_image"].items()) / max(n, 1), 4),
         "per_image": {k: total["per_image"][k] for k in sorted(total["per_image"], key=int)},
         "most_frequent": dict(total["objects"].most_common(20)),

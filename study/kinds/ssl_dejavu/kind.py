@@ -42,6 +42,9 @@ def check(cfg: StudyConfig) -> None:
         from study.kinds.ssl_dejavu.taggers import TAGGERS
 
         one_of(cfg.measure.one_model_tagger, TAGGERS, "measure.one_model_tagger")
+        if cfg.measure.one_model_tagger == "crop_tags" and not (cfg.annotate.on and cfg.annotate.crop_tags):
+            raise ConfigError("measure.one_model_tagger: crop_tags are what an annotator finds in the crops; "
+                              "set annotate.annotator and annotate.crop_tags: true")
     if cfg.train.checkpoint:
         from study import storage
 

@@ -56,8 +56,8 @@ def no_predictor_note(cfg) -> str:
         tagger = f"no public record has a tag of measure.one_model_tagger ({cfg.measure.one_model_tagger})"
     else:
         tagger = (f"measure.one_model_tagger is off (by default off for data.source={cfg.data.source}: its captions "
-                  "name the crop's foreground, which the predictor must not see; set it to a tagger of the "
-                  "background when the captions describe that)")
+                  "name the crop's foreground, which the predictor must not see; have an annotator tag the crops "
+                  "(annotate.crop_tags), or set it to a tagger of the background when the captions describe that)")
     return f"no predictor: {tagger}, and train.crop_classifier is off"
 
 

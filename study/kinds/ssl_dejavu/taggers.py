@@ -5,6 +5,9 @@ foreground (the label it is asked to predict).
 ``synthetic_background``: the built-in generator writes its background into the caption ("the
 digit 3 on a dark blue and light orange checked background with narrow straight stripes"); the
 words after "on a" are the crop's tags (colours, pattern, stripe width and direction).
+
+``crop_tags``: what an annotator found in the crop itself (``annotate.crop_tags``: the annotate stage
+runs it on each record's attacked crop, the foreground's object masked out of its tags).
 """
 from __future__ import annotations
 
@@ -25,5 +28,9 @@ def synthetic_background(caption: str | None) -> list[str]:
     return [w for w in text.split() if w not in STOP]
 
 
-TAGGERS: dict[str, Callable[[str | None], list[str]]] = {"synthetic_background": synthetic_background}
-COLUMNS = {"synthetic_background": "caption"}  # the record column each tagger reads
+def crop_tags(tags: list[str] | None) -> list[str]:
+    return list(tags or [])
+
+
+TAGGERS: dict[str, Callable] = {"synthetic_background": synthetic_background, "crop_tags": crop_tags}
+COLUMNS = {"synthetic_background": "caption", "crop_tags": "crop_tags"}  # the record column each tagger reads
