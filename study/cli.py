@@ -56,7 +56,8 @@ def _parser() -> argparse.ArgumentParser:
     inspect.add_argument("--html", metavar="OUT.html", help="also write a page with the statistics and a montage")
     inspect.add_argument("--sample", type=int, default=24, help="records in the page's montage (default 24)")
     inspect.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                         help="a data.*, embed.crop.* or ray.* setting, e.g. --set data.objects=URI")
+                         help="a data.*, embed.crop.*, annotate.* or ray.* setting, e.g. --set data.objects=URI "
+                              "(annotate.*: preview an annotator on the sampled records)")
     annotate = data.add_parser("annotate", help="annotate an input with a detector or tagger: its objects side table")
     annotate.add_argument("uri", help="the input: a local directory or any fsspec URI (s3://bucket/prefix)")
     annotate.add_argument("--config", help="a study config whose annotate section names the annotator")
@@ -167,9 +168,9 @@ def _data_inspect(args: argparse.Namespace) -> int:
     from study.stages.data_inspect import run_inspect
     from study.preflight import check_inputs
 
-    foreign = [o for o in args.overrides if not o.startswith(("data.", "embed.crop.", "ray."))]
+    foreign = [o for o in args.overrides if not o.startswith(("data.", "embed.crop.", "ray.", "annotate."))]
     if foreign:
-        raise ConfigError(f"data inspect: --set takes data.*, embed.crop.* and ray.* keys, got {foreign[0]!r}")
+        raise ConfigError(f"data inspect: --set takes data.*, embed.crop.*, annotate.* and ray.* keys, got {foreign[0]!r}")
     # JSON-quoted: the URI and names are taken as they are, never read as YAML (a path "1e3" or "[raw]/x")
     flags = [f"data.source={json.dumps(args.source)}", f"data.path={json.dumps(args.uri)}",
              f"study={json.dumps(args.study)}"]

@@ -100,3 +100,30 @@ def test_the_side_table_row_names_distinct_canonical_objects_and_a_label():
     assert side_row("k", det, names, "most_frequent")["label"] == 1  # two dogs
     empty = side_row("k", Detections(np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0, int)), names)
     assert empty["objects"] == [] and empty["boxes"] == [] and empty["label"] is None
+
+
+def test_agreement_with_the_input_worked_by_hand_and_shown_in_the_report():
+    from collections import Counter
+
+    from study.annotate.quality import agreement
+    from study.report.annotation_html import annotation_lines, annotation_section
+
+    counts = {"compared": 5, "tp": Counter(dog=2, cat=1), "fp": Counter(dog=1), "fn": Counter(cat=1, tv=2),
+              "outside": Counter(zebra=3)}
+    q = agreement(counts)
+    assert (q["tp"], q["fp"], q["fn"]) == (3, 1, 3)
+    assert q["precision"] == 0.75 and q["recall"] == 0.5  # 3 / (3 + 1), 3 / (3 + 3)
+    assert q["macro_precision"] == round((2 / 3 + 1) / 2, 6)  # dog 2/3, cat 1/1 (tv never reported: none)
+    assert q["macro_recall"] == 0.5  # dog 2/2, cat 1/2, tv 0/2
+    assert q["per_object"]["tv"] == {"tp": 0, "fp": 0, "fn": 2, "precision": None, "recall": 0.0}
+    summary = {"annotator": "transformers", "architecture": "", "weights": "s3://m/owl", "vocabulary": "coco",
+               "vocabulary_size": 80, "thresholds": {"score": 0.5, "nms_iou": 0.5, "max_per_image": 100},
+               "ground_truth": "input", "images": 5, "with_objects": 4, "objects_per_image": 1.2,
+               "most_frequent": {"dog": 3, "cat": 1}, "side_table": "s3://runs/x/annotate/objects", "quality": q}
+    lines = annotation_lines({"annotation": summary})
+    assert lines[0].startswith("annotation: transformers, weights s3://m/owl, vocabulary coco (80 objects), score >= 0.5")
+    assert "the study's ground truth: the input's" in lines[0]
+    assert "precision 0.750, recall 0.500 (per-object means 0.833, 0.500); 3 of the input's names are outside" in lines[2]
+    page = annotation_section({"annotation": summary}, ["<figure>x</figure>"])
+    assert "<td>tv</td><td>0</td><td>0</td><td>2</td><td>-</td><td>0.000</td>" in page.replace("\n", "")
+    assert "zebra 3" in page and page.count("<figure>") == 1

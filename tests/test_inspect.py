@@ -192,3 +192,40 @@ def test_the_kinds_checks_are_the_ones_tested_here():
     for study, check in CHECKS.items():
         assert get_kind(study).inspect_check == check
     assert get_kind("sslmem").inspect_check is None  # no check of its own: data inspect says so
+
+
+def test_inspect_previews_an_annotator_on_the_sampled_records(ray_local, tmp_path, capsys):
+    """`--set annotate.*` runs the annotator on the sampled records only (here an open_clip tagger
+    with small random weights over the generator's digit names, every record given its 2 most
+    probable tags) and shows what it found, with and without a page."""
+    import open_clip
+    import torch
+
+    from study.cli import main
+    from study.config_load import load_config
+    from study.data.synth_write import write_synthetic
+    from study.data.synthetic import class_name
+    from study.train.clip import register_model_configs
+
+    data = load_config(None, ["data.num_images=40", "data.image_size=16", "data.shard_size=20"]).data
+    write_synthetic(data, "records", str(tmp_path / "records"))
+    register_model_configs()
+    torch.manual_seed(0)
+    torch.save(open_clip.create_model("dejavu-tiny").state_dict(), tmp_path / "tagger.pt")
+    (tmp_path / "digits.txt").write_text("".join(f"{class_name(c)}\n" for c in range(10)))
+    args = ["data", "inspect", str(tmp_path / "records"), "--sample", "6"]
+    for o in ("annotate.annotator=open_clip", "annotate.architecture=dejavu-tiny", f"annotate.weights={tmp_path / 'tagger.pt'}",
+              f"annotate.vocabulary={tmp_path / 'digits.txt'}", "annotate.score=0", "annotate.max_tags=2"):
+        args += ["--set", o]
+    assert main(args) == 0
+    section = _section(capsys.readouterr().out, "annotator on 6 sampled records")
+    assert section["with objects"] == "6" and section["objects per image"] == "2.0"
+    assert sum(int(v) for k, v in section.items() if k.startswith("object:")) == 12
+    page = tmp_path / "inspect.html"
+    assert main(args + ["--html", str(page)]) == 0
+    text = page.read_text()
+    assert "<h3>annotator on 6 sampled records</h3>" in text and text.count("<img ") == 6
+    import re
+
+    shown = re.findall(r"objects ([a-z, -]+)<br>", text)  # the montage shows the annotator's 2 tags, not the record's 1 object
+    assert len(shown) == 6 and all(len(s.split(", ")) == 2 for s in shown)

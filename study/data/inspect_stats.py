@@ -200,6 +200,12 @@ def sections(summary: dict) -> list[tuple[str, list[tuple[str, object]]]]:
                     [("all objects named", n["all_named"]), ("some objects unnamed", n["some_unnamed"]),
                      ("not checked (no caption or objects)", n["not_checked"]),
                      ("objects unnamed / objects", f"{n['objects_unnamed']} / {n['objects']}")]))
+    if "annotation" in summary:  # a preview of an annotator on the sampled records
+        a = summary["annotation"]
+        out.append((f"annotator on {a['images']} sampled records",
+                     [(k.replace("_", " "), a[k]) for k in ("annotator", "vocabulary", "thresholds", "with_objects",
+                                                            "objects_per_image")]
+                     + [(f"object: {name}", n) for name, n in a["most_frequent"]]))
     return [(title, rows or [("none", "")]) for title, rows in out]
 
 

@@ -154,11 +154,47 @@ def render_html(summary: dict, rows: list[dict], title: str) -> str:
 """
 
 
+def annotate_sample(cfg: StudyConfig, rows: list[dict]) -> tuple[dict, list[dict]]:
+    """A preview of ``cfg.annotate``'s annotator on the sampled records, in this process: what it
+    found (as the annotate stage's summary counts it) and the rows with its objects and boxes (each
+    box labelled with its object's name and score)."""
+    from collections import Counter
+
+    from study.annotate.annotators import build
+    from study.annotate.detections import side_row
+    from study.annotate.vocabulary import load_vocabulary
+
+    a = cfg.annotate
+    vocabulary = load_vocabulary(a.vocabulary)
+    annotator = build(a, vocabulary)
+    images = [Image.open(io.BytesIO(r["image"])).convert("RGB") for r in rows]
+    found = [d for b in range(0, len(images), a.batch_size) for d in annotator(images[b:b + a.batch_size])]
+    out, frequent = [], Counter()
+    for row, det in zip(rows, found):
+        side = side_row(row["id"], det, vocabulary.names, a.label_rule)
+        frequent.update(side["objects"])
+        out.append({**row, "objects": side["objects"], "label": side["label"],
+                    "boxes": [{**b, "label": f"{vocabulary.names[b['label']]} {s:.2f}"}
+                              for b, s in zip(side["boxes"], side["scores"])]})
+    n = len(out)
+    summary = {"annotator": a.annotator + (f" ({a.architecture})" if a.architecture else ""),
+               "vocabulary": f"{a.vocabulary} ({len(vocabulary)} objects)",
+               "thresholds": f"score >= {a.score:g}, NMS at IoU {a.nms_iou:g}, at most {a.max_per_image}",
+               "images": n, "with_objects": sum(bool(r["objects"]) for r in out),
+               "objects_per_image": round(sum(len(r["objects"]) for r in out) / max(n, 1), 2),
+               "most_frequent": frequent.most_common(10)}
+    return summary, out
+
+
 def run_inspect(cfg: StudyConfig, html_out: str | None, sample: int) -> dict:
-    """Print the statistics of ``cfg.data``'s input; write the page to ``html_out`` when given."""
+    """Print the statistics of ``cfg.data``'s input; write the page to ``html_out`` when given.
+    With an annotator (``annotate.*``), preview it on the sampled records."""
     if sample < 0:
         raise StudyError(f"data inspect: --sample must be >= 0, got {sample}")
-    summary, rows = inspect(cfg, sample if html_out else 0, log=lambda m: print(m, file=sys.stderr, flush=True))
+    wanted = sample if html_out or cfg.annotate.on else 0
+    summary, rows = inspect(cfg, wanted, log=lambda m: print(m, file=sys.stderr, flush=True))
+    if cfg.annotate.on and rows:
+        summary["annotation"], rows = annotate_sample(cfg, rows)
     print(f"input {storage.absolute(cfg.data.path)} (data.source {cfg.data.source}, study {cfg.study})")
     print(render_text(summary), end="")
     if html_out:
