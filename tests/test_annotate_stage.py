@@ -105,6 +105,11 @@ def test_the_stage_writes_what_the_model_and_the_thresholds_give(setup, capsys):
         assert rec["image"] == _png(i, [s for sh in SHARDS for s in sh][i])  # the image itself unchanged
     # Counts, and the agreement with the input's own objects worked out here.
     assert summary["images"] == len(GIVEN) and summary["shards"] == 3
+    from study.annotate.annotators import TorchvisionDetector
+    from study.annotate.detections import Thresholds
+
+    a = cfg.annotate
+    assert summary["fingerprint"] == TorchvisionDetector(a.weights, parse(WORDS, "t"), Thresholds(), ARCH, 160).fingerprint
     assert summary["with_objects"] == sum(bool(w) for w in want)
     tp = fp = fn = 0
     for i, given in enumerate(GIVEN):

@@ -95,6 +95,30 @@ def test_a_torchvision_detector_keeps_what_the_model_and_the_thresholds_give(sav
             assert det.boxes[:, 2].max() <= w + 1e-3 and det.boxes[:, 3].max() <= h + 1e-3  # the image's pixels
 
 
+@pytest.mark.parametrize("arch", ["retinanet_resnet50_fpn", "fcos_resnet50_fpn"])
+def test_single_stage_torchvision_detectors_keep_what_the_model_gives(arch, tmp_path):
+    """RetinaNet and FCOS (random weights: scores well below 0.5, so at threshold 0 with a tight NMS
+    and cap), over the COCO vocabulary, against the same oracle."""
+    import torchvision.models.detection as detection
+
+    torch.manual_seed(4)
+    model = getattr(detection, arch)(weights=None, weights_backbone=None, num_classes=91, min_size=160, max_size=267,
+                                     score_thresh=0.0).eval()
+    with torch.no_grad():  # a classifier that spreads its scores over many categories
+        model.head.classification_head.cls_logits.weight.normal_(0, 0.05)
+    torch.save(model.state_dict(), tmp_path / "detector.pt")
+    from study.annotate.vocabulary import coco
+
+    vocabulary, th, images = coco(), Thresholds(score=0.0, nms_iou=0.3, max_per_image=8), _images()
+    got = ANNOTATORS["torchvision"](str(tmp_path / "detector.pt"), vocabulary, th, architecture=arch, image_size=160)(images)
+    want = _by_hand(model, images, vocabulary, th)
+    assert sum(len(w) for w in want) >= 3 and len({k[1] for w in want for k in w}) >= 2
+    for det, kept in zip(got, want):
+        assert det.objects.tolist() == [k[1] for k in kept]
+        np.testing.assert_allclose(det.scores, [k[0] for k in kept], rtol=1e-5)
+        np.testing.assert_allclose(det.boxes, np.array([k[2] for k in kept]).reshape(-1, 4), rtol=1e-4, atol=1e-3)
+
+
 def test_the_fingerprint_follows_the_weights_file_and_the_settings(saved, tmp_path):
     (model, path), vocabulary, th = saved, parse(WORDS, "test"), Thresholds()
     first = TorchvisionDetector(str(path), vocabulary, th, ARCH, 160)

@@ -106,7 +106,7 @@ def _with_annotations(table: pa.Table, side: pa.Table, label_rule: str) -> pa.Ta
 
 # -- counts -------------------------------------------------------------------------------------
 def empty_counts() -> dict:
-    return {"images": 0, "with_objects": 0, "cropped": 0, "per_image": Counter(), "objects": Counter(),
+    return {"images": 0, "with_objects": 0, "cropped": 0, "fingerprints": set(), "per_image": Counter(), "objects": Counter(),
             "compared": 0, "tp": Counter(), "fp": Counter(), "fn": Counter(), "outside": Counter()}
 
 
@@ -131,7 +131,9 @@ def tally(counts: dict, rows: list[dict], given: list, vocabulary: Vocabulary) -
 def merge(total: dict, part: dict) -> dict:
     """Counts of two sets of shards added (``part`` may have made a JSON round trip)."""
     for key, value in part.items():
-        if isinstance(value, dict):
+        if key == "fingerprint":  # the annotator's (one per stage: its hash covers the weights)
+            total["fingerprints"].add(value)
+        elif isinstance(value, dict):
             total[key].update(value)
         else:
             total[key] += value

@@ -53,6 +53,8 @@ class ShardWorker:
         out = []
         for src, side, recs, counted in zip(batch["source"], batch["side"], batch["records"], batch["counts"]):
             counts = annotate_shard(self.annotator, self.vocabulary, src, side, recs or None, self.options)
+            counts.pop("fingerprints")
+            counts["fingerprint"] = self.annotator.fingerprint  # the weights' hash, with the annotator's settings
             storage.write_json(counted, counts)  # last: the shard is done
             out.append(json.dumps(counts))
         return {"counts": np.array(out, dtype=object)}
@@ -148,6 +150,7 @@ def summarise(ctx: RunContext, total: dict, shards: int, annotated: int, vocabul
         "vocabulary": cfg.vocabulary, "vocabulary_size": len(vocabulary),
         "thresholds": {"score": cfg.score, "nms_iou": cfg.nms_iou, "max_per_image": cfg.max_per_image},
         "ground_truth": cfg.ground_truth, "label_rule": cfg.label_rule,
+        "fingerprint": ", ".join(sorted(total["fingerprints"])),
         "shards": shards, "shards_annotated": annotated, "images": n, "with_objects": total["with_objects"],
         **({"crop_tags": {"records_with_a_crop": total["cropped"], "crop": str(ctx.cfg.embed.crop)}}
            if cfg.crop_tags else {}),
