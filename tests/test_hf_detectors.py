@@ -184,12 +184,13 @@ def _by_hand(kind, model, folder, images, vocabulary, th: Thresholds):
 
 def test_a_transformers_detector_keeps_what_the_model_and_the_thresholds_give(saved):
     kind, model, folder = saved
-    vocabulary = parse(WORDS, "test")
-    for th in (Thresholds(score=0.0, nms_iou=0.3, max_per_image=20), None):
-        if th is None:  # the threshold at the median kept score: some kept, some not
-            th = Thresholds(score=float(np.median([k[0] for w in want for k in w])), nms_iou=0.3)
+    vocabulary, images = parse(WORDS, "test"), _images()
+    loose = Thresholds(score=0.0, nms_iou=0.3, max_per_image=20)
+    kept_scores = [k[0] for w in _by_hand(kind, model, folder, images, vocabulary, loose) for k in w]
+    # and at the median kept score: some kept, some not
+    for th in (loose, Thresholds(score=float(np.median(kept_scores)), nms_iou=0.3)):
         annotator = ANNOTATORS["transformers"](folder, vocabulary, th, TEMPLATES)
-        got, want = annotator(_images()), _by_hand(kind, model, folder, _images(), vocabulary, th)
+        got, want = annotator(images), _by_hand(kind, model, folder, images, vocabulary, th)
         assert sum(len(w) for w in want) >= 3 and len({k[1] for w in want for k in w}) >= 2
         for det, kept in zip(got, want):
             assert det.objects.tolist() == [k[1] for k in kept]
