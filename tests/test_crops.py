@@ -13,7 +13,9 @@ from study.core.crops import (
     background_crop,
     corner_crop,
     largest_free_rect,
+    lower_left_crop,
     pixel_boxes,
+    strip_crop,
 )
 
 
@@ -120,6 +122,40 @@ def test_crop_rules_registry():
     boxes = [(0, 0, 10, 6)]
     assert CROP_RULES["background"](10, 10, boxes, cfg) == ((0, 6, 10, 10), None)
     assert CROP_RULES["corner"](10, 10, boxes, cfg) == ((0, 0, 5, 5), None)
+
+
+# ---- the published rules (the SSL deja vu paper's reference code), worked by hand ----------------
+# Its crop: split x at every (truncated) box edge and the image's sides; in each strip, the gaps
+# between the merged y-extents of the boxes crossing it are candidates; the largest shorter side
+# wins (the last of equals), kept only if that side is larger than the threshold.
+
+
+def test_the_strip_rule_on_one_box():
+    # 10 x 8, a box (2, 2, 5, 6): strips [0,2) -> (0,0,2,8) side 2; [2,5) -> (2,0,5,2) and
+    # (2,6,5,8), sides 2; [5,10) -> (5,0,10,8), side min(5, 8) = 5: the winner.
+    assert strip_crop(10, 8, [(2, 2, 5, 6)], 4) == ((5, 0, 10, 8), None)
+    assert strip_crop(10, 8, [(2, 2, 5, 6)], 5) == (None, REASON_TOO_SMALL)  # the side must be larger
+
+
+def test_the_strip_rule_truncates_merges_touching_extents_and_takes_the_last_of_equals():
+    # 12 x 10; boxes (3.7, 0, 6.2, 4.9) and (5, 4, 9, 10) truncate to (3,0,6,4) and (5,4,9,10).
+    # x splits 0,3,5,6,9,12. [0,3): nothing crosses -> (0,0,3,10) side 3. [3,5): the first box
+    # ([0,4]) -> (3,4,5,10) side 2. [5,6): both, [0,4] and [4,10] touch and merge to [0,10] -> no
+    # gap. [6,9): the second ([4,10]) -> (6,0,9,4) side 3. [9,12) -> (9,0,12,10) side 3.
+    # Three candidates of side 3: the last one wins.
+    boxes = [(3.7, 0, 6.2, 4.9), (5, 4, 9, 10)]
+    assert strip_crop(12, 10, boxes, 2) == ((9, 0, 12, 10), None)
+    assert strip_crop(12, 10, boxes, 3) == (None, REASON_TOO_SMALL)
+    assert strip_crop(12, 10, [(0, 0, 12, 10)], 0) == (None, REASON_COVERED)
+    assert strip_crop(12, 10, [], 0) == (None, REASON_NO_BOXES)
+
+
+def test_the_published_corner_crop_is_the_lower_left_fraction_of_each_side():
+    # 10 x 8 at 0.3: width int(3.0) = 3, height int(2.4) = 2, from row 8 - 2 = 6 down.
+    assert lower_left_crop(10, 8, 0.3) == (0, 6, 3, 8)
+    cfg = CropConfig(rule="lower_left", corner_fraction=0.3)
+    assert CROP_RULES["lower_left"](10, 8, [(0, 0, 10, 8)], cfg) == ((0, 6, 3, 8), None)  # boxes ignored
+    assert CROP_RULES["strips"](10, 8, [(2, 2, 5, 6)], CropConfig(rule="strips", min_side=4)) == ((5, 0, 10, 8), None)
 
 
 # ---- naive oracle --------------------------------------------------------------------------------

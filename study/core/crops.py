@@ -110,6 +110,61 @@ def corner_crop(width: int, height: int, fraction: float) -> Rect:
     return (0, 0, side, side)
 
 
+def _merged(intervals: list[list[int]]) -> list[list[int]]:
+    """Sorted intervals with those that overlap or touch merged (the reference code's stack merge)."""
+    stack = []
+    for lo, hi in sorted(intervals):
+        if stack and stack[-1][0] <= lo <= stack[-1][1]:
+            stack[-1][1] = max(stack[-1][1], hi)
+        else:
+            stack.append([lo, hi])
+    return stack
+
+
+def strip_crop(width: int, height: int, boxes: Sequence[Sequence[float]], min_side: int):
+    """The published rule (the SSL déjà vu paper's reference code): box edges are cut to whole
+    pixels by truncation; the x-axis is split at every box edge (and the image's sides) into
+    strips; in each strip, the gaps between the merged y-extents of the boxes crossing it are
+    candidates; the candidate with the largest shorter side wins (of equal ones, the last in strip
+    order, then top to bottom), kept only if that side is larger than ``min_side`` (the paper: 100
+    px at ImageNet's scale). Unlike ``background``, a truncated edge may leave one pixel of an
+    object in the crop, as the reference's does."""
+    if len(boxes) == 0:
+        return None, REASON_NO_BOXES
+    bad = box_reason(width, height, boxes)
+    if bad is not None:
+        return None, bad
+    cut = [tuple(int(v) for v in b) for b in boxes]
+    xs = sorted(v for x0, _, x1, _ in cut for v in (x0, x1))
+    xs = ([0] if xs[0] > 0 else []) + xs + ([width] if xs[-1] < width else [])
+    best, best_side = None, -1
+    for a, b in zip(xs[:-1], xs[1:]):
+        crossing = [[y0, y1] for x0, y0, x1, y1 in cut if min(x1, b) - max(x0, a) > 0]
+        gaps = [[0, 0], *_merged(crossing), [height, height]]
+        for (_, top), (bottom, _) in zip(gaps[:-1], gaps[1:]):
+            if bottom > top and b > a and min(bottom - top, b - a) >= best_side:
+                best, best_side = (a, top, b, bottom), min(bottom - top, b - a)
+    if best is None:
+        return None, REASON_COVERED
+    if best_side <= min_side:
+        return None, REASON_TOO_SMALL
+    return best, None
+
+
+def lower_left_crop(width: int, height: int, fraction: float) -> Rect:
+    """The published control crop: the lower-left corner, ``fraction`` of each side (truncated)."""
+    w, h = max(1, int(fraction * width)), max(1, int(fraction * height))
+    return (0, height - h, w, height)
+
+
+def _strips_rule(width, height, boxes, crop_cfg):
+    return strip_crop(width, height, boxes, crop_cfg.min_side)
+
+
+def _lower_left_rule(width, height, boxes, crop_cfg):
+    return lower_left_crop(width, height, crop_cfg.corner_fraction), None
+
+
 def _background_rule(width, height, boxes, crop_cfg):
     return background_crop(width, height, boxes, crop_cfg.min_side)
 
@@ -118,4 +173,5 @@ def _corner_rule(width, height, boxes, crop_cfg):
     return corner_crop(width, height, crop_cfg.corner_fraction), None
 
 
-CROP_RULES: dict[str, Callable] = {"background": _background_rule, "corner": _corner_rule}
+CROP_RULES: dict[str, Callable] = {"background": _background_rule, "corner": _corner_rule, "strips": _strips_rule,
+                                   "lower_left": _lower_left_rule}
