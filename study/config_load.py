@@ -45,7 +45,9 @@ def load_config(path: str | None, overrides: list[str] = (), output: str | None 
         _set_dotted(raw, key, value)
     if output is not None:
         raw["output"] = output
-    return build(StudyConfig, raw, "")
+    from study.config.protocols import apply
+
+    return build(StudyConfig, apply(raw), "")
 
 
 def _hashed(cfg: Any) -> Any:

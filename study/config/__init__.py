@@ -77,6 +77,9 @@ class StudyConfig:
     study: str = "ssl_dejavu"
     run_id: str = "auto"
     output: str = "runs"
+    # A published protocol's choices (study.config.protocols: dejavu-2023, vlm-dejavu-2024,
+    # dejavu-oss-2024, sslmem-2024) under the config's own; default: the product's choices.
+    protocol: str = "default"
     ray: RayConfig = field(default_factory=RayConfig)
     data: DataConfig = field(default_factory=DataConfig)
     annotate: AnnotateConfig = field(default_factory=AnnotateConfig)
@@ -98,5 +101,8 @@ class StudyConfig:
         _check(bool(self.name) and "/" not in self.name, "name", "must be a non-empty name without '/'")
         _check(bool(self.run_id) and "/" not in self.run_id, "run_id", "must be a non-empty name without '/'")
         _check(isinstance(self.repeats, int) and self.repeats >= 1, "repeats", "must be a whole number >= 1")
+        from study.config.protocols import PROTOCOLS
+
+        _check(self.protocol in PROTOCOLS, "protocol", f"must be one of {', '.join(PROTOCOLS)}")
         if self.measure.one_model_tagger == AUTO_TAGGER:
             object.__setattr__(self, "measure", replace(self.measure, one_model_tagger=_tagger_for(self)))

@@ -16,6 +16,7 @@ from study.frame.context import STAGE_NAMES, RunContext, read_marker
 from study.frame.kinds import get_kind
 from study.report.annotation_html import annotation_section
 from study.report.calibration_html import calibration_section
+from study.report.protocol_html import protocol_section
 from study.stages.annotate import ANNOTATED_SHOWN, annotated_figures
 from study.report.page import render_page
 
@@ -91,6 +92,14 @@ def quarantine_summary(ctx: RunContext, manifest: dict) -> dict:
     }
 
 
+def protocol_summary(cfg) -> dict:
+    """The run's protocol, the published one it is compared with, and every choice that differs."""
+    from study.config.protocols import compared_with, deviations
+
+    return {"name": cfg.protocol, "compared_with": compared_with(cfg.study, cfg.protocol),
+            "deviations": deviations(cfg.study, cfg.protocol, config_to_dict(cfg))}
+
+
 def build_report(ctx: RunContext) -> dict:
     cfg = ctx.cfg
     settings = list(ctx.settings) or [("", ctx)]
@@ -102,6 +111,7 @@ def build_report(ctx: RunContext) -> dict:
         "splits": storage.read_json(ctx.manifest),
     }
     report["quarantine"] = quarantine_summary(ctx, report["splits"])
+    report["protocol"] = protocol_summary(cfg)
     if cfg.annotate.on:  # the ground truth's own origin, beside the numbers it makes
         report["annotation"] = (read_marker(ctx.stage_dir("annotate")) or {}).get("summary")
     if cfg.sweep or cfg.repeats > 1:
@@ -147,7 +157,7 @@ def run_report(ctx: RunContext) -> dict:
     _, gallery_ctx = (list(ctx.settings) or [("", ctx)])[0]
     figures = annotated_figures(ctx, ANNOTATED_SHOWN) if report.get("annotation") else []
     page = render_page(report, kind.html(report, kind.gallery(gallery_ctx, report)) + calibration_section(report)
-                       + annotation_section(report, figures))
+                       + annotation_section(report, figures) + protocol_section(report))
     storage.write_bytes(ctx.report_html, page.encode())
     storage.write_json(ctx.report_json, report)
     ctx.log("report", f"wrote {ctx.report_json} and report.html")
