@@ -67,6 +67,38 @@ def test_topq_accuracy_ceil_rule():
     np.testing.assert_allclose(topq_accuracy(correct, conf, [1 / 3, 2 / 3]), [[1.0, 0.5]])
 
 
+def test_the_published_top_q_size_is_int_q_n_at_least_one():
+    from study.core.accuracy_draws import TopFractions, top_m
+
+    # n = 7: q = 0.2 -> int(1.4) = 1 (ceil: 2); q = 0.5 -> int(3.5) = 3 (ceil: 4); q = 0.1 -> int(0.7)
+    # = 0, at least 1; q = 0.57 on n = 100 -> Python's int(56.99999999999999) = 56, as published.
+    assert top_m(7, TopFractions([0.2, 0.5, 0.1, 1.0], "floor")).tolist() == [1, 3, 1, 7]
+    assert top_m(7, TopFractions([0.2, 0.5, 0.1, 1.0])).tolist() == [2, 4, 1, 7] == top_m(7, [0.2, 0.5, 0.1, 1.0]).tolist()
+    assert top_m(100, TopFractions([0.57], "floor")).tolist() == [56]
+    correct, conf = np.array([1, 0, 1, 1, 0, 0, 1]), np.array([0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3])
+    # floor at q = 0.5: top 3 (1, 0, 1) -> 2/3; ceil: top 4 -> 3/4.
+    np.testing.assert_allclose(topq_accuracy(correct, conf, TopFractions([0.5], "floor")), [[2 / 3]])
+    np.testing.assert_allclose(topq_accuracy(correct, conf, TopFractions([0.5], "ceil")), [[3 / 4]])
+
+
+def test_the_top_q_size_rule_reaches_the_population_test():
+    import pickle
+
+    from study.core.accuracy_draws import TopFractions
+
+    a, b = small_sides()
+    qs = TopFractions([0.5], "floor")
+    assert pickle.loads(pickle.dumps(qs)).rule == "floor"  # as a Ray task receives it
+    (qh,) = dejavu_test([a, b], qs, bootstrap=20, permutations=20, level=0.95, seed=0)["by_q"]
+    # Side a (n 4): int(2.0) = 2, as ceil; side b (n 6): int(3.0) = 3. Then q = 0.4: a int(1.6) = 1
+    # -> target 1 (0.9), reference 1 (0.8); b int(2.4) = 2 -> target (0.6, 0.5) 1, 0; reference
+    # records 5, 4 -> 0, 1.
+    assert qh["target"]["value"] == pytest.approx((1.0 + 2 / 3) / 2)
+    (q4,) = dejavu_test([a, b], TopFractions([0.4], "floor"), bootstrap=20, permutations=20, level=0.95, seed=0)["by_q"]
+    assert q4["target"]["value"] == pytest.approx((1.0 + 1 / 2) / 2)
+    assert q4["reference"]["value"] == pytest.approx((1.0 + 1 / 2) / 2)
+
+
 def test_topq_accuracy_rows_are_independent_draws():
     correct = np.array([[1, 0, 0, 1], [0, 1, 1, 1]])
     conf = np.array([[4, 3, 2, 1], [1, 2, 3, 4]])

@@ -11,7 +11,8 @@ from study.errors import ConfigError
 from study.frame.context import run_id_for
 from study.report.protocol_html import protocol_lines, protocol_section
 
-PUBLISHED_SSL = ["embed.crop.rule=strips", "data.resize=center_crop", "search.k=100", "search.metric=l2"]
+PUBLISHED_SSL = ["embed.crop.rule=strips", "data.resize=center_crop", "search.k=100", "search.metric=l2",
+                 "measure.top_q_size=floor"]
 
 
 @pytest.mark.parametrize("size, threshold", [(32, 14), (64, 29), (224, 100)])  # round(100 * S / 224)
@@ -39,7 +40,8 @@ def test_the_deviations_of_a_default_run_and_of_a_published_one():
     default = load_config(None, [])
     listed = deviations(default.study, default.protocol, config_to_dict(default))
     assert [d["choice"] for d in listed] == ["embed.crop.rule", "embed.crop.min_side", "data.resize", "search.k",
-                                             "search.metric", *(c for c, _, _ in FIXED["dejavu-2023"])]
+                                             "search.metric", "measure.top_q_size",
+                                             *(c for c, _, _ in FIXED["dejavu-2023"])]
     published = load_config(None, ["protocol=dejavu-2023"])
     assert [d["choice"] for d in deviations(published.study, published.protocol, config_to_dict(published))] == \
         [c for c, _, _ in FIXED["dejavu-2023"]]  # only what no key sets yet

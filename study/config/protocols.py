@@ -22,7 +22,7 @@ def _dejavu_2023(raw: dict) -> dict[str, Any]:
 
     size = int((raw.get("data") or {}).get("image_size", DataConfig().image_size))
     return {"embed.crop.rule": "strips", "embed.crop.min_side": round(PUBLISHED_CROP_PX * size / PUBLISHED_INPUT_PX),
-            "data.resize": "center_crop", "search.k": 100, "search.metric": "l2"}
+            "data.resize": "center_crop", "search.k": 100, "search.metric": "l2", "measure.top_q_size": "floor"}
 
 
 def _vlm_dejavu_2024(raw: dict) -> dict[str, Any]:
@@ -48,7 +48,6 @@ PUBLISHED = {"ssl_dejavu": "dejavu-2023", "vlm_dejavu": "vlm-dejavu-2024", "sslm
 FIXED = {
     "dejavu-2023": [
         ("label vote ties", "whichever label torch.topk returns first (arbitrary)", "the smallest label (kept: a stable rule)"),
-        ("top-q records", "int(q n)", "max(1, ceil(q n))"),
     ],
     "vlm-dejavu-2024": [
         ("sample level", "the target set only; max_pred_gap, crct_pred and min_dist rankings; top int(f n); "

@@ -125,10 +125,14 @@ class MeasureConfig:
     # ranges of about this many, one task each (memory per task ~1 KiB a record); the numbers do
     # not depend on it, up to the rounding of sums in another order (~1e-16).
     records_per_task: int = field(default=1_000_000, metadata=ADDED)
+    # How many records the SSL test's top q of n holds: ceil, max(1, ceil(q n)); floor, the
+    # published int(q n) (at least 1).
+    top_q_size: str = field(default="ceil", metadata=ADDED)
 
     def __post_init__(self) -> None:
         _check(self.one_model_alpha > 0, "measure.one_model_alpha", "must be > 0")
         _check(self.records_per_task >= 1, "measure.records_per_task", "must be >= 1")
+        _check(self.top_q_size in ("ceil", "floor"), "measure.top_q_size", "must be ceil or floor")
         _check(all(0 < q <= 1 for q in self.quantiles) and self.quantiles, "measure.quantiles", "must be in (0, 1]")
         _check(all(k >= 1 for k in self.ks) and self.ks, "measure.ks", "must be >= 1")
         _check(self.top_n >= 1, "measure.top_n", "must be >= 1")

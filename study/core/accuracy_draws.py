@@ -24,9 +24,33 @@ from study.core import stats
 CHUNK_ELEMENTS = 1 << 22
 
 
+# How many records the top q of n holds: the product's max(1, ceil(q n)) (a tolerance so that
+# q n = 3.0000000001 takes 3), or the published int(q n) (Python's truncation, as the reference
+# code computes it), at least 1 so that a small side's top is never empty.
+TOP_SIZES = {"ceil": lambda q, n: max(1, math.ceil(q * n - 1e-9)), "floor": lambda q, n: max(1, int(q * n))}
+
+
+class TopFractions(tuple):
+    """The top-q fractions with the rule that sizes them (``TOP_SIZES``); a plain tuple of
+    fractions is sized by ``ceil``."""
+
+    rule = "ceil"
+
+    def __new__(cls, fractions: Sequence[float], rule: str = "ceil") -> "TopFractions":
+        if rule not in TOP_SIZES:
+            raise ValueError(f"unknown top-q size rule {rule!r}; expected one of {sorted(TOP_SIZES)}")
+        out = super().__new__(cls, fractions)
+        out.rule = rule
+        return out
+
+    def __reduce__(self):  # pickled (to Ray tasks) with its rule
+        return TopFractions, (tuple(self), self.rule)
+
+
 def top_m(n: int, qs: Sequence[float]) -> np.ndarray:
-    """Records in the top q: max(1, ceil(q n)), with a tolerance so q n = 3.0000000001 takes 3."""
-    return np.array([min(n, max(1, math.ceil(q * n - 1e-9))) for q in qs], dtype=np.int64)
+    """Records in the top q of n records, for each q (``TopFractions``'s rule; ``ceil`` for a plain sequence)."""
+    size = TOP_SIZES[getattr(qs, "rule", "ceil")]
+    return np.array([min(n, size(q, n)) for q in qs], dtype=np.int64)
 
 
 def quadrants(target: np.ndarray, reference: np.ndarray, both: np.ndarray, n: int) -> np.ndarray:

@@ -18,6 +18,7 @@ from typing import Sequence
 
 import numpy as np
 
+from study.core.accuracy_draws import TopFractions
 from study.core.metrics import AccuracyDraws, Side, accuracy_curve, accuracy_summary, most_memorized, side_draws
 from study.frame.kinds import side_mask
 from study.kinds.ssl_dejavu.outcomes import Outcomes
@@ -91,5 +92,6 @@ def assemble(ranked: dict, pieces: Sequence[dict], m) -> dict | None:
 def local(where: dict, rows: Sequence[tuple], control: str, m, seed: int, gallery_size: int) -> dict | None:
     """One control's results in this process (one piece of draws)."""
     ranked = ranking(where, rows, control, seed, m.curve_points, gallery_size)
-    piece = draws(where, rows, control, seed, m.quantiles, m.seed, range(m.bootstrap), range(m.permutations))
+    piece = draws(where, rows, control, seed, TopFractions(m.quantiles, m.top_q_size), m.seed, range(m.bootstrap),
+                  range(m.permutations))
     return assemble(ranked, [piece], m)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import ray
 
 from study import storage
+from study.core.accuracy_draws import TopFractions
 from study.frame.context import RunContext
 from study.frame.kinds import CONTROLS, get_kind
 from study.kinds.ssl_dejavu import entries, outcomes
@@ -36,7 +37,7 @@ def control_results(ctx: RunContext, where: dict, controls: dict, label: str, on
         have = sides_present(rows, where, one_sided)
         if have is not None:
             groups[control] = ((where, have, control, cfg.splits.seed), (m.curve_points, cfg.report.gallery_size),
-                               (tuple(m.quantiles), m.seed))
+                               (TopFractions(m.quantiles, m.top_q_size), m.seed))
     out = {}
     pieces = draw_pieces(m.bootstrap, m.permutations, cpus())
     for control, (ranked, drawn) in rank_and_draw(groups, entries.ranking, entries.draws, pieces).items():
