@@ -58,14 +58,19 @@ def _by_hand(model, images, vocabulary, th: Thresholds) -> list[list[tuple]]:
     for out in outputs:
         found = [(float(s), vocabulary.canonical(categories[int(c)]), [float(v) for v in b])
                  for b, s, c in zip(out["boxes"], out["scores"], out["labels"])]
-        found = [f for f in found if f[1] is not None and f[0] >= th.score]
-        found.sort(key=lambda f: -f[0])  # stable: equal scores keep the model's order
-        kept = []
-        for f in found:
-            if all(k[1] != f[1] or _iou(k[2], f[2]) <= th.nms_iou for k in kept):
-                kept.append(f)
-        kept_all.append(kept[: th.max_per_image])
+        kept_all.append(greedy_nms([f for f in found if f[1] is not None and f[0] >= th.score], th))
     return kept_all
+
+
+def greedy_nms(found: list[tuple], th: Thresholds) -> list[tuple]:
+    """(score, object, box) proposals above the threshold -> those kept: best first (stable: equal
+    scores keep the model's order), each dropped that overlaps a kept one of its object by more
+    than the IoU, then the cap."""
+    kept = []
+    for f in sorted(found, key=lambda f: -f[0]):
+        if all(k[1] != f[1] or _iou(k[2], f[2]) <= th.nms_iou for k in kept):
+            kept.append(f)
+    return kept[: th.max_per_image]
 
 
 @pytest.fixture(scope="module")

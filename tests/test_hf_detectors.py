@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from test_annotators import WORDS, _iou
+from test_annotators import WORDS, greedy_nms
 
 from study.annotate.annotators import ANNOTATORS
 from study.annotate.detections import Thresholds
@@ -173,12 +173,7 @@ def _by_hand(kind, model, folder, images, vocabulary, th: Thresholds):
                                                             (cy + bh / 2) * sy), (w, h, w, h))]
             if probs[best] >= th.score:
                 found.append((float(probs[best]), queries[best][1], box))
-        found.sort(key=lambda f: -f[0])
-        kept = []
-        for f in found:
-            if all(k[1] != f[1] or _iou(k[2], f[2]) <= th.nms_iou for k in kept):
-                kept.append(f)
-        kept_all.append(kept[: th.max_per_image])
+        kept_all.append(greedy_nms(found, th))
     return kept_all
 
 
