@@ -4,8 +4,9 @@ with each choice of a published protocol switched alone, and with the whole prot
     python benchmarks/protocol_effects.py [--config configs/quickstart.yaml] [--protocol dejavu-2023]
         [--output runs/protocol-effects] [--set KEY=VALUE ...]
 
-Every run goes under one output root, so stages whose inputs a choice leaves alone (training, for
-all but ``data.resize``) are reused from the first run. Prints, per run, the headline gaps at
+Every run shares one run directory (``run_id: protocol-effects`` unless given), so the stages
+whose inputs a choice leaves alone are reused (training, for all but ``data.resize``; the whole
+protocol's run after it reuses that one's training); the choices that change training are run last. Prints, per run, the headline gaps at
 q = 1 and at the smallest q of the projector's and backbone's positive control (target minus
 reference accuracy, 95 % bootstrap interval, paired-swap p-value) and the attacked records, as a
 Markdown table and a JSON line.
@@ -52,8 +53,12 @@ def main(argv=None) -> None:
     logging.getLogger("ray").setLevel(logging.WARNING)
     base = load_config(args.config, args.overrides)
     choices = preset(args.protocol, config_to_dict(base))
-    runs = [("product's choices", [])] + [(f"{k}: {v}", [f"{k}={json.dumps(v)}"]) for k, v in choices.items()] + \
+    retrain = ("data.",)  # choices that change the records or their model inputs: trained again
+    ordered = sorted(choices.items(), key=lambda kv: kv[0].startswith(retrain))
+    runs = [("product's choices", [])] + [(f"{k}: {v}", [f"{k}={json.dumps(v)}"]) for k, v in ordered] + \
         [(f"protocol: {args.protocol}", [f"protocol={args.protocol}"])]
+    if not any(o.startswith("run_id=") for o in args.overrides):
+        args.overrides.append("run_id=protocol-effects")
     rows = []
     for name, extra in runs:
         report = study.run(args.config, [*args.overrides, *extra], output=args.output)

@@ -39,14 +39,21 @@ def load_config(path: str | None, overrides: list[str] = (), output: str | None 
     raw: dict[str, Any] = {}
     if path is not None:
         raw = _read_yaml(path)
-    for item in overrides:
-        key, value = _parse_override(item)
+    sets = [_parse_override(item) for item in overrides]
+    for key, value in sets:
         _seed_mapping_default(raw, key)
         _set_dotted(raw, key, value)
     if output is not None:
         raw["output"] = output
     from study.config.protocols import apply
 
+    # A protocol applies under the values set where it is set or later: in a file, under the file's
+    # own; from --set, over the file's and under the other --set values.
+    if any(key == "protocol" for key, _ in sets):
+        raw = apply(raw, replace=True)
+        for key, value in sets:
+            _set_dotted(raw, key, value)
+        return build(StudyConfig, raw, "")
     return build(StudyConfig, apply(raw), "")
 
 

@@ -63,3 +63,16 @@ def test_the_report_names_the_protocol_and_each_differing_choice():
     assert "<td>search.k</td><td>100</td><td>50</td>" in protocol_section(report).replace("\n", "")
     report["protocol"]["deviations"] = []
     assert protocol_lines(report) == ["protocol default: every choice as published (dejavu-2023)"]
+
+
+def test_a_protocol_from_the_command_line_replaces_the_files_choices(tmp_path):
+    import os
+
+    quickstart = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs/quickstart.yaml")
+    file_cfg = load_config(quickstart, [])
+    assert (file_cfg.embed.crop.rule, file_cfg.search.k) == ("background", 50)  # the file sets both
+    cli = load_config(quickstart, ["protocol=dejavu-2023", "search.k=20"])
+    assert (cli.embed.crop.rule, cli.embed.crop.min_side, cli.search.metric, cli.search.k) == ("strips", 14, "l2", 20)
+    (tmp_path / "study.yaml").write_text("protocol: dejavu-2023\nsearch:\n  k: 30\n")
+    in_file = load_config(str(tmp_path / "study.yaml"), [])
+    assert (in_file.search.k, in_file.embed.crop.rule) == (30, "strips")  # the file's own value on top

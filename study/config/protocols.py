@@ -1,7 +1,9 @@
 """``protocol:``: presets that set each algorithmic choice of a study to the published one.
 
-A protocol is a set of config values (dotted keys); ``protocol: dejavu-2023`` applies its values
-under the config's own, so a config may still change single choices on top of it. ``default`` is
+A protocol is a set of config values (dotted keys). ``protocol: dejavu-2023`` in a config file
+applies its values under the file's own, so a config may still change single choices on top of
+it; ``--set protocol=dejavu-2023`` applies them over the file's values and under the other
+``--set`` values (the command line's choices are on top). ``default`` is
 the product's own choices. Each study kind has one published protocol (``PUBLISHED``); the report
 names the run's protocol and lists every choice whose value differs from the published one
 (``deviations``), and the published choices no key can set yet (``FIXED``).
@@ -104,8 +106,9 @@ def _flat(config: dict, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def apply(raw: dict) -> dict:
-    """The raw config with its protocol's values set where the config does not set them."""
+def apply(raw: dict, replace: bool = False) -> dict:
+    """The raw config with its protocol's values set where the config does not set them (with
+    ``replace``, set over the config's own)."""
     name = raw.get("protocol", "default")
     if not isinstance(name, str):
         from study.errors import ConfigError
@@ -115,5 +118,6 @@ def apply(raw: dict) -> dict:
         node, parts = raw, key.split(".")
         for part in parts[:-1]:
             node = node.setdefault(part, {})
-        node.setdefault(parts[-1], value)
+        if replace or parts[-1] not in node:
+            node[parts[-1]] = value
     return raw
