@@ -167,3 +167,16 @@ def test_draws_in_pieces_stack_into_the_whole():
     means = np.concatenate([sslmem.describe_draws(a, rb, 3, 1) for rb, _ in pieces])
     assert sslmem.describe_summary(sslmem.describe_observed(a), means, 0.9) == sslmem.describe(a, 60, 0.9, 3, 1)
     assert not np.array_equal(sslmem.describe_draws(a, range(5, 10), 3, 1), sslmem.describe_draws(a, range(5), 3, 1))
+
+
+def test_the_published_normalisation_by_hand():
+    from study.core.sslmem import range_normalised
+
+    # Candidates' raw scores 0.1, 0.5, 0.3: range 0.4; every set divided by it. The authors' mean
+    # memorization score is then (0.1 + 0.5 + 0.3) / 3 / 0.4 = 0.75.
+    got = range_normalised({"candidates": np.array([0.1, 0.5, 0.3]), "independent": np.array([0.2, -0.2])})
+    np.testing.assert_allclose(got["candidates"], [0.25, 1.25, 0.75])
+    np.testing.assert_allclose(got["independent"], [0.5, -0.5])
+    assert got["candidates"].mean() == pytest.approx(0.75)
+    same = range_normalised({"candidates": np.array([0.3, 0.3]), "independent": np.array([0.1])})
+    np.testing.assert_allclose(same["independent"], [0.1])  # no range: left as they are

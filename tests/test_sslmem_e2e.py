@@ -26,7 +26,7 @@ from study.data.model_input import ModelInput
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OVERRIDES = ["data.num_images=400", "train.epochs=60", "train.checkpoint_every=30", "measure.bootstrap=200",
-             "measure.permutations=500", "sslmem.layers=[backbone.5]"]
+             "measure.permutations=500", "sslmem.layers=[backbone.5]", "sslmem.range_normalised=true"]
 
 
 @pytest.fixture(scope="module")
@@ -117,6 +117,22 @@ def test_candidates_stand_above_the_independent_set(sslmem_run):
     assert "Most memorized candidates" in page and "candidates vs. extra" in page
     lines = "\n".join(summary_lines(report))
     assert "projector/candidates-vs-independent" in lines and SCORES_FILE in lines
+
+
+def test_the_published_normalisation_divides_by_the_candidates_range(sslmem_run):
+    """The authors' normalisation, worked from the persisted raw scores: every score over (max - min)
+    of the candidates' raw scores. A constant: mean differences scale by it, AUCs do not move."""
+    ctx, report = sslmem_run
+    table = pq.read_table(ctx.stage_dir("measure", SCORES_FILE)).to_pandas()
+    for space, res in report["results"].items():
+        cand = table.loc[table["set"] == "candidates", f"{space}/score"].to_numpy()
+        spread = cand.max() - cand.min()
+        assert res["range"]["sets"]["candidates"]["mean"]["value"] == pytest.approx(cand.mean() / spread, rel=1e-9)
+        for control, t in res["range"]["tests"].items():
+            raw = res["raw"]["tests"][control]
+            assert t["mean_difference"]["value"] == pytest.approx(raw["mean_difference"]["value"] / spread, rel=1e-9)
+            assert t["auc"]["value"] == pytest.approx(raw["auc"]["value"], abs=1e-12)
+    assert "the published normalisation" in open(ctx.report_html).read()
 
 
 def test_null_control_extra_set(sslmem_run):

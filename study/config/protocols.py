@@ -32,7 +32,7 @@ def _vlm_dejavu_2024(raw: dict) -> dict[str, Any]:
 
 
 def _sslmem_2024(raw: dict) -> dict[str, Any]:
-    return {"sslmem.views": 5}
+    return {"sslmem.views": 5, "sslmem.range_normalised": True}
 
 
 def _dejavu_oss_2024(raw: dict) -> dict[str, Any]:
@@ -61,9 +61,6 @@ FIXED = {
     "dejavu-oss-2024": [
         ("naive-Bayes confidence", "the top class's probability", "minus the entropy of the class scores"),
         ("naive-Bayes smoothing", "over label counts", "add-alpha over classes"),
-    ],
-    "sslmem-2024": [
-        ("score normalisation", "(g - f) / (max - min) over the scored set", "(g - f) / (g + f) per record"),
     ],
 }
 

@@ -162,6 +162,9 @@ class SSLMemConfig:
     layers: tuple[str, ...] = ()
     high_quantile: float = 0.95
     seed: int = 0
+    # Also the scores as the authors normalise them: over the range (max - min) of the candidates'
+    # raw scores (a third score kind, "range", with its own tests).
+    range_normalised: bool = field(default=False, metadata=ADDED)
 
     def __post_init__(self) -> None:
         _check(self.views >= 1, "sslmem.views", "must be >= 1")

@@ -45,6 +45,16 @@ def scores(align_f: np.ndarray, align_g: np.ndarray) -> tuple[np.ndarray, np.nda
     return g - f, np.divide(g - f, total, out=np.zeros_like(total), where=total > 0)
 
 
+def range_normalised(by_set: dict[str, np.ndarray], scored: str = "candidates") -> dict[str, np.ndarray]:
+    """The published normalisation (the SSLMem authors' code): every raw score divided by the range
+    (max - min) of the ``scored`` set's raw scores, one constant for all sets, so that the sets
+    stay comparable (the authors score one set at a time). With no range (one record, or all
+    equal) the scores are left as they are."""
+    base = by_set.get(scored, np.zeros(0))
+    spread = float(base.max() - base.min()) if len(base) else 0.0
+    return {name: (v / spread if spread > 0 else np.asarray(v, dtype=np.float64)) for name, v in by_set.items()}
+
+
 def auc(a: np.ndarray, b: np.ndarray) -> float:
     """P(A > B) + P(A = B) / 2 for A from ``a``, B from ``b`` (the Mann–Whitney statistic over
     na·nb), by binary search in the sorted ``b``: O((na + nb) log nb)."""

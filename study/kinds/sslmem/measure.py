@@ -23,6 +23,11 @@ from study.stages.measure_tasks import cpus, draw_pieces, rank_and_draw
 
 SCORES_FILE = "sslmem_scores.parquet"
 KINDS = ("raw", "normalised")
+RANGE = "range"  # with sslmem.range_normalised: the published normalisation
+
+
+def kinds(cfg) -> tuple[str, ...]:
+    return KINDS + ((RANGE,) if cfg.sslmem.range_normalised else ())
 
 
 def run_measure(ctx: RunContext) -> dict:
@@ -32,7 +37,7 @@ def run_measure(ctx: RunContext) -> dict:
     task = ray.remote(num_cpus=1)
     counts = dict(zip(scored, ray.get([task(score_set).remote(ctx, s, spaces) for s in scored])))
     joined = task(join_sets).remote(ctx, scored, ctx.stage_dir("measure", SCORES_FILE))
-    groups = {(space, kind): ((ctx, scored, space, kind), (), ()) for space in spaces for kind in KINDS}
+    groups = {(space, kind): ((ctx, scored, space, kind), (), ()) for space in spaces for kind in kinds(cfg)}
     got = rank_and_draw(groups, observed, draws, draw_pieces(m.bootstrap, m.permutations, cpus()))
     empty = [SETS[s] for s in scored if not counts[s]]
     results = {}
@@ -40,7 +45,7 @@ def run_measure(ctx: RunContext) -> dict:
         if empty:
             ctx.log("measure", f"{space}: no scored records in {', '.join(empty)}")
         results[space] = {kind: assemble(*got[(space, kind)], m.confidence_level, cfg.sslmem.high_quantile)
-                          for kind in KINDS}
+                          for kind in kinds(cfg)}
         results[space]["most_memorized"] = got[(space, "raw")][0].get("most_memorized", [])
         for control, t in results[space]["raw"]["tests"].items():
             d = t["mean_difference"]

@@ -87,7 +87,10 @@ def render_body(report: dict, gallery: list[dict]) -> str:
     ]
     for space, res in report["results"].items():
         parts.append(f"<h3>{html.escape(space)}</h3>")
-        for kind, label in (("raw", "raw score"), ("normalised", "normalised score")):
+        for kind, label in (("raw", "raw score"), ("normalised", "normalised score"),
+                            ("range", "score over the candidates' range (the published normalisation)")):
+            if kind not in res:
+                continue
             parts += [f"<h4>{label}</h4>", distribution_plot(res[kind], label), sets_table(res[kind]),
                       tests_table(res[kind])]
     parts.append(sweep_table(report.get("sweep")))

@@ -79,8 +79,11 @@ def _read(uri: str, columns=None) -> pa.Table:
 
 
 def _values(ctx, splits, space: str, kind: str) -> dict[str, np.ndarray]:
-    """{set: its scores of one kind in one space}, in the order of ``splits``."""
-    return {SETS[s]: _read(set_file(ctx, s), [f"{space}/{FIELDS[kind]}"]).column(0).to_numpy() for s in splits}
+    """{set: its scores of one kind in one space}, in the order of ``splits`` (``range``: the raw
+    scores over the candidates' range, the published normalisation)."""
+    column = FIELDS["raw" if kind == "range" else kind]
+    values = {SETS[s]: _read(set_file(ctx, s), [f"{space}/{column}"]).column(0).to_numpy() for s in splits}
+    return sslmem.range_normalised(values) if kind == "range" else values
 
 
 def observed(ctx, splits, space: str, kind: str) -> dict:
