@@ -56,3 +56,22 @@ def test_batches_add_up_to_one_table():
     parts.add(tags[17:], labels[17:])
     for tag, i in whole.vocab.items():
         assert list(parts.counts[parts.vocab[tag]]) == list(whole.counts[i])
+
+
+def test_the_published_scores_worked_by_hand(tmp_path):
+    from study.core.naive_bayes import published_scores
+    from study.kinds.ssl_dejavu.outcomes import Outcomes, write_predicted
+
+    table = TagCounts.empty(2)
+    table.add([["a", "b"], ["a"], ["b"]], [0, 0, 1])  # a: class 0 twice; b: class 0 once, class 1 once
+    got = published_scores(table, [["a", "b"], ["z"], [], ["a"]])
+    # {a, b}: class 0 (2/2)(1/2) = 0.5, class 1 (1e-10/2)(1/2) = 2.5e-11; {z}, a tag no public record
+    # had: 1 for both; no tags: 0; {a}: 1 and 5e-11.
+    np.testing.assert_allclose(got, [[0.5, 2.5e-11], [1.0, 1.0], [0.0, 0.0], [1.0, 5e-11]], rtol=1e-12)
+    # The published confidence, the top class's score, ranks the records; ties in a row go to the
+    # lower label, a record without tags predicts nothing (never right).
+    write_predicted(str(tmp_path / "nb"), np.array(["r0", "r1", "r2", "r3"]), np.array([0, 1, 0, 0]), got,
+                    got.max(axis=1))
+    out = Outcomes.read(str(tmp_path / "nb"))
+    np.testing.assert_allclose(out.confidence, [0.5, 1.0, 0.0, 1.0])
+    assert out.top1.tolist() == [True, False, False, True]

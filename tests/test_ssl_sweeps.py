@@ -104,6 +104,27 @@ def test_snapshot_sweep_trains_once_and_measures_each_epoch(swept, capsys):
         accuracy.append(np.mean(predict(table, _tags(a, ids))[0] == labels))
     nb = one["headline"]["naive_bayes"]["projector/positive"]
     assert nb["reference"] == pytest.approx(np.mean(accuracy))
+    # The published scores (measure.one_model_naive_bayes: published) on the same records, against
+    # the reference code's rule written out here: product of count(t, c) / count(t), 1e-10 for an
+    # unseen pair, a tag no public record had left out; ranked by the top class's score.
+    import dataclasses
+
+    from study.kinds.ssl_dejavu.one_model import naive_bayes_outcomes
+
+    published = dataclasses.replace(a, cfg=dataclasses.replace(
+        a.cfg, measure=dataclasses.replace(a.cfg.measure, one_model_naive_bayes="published")))
+    ids, labels, scores, confidence = naive_bayes_outcomes(published, ["reference"], table.counts.shape[1])["reference"]
+    per_tag = table.counts.sum(axis=1)
+    for i, tags in zip(range(len(ids)), _tags(a, ids)):
+        want = np.zeros(table.counts.shape[1])
+        if tags:
+            want[:] = 1.0
+            for t in set(tags):
+                if t in table.vocab:
+                    row = table.counts[table.vocab[t]]
+                    want *= np.array([(n if n > 0 else 1e-10) / per_tag[table.vocab[t]] for n in row])
+        np.testing.assert_allclose(scores[i], want, rtol=1e-9)
+        assert confidence[i] == pytest.approx(want.max())
     assert nb["target"] == pytest.approx(report["headline"]["projector/positive"]["target"])
     # The crop classifier, trained by Ray Train on the public set's crops, answers for the same records.
     cc = one["headline"]["crop_classifier"]["projector/positive"]

@@ -36,7 +36,7 @@ def _sslmem_2024(raw: dict) -> dict[str, Any]:
 
 
 def _dejavu_oss_2024(raw: dict) -> dict[str, Any]:
-    return {**_dejavu_2023(raw)}
+    return {**_dejavu_2023(raw), "measure.one_model_naive_bayes": "published"}
 
 
 PROTOCOLS: dict[str, Callable[[dict], dict[str, Any]]] = {
@@ -57,10 +57,6 @@ FIXED = {
          "both sides pooled; max_pred_gap; top max(1, ceil(f n)); F per record, averaged"),
         ("one-model test", "the target's text tower and a pretrained text model search the public captions",
          "the target searches public images; the reference (a CLIP trained on the public split) searches captions"),
-    ],
-    "dejavu-oss-2024": [
-        ("naive-Bayes confidence", "the top class's probability", "minus the entropy of the class scores"),
-        ("naive-Bayes smoothing", "over label counts", "add-alpha over classes"),
     ],
 }
 

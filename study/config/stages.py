@@ -121,6 +121,10 @@ class MeasureConfig:
     # the predictor must not see); the resolved value is saved with the run.
     one_model_tagger: str = "auto"
     one_model_alpha: float = 1.0
+    # The naive-Bayes predictor's scores: smoothed (add-alpha over the classes, normalised,
+    # confidence = minus their entropy) or published (the reference code's count ratios with 1e-10
+    # for an unseen pair, confidence = the top class's joint probability).
+    one_model_naive_bayes: str = field(default="smoothed", metadata=ADDED)
     # The most attacked records a VLM statistics task holds: a study with more is split into id
     # ranges of about this many, one task each (memory per task ~1 KiB a record); the numbers do
     # not depend on it, up to the rounding of sums in another order (~1e-16).
@@ -131,6 +135,8 @@ class MeasureConfig:
 
     def __post_init__(self) -> None:
         _check(self.one_model_alpha > 0, "measure.one_model_alpha", "must be > 0")
+        _check(self.one_model_naive_bayes in ("smoothed", "published"), "measure.one_model_naive_bayes",
+               "must be smoothed or published")
         _check(self.records_per_task >= 1, "measure.records_per_task", "must be >= 1")
         _check(self.top_q_size in ("ceil", "floor"), "measure.top_q_size", "must be ceil or floor")
         _check(all(0 < q <= 1 for q in self.quantiles) and self.quantiles, "measure.quantiles", "must be in (0, 1]")

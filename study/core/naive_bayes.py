@@ -63,6 +63,32 @@ def probabilities(table: TagCounts, tag_lists: Sequence[Sequence[str]], alpha: f
     return out
 
 
+PUBLISHED_SMOOTH = 1e-10  # the one-model SSL test's reference code (its default --smooth)
+
+
+def published_scores(table: TagCounts, tag_lists: Sequence[Sequence[str]], smooth: float = PUBLISHED_SMOOTH) -> np.ndarray:
+    """(records, classes) unnormalised joint probabilities, as the published code computes them:
+    for class c, the product over the record's tags t of count(t, c) / count(t), where a tag the
+    class never had counts ``smooth`` and a tag no public record had counts ``smooth / smooth``
+    (1); a record without tags scores 0 for every class. Products in float64, as published (a long
+    tag list may underflow to 0, as it would there). Its confidence is the top class's score."""
+    num_classes = table.counts.shape[1]
+    per_tag = table.counts.sum(axis=1)
+    out = np.zeros((len(tag_lists), num_classes))
+    for i, tags in enumerate(tag_lists):
+        tags = sorted(set(tags))  # summed in a fixed order (see ``probabilities``)
+        if not tags:
+            continue
+        joint = np.ones(num_classes)
+        for t in tags:
+            row = table.vocab.get(t)
+            if row is None:
+                continue  # smooth / smooth
+            joint *= np.where(table.counts[row] > 0, table.counts[row], smooth) / per_tag[row]
+        out[i] = joint
+    return out
+
+
 def predict(table: TagCounts, tag_lists: Sequence[Sequence[str]], alpha: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
     """(predicted class, its normalised score) per record."""
     p = probabilities(table, tag_lists, alpha)

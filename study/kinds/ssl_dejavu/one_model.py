@@ -16,7 +16,7 @@ import numpy as np
 import pyarrow as pa
 
 from study import storage
-from study.core.naive_bayes import TagCounts, probabilities
+from study.core.naive_bayes import TagCounts, probabilities, published_scores
 from study.data import records
 from study.data.loading import read_split
 from study.frame.context import RunContext
@@ -101,8 +101,12 @@ def naive_bayes_outcomes(ctx: RunContext, splits, num_classes: int) -> dict | No
         ids, labels = read_split(ctx.splits_dir, split)
         keep = labels >= 0
         ids, labels = ids[keep].astype(str), labels[keep]
-        probs = probabilities(table, _tags(ctx, ids), ctx.cfg.measure.one_model_alpha)
-        out[split] = (ids, labels, probs)
+        tags = _tags(ctx, ids)
+        if ctx.cfg.measure.one_model_naive_bayes == "published":  # the top class's joint probability ranks
+            scores = published_scores(table, tags)
+            out[split] = (ids, labels, scores, scores.max(axis=1) if len(scores) else np.zeros(0))
+        else:
+            out[split] = (ids, labels, probabilities(table, tags, ctx.cfg.measure.one_model_alpha))
     return out
 
 

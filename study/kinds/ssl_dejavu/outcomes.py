@@ -88,10 +88,12 @@ def score_part(tables: LabelTables, results_uri: str, part: int, out_uri: str, s
     return {**dict.fromkeys(COUNTS, 0), **score_part_file(results_uri, part, out_uri, batch_rows, score)}
 
 
-def write_predicted(out_uri: str, ids: np.ndarray, labels: np.ndarray, probs: np.ndarray) -> int:
-    """A predictor's outcomes from its class scores (ranked as the k-NN votes are) on labelled
-    records; returns how many."""
+def write_predicted(out_uri: str, ids: np.ndarray, labels: np.ndarray, probs: np.ndarray,
+                    confidence: np.ndarray | None = None) -> int:
+    """A predictor's outcomes from its class scores (ranked as the k-NN votes are, unless its own
+    ``confidence`` is given) on labelled records; returns how many."""
     pred, top5, conf = predict_from_votes(probs)
+    conf = conf if confidence is None else np.asarray(confidence, dtype=np.float64)
     write_outcomes(out_uri, outcome_table(ids, pred == labels, (top5 == labels[:, None]).any(axis=1), conf))
     return len(ids)
 
