@@ -52,7 +52,7 @@ FIXED = {
         ("label vote ties", "whichever label torch.topk returns first (arbitrary)", "the smallest label (kept: a stable rule)"),
     ],
     "vlm-dejavu-2024": [
-        ("sample level", "the target set only; max_pred_gap, crct_pred and min_dist rankings; top int(f n); "
+        ("sample level", "the target set only; max_pred_gap, crct_pred and min_dist rankings; top max(1, int(f n)); "
                          "F from mean precision and mean recall",
          "both sides pooled; max_pred_gap; top max(1, ceil(f n)); F per record, averaged"),
         ("one-model test", "the target's text tower and a pretrained text model search the public captions",
