@@ -191,3 +191,21 @@ def _flat(cfg) -> list[tuple[str, object]]:
             ("annotate.image_size", a.image_size), ("annotate.vocabulary", a.vocabulary),
             ("annotate.batch_size", a.batch_size), ("annotate.replicas", a.replicas),
             ("annotate.cpus_per_replica", a.cpus_per_replica)]
+
+
+def test_weights_that_do_not_load_stop_the_stage_with_one_line(setup, tmp_path, capsys):
+    from study.cli import main
+
+    cfg, _ = setup
+    (tmp_path / "notes.pt").write_text("not weights")
+    import os
+
+    tiny = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "tiny.yaml")
+    args = ["run", tiny, "--until", "annotate", "--output", str(tmp_path / "runs")]
+    for o in ("data.source=parquet", f"data.path={cfg.data.path}", "annotate.annotator=torchvision",
+              f"annotate.weights={tmp_path / 'notes.pt'}", "annotate.image_size=160"):
+        args += ["--set", o]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: annotate.weights: ") and "is not a PyTorch state dict" in err[-1]
+    assert "retries" not in "\n".join(err)  # a user's mistake, not a lost worker: not retried

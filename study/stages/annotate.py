@@ -50,6 +50,7 @@ class ShardWorker:
     def __call__(self, batch: dict) -> dict:
         from study.annotate.shards import annotate_shard
 
+
         out = []
         for src, side, recs, counted in zip(batch["source"], batch["side"], batch["records"], batch["counts"]):
             counts = annotate_shard(self.annotator, self.vocabulary, src, side, recs or None, self.options)
@@ -99,6 +100,11 @@ def run_annotate(ctx: RunContext, digest: str) -> dict:
                         f"{' (' + cfg.architecture + ')' if cfg.architecture else ''} over {len(vocabulary)} objects"
                         + (f"; {len(jobs) - len(todo)} done by an earlier attempt" if len(todo) < len(jobs) else ""))
     if todo:
+        # Weights that do not load stop the stage with one line: the annotator is built here once
+        # first (a replica's failure reaches the driver as Ray Data's error, without its reason).
+        from study.annotate.annotators import build
+
+        build(cfg, vocabulary)
         _annotate(ctx, todo, len(jobs))
     total = empty_counts()
     for job in jobs:
