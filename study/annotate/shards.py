@@ -20,6 +20,7 @@ over it can find them.
 """
 from __future__ import annotations
 
+import contextlib
 import io
 from collections import Counter
 from dataclasses import dataclass
@@ -50,10 +51,6 @@ class ShardOptions:
     crop: object = None
     label_names: tuple[str, ...] = ()
 
-    @property
-    def records(self) -> bool:
-        return self.replace or self.crop is not None
-
 
 def annotate_shard(annotator, vocabulary: Vocabulary, src: str, side: str, records: str | None,
                    opts: ShardOptions) -> dict:
@@ -65,7 +62,7 @@ def annotate_shard(annotator, vocabulary: Vocabulary, src: str, side: str, recor
         if opts.crop is not None else (SIDE_SCHEMA, RECORD_SCHEMA)
     foreground = foreground_of(vocabulary, opts.replace, opts.label_names)
     with storage.open_read(src) as fh, storage.open_atomic(side) as side_fh, \
-            (storage.open_atomic(records) if records else _Nothing()) as rec_fh:
+            (storage.open_atomic(records) if records else contextlib.nullcontext()) as rec_fh:
         side_out = pq.ParquetWriter(side_fh, side_schema)
         rec_out = pq.ParquetWriter(rec_fh, rec_schema) if records else None
         for batch in pq.ParquetFile(fh).iter_batches(batch_size=opts.batch_size):
@@ -89,14 +86,6 @@ def annotate_shard(annotator, vocabulary: Vocabulary, src: str, side: str, recor
     return counts
 
 
-class _Nothing:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
-
-
 def _with_annotations(table: pa.Table, side: pa.Table, label_rule: str) -> pa.Table:
     """The records with the side table's objects and boxes (and label, unless the rule is none)."""
     for name in ("objects", "boxes") + (("label",) if label_rule != "none" else ()):
@@ -106,7 +95,7 @@ def _with_annotations(table: pa.Table, side: pa.Table, label_rule: str) -> pa.Ta
 
 # -- counts -------------------------------------------------------------------------------------
 def empty_counts() -> dict:
-    return {"images": 0, "with_objects": 0, "cropped": 0, "fingerprints": set(), "per_image": Counter(), "objects": Counter(),
+    return {"images": 0, "with_objects": 0, "cropped": 0, "per_image": Counter(), "objects": Counter(),
             "compared": 0, "tp": Counter(), "fp": Counter(), "fn": Counter(), "outside": Counter()}
 
 
@@ -132,7 +121,7 @@ def merge(total: dict, part: dict) -> dict:
     """Counts of two sets of shards added (``part`` may have made a JSON round trip)."""
     for key, value in part.items():
         if key == "fingerprint":  # the annotator's (one per stage: its hash covers the weights)
-            total["fingerprints"].add(value)
+            total.setdefault("fingerprints", set()).add(value)
         elif isinstance(value, dict):
             total[key].update(value)
         else:

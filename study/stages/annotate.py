@@ -54,7 +54,6 @@ class ShardWorker:
         out = []
         for src, side, recs, counted in zip(batch["source"], batch["side"], batch["records"], batch["counts"]):
             counts = annotate_shard(self.annotator, self.vocabulary, src, side, recs or None, self.options)
-            counts.pop("fingerprints")
             counts["fingerprint"] = self.annotator.fingerprint  # the weights' hash, with the annotator's settings
             storage.write_json(counted, counts)  # last: the shard is done
             out.append(json.dumps(counts))
@@ -82,13 +81,9 @@ def _resume_or_start(ctx: RunContext, digest: str) -> None:
 
 
 def run_annotate(ctx: RunContext, digest: str) -> dict:
-    from study.annotate.annotators import ANNOTATORS
-    from study.errors import ConfigError
     from study.frame.cluster import check_resources, own_instance
 
     cfg = ctx.cfg.annotate
-    if cfg.annotator not in ANNOTATORS:
-        raise ConfigError(f"annotate.annotator: unknown value '{cfg.annotator}'; choose from {sorted(ANNOTATORS)}")
     vocabulary = load_vocabulary(cfg.vocabulary)  # a bad vocabulary stops the stage before any replica starts
     bundle = {"CPU": cfg.cpus_per_replica, **({"GPU": cfg.gpus_per_replica} if cfg.gpus_per_replica else {})}
     check_resources(bundle, "an annotator replica", own_instance(ctx.cfg.ray), ctx.cfg.ray.resource_wait_s,
@@ -156,7 +151,7 @@ def summarise(ctx: RunContext, total: dict, shards: int, annotated: int, vocabul
         "vocabulary": cfg.vocabulary, "vocabulary_size": len(vocabulary),
         "thresholds": {"score": cfg.score, "nms_iou": cfg.nms_iou, "max_per_image": cfg.max_per_image},
         "ground_truth": cfg.ground_truth, "label_rule": cfg.label_rule,
-        "fingerprint": ", ".join(sorted(total["fingerprints"])),
+        "fingerprint": ", ".join(sorted(total.get("fingerprints", ()))),
         "shards": shards, "shards_annotated": annotated, "images": n, "with_objects": total["with_objects"],
         **({"crop_tags": {"records_with_a_crop": total["cropped"], "crop": str(ctx.cfg.embed.crop)}}
            if cfg.crop_tags else {}),
