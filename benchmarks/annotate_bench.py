@@ -129,7 +129,7 @@ def main(argv=None) -> None:
         shards = records.shard_uris(data)
         half = len(shards) // 2 or 1
         logging.getLogger("ray.data").setLevel(logging.WARNING)
-        ray.init(num_cpus=args.cpus, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
+        ray.init(address="local", num_cpus=args.cpus, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
         ray.data.DataContext.get_current().enable_progress_bars = False
         torch.set_num_threads(args.cpus)
         annotator = TransformersDetector(weights, coco(), Thresholds()) if args.annotator == "transformers" else \

@@ -75,7 +75,7 @@ def bench_train(cfg, ctx, context, args) -> dict:
     # Ray is up for both runs, so its daemons cost the bare loop what they cost the workers.
     logging.getLogger("ray.data").setLevel(logging.WARNING)
     # At least 2 CPUs: one CPU cannot hold an embedding replica and the read tasks at once.
-    ray.init(num_cpus=max(2, args.threads), include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
+    ray.init(address="local", num_cpus=max(2, args.threads), include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
     ray.data.DataContext.get_current().enable_progress_bars = False
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)

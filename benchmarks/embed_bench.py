@@ -136,7 +136,7 @@ def main(argv=None) -> None:
 
         # Ray is up for the bare loop too, so its daemons cost both sides alike.
         logging.getLogger("ray.data").setLevel(logging.WARNING)
-        ray.init(num_cpus=args.cpus, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
+        ray.init(address="local", num_cpus=args.cpus, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
         ray.data.DataContext.get_current().enable_progress_bars = False
         cfg = EmbedConfig(batch_size=args.batch)
         replicas, cpus = pool_size(cfg, ray.cluster_resources())

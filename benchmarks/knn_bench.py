@@ -3,7 +3,7 @@
     python benchmarks/knn_bench.py [--nb 200000] [--nq 2000] [--d 128] [--k 50] [--threads 2] [--shards 2]
 
 On seeded Gaussian float32 data, times the same search three ways, best of ``--repeats``:
-``ShardedIndex`` (``--shards`` actors on a local ``ray.init(num_cpus=threads)``, each holding
+``ShardedIndex`` (``--shards`` actors on a local ``ray.init(address="local", num_cpus=threads)``, each holding
 threads/shards CPUs and one FAISS thread, each reading its slice from Parquet files in a temporary
 directory, as the search stage does; the timing covers searches only), one ``faiss.IndexFlatL2`` with ``threads`` OpenMP
 threads, and numpy (||q||² + ||x||² - 2 q xᵀ by BLAS with ``threads`` threads, then argpartition).
@@ -145,7 +145,7 @@ def measure(args) -> tuple[dict, dict, list]:
     seconds["faiss"], (_, ids["faiss"]) = best_seconds(lambda: flat.search(xq, args.k), args.repeats)
     del flat
 
-    ray.init(num_cpus=args.threads, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=args.threads, include_dashboard=False, log_to_driver=False)
     try:
         with tempfile.TemporaryDirectory() as tmp:
             # The shards read their slices from storage, as in the search stage.

@@ -238,7 +238,7 @@ def run(out: str, args) -> dict:
 
     ctx = _context(out, args)
     keys = [(model, split, SPACES[args.kind]) for model in ("model_a", "model_b") for split in SPLITS]
-    ray.init(num_cpus=args.cpus, include_dashboard=False, logging_level="WARNING")
+    ray.init(address="local", num_cpus=args.cpus, include_dashboard=False, logging_level="WARNING")
     try:
         reset_peak_rss()
         with MemorySampler() as sampler:
@@ -249,7 +249,7 @@ def run(out: str, args) -> dict:
             # A fresh instance for the statistics: a worker keeps the memory of the scoring task it
             # ran (the tables it mapped), which would be counted as a statistics task's.
             ray.shutdown()
-            ray.init(num_cpus=args.cpus, include_dashboard=False, logging_level="WARNING")
+            ray.init(address="local", num_cpus=args.cpus, include_dashboard=False, logging_level="WARNING")
             t1 = time.perf_counter()
             where, results, blocks = next(stage)  # the statistics tasks
             t2 = time.perf_counter()

@@ -214,7 +214,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     import ray
 
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-    ray.init(num_cpus=args.threads, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=args.threads, include_dashboard=False, log_to_driver=False)
     runs = []
     try:
         for n in (int(s) for s in args.sizes.split(",")):

@@ -83,7 +83,7 @@ def main() -> None:
     from study.train.methods import METHODS
 
     # Ray is up for both runs, so its daemons cost the bare loop what they cost the worker.
-    ray.init(num_cpus=max(2, args.threads), include_dashboard=False, log_to_driver=False,
+    ray.init(address="local", num_cpus=max(2, args.threads), include_dashboard=False, log_to_driver=False,
              logging_level=logging.WARNING)
     ray.data.DataContext.get_current().enable_progress_bars = False
     with tempfile.TemporaryDirectory() as out:

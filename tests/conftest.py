@@ -21,7 +21,7 @@ def start_ray():
     if not ray.is_initialized():
         for *_, proc in _PAIR.get("procs", ()):  # their consoles are checked: no third instance beside them
             proc.wait(timeout=600)
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=True)
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=True)
     return ray
 
 
