@@ -63,6 +63,20 @@ def test_center_crop_equals_torchvision_resize_then_center_crop():
         np.testing.assert_array_equal(ModelInput(16, "center_crop").of_array(image), want)
 
 
+def test_the_published_rule_keeps_the_central_224_of_256():
+    """Resize(256) then CenterCrop(224), scaled to the input: at S = 224 exactly torchvision's
+    pipeline; a 3 x 1 crop at S = 7 (shorter side to 8) keeps the central 7 x 7 of its 24 x 8."""
+    from torchvision import transforms
+
+    image = _photo(300, 260, seed=3)
+    want = np.asarray(transforms.Compose([transforms.Resize(256), transforms.CenterCrop(224)])(Image.fromarray(image)))
+    np.testing.assert_array_equal(ModelInput(224, "imagenet_center_crop").of_array(image), want)
+    strip = _photo(24, 8, seed=4)  # already at the scaled size: no resize, the central 7 x 7
+    left, top = round((24 - 7) / 2), round((8 - 7) / 2)  # torchvision's offsets: int(round(...))
+    np.testing.assert_array_equal(ModelInput(7, "imagenet_center_crop").of_array(strip),
+                                  strip[top:top + 7, left:left + 7])
+
+
 def test_a_crop_is_cut_from_the_full_resolution_image():
     image = _photo(60, 45)
     data = _encoded(Image.fromarray(image), "JPEG", quality=95)

@@ -32,8 +32,9 @@ from study.core.objects import (
     named_objects,
     recall_area,
     recall_curve,
-    sample_level,
 )
+from study.core import sample_level as sl
+from study.core.sample_level import SampleLevel, sample_level
 
 def sets(matrix) -> ObjectSets:
     """The object sets of a boolean (records, C) matrix's rows."""
@@ -254,7 +255,7 @@ def test_intervals_and_p_values_match_naive_resampling():
         return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(purpose, k, d)))
 
     def resample(s, rows):
-        return ObjectSide(*(getattr(s, f)[rows] for f in s.__dataclass_fields__))
+        return ObjectSide(*(getattr(s, f)[rows] for f in s.__dataclass_fields__ if getattr(s, f) is not None))
 
     def swap(s, m):
         w = lambda a, b: np.where(m, b, a)  # noqa: E731
@@ -370,7 +371,8 @@ def _blocks_of(sides, bounds):
         block = []
         for s in sides:
             keep = np.array([(lo is None or i >= lo) and (hi is None or i < hi) for i in s.ids], dtype=bool)
-            block.append(ObjectSide(*(getattr(s, f.name)[keep] for f in dataclasses.fields(ObjectSide))))
+            block.append(ObjectSide(*(getattr(s, f.name)[keep] for f in dataclasses.fields(ObjectSide)
+                                      if getattr(s, f.name) is not None)))
         out.append(block)
     return out
 
@@ -391,12 +393,13 @@ def test_sample_level_and_gallery_from_id_ranges_match_naive_sort():
     rows.sort(key=lambda r: r[:3])
     blocks = _blocks_of(sides, ["a030", "a061", "b020", "b045"])
     assert [sum(len(s) for s in b) for b in blocks] == [30, 31, 49, 25, 25]
-    counts = [objects.score_counts(b) for b in blocks]
+    plan = SampleLevel(tuple(fractions))
+    counts = [sl.score_counts(b, "max_pred_gap") for b in blocks]
     added = {g: sum(c.get(g, 0) for c in counts) for g in set().union(*counts)}
-    cuts = objects.sample_cuts(added, fractions)
-    takes = objects.block_takes(counts, cuts)
+    cuts = sl.sample_cuts(added, len(rows), plan)
+    takes = sl.block_takes(counts, cuts)
     assert any(sum(0 < t[j][1] for t in takes) > 1 for j in range(len(fractions)))  # ties across ranges
-    got = objects.sample_rows(fractions, cuts, [objects.sample_sums(b, t) for b, t in zip(blocks, takes)])
+    got = sl.sample_rows(plan, "max_pred_gap", cuts, [sl.sample_sums(b, "max_pred_gap", t) for b, t in zip(blocks, takes)])
     for out, q in zip(got, fractions):
         m = max(1, math.ceil(q * len(rows)))
         assert out["n"] == m
@@ -447,7 +450,7 @@ def test_sample_level_matches_naive_sort_and_slice():
             gap = int(s.target_hits[i]) - int(s.reference_hits[i])
             rows.append((-gap, s.ids[i], tp - rp, tr - rr, f(tp, tr) - f(rp, rr)))
     rows.sort(key=lambda r: (r[0], r[1]))
-    got = sample_level(sides, fractions)
+    got = sample_level(sides, SampleLevel(tuple(fractions)))
     for out, q in zip(got, fractions):
         m = max(1, math.ceil(q * len(rows)))
         top = rows[:m]
@@ -456,7 +459,7 @@ def test_sample_level_matches_naive_sort_and_slice():
         assert out["recall_gap"] == pytest.approx(np.mean([r[3] for r in top]))
         assert out["f_gap"] == pytest.approx(np.mean([r[4] for r in top]))
     with pytest.raises(ValueError):
-        sample_level(sides, [0.0])
+        sample_level(sides, SampleLevel((0.0,)))
 
 
 def test_most_memorized_orders_by_hits_gap_then_id():
@@ -496,7 +499,7 @@ def test_galleries_equal_full_ranking_with_ties_and_shared_ids(seed):
         assert most_memorized(sides, limit) == want
     fractions = [0.001, 0.05, 0.3, 1.0]
     n = len(order)
-    for row, f in zip(sample_level(sides, fractions), fractions):
+    for row, f in zip(sample_level(sides, SampleLevel(tuple(fractions))), fractions):
         ranked = order[: max(1, math.ceil(f * n - 1e-9))]
         pt, pr, rt, rr = (np.concatenate([getattr(s, k) for s in sides])[ranked] for k in
                           ("target_precision", "reference_precision", "target_recall", "reference_recall"))

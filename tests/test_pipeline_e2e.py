@@ -211,3 +211,39 @@ def test_parquet_source_plans_the_same_splits(study_run, tmp_path):
     with open(os.path.join(ctx.data_root, "part-00000.parquet"), "ab") as fh:
         fh.write(b"\0")  # a rewritten input file must change the data stage's hash
     assert _inputs(cfg) != before
+
+
+def test_per_class_accuracy_from_the_persisted_neighbours(study_run):
+    """The per-class breakdown: each class's top-1 accuracy for the target and the reference,
+    recomputed from the search results and the splits' labels (a majority vote of the neighbours'
+    labels, ties to the smaller label)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    _, ctx, report = study_run
+    labels = {split: dict(zip(*read_split(ctx.splits_dir, split))) for split in ("public", "target", "reference")}
+
+    def right(model, split):
+        where = ctx.stage_dir("search", model, split, "projector")
+        table = pa.concat_tables([pq.read_table(os.path.join(where, f)) for f in sorted(os.listdir(where))
+                                  if f.startswith("part-") and f.endswith(".parquet")])
+        out = {}
+        for q, row in zip(table.column("query_id").to_pylist(), table.column("neighbor_ids").to_pylist()):
+            votes = np.bincount([labels["public"][n] for n in row], minlength=5)
+            out[q] = int(np.argmax(votes)) == labels[split][q]
+        return out
+
+    per = {}  # label -> [records, target right, reference right]
+    for split, tgt, ref in (("target", "model_a", "model_b"), ("reference", "model_b", "model_a")):
+        t, r = right(tgt, split), right(ref, split)
+        for q in t:
+            c = per.setdefault(labels[split][q], [0, 0, 0])
+            c[0], c[1], c[2] = c[0] + 1, c[1] + t[q], c[2] + r[q]
+    got = report["results"]["projector"]["positive"]["per_class"]
+    assert [c["label"] for c in got] == sorted(per)
+    for c in got:
+        n, t, r = per[c["label"]]
+        assert (c["records"], c["target"], c["reference"]) == (n, pytest.approx(t / n), pytest.approx(r / n))
+    page = storage.read_bytes(ctx.stage_dir("report", "report.html")).decode()
+    assert "<h2>Per class (positive control, top-1 accuracy)</h2>" in page
+    assert f"<td>{got[0]['target']:.3f}</td><td>{got[0]['reference']:.3f}</td>" in page

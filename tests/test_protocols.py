@@ -11,7 +11,7 @@ from study.errors import ConfigError
 from study.frame.context import run_id_for
 from study.report.protocol_html import protocol_lines, protocol_section
 
-PUBLISHED_SSL = ["embed.crop.rule=strips", "data.resize=center_crop", "search.k=100", "search.metric=l2",
+PUBLISHED_SSL = ["embed.crop.rule=strips", "data.resize=imagenet_center_crop", "search.k=100", "search.metric=l2",
                  "measure.top_q_size=floor"]
 
 
@@ -19,7 +19,7 @@ PUBLISHED_SSL = ["embed.crop.rule=strips", "data.resize=center_crop", "search.k=
 def test_the_published_ssl_preset_and_its_crop_threshold_scaled_to_the_input(size, threshold):
     cfg = load_config(None, ["protocol=dejavu-2023", f"data.image_size={size}"])
     assert (cfg.embed.crop.rule, cfg.embed.crop.min_side, cfg.data.resize, cfg.search.k, cfg.search.metric) == \
-        ("strips", threshold, "center_crop", 100, "l2")
+        ("strips", threshold, "imagenet_center_crop", 100, "l2")
 
 
 def test_a_config_changes_single_choices_on_top_of_its_protocol():

@@ -28,11 +28,13 @@ SPLITS = {"target": 67, "reference": 52, "holdout": 75}
 
 
 def _records(rng, n: int) -> dict:
-    """Per model: top-1, top-5 (never wrong where top-1 is right) and a confidence with ties."""
+    """Per model: top-1, top-5 (never wrong where top-1 is right), a confidence with ties and the
+    records' labels (the same for every model)."""
     out = {}
+    label = rng.integers(0, 4, n)
     for model in ("model_a", "model_b", PREDICTOR):
-        top1 = rng.random(n) < 0.5
-        out[model] = (top1, top1 | (rng.random(n) < 0.4), -rng.integers(0, 6, n) / 4.0)
+        top1 = rng.random(n) < 0.5 + 0.1 * label * (model == "model_a")  # model A better on the higher labels
+        out[model] = (top1, top1 | (rng.random(n) < 0.4), -rng.integers(0, 6, n) / 4.0, label)
     return out
 
 
@@ -70,7 +72,7 @@ def _ctx(tmp_path) -> RunContext:
 def _by_hand(data, where, ctx, controls: dict, control: str) -> dict:
     """The control's results from the core functions on the records both models have, in id order."""
     m, seed = ctx.cfg.measure, ctx.cfg.splits.seed
-    by_metric = {}
+    by_metric, classes = {}, {}
     for j, metric in enumerate(("top1", "top5")):
         sides = []
         for side_name, split, tgt, ref in controls[control]:
@@ -79,11 +81,16 @@ def _by_hand(data, where, ctx, controls: dict, control: str) -> dict:
             order = [i for i in np.argsort(ids) if ids[i] in have]
             order = np.array(order)[side_mask(ids[order], control, side_name, seed)]
             sides.append(Side(ids[order], rec[tgt][j][order], rec[tgt][2][order], rec[ref][j][order], rec[ref][2][order]))
+            for i in order if metric == "top1" else ():  # per class: each record's label, right or not for each
+                c = classes.setdefault(int(rec[tgt][3][i]), [0, 0, 0])
+                c[0], c[1], c[2] = c[0] + 1, c[1] + bool(rec[tgt][0][i]), c[2] + bool(rec[ref][0][i])
         by_metric[metric] = sides
     args = dict(qs=m.quantiles, bootstrap=m.bootstrap, permutations=m.permutations, level=m.confidence_level, seed=m.seed)
     return {"top1": dejavu_test(by_metric["top1"], **args), "top5": dejavu_test(by_metric["top5"], **args),
             "curve": accuracy_curve(by_metric["top1"], m.curve_points),
-            "most_memorized": [r["id"] for r in most_memorized(by_metric["top1"], ctx.cfg.report.gallery_size)]}
+            "most_memorized": [r["id"] for r in most_memorized(by_metric["top1"], ctx.cfg.report.gallery_size)],
+            "per_class": [{"label": c, "records": n, "target": t / n, "reference": r / n}
+                          for c, (n, t, r) in sorted(classes.items())]}
 
 
 @pytest.mark.parametrize("controls, one_sided", [(CONTROLS, False), (ONE_MODEL_CONTROLS, True)])
@@ -103,7 +110,7 @@ def test_results_do_not_depend_on_the_number_of_tasks_and_equal_the_core_functio
         want = _by_hand(data, where, ctx, controls, control)
         assert got[0][control] == entries.local(where, rows, control, ctx.cfg.measure, ctx.cfg.splits.seed,
                                                 ctx.cfg.report.gallery_size)
-        for key in ("top1", "top5", "curve"):
+        for key in ("top1", "top5", "curve", "per_class"):
             assert got[0][control][key] == want[key], (control, key)
         assert [r["id"] for r in got[0][control]["most_memorized"]] == want["most_memorized"]
         assert all(r["split"] == rows[r["side"]][1] for r in got[0][control]["most_memorized"])

@@ -15,7 +15,8 @@ import pytest
 from study.config_load import load_config
 from study.core.object_sets import PREDICTION_RULES
 from study.core.object_draws import population_test
-from study.core.objects import ObjectSide, most_memorized, sample_level
+from study.core.objects import ObjectSide, most_memorized
+from study.core.sample_level import SampleLevel, sample_level
 from study.errors import StudyError
 from study.frame.context import RunContext
 from study.frame.kinds import CONTROLS, side_mask
@@ -28,6 +29,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VLM = os.path.join(ROOT, "configs/quickstart-vlm.yaml")
 KS = (1, 5)
 SPLITS = {"target": 57, "reference": 43, "holdout": 61}
+RECORDS = sum(SPLITS.values())  # a model's attacked records: the bound of the sample level's histograms
 
 
 def _records(rng, n: int) -> dict:
@@ -35,6 +37,7 @@ def _records(rng, n: int) -> dict:
     gt = {"all": rng.integers(1, 5, n), "unnamed": rng.integers(0, 4, n)}  # 0: no unnamed object
     out = {"gt": gt}
     for model in ("model_a", "model_b"):
+        out[(model, "nearest")] = rng.choice(np.linspace(0.1, 1.9, 23), n).astype(np.float32)  # ties, as a ranking meets them
         for k in KS:
             for rule in PREDICTION_RULES:
                 for v in VARIANTS:
@@ -46,7 +49,8 @@ def _records(rng, n: int) -> dict:
 def _write(uri: str, ids: np.ndarray, rec: dict, model: str, order: np.ndarray, parts: int) -> None:
     os.makedirs(uri)
     for j, rows in enumerate(np.array_split(order, parts)):
-        cols = {"id": pa.array(ids[rows]), **{f"gt/{v}": pa.array(rec["gt"][v][rows].astype(np.int32)) for v in VARIANTS}}
+        cols = {"id": pa.array(ids[rows]), **{f"gt/{v}": pa.array(rec["gt"][v][rows].astype(np.int32)) for v in VARIANTS},
+                "nearest": pa.array(rec[(model, "nearest")][rows])}
         for k in KS:
             for rule in PREDICTION_RULES:
                 for v in VARIANTS:
@@ -93,9 +97,9 @@ def _by_hand(data, ctx, control: str, variant: str, k: int, rule: str) -> dict:
             return np.divide(hits, pred, out=np.zeros(len(hits)), where=pred > 0), hits / gt, hits
 
         (tp, tr, th), (rp, rr, rh) = scores(tgt), scores(ref)
-        sides.append(ObjectSide(ids[order], tp, tr, th, rp, rr, rh))
+        sides.append(ObjectSide(ids[order], tp, tr, th, rp, rr, rh, rec[(tgt, "nearest")][order]))
     return {**population_test(sides, m.bootstrap, m.permutations, m.confidence_level, m.seed),
-            "sample_level": sample_level(sides, m.top_fractions),
+            "sample_level": sample_level(sides, entries.sample_plan(m)),
             "most_memorized": [r["id"] for r in most_memorized(sides, ctx.cfg.report.gallery_size)]}
 
 
@@ -107,7 +111,7 @@ def test_entries_do_not_depend_on_the_number_of_tasks_and_equal_the_core_functio
     for per_task in (10**6, 120, 37):  # one task for every draw; 4 and 11 pieces, more than this machine has CPUs
         monkeypatch.setattr(measure_tasks, "DRAWS_PER_TASK", per_task)
         monkeypatch.setattr(measure, "draw_pieces", _pieces_ignoring_cpus(per_task))
-        got.append(measure.control_results(ctx, where, CONTROLS, "test", [WHOLE]))
+        got.append(measure.control_results(ctx, where, CONTROLS, "test", [WHOLE], RECORDS))
     assert got[0] == got[1] == got[2]
     assert set(got[0]) == {"positive", "null"}
     for control in CONTROLS:
@@ -148,7 +152,7 @@ def test_models_queried_with_different_records_stop_the_statistics(ray_local, ou
     _write(uri, ids, rec, "model_b", np.arange(len(ids) - 1), 1)  # model B's holdout misses a record
     bad = {**where, ("model_b", "holdout"): (uri, "search/model_b/holdout")}
     with pytest.raises(StudyError, match=r"search/model_a/holdout.*1 only in model_a's"):
-        measure.control_results(_ctx(tmp_path), bad, {"null": CONTROLS["null"]}, "test", [WHOLE])
+        measure.control_results(_ctx(tmp_path), bad, {"null": CONTROLS["null"]}, "test", [WHOLE], RECORDS)
 
 
 def _close(a, b, path=""):
@@ -181,19 +185,20 @@ def test_entries_from_id_ranges_equal_those_of_one_range(ray_local, outcomes, tm
     sizes = [sum(1 for i in every if (lo is None or i >= lo) and (hi is None or i < hi)) for lo, hi in blocks]
     assert sum(sizes) == len(every) and max(sizes) - min(sizes) <= len(every) // 6  # about equal parts
 
-    whole = measure.control_results(ctx, where, CONTROLS, "test", [WHOLE])
+    whole = measure.control_results(ctx, where, CONTROLS, "test", [WHOLE], RECORDS)
     monkeypatch.setattr(measure_tasks, "DRAWS_PER_TASK", 120)
     monkeypatch.setattr(measure, "draw_pieces", _pieces_ignoring_cpus(120))
-    _close(measure.control_results(ctx, where, CONTROLS, "test", blocks), whole)
+    _close(measure.control_results(ctx, where, CONTROLS, "test", blocks, RECORDS), whole)
     _close(entries.local(where, CONTROLS["positive"], "positive", VARIANTS, ctx.cfg.measure, ctx.cfg.splits.seed,
                          ctx.cfg.report.gallery_size, blocks), whole["positive"])
 
     # Some cut's ties at its threshold span two ranges: the ranges' shares of the cut are tested.
     rows = CONTROLS["positive"]
-    summed = [entries.summaries(where, rows, "positive", "all", KS, ctx.cfg.splits.seed, b, 7) for b in blocks]
-    plans = entries.plan(summed, (0.3, 0.5, 0.7))
+    sample = SampleLevel((0.3, 0.5, 0.7))
+    summed = [entries.summaries(where, rows, "positive", "all", KS, ctx.cfg.splits.seed, sample, b, 7) for b in blocks]
+    plans = entries.plan(summed, sample)
     split_ties = [(key, j) for key in summed[0] for j in range(3)
-                  if sum(0 < plans[b][key]["takes"][j][1] for b in range(3)) > 1]
+                  if sum(0 < plans[b][key]["takes"]["max_pred_gap"][j][1] for b in range(3)) > 1]
     assert split_ties
 
 
@@ -205,3 +210,29 @@ def test_a_study_over_records_per_task_is_split_into_id_ranges(ray_local, outcom
     blocks = measure_tasks.blocks_for(ctx, uris, n)
     assert len(blocks) == -(-n // 60)
     assert measure_tasks.blocks_for(_ctx(tmp_path), uris, n) == [WHOLE]
+
+
+def test_the_published_sample_level_from_id_ranges_equals_the_core_functions(ray_local, outcomes, tmp_path):
+    """The published sample level (the target side alone; max_pred_gap, crct_pred and min_dist;
+    int(f n); F from mean precision and recall) in three id ranges, each block's histogram of
+    nearest distances cut to the records that can make a cut: the rows of the core functions on
+    every record at once."""
+    where, data = outcomes
+    ctx = _ctx(tmp_path, sample_rankings=("max_pred_gap", "crct_pred", "min_dist"), sample_sides="target",
+               sample_f="from_means", top_q_size="floor", top_fractions=(0.02, 0.05, 0.1, 1.0))
+    blocks = id_blocks([where[("model_a", split)][0] for split in SPLITS], 3)
+    got = measure.control_results(ctx, where, {"positive": CONTROLS["positive"]}, "test", blocks, RECORDS)
+    for variant in VARIANTS:
+        for k in KS:
+            for rule in PREDICTION_RULES:
+                rows = got["positive"][f"k={k}/{rule}/{variant}"]["sample_level"]
+                want = _by_hand(data, ctx, "positive", variant, k, rule)["sample_level"]
+                assert [r["ranking"] for r in rows] == ["max_pred_gap"] * 4 + ["crct_pred"] * 4 + ["min_dist"] * 4
+                _close(rows, want)
+                n = int((data["target"][1]["gt"][variant] > 0).sum())  # side a: model A's split, with ground truth
+                assert [r["n"] for r in rows[:4]] == [max(1, int(f * n)) for f in (0.02, 0.05, 0.1)] + [n]
+    sample = entries.sample_plan(ctx.cfg.measure)
+    summed = entries.summaries(where, CONTROLS["positive"], "positive", "all", KS, ctx.cfg.splits.seed, sample,
+                               blocks[-1], 7, sample.limit(RECORDS))  # the range of the ids "t..."
+    kept = sum(summed[(1, "union")]["counts"]["min_dist"].values())
+    assert sample.limit(RECORDS) <= kept < summed[(1, "union")]["ranked"]  # the histogram was cut, the numbers hold

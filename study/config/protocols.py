@@ -24,11 +24,13 @@ def _dejavu_2023(raw: dict) -> dict[str, Any]:
 
     size = int((raw.get("data") or {}).get("image_size", DataConfig().image_size))
     return {"embed.crop.rule": "strips", "embed.crop.min_side": round(PUBLISHED_CROP_PX * size / PUBLISHED_INPUT_PX),
-            "data.resize": "center_crop", "search.k": 100, "search.metric": "l2", "measure.top_q_size": "floor"}
+            "data.resize": "imagenet_center_crop", "search.k": 100, "search.metric": "l2", "measure.top_q_size": "floor"}
 
 
 def _vlm_dejavu_2024(raw: dict) -> dict[str, Any]:
-    return {"measure.headline_rule": "union", "data.resize": "center_crop"}
+    return {"measure.headline_rule": "union", "data.resize": "center_crop", "measure.top_q_size": "floor",
+            "measure.sample_rankings": ["max_pred_gap", "crct_pred", "min_dist"], "measure.sample_sides": "target",
+            "measure.sample_f": "from_means"}
 
 
 def _sslmem_2024(raw: dict) -> dict[str, Any]:
@@ -52,9 +54,6 @@ FIXED = {
         ("label vote ties", "whichever label torch.topk returns first (arbitrary)", "the smallest label (kept: a stable rule)"),
     ],
     "vlm-dejavu-2024": [
-        ("sample level", "the target set only; max_pred_gap, crct_pred and min_dist rankings; top max(1, int(f n)); "
-                         "F from mean precision and mean recall",
-         "both sides pooled; max_pred_gap; top max(1, ceil(f n)); F per record, averaged"),
         ("one-model test", "the target's text tower and a pretrained text model search the public captions",
          "the target searches public images; the reference (a CLIP trained on the public split) searches captions"),
     ],

@@ -129,9 +129,16 @@ class MeasureConfig:
     # ranges of about this many, one task each (memory per task ~1 KiB a record); the numbers do
     # not depend on it, up to the rounding of sums in another order (~1e-16).
     records_per_task: int = field(default=1_000_000, metadata=ADDED)
-    # How many records the SSL test's top q of n holds: ceil, max(1, ceil(q n)); floor, the
-    # published int(q n) (at least 1).
+    # How many records a top fraction q of n holds (the SSL test's top q, the VLM sample level's
+    # top fractions): ceil, max(1, ceil(q n)); floor, the published int(q n) (at least 1).
     top_q_size: str = field(default="ceil", metadata=ADDED)
+    # The VLM sample level (study.core.sample_level): its rankings (max_pred_gap, crct_pred,
+    # min_dist), the records it ranks (both sides pooled, or the target side alone as published)
+    # and its F (per record, averaged; or from_means, the published F of the mean precision and
+    # mean recall).
+    sample_rankings: tuple[str, ...] = field(default=("max_pred_gap",), metadata=ADDED)
+    sample_sides: str = field(default="both", metadata=ADDED)
+    sample_f: str = field(default="per_record", metadata=ADDED)
 
     def __post_init__(self) -> None:
         _check(self.one_model_alpha > 0, "measure.one_model_alpha", "must be > 0")
@@ -139,6 +146,10 @@ class MeasureConfig:
                "must be smoothed or published")
         _check(self.records_per_task >= 1, "measure.records_per_task", "must be >= 1")
         _check(self.top_q_size in ("ceil", "floor"), "measure.top_q_size", "must be ceil or floor")
+        _check(bool(self.sample_rankings) and set(self.sample_rankings) <= {"max_pred_gap", "crct_pred", "min_dist"},
+               "measure.sample_rankings", "choose from max_pred_gap, crct_pred, min_dist")
+        _check(self.sample_sides in ("both", "target"), "measure.sample_sides", "must be both or target")
+        _check(self.sample_f in ("per_record", "from_means"), "measure.sample_f", "must be per_record or from_means")
         _check(all(0 < q <= 1 for q in self.quantiles) and self.quantiles, "measure.quantiles", "must be in (0, 1]")
         _check(all(k >= 1 for k in self.ks) and self.ks, "measure.ks", "must be >= 1")
         _check(self.top_n >= 1, "measure.top_n", "must be >= 1")

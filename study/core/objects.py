@@ -4,17 +4,14 @@ A record's caption retrieves its k nearest public images; their objects vote, a 
 turns the votes into a predicted object set, and the set is scored against the record's ground
 truth. Object sets are sparse rows of object ids (``object_sets``: the votes, the prediction
 rules, the per-record scores). This module owns the caption-name filter, the recall curve, the
-sample-level gaps and the most-memorized list, both also over records held in id-range blocks;
-the population test (PPG, PRG, AUCG with intervals and p-values) is ``object_draws``.
+most-memorized list, also over records held in id-range blocks; the sample level is
+``sample_level``, the population test (PPG, PRG, AUCG with intervals and p-values) is ``object_draws``.
 
 Sides follow ``metrics.Side``: side "a" holds model A's training records (A target, B
 reference), side "b" model B's with the roles swapped; population numbers are the mean over sides.
 """
 from __future__ import annotations
 
-import functools
-import math
-import operator
 import re
 from dataclasses import dataclass, fields
 from typing import Sequence
@@ -22,7 +19,6 @@ from typing import Sequence
 import numpy as np
 
 from study.core import stats
-from study.core.object_sets import f_score
 
 # Caption tokens: runs of letters, digits and '-'; whitespace, '_' and other punctuation split.
 _TOKEN = re.compile(r"(?:[^\W_]|-)+")
@@ -64,9 +60,10 @@ class ObjectSide:
     reference_precision: np.ndarray
     reference_recall: np.ndarray
     reference_hits: np.ndarray
+    target_nearest: np.ndarray | None = None  # the target's nearest neighbour's distance (sample level's min_dist)
 
     def __post_init__(self):
-        lengths = {f.name: len(getattr(self, f.name)) for f in fields(self)}
+        lengths = {f.name: len(getattr(self, f.name)) for f in fields(self) if getattr(self, f.name) is not None}
         if len(set(lengths.values())) > 1:
             raise ValueError(f"ObjectSide arrays differ in length: {lengths}")
 
@@ -99,112 +96,14 @@ def recall_area(recall: np.ndarray, bins: int = 100) -> np.ndarray:
     return table[np.searchsorted(grid, recall, side="right")]
 
 
-def _pooled(sides: Sequence[ObjectSide]):
-    """All records of all sides, side after side: hits gap (n,), side index (n,), ids by position.
-
-    Records rank by hits gap descending, then id, then side (``stats.top_by_score``); only the
-    records that can make a cut are turned into id text.
-    """
-    side_index = np.concatenate([np.full(len(s), i) for i, s in enumerate(sides)]).astype(np.int64)
-    th = np.concatenate([s.target_hits for s in sides]).astype(np.int64)
-    score = th - np.concatenate([s.reference_hits for s in sides]).astype(np.int64)
-    return score, side_index, stats.pooled_ids([s.ids for s in sides])
-
-
-_SCORES = ("target_precision", "reference_precision", "target_recall", "reference_recall")
-
-
-def sample_tops(n: int, fractions: Sequence[float]) -> list[int]:
-    """The records each fraction f takes of n: max(1, ceil(f * n))."""
-    if any(not 0.0 < f <= 1.0 for f in fractions):
-        raise ValueError(f"fractions must lie in (0, 1], got {list(fractions)}")
-    return [min(n, max(1, math.ceil(f * n - 1e-9))) for f in fractions]  # tolerance: 0.1 * 30 is 3, not 4
-
-
-def score_counts(sides: Sequence[ObjectSide]) -> dict[int, int]:
-    """{hits gap: records} of the pooled sides: a block's histogram (the blocks' counts add)."""
-    score, _, _ = _pooled(sides)
-    values, counts = np.unique(score, return_counts=True)
-    return {int(v): int(c) for v, c in zip(values, counts)}
-
-
-def sample_cuts(counts: dict[int, int], fractions: Sequence[float]) -> list[tuple[int, int, int]]:
-    """(m, t, above) per fraction from the whole ranking's histogram: the top m records are the
-    ``above`` records with hits gap > t and the first m - above of those at t (by id, then side)."""
-    n = sum(counts.values())
-    if n == 0:
-        raise ValueError("sample_level needs at least one record")
-    cuts = []
-    for m in sample_tops(n, fractions):
-        above = 0
-        for t in sorted(counts, reverse=True):
-            if above + counts[t] >= m:
-                break
-            above += counts[t]
-        cuts.append((m, t, above))
-    return cuts
-
-
-def block_takes(block_counts: Sequence[dict[int, int]], cuts: Sequence[tuple[int, int, int]]) -> list[list[tuple[int, int]]]:
-    """Per block (in id order), per cut: (t, how many of the block's records at t the cut takes).
-    Ties at t go by id, then side, so the earlier blocks' ties come first."""
-    takes = [[] for _ in block_counts]
-    for m, t, above in cuts:
-        left = m - above
-        for b, counts in enumerate(block_counts):
-            take = min(counts.get(t, 0), left)
-            takes[b].append((t, take))
-            left -= take
-    return takes
-
-
-def sample_sums(sides: Sequence[ObjectSide], takes: Sequence[tuple[int, int]]) -> np.ndarray:
-    """(cuts, 3) sums of the precision, recall and F gaps (target - reference) over one block's
-    records in each cut: those with hits gap > t and the first ``take`` at t, summed in rank order."""
-    score, _, ids_at = _pooled(sides)
-    lengths = [int((score > t).sum()) + take for t, take in takes]
-    out = np.zeros((len(takes), 3))
-    order = stats.top_by_score(score, ids_at, max(lengths, default=0))  # only the records some cut takes
-    if not len(order):
-        return out
-    pt, pr, rt, rr = (np.concatenate([getattr(s, f) for s in sides])[order].astype(np.float64) for f in _SCORES)
-    gaps = np.stack([pt - pr, rt - rr, f_score(pt, rt) - f_score(pr, rr)], axis=1)
-    running = np.cumsum(gaps, axis=0)  # (top, 3): prefix sums of the ranked gaps
-    for j, length in enumerate(lengths):
-        if length:
-            out[j] = running[length - 1]
-    return out
-
-
-def sample_rows(fractions: Sequence[float], cuts: Sequence[tuple[int, int, int]], block_sums: Sequence[np.ndarray]) -> list[dict]:
-    """The sample-level rows from the blocks' ``sample_sums`` (in block order)."""
-    total = functools.reduce(operator.add, block_sums)
-    rows = []
-    for f, (m, _, _), sums in zip(fractions, cuts, total):
-        p_gap, r_gap, f_gap = (float(v) for v in sums / m)
-        rows.append({"fraction": float(f), "n": m, "precision_gap": p_gap, "recall_gap": r_gap, "f_gap": f_gap})
-    return rows
-
-
-def sample_level(sides: Sequence[ObjectSide], fractions: Sequence[float]) -> list[dict]:
-    """Precision, recall and F gaps (mean target - reference) over the top fraction of records.
-
-    Records of all sides are pooled and ranked by |GT ∩ pred_tgt| - |GT ∩ pred_ref| (descending,
-    ties by id, then side); a fraction f takes the top max(1, ceil(f * n)) records. The records may
-    be held in id-range blocks: the histogram of hits gaps (``score_counts``, added over blocks)
-    gives each fraction's cut (``sample_cuts``), each block sums its part of the cuts
-    (``block_takes``, ``sample_sums``) and the sums add (``sample_rows``); here, one block.
-    """
-    cuts = sample_cuts(score_counts(sides), fractions)
-    return sample_rows(fractions, cuts, [sample_sums(sides, block_takes([score_counts(sides)], cuts)[0])])
-
-
 def most_memorized(sides: Sequence[ObjectSide], limit: int) -> list[dict]:
     """Records whose target prediction hits more ground-truth objects than the reference's, by hits gap."""
     if sum(len(s) for s in sides) == 0:
         return []
-    score, side_index, ids_at = _pooled(sides)
-    top = stats.top_by_score(score, ids_at, limit)
+    score = np.concatenate([s.target_hits.astype(np.int64) - s.reference_hits.astype(np.int64) for s in sides])
+    side_index = np.concatenate([np.full(len(s), i) for i, s in enumerate(sides)]).astype(np.int64)
+    ids_at = stats.pooled_ids([s.ids for s in sides])
+    top = stats.top_by_score(score, ids_at, limit)  # ties by id, then side
     top = top[score[top] > 0]
     return [{"id": str(i), "side": int(side_index[p]), "score": float(score[p])} for p, i in zip(top, ids_at(top))]
 

@@ -6,14 +6,17 @@ classifier), the embed stage's whole images, background crops, caption images an
 the linear probe, the zero-shot utility and the report's galleries — turns it into an
 (S, S, 3) uint8 array through ``ModelInput``, so a record is the same tensor wherever it is used.
 
-Two resize rules (``RESIZE_RULES``, ``data.resize``):
+Three resize rules (``RESIZE_RULES``, ``data.resize``):
 
 - ``squash``: the whole image (or crop) resized to S x S, bilinear; the aspect ratio is not kept,
   and every pixel of a crop reaches the model. The default, and what the product always did with
   images already of size S (left untouched).
 - ``center_crop``: the shorter side resized to S (bilinear, aspect ratio kept), then the central
-  S x S square: torchvision's ``Resize(S)`` followed by ``CenterCrop(S)``, the published SSL
-  protocol's rule. The ends of the longer side are cut off.
+  S x S square: torchvision's ``Resize(S)`` followed by ``CenterCrop(S)`` (open_clip's evaluation
+  transform, there with bicubic resampling). The ends of the longer side are cut off.
+- ``imagenet_center_crop``: the shorter side resized to floor(S * 256 / 224) (256 at S = 224),
+  then the central S x S square: ``Resize(256)`` followed by ``CenterCrop(224)`` at ImageNet's
+  scale, the published SSL protocol's rule; a margin of 1/8 of the shorter side is cut off too.
 
 Decoding: any mode Pillow reads becomes RGB (16-bit greyscale scaled to 8 bits, not clipped); a
 large JPEG whose whole image is wanted is decoded at the smallest DCT scale that still gives at
@@ -52,9 +55,22 @@ def _center_crop(image: Image.Image, size: int) -> Image.Image:
     return F.center_crop(image, size) if image.size != (size, size) else image
 
 
+def _imagenet_center_crop(image: Image.Image, size: int) -> Image.Image:
+    # The evaluation transform's ratio (crop 224 of 256), at any model input size; floor, as
+    # timm sizes it (math.floor(size / crop_pct)).
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms import functional as F
+
+    scaled = size * 256 // 224
+    if min(image.size) != scaled:
+        image = F.resize(image, scaled, interpolation=InterpolationMode.BILINEAR)
+    return F.center_crop(image, size)
+
+
 RESIZE_RULES: dict[str, Callable[[Image.Image, int], Image.Image]] = {
     "squash": _squash,
     "center_crop": _center_crop,
+    "imagenet_center_crop": _imagenet_center_crop,
 }
 
 

@@ -15,31 +15,34 @@ import pyarrow.parquet as pq
 from study import storage
 from study.search import results
 
-# score(query ids (n,) str, the batch's neighbour ids column) -> (outcome table, counts to add)
-Score = Callable[[np.ndarray, pa.Array], tuple[pa.Table, dict]]
+# score(query ids (n,) str, the batch's columns of the search results: neighbour ids, then the
+# others asked for) -> (outcome table, counts to add)
+Score = Callable[..., tuple[pa.Table, dict]]
 
 
-def score_part_file(results_uri: str, part: int, out_uri: str, batch_rows: int, score: Score) -> dict:
+def score_part_file(results_uri: str, part: int, out_uri: str, batch_rows: int, score: Score,
+                    columns: tuple[str, ...] = ("neighbor_ids",)) -> dict:
     """Score one part of a model's search results ``batch_rows`` queries at a time and write the
-    outcome tables ``score`` makes of each batch to ``out_uri/part-<part>.parquet``; returns the
-    summed counts, with "records". An empty part gets an empty file with the columns."""
+    outcome tables ``score`` makes of each batch (its ids and ``columns``) to
+    ``out_uri/part-<part>.parquet``; returns the summed counts, with "records". An empty part gets
+    an empty file with the columns."""
     fs, path = storage.fs_and_path(results.part_uri(results_uri, part))
     storage.makedirs(out_uri)
     out_fs, out_path = storage.fs_and_path(storage.join(out_uri, f"part-{part:05d}.parquet"))
     counts: dict = {"records": 0}
     with fs.open(path, "rb") as fh, out_fs.open(out_path, "wb") as out:
         writer = None
-        for batch in pq.ParquetFile(fh).iter_batches(batch_size=batch_rows, columns=["query_id", "neighbor_ids"]):
+        for batch in pq.ParquetFile(fh).iter_batches(batch_size=batch_rows, columns=["query_id", *columns]):
             q_ids = np.asarray(batch.column("query_id").to_pylist(), dtype=str)
-            table, got = score(q_ids, batch.column("neighbor_ids"))
+            table, got = score(q_ids, *(batch.column(c) for c in columns))
             writer = writer or pq.ParquetWriter(out, table.schema)
             writer.write_table(table)
             counts["records"] += len(q_ids)
             for name, value in got.items():
                 counts[name] = counts.get(name, 0) + int(value)
         if writer is None:
-            empty = pa.array([], pa.list_(pa.string()))
-            writer = pq.ParquetWriter(out, score(np.zeros(0, str), empty)[0].schema)
+            empty = {"neighbor_ids": pa.array([], pa.list_(pa.string())), "distances": pa.array([], pa.list_(pa.float32()))}
+            writer = pq.ParquetWriter(out, score(np.zeros(0, str), *(empty[c] for c in columns))[0].schema)
         writer.close()
     return counts
 

@@ -39,31 +39,60 @@ def read_sides(where: dict, rows: Sequence[tuple]) -> dict:
     return read
 
 
-def build_sides(read: dict, rows: Sequence[tuple], control: str, seed: int) -> dict[str, list[Side]]:
-    """{metric: sides of one control} with top-1 ("top1") or top-5 ("top5") correctness, over the
-    records both models were queried with (a predictor may score fewer), in id order; each side's
-    records are matched and halved once for both metrics."""
-    sides: dict = {metric: [] for metric in METRICS}
+def matched(read: dict, rows: Sequence[tuple], control: str, seed: int):
+    """Per side of one control: (its target's and reference's outcomes, their rows of the side's
+    records, the records' ids): the records both were queried with (a predictor may score
+    fewer), in id order, halved as the control says."""
     for side_name, split, tgt, ref in rows:
         t, r = read[(tgt, split)], read[(ref, split)]
         common = np.intersect1d(t.ids, r.ids, assume_unique=True)
         ti, ri = np.searchsorted(t.ids, common), np.searchsorted(r.ids, common)
         keep = side_mask(common, control, side_name, seed)
-        ti, ri = ti[keep], ri[keep]
+        yield t, r, ti[keep], ri[keep], common[keep]
+
+
+def build_sides(read: dict, rows: Sequence[tuple], control: str, seed: int) -> dict[str, list[Side]]:
+    """{metric: sides of one control} with top-1 ("top1") or top-5 ("top5") correctness (``matched``);
+    each side's records are matched and halved once for both metrics."""
+    sides: dict = {metric: [] for metric in METRICS}
+    for t, r, ti, ri, ids in matched(read, rows, control, seed):
         for metric in METRICS:
             sides[metric].append(Side(
-                ids=common[keep],
+                ids=ids,
                 target_correct=getattr(t, metric)[ti], target_confidence=t.confidence[ti],
                 reference_correct=getattr(r, metric)[ri], reference_confidence=r.confidence[ri],
             ))
     return sides
 
 
+def per_class(read: dict, rows: Sequence[tuple], control: str, seed: int) -> list[dict]:
+    """Top-1 accuracy per foreground class, target against reference, over the control's sides
+    (each side's target and reference, summed): [{"label", "records", "target", "reference"}]
+    by label, the records of a known label only."""
+    labels, right_t, right_r = [], [], []
+    for t, r, ti, ri, _ in matched(read, rows, control, seed):
+        labels.append(t.label[ti])
+        right_t.append(t.top1[ti])
+        right_r.append(r.top1[ri])
+    if not labels:
+        return []
+    label, rt, rr = (np.concatenate(a) for a in (labels, right_t, right_r))
+    known = label >= 0
+    label, rt, rr = label[known], rt[known], rr[known]
+    out = []
+    for c in np.unique(label):
+        at = label == c
+        out.append({"label": int(c), "records": int(at.sum()), "target": float(rt[at].mean()),
+                    "reference": float(rr[at].mean())})
+    return out
+
+
 def ranking(where: dict, rows: Sequence[tuple], control: str, seed: int, curve_points: int, gallery_size: int) -> dict:
-    """{"n": side sizes, "curve", "most_memorized"} of one control (top-1 correctness)."""
-    sides = build_sides(read_sides(where, rows), rows, control, seed)["top1"]
+    """{"n": side sizes, "curve", "most_memorized", "per_class"} of one control (top-1 correctness)."""
+    read = read_sides(where, rows)
+    sides = build_sides(read, rows, control, seed)["top1"]
     n = [len(s) for s in sides]
-    return {"n": n,
+    return {"n": n, "per_class": per_class(read, rows, control, seed),
             "curve": accuracy_curve(sides, curve_points) if sum(n) else None,
             "most_memorized": [{**row, "split": rows[row["side"]][1], "target_model": rows[row["side"]][2]}
                                for row in most_memorized(sides, gallery_size)]}
@@ -86,7 +115,8 @@ def assemble(ranked: dict, pieces: Sequence[dict], m) -> dict | None:
     for metric in METRICS:
         present = [AccuracyDraws.stack([p[metric][i] for p in pieces]) for i, size in enumerate(ranked["n"]) if size]
         out[metric] = accuracy_summary(present, m.quantiles, m.permutations, m.confidence_level)
-    return {**out, "curve": ranked["curve"], "most_memorized": ranked["most_memorized"]}
+    return {**out, "curve": ranked["curve"], "most_memorized": ranked["most_memorized"],
+            "per_class": ranked.get("per_class", [])}
 
 
 def local(where: dict, rows: Sequence[tuple], control: str, m, seed: int, gallery_size: int) -> dict | None:

@@ -14,7 +14,7 @@ from study.config import StudyConfig
 from study.config_load import config_to_dict
 from study.data import records
 from study.data.loading import load_images, load_inputs
-from study.frame.context import RunContext
+from study.frame.context import RunContext, read_marker
 from study.frame.kinds import StudyKind
 from study.data.inspect_stats import crop_counts
 from study.kinds.ssl_dejavu.measure import run_measure
@@ -110,8 +110,9 @@ def extras(ctx: RunContext) -> dict:
     one_model = read_one_model(ctx)
     if one_model and "predictors" in one_model:
         one_model["headline"] = {name: headline(results) for name, results in one_model["predictors"].items()}
+    names = ((read_marker(ctx.stage_dir("data")) or {}).get("summary") or {}).get("label_names") or []
     return {"k": ctx.cfg.search.k, "metric": ctx.cfg.search.metric, "crop_rule": config_to_dict(ctx.cfg.embed.crop),
-            "utility": read_utility(ctx), "one_model": one_model}
+            "utility": read_utility(ctx), "one_model": one_model, "label_names": list(names)}
 
 
 def gallery(ctx: RunContext, report: dict) -> list[dict]:

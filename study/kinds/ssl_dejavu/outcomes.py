@@ -4,7 +4,8 @@ results, and written to Parquet beside them (``stages.outcome_files``); the driv
 Layout of ``measure/outcomes/<model>/<split>/<space>/``::
 
     part-00000.parquet, ...   id, top1, top5 (the k-NN attack's label is right, or among its top 5
-                              by votes), confidence (minus the entropy of the vote shares)
+                              by votes), confidence (minus the entropy of the vote shares), label
+                              (the record's own: the per-class breakdown)
 
 Queries without a label have no ground truth and are left out (counted); a neighbour without one
 casts no vote (counted). The labels of the public and attacked records (``LabelTables``) come
@@ -57,9 +58,11 @@ def label_tables(splits_dir: str, attacked, num_classes: int) -> LabelTables:
     return LabelTables(num_classes, public, labels, {split: split_labels(splits_dir, split) for split in attacked})
 
 
-def outcome_table(ids: np.ndarray, top1: np.ndarray, top5: np.ndarray, confidence: np.ndarray) -> pa.Table:
+def outcome_table(ids: np.ndarray, top1: np.ndarray, top5: np.ndarray, confidence: np.ndarray,
+                  label: np.ndarray) -> pa.Table:
     return pa.table({"id": pa.array(ids, pa.string()), "top1": pa.array(top1, pa.bool_()),
-                     "top5": pa.array(top5, pa.bool_()), "confidence": pa.array(confidence, pa.float64())})
+                     "top5": pa.array(top5, pa.bool_()), "confidence": pa.array(confidence, pa.float64()),
+                     "label": pa.array(np.asarray(label, np.int32), pa.int32())})
 
 
 def score_part(tables: LabelTables, results_uri: str, part: int, out_uri: str, split: str,
@@ -72,7 +75,7 @@ def score_part(tables: LabelTables, results_uri: str, part: int, out_uri: str, s
 
     def score(q_ids: np.ndarray, neighbor_ids: pa.Array) -> tuple[pa.Table, dict]:
         if not len(q_ids):
-            return outcome_table(q_ids, np.zeros(0, bool), np.zeros(0, bool), np.zeros(0)), {}
+            return outcome_table(q_ids, np.zeros(0, bool), np.zeros(0, bool), np.zeros(0), np.zeros(0, np.int32)), {}
         rows = public_rows(neighbor_ids, tables.public, results_uri)
         nl = np.where(rows >= 0, tables.public_labels[np.clip(rows, 0, None)], -1)
         pred, top5, conf = predict_from_votes(label_votes(nl, tables.num_classes), top=5)
@@ -81,7 +84,7 @@ def score_part(tables: LabelTables, results_uri: str, part: int, out_uri: str, s
         labels = truth_labels[t_rows]
         keep = labels >= 0  # an unlabelled query would count as right when no neighbour votes (-1 == -1)
         table = outcome_table(q_ids[keep], (pred == labels)[keep], (top5 == labels[:, None]).any(axis=1)[keep],
-                              conf[keep])
+                              conf[keep], labels[keep])
         return table, {"neighbours": (rows >= 0).sum(), "unlabelled_neighbours": ((rows >= 0) & (nl < 0)).sum(),
                        "unlabelled_queries": (~keep).sum()}
 
@@ -94,7 +97,7 @@ def write_predicted(out_uri: str, ids: np.ndarray, labels: np.ndarray, probs: np
     ``confidence`` is given) on labelled records; returns how many."""
     pred, top5, conf = predict_from_votes(probs)
     conf = conf if confidence is None else np.asarray(confidence, dtype=np.float64)
-    write_outcomes(out_uri, outcome_table(ids, pred == labels, (top5 == labels[:, None]).any(axis=1), conf))
+    write_outcomes(out_uri, outcome_table(ids, pred == labels, (top5 == labels[:, None]).any(axis=1), conf, labels))
     return len(ids)
 
 
@@ -106,11 +109,15 @@ class Outcomes:
     top1: np.ndarray  # (n,) bool
     top5: np.ndarray  # (n,) bool
     confidence: np.ndarray  # (n,) float64
+    label: np.ndarray  # (n,) int64, the record's label (-1 in files written without it)
 
     @staticmethod
     def read(uri: str) -> "Outcomes":
         table, ids, order = read_outcomes(uri)
         if table is None or not len(ids):
-            return Outcomes(np.zeros(0, str), np.zeros(0, bool), np.zeros(0, bool), np.zeros(0))
+            return Outcomes(np.zeros(0, str), np.zeros(0, bool), np.zeros(0, bool), np.zeros(0), np.zeros(0, np.int64))
         top1, top5, conf = (table.column(c).to_numpy(zero_copy_only=False)[order] for c in ("top1", "top5", "confidence"))
-        return Outcomes(ids[order], top1.astype(bool), top5.astype(bool), conf.astype(np.float64))
+        label = (table.column("label").to_numpy(zero_copy_only=False)[order] if "label" in table.column_names
+                 else np.full(len(ids), -1))
+        return Outcomes(ids[order], top1.astype(bool), top5.astype(bool), conf.astype(np.float64),
+                        label.astype(np.int64))

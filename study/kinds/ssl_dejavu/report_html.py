@@ -124,6 +124,30 @@ def one_model_html(one_model: dict | None, headline: dict) -> str:
             f"two-model gap.</p>" + table(head, rows) + listed)
 
 
+def per_class_html(report: dict) -> str:
+    """Top-1 accuracy per foreground class on the positive control (the one-model test's
+    per-class breakdown): target and reference per representation, and each one-model
+    predictor's accuracy on the same class."""
+    names = report.get("label_names") or []
+    predictors = (report.get("one_model") or {}).get("predictors", {})
+    rows = []
+    for rep, controls in report["results"].items():
+        by_predictor = {p: {c["label"]: c for c in ((per.get(rep) or {}).get("positive") or {}).get("per_class", [])}
+                        for p, per in predictors.items()}
+        for c in (controls.get("positive") or {}).get("per_class", []):
+            name = names[c["label"]] if c["label"] < len(names) else str(c["label"])
+            rows.append([rep, html.escape(str(name)), str(c["records"]), f"{c['target']:.3f}", f"{c['reference']:.3f}",
+                         f"{c['target'] - c['reference']:+.3f}",
+                         *(f"{by_predictor[p][c['label']]['reference']:.3f}" if c["label"] in by_predictor[p] else ""
+                           for p in predictors)])
+    if not rows:
+        return ""
+    head = ["representation", "class", "records", "target", "reference", "gap", *(f"{p} acc." for p in predictors)]
+    return (f"<h2>Per class (positive control, top-1 accuracy)</h2><details><summary>{len(rows)} rows: the target's and "
+            f"the reference's k-NN accuracy on each class's records (both sides), and each one-model predictor's on the "
+            f"records it scored</summary>{table(head, rows)}</details>")
+
+
 def render_body(report: dict, gallery: list[dict]) -> str:
     results = report["results"]
     heads = "".join(
@@ -141,5 +165,6 @@ intervals and paired-test p-values. The null control should cover 0.</p>
 {one_model_html(report.get("one_model"), report["headline"])}
 {utility_html(report.get("utility"))}
 <h2>All numbers</h2>{results_table(results)}
+{per_class_html(report)}
 <h2>Most-memorized records</h2>{gallery_html(gallery)}
 """

@@ -99,7 +99,9 @@ def extras(ctx: RunContext) -> dict:
     return {"k": headline_k(ks), "ks": ks, "metric": ctx.cfg.search.metric, "top_n": ctx.cfg.measure.top_n,
             "headline_key": results["headline_key"],
             "utility": results.get("utility", {}), "skipped_no_gt": results.get("skipped_no_gt", {}),
-            "text_randomization": vars(ctx.cfg.train.text_randomization), "one_model": one_model}
+            "text_randomization": vars(ctx.cfg.train.text_randomization), "one_model": one_model,
+            "sample_level": {"sides": ctx.cfg.measure.sample_sides, "f": ctx.cfg.measure.sample_f,
+                             "size": ctx.cfg.measure.top_q_size}}
 
 
 def gallery(ctx: RunContext, report: dict) -> list[dict]:

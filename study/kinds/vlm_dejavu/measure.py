@@ -22,31 +22,33 @@ from study.stages.measure_tasks import (blocks_for, cpus, draw_pieces, outcome_d
                                         summarise_and_draw)
 
 
-def control_results(ctx: RunContext, where: dict, controls: dict, label: str, blocks: list,
+def control_results(ctx: RunContext, where: dict, controls: dict, label: str, blocks: list, records: int,
                     one_sided: bool = False) -> dict:
     """{control: {"k=../rule/variant": entry}} over the ``controls`` that can be measured
     (``sides_present``), from the outcome files ``where`` ((model, split) -> (outcome dir, search
-    results dir)) in the id ranges ``blocks``. Ray tasks read the files: per control, variant and
-    block, one summarises the records (sizes, hits-gap histogram, most memorized) and each of
-    ``draw_pieces`` computes a range of the bootstrap and swap draws (the first also the block's
-    sample-level sums); the driver assembles the entries from their aggregates."""
+    results dir)) in the id ranges ``blocks``, of at most ``records`` records a model. Ray tasks
+    read the files: per control, variant and block, one summarises the records (sizes, the
+    sample-level rankings' histograms, most memorized) and each of ``draw_pieces`` computes a range
+    of the bootstrap and swap draws (the first also the block's sample-level sums); the driver
+    assembles the entries from their aggregates."""
     cfg = ctx.cfg
     m = cfg.measure
     pieces = draw_pieces(m.bootstrap, m.permutations, cpus())
+    sample = entries.sample_plan(m)
     groups = {}
     for control, rows in controls.items():
         have = sides_present(rows, where, one_sided)
         if have is None:
             continue
         for variant in outcomes.VARIANTS:
-            groups[(control, variant)] = ((where, have, control, variant, tuple(m.ks), cfg.splits.seed),
-                                          (cfg.report.gallery_size,), (tuple(m.top_fractions),), (m.seed,))
+            groups[(control, variant)] = ((where, have, control, variant, tuple(m.ks), cfg.splits.seed, sample),
+                                          (cfg.report.gallery_size, sample.limit(records)), (sample,), (m.seed,))
     out: dict = {}
     for (control, variant), (summed, drawn) in summarise_and_draw(groups, blocks, entries.summaries, entries.plan,
                                                                   entries.draws, pieces).items():
         got = out.setdefault(control, {})
         for key in summed[0]:
-            entry = entries.assemble(key, variant, summed, drawn, m, cfg.report.gallery_size)
+            entry = entries.assemble(key, variant, summed, drawn, m, cfg.report.gallery_size, sample)
             if entry is not None:
                 got[f"k={key[0]}/{key[1]}/{variant}"] = entry
     for control, got in out.items():
@@ -82,10 +84,10 @@ def run_measure(ctx: RunContext) -> dict:
     for space, searches in per_space.items():
         where = {(model, split): (outcome_dir(ctx, model, split, sp), ctx.search_results(model, split, sp))
                  for model, sp in searches.items() for split in attacked}
-        results[space] = control_results(ctx, where, CONTROLS, space, blocks)
+        results[space] = control_results(ctx, where, CONTROLS, space, blocks, records)
         if retriever:
             one_model[space] = control_results(ctx, where, text_retriever.CONTROLS,
-                                               f"{space} vs. {text_retriever.RETRIEVER}", blocks, one_sided=True)
+                                               f"{space} vs. {text_retriever.RETRIEVER}", blocks, records, one_sided=True)
     from study.kinds.vlm_dejavu.utility import measure_utility
 
     rows = ray.get(ray.remote(num_cpus=1)(utility_rows).remote(tables, ctx.splits_dir, cfg.measure.utility_records))

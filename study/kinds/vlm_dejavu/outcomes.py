@@ -4,7 +4,8 @@ results, and written to Parquet beside them; the driver receives counts.
 Layout of ``measure/outcomes/<model>/<split>/<space>/`` (the search results' own layout)::
 
     part-00000.parquet, ...   id, gt/all, gt/unnamed (ground-truth sizes; 0: no ground truth for
-                              that variant, the record is left out of it), and per k, prediction
+                              that variant, the record is left out of it), nearest (the nearest
+                              neighbour's distance; NaN without one), and per k, prediction
                               rule and variant ``k=<k>/<rule>/<variant>/hits`` and ``.../pred``
 
 Counts only (int32): precision, recall and F follow from them (``object_sets.scores``) exactly as
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from study.core.object_sets import PREDICTION_RULES, ObjectSets, neighbour_votes, overlap, scores
 from study.core.objects import named_objects
@@ -44,13 +46,21 @@ def ground_truth(tables, rows: np.ndarray) -> dict[str, ObjectSets]:
     return {"all": all_sets, "unnamed": ObjectSets.from_lists(unnamed, all_sets.vocab_size)}
 
 
-def score_table(tables, q_ids: np.ndarray, I: np.ndarray, ks, top_n: int) -> pa.Table:
+def nearest_distance(distances: pa.Array) -> np.ndarray:
+    """(n,) float32: each query's first (nearest) neighbour distance, NaN where it has none."""
+    first = pc.list_element(pc.if_else(pc.greater(pc.list_value_length(distances), 0), distances,
+                                       pa.scalar([float("nan")], distances.type)), 0)
+    return first.to_numpy(zero_copy_only=False).astype(np.float32)
+
+
+def score_table(tables, q_ids: np.ndarray, I: np.ndarray, ks, top_n: int, nearest: np.ndarray | None = None) -> pa.Table:
     """The outcome columns of one batch of queries (ids (n,), public rows of their neighbours
-    (n, K)). A query's votes and predictions depend on its neighbours alone, so each k's votes
+    (n, K), the nearest neighbour's distance (n,)). A query's votes and predictions depend on its neighbours alone, so each k's votes
     are counted once for the batch and each rule's prediction serves both variants."""
     truths = ground_truth(tables, tables.attacked.rows(q_ids))
     cols = {"id": pa.array(q_ids, pa.string())}
     cols.update({f"gt/{v}": pa.array(gt.sizes().astype(np.int32)) for v, gt in truths.items()})
+    cols["nearest"] = pa.array(np.full(len(q_ids), np.nan, np.float32) if nearest is None else nearest, pa.float32())
     kept = {v: np.flatnonzero(gt.sizes() > 0) for v, gt in truths.items()}
     for k in ks:
         votes = neighbour_votes(tables.public_objects, I, min(k, I.shape[1])) if len(q_ids) else None
@@ -71,15 +81,16 @@ def score_part(tables, results_uri: str, part: int, out_uri: str, ks: tuple, top
     to ``search.rows_per_file`` queries, each with k neighbour ids), and write its outcomes;
     returns counts ({"records", "no_gt/<variant>"}). A neighbour that is not a public record, or a
     query that is not an attacked record, stops the run (``search.results`` checks)."""
-    def score(q_ids: np.ndarray, neighbor_ids: pa.Array) -> tuple[pa.Table, dict]:
+    def score(q_ids: np.ndarray, neighbor_ids: pa.Array, distances: pa.Array) -> tuple[pa.Table, dict]:
         if not len(q_ids):
             return score_table(tables, q_ids, np.zeros((0, 0), np.int64), ks, top_n), {}
         I = public_rows(neighbor_ids, tables.public, results_uri)
         check_queries(q_ids, tables.attacked.rows(q_ids), results_uri)
-        table = score_table(tables, q_ids, I, ks, top_n)
+        table = score_table(tables, q_ids, I, ks, top_n, nearest_distance(distances))
         return table, {f"no_gt/{v}": (table.column(f"gt/{v}").to_numpy() == 0).sum() for v in VARIANTS}
 
-    return {**{f"no_gt/{v}": 0 for v in VARIANTS}, **score_part_file(results_uri, part, out_uri, SCORE_ROWS, score)}
+    return {**{f"no_gt/{v}": 0 for v in VARIANTS}, **score_part_file(results_uri, part, out_uri, SCORE_ROWS, score,
+                                                                         ("neighbor_ids", "distances"))}
 
 
 class Outcomes:
@@ -109,10 +120,12 @@ class Outcomes:
 
     def entry(self, variant: str, key: tuple) -> tuple[np.ndarray, dict]:
         """(ids of the records with ground truth for ``variant``, in id order; their scores at
-        (k, rule) ``key``)."""
+        (k, rule) ``key``, with "nearest", the nearest neighbour's distance)."""
         if not len(self.ids):
-            return np.zeros(0, str), scores(*(np.zeros(0, np.int64),) * 3)
+            return np.zeros(0, str), {**scores(*(np.zeros(0, np.int64),) * 3), "nearest": np.zeros(0, np.float32)}
         kept = self.kept(variant)
         gt = self.table.column(f"gt/{variant}").to_numpy()[kept]
         hits, pred = (self.table.column(column(*key, variant, f)).to_numpy()[kept] for f in ("hits", "pred"))
-        return self.ids[kept], scores(hits, pred, gt)
+        nearest = (self.table.column("nearest").to_numpy()[kept] if "nearest" in self.table.column_names
+                   else np.full(len(kept), np.nan, np.float32))  # files written without it
+        return self.ids[kept], {**scores(hits, pred, gt), "nearest": nearest}

@@ -52,9 +52,26 @@ def sample_table(results: dict, key: str) -> str:
         for control, entries in controls.items():
             e = entries.get(key)
             for s in (e or {}).get("sample_level", []):
-                rows.append([space, control, f"{s['fraction']:g}", str(s["n"]), f"{s['precision_gap']:+.3f}",
-                             f"{s['recall_gap']:+.3f}", f"{s['f_gap']:+.3f}"])
-    return table(["space", "control", "top fraction", "records", "precision gap", "recall gap", "F gap"], rows)
+                rows.append([space, control, s.get("ranking", "max_pred_gap"), f"{s['fraction']:g}", str(s["n"]),
+                             f"{s['precision_gap']:+.3f}", f"{s['recall_gap']:+.3f}", f"{s['f_gap']:+.3f}"])
+    return table(["space", "control", "ranking", "top fraction", "records", "precision gap", "recall gap", "F gap"], rows)
+
+
+RANKED_BY = {"max_pred_gap": "the ground-truth objects the target recovers beyond the reference (max_pred_gap)",
+             "crct_pred": "the ground-truth objects the target recovers (crct_pred)",
+             "min_dist": "the target's nearest public neighbour, nearest first (min_dist)"}
+
+
+def sample_text(how: dict) -> str:
+    """How the sample level ranked and measured its records."""
+    sides = ("the target side alone (model A's training records)" if how.get("sides") == "target"
+             else "the records of both sides pooled")
+    size = "max(1, int(f n))" if how.get("size") == "floor" else "max(1, ceil(f n))"
+    f = ("F from the mean precision and the mean recall" if how.get("f") == "from_means"
+         else "F per record, averaged")
+    rankings = "; ".join(RANKED_BY.values())
+    return (f"Records with ground truth ranked, {sides}, by a ranking ({html.escape(rankings)}; ties by id); a top "
+            f"fraction f of n takes {size} records; gaps are target minus reference over them, {f}.")
 
 
 def utility_text(utility: dict) -> str:
@@ -197,7 +214,7 @@ records where the target model beats the reference on precision/recall minus the
 <p>Utility: {utility_text(report.get('utility', {}))}.</p>
 {sweep_html}
 <h2>Recall curves ({key})</h2><img src="{recall_plot(report['results'], key)}">
-<h2>Sample level ({key}): records ranked by recovered-object gap</h2>{sample_table(report['results'], key)}
+<h2>Sample level ({key})</h2><p>{sample_text(report.get('sample_level', {}))}</p>{sample_table(report['results'], key)}
 {one_model_html(report.get("one_model"), report["results"], key)}
 <h2>All numbers</h2>{numbers_table(report['results'])}
 <h2>Most-memorized records</h2>{gallery_html(gallery)}
