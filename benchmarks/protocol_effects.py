@@ -3,13 +3,15 @@ with each choice of a published protocol switched alone, and with the whole prot
 
     python benchmarks/protocol_effects.py [--config configs/quickstart.yaml] [--protocol dejavu-2023]
         [--output runs/protocol-effects] [--set KEY=VALUE ...]
+    python benchmarks/protocol_effects.py --config configs/quickstart-vlm.yaml --protocol vlm-dejavu-2024
 
 Every run shares one run directory (``run_id: protocol-effects`` unless given), so the stages
 whose inputs a choice leaves alone are reused (training, for all but ``data.resize``; the whole
 protocol's run after it reuses that one's training); the choices that change training are run last. Prints, per run, the headline gaps at
 q = 1 and at the smallest q of the projector's and backbone's positive control (target minus
-reference accuracy, 95 % bootstrap interval, paired-swap p-value) and the attacked records, as a
-Markdown table and a JSON line.
+reference accuracy, 95 % bootstrap interval, paired-swap p-value; for the VLM study PPG and AUCG of
+the run's headline entry and the sample level's F gap over the top 10 %) and the attacked
+records, as a Markdown table and a JSON line.
 """
 from __future__ import annotations
 
@@ -22,9 +24,22 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _gaps(report) -> dict:
-    """{representation: (gap at q = 1, gap at the smallest q, records)} of the positive control."""
-    out = {}
-    for rep, controls in report.data["results"].items():
+    """SSL: {representation: (gap at q = 1, gap at the smallest q, records)} of the positive
+    control; VLM: {space: (PPG, AUCG of the headline entry, the F gap of the sample level's top
+    10 % by max_pred_gap, records)} of the positive control, with the null control's PPG."""
+    results, out = report.data["results"], {}
+    if "spaces" in results:
+        key = results["headline_key"]
+        for space, controls in results["spaces"].items():
+            e = (controls.get("positive") or {}).get(key)
+            if e:
+                top = next((r for r in e["sample_level"] if r.get("ranking", "max_pred_gap") == "max_pred_gap"
+                            and r["fraction"] == 0.1), None)
+                null = (controls.get("null") or {}).get(key)
+                out[space] = {"ppg": e["ppg"], "aucg": e["aucg"], "f@0.1": {"value": top["f_gap"]} if top else None,
+                              "null ppg": null["ppg"] if null else None, "n": sum(e["n"])}
+        return out
+    for rep, controls in results.items():
         pos = controls.get("positive")
         if not pos:
             continue
@@ -33,9 +48,13 @@ def _gaps(report) -> dict:
     return out
 
 
-def _cell(gap: dict) -> str:
+def _cell(gap: dict | None) -> str:
     from study.report.pvalues import p_is
 
+    if gap is None:
+        return "-"
+    if "ci" not in gap:  # a point value (the sample level's)
+        return f"{gap['value']:+.3f}"
     return f"{gap['value']:+.3f} [{gap['ci'][0]:+.3f}, {gap['ci'][1]:+.3f}] {p_is(gap)}"
 
 
@@ -67,7 +86,7 @@ def main(argv=None) -> None:
     keys = [k for k in rows[0]["gaps"][reps[0]] if k != "n"]
     print(f"\n{os.path.relpath(args.config, ROOT)} {' '.join(args.overrides)}: positive control, gap with 95 % interval "
           f"and p-value, each choice of {args.protocol} alone, then all")
-    head = ["run"] + [f"{r} gap@{k[1:]}" for r in reps for k in keys] + [f"{r} records" for r in reps]
+    head = ["run"] + [f"{r} {k}" for r in reps for k in keys] + [f"{r} records" for r in reps]
     print("| " + " | ".join(head) + " |\n|" + "---|" * len(head))
     for row in rows:
         g = row["gaps"]

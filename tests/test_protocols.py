@@ -46,8 +46,12 @@ def test_the_deviations_of_a_default_run_and_of_a_published_one():
     assert [d["choice"] for d in deviations(published.study, published.protocol, config_to_dict(published))] == \
         [c for c, _, _ in FIXED["dejavu-2023"]]  # only what no key sets yet
     vlm = load_config(None, ["study=vlm_dejavu", "train.method=clip"])
-    assert {"choice": "measure.headline_rule", "published": "union", "this run": "top_n"} in \
-        deviations(vlm.study, vlm.protocol, config_to_dict(vlm))
+    found = deviations(vlm.study, vlm.protocol, config_to_dict(vlm))
+    assert {"choice": "measure.headline_rule", "published": "union", "this run": "top_n"} in found
+    assert "one-model test" in [d["choice"] for d in found]  # no pretrained text model given
+    vlm = load_config(None, ["study=vlm_dejavu", "train.method=clip", "protocol=vlm-dejavu-2024",
+                             "measure.text_model=/models/minilm"])
+    assert deviations(vlm.study, vlm.protocol, config_to_dict(vlm)) == []  # every published choice made
 
 
 def test_an_unknown_protocol_is_one_clear_error():

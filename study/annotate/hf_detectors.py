@@ -17,45 +17,17 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 from typing import Sequence
 
 import numpy as np
 
-from study import storage
 from study.annotate.detections import Detections, Thresholds, keep
 from study.annotate.on_device import OnDevice
 from study.annotate.vocabulary import Vocabulary
 from study.errors import ConfigError, DataError
+from study.model_folders import fingerprint, local_folder
 
 MODEL_TYPES = ("owlvit", "owlv2", "grounding-dino")
-
-
-def _local_folder(uri: str) -> tuple[str, tempfile.TemporaryDirectory | None]:
-    """A local folder holding the model's files: ``uri`` itself, or a copy of it."""
-    if storage.is_local(uri):
-        path = storage.absolute(uri)
-        if not os.path.isdir(path):
-            raise ConfigError(f"annotate.weights: {uri} is not a folder of a Hugging Face model (save_pretrained's output)")
-        return path, None
-    files = storage.list_files(uri)
-    if not files:
-        raise ConfigError(f"annotate.weights: nothing under {uri}")
-    tmp, base = tempfile.TemporaryDirectory(prefix="dejavu-hf-"), storage.fs_and_path(uri)[1].rstrip("/")
-    for f in files:
-        storage.copy_file(f, os.path.join(tmp.name, os.path.relpath(storage.fs_and_path(f)[1], base)))
-    return tmp.name, tmp
-
-
-def _fingerprint(folder: str) -> str:
-    digest = hashlib.sha256()
-    for root, _, names in sorted(os.walk(folder)):
-        for name in sorted(names):
-            digest.update(name.encode())
-            with open(os.path.join(root, name), "rb") as fh:
-                for block in iter(lambda: fh.read(1 << 20), b""):
-                    digest.update(block)
-    return digest.hexdigest()
 
 
 class TransformersDetector(OnDevice):
@@ -72,7 +44,7 @@ class TransformersDetector(OnDevice):
 
         hf_logging.disable_progress_bar()  # its weight-loading bars would fill a replica's console
 
-        folder, self._tmp = _local_folder(weights)
+        folder, self._tmp = local_folder(weights, "annotate.weights")
         try:
             model_type = AutoConfig.from_pretrained(folder, local_files_only=True).model_type
         except (OSError, ValueError) as e:
@@ -92,7 +64,7 @@ class TransformersDetector(OnDevice):
         self.query_object = np.array([o for _, o in queries], dtype=np.int64)
         if model_type == "grounding-dino":
             self.chunks = phrase_chunks(self.processor.tokenizer, self.texts, self.model.config.max_text_len)
-        self.fingerprint = hashlib.sha256(f"transformers/{model_type}/{list(templates)}/{_fingerprint(folder)}".encode()).hexdigest()
+        self.fingerprint = hashlib.sha256(f"transformers/{model_type}/{list(templates)}/{fingerprint(folder)}".encode()).hexdigest()
 
     @classmethod
     def from_config(cls, cfg, vocabulary: Vocabulary, thresholds: Thresholds) -> "TransformersDetector":

@@ -6,7 +6,8 @@ it; ``--set protocol=dejavu-2023`` applies them over the file's values and under
 ``--set`` values (the command line's choices are on top). ``default`` is
 the product's own choices. Each study kind has one published protocol (``PUBLISHED``); the report
 names the run's protocol and lists every choice whose value differs from the published one
-(``deviations``), and the published choices no key can set yet (``FIXED``).
+(``deviations``), the published choices that need the user's own files (``NEEDS_FILES``: listed
+while unset) and those no key can set (``FIXED``).
 
 Values that depend on the data: the SSL crop's size threshold was 100 px at ImageNet's scale, where
 images reach the model at 224 px; it is scaled to the run's model input (``data.image_size``):
@@ -53,9 +54,16 @@ FIXED = {
     "dejavu-2023": [
         ("label vote ties", "whichever label torch.topk returns first (arbitrary)", "the smallest label (kept: a stable rule)"),
     ],
+}
+
+# Published choices a preset cannot set because they name the user's own files: (key, choice,
+# published, what a run without the key does). Listed as a deviation while the key is unset.
+NEEDS_FILES = {
     "vlm-dejavu-2024": [
-        ("one-model test", "the target's text tower and a pretrained text model search the public captions",
-         "the target searches public images; the reference (a CLIP trained on the public split) searches captions"),
+        ("measure.text_model", "one-model test",
+         "a pretrained text model (measure.text_model) and the target's text tower search the public captions",
+         "no pretrained text model: the text retriever (train.text_retriever, a CLIP trained on the public split) "
+         "searches captions while the target searches public images, or no one-model test"),
     ],
 }
 
@@ -84,6 +92,8 @@ def deviations(study: str, protocol: str, config: dict) -> list[dict]:
     flat = _flat(config)
     out = [{"choice": key, "published": value, "this run": flat.get(key)}
            for key, value in preset(name, config).items() if flat.get(key) != value]
+    out += [{"choice": c, "published": p, "this run": mine} for key, c, p, mine in NEEDS_FILES.get(name, [])
+            if not flat.get(key)]
     return out + [{"choice": c, "published": p, "this run": mine} for c, p, mine in FIXED.get(name, [])]
 
 

@@ -139,6 +139,11 @@ class MeasureConfig:
     sample_rankings: tuple[str, ...] = field(default=("max_pred_gap",), metadata=ADDED)
     sample_sides: str = field(default="both", metadata=ADDED)
     sample_f: str = field(default="per_record", metadata=ADDED)
+    # The VLM one-model test as published: a pretrained sentence-transformers model (a folder,
+    # SentenceTransformer.save's output, local or at any fsspec URI) is the reference, and the
+    # attacked model's text tower searches the public captions as it does (study.kinds.vlm_dejavu
+    # .text_model); None: off.
+    text_model: str | None = field(default=None, metadata=ADDED)
 
     def __post_init__(self) -> None:
         _check(self.one_model_alpha > 0, "measure.one_model_alpha", "must be > 0")

@@ -28,23 +28,29 @@ def embed_planned(
     prepare: Callable,
     embedder: type,
     views_of_set: Mapping[str, tuple[str, ...]],
+    model_uris: Mapping[str, str] | None = None,
+    only_views: bool = False,
 ) -> dict:
     """Run the embed pipeline for ``plan`` ({set: {"embedded", "skipped"}}); returns the stage
-    summary's ``sets``. ``what`` names a set's query rows in the log (crops, captions)."""
+    summary's ``sets``. ``what`` names a set's query rows in the log (crops, captions). The models
+    load from ``model_uris`` (default: the train stage's files of ``models``). Before it, each
+    model's embeddings are cleared, or with ``only_views`` the sets and views this pass writes (a
+    second pass over models a first pass embedded)."""
     from study.embed.pipeline import embed_all
 
     cfg = ctx.cfg
     for s, c in plan.items():
         skipped = ", ".join(f"{n} {r}" for r, n in c["skipped"].items()) or "none"
         ctx.log("embed", f"{s}: {c['embedded']} {what}, skipped: {skipped}")
-    for model in models:
-        storage.remove(storage.join(ctx.embed_dir, model))  # no stray files from an interrupted attempt
+    for model in models:  # no stray files from an interrupted attempt
+        for where in ([(s, v) for s, vs in views_of_set.items() for v in vs] if only_views else [()]):
+            storage.remove(storage.join(ctx.embed_dir, model, *where))
     written = embed_all(
         ctx.data_root,
         columns,
         prepare,
         embedder,
-        {"model_uris": {m: ctx.model_file(m) for m in models}},
+        {"model_uris": dict(model_uris) if model_uris is not None else {m: ctx.model_file(m) for m in models}},
         views_of_set,
         cfg.embed,
         ctx.embed_dir,

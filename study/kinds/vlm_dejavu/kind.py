@@ -22,6 +22,7 @@ from study.data.inspect_stats import naming_counts
 from study.kinds.vlm_dejavu.summary import vlm_lines
 from study.kinds.vlm_dejavu.text_retriever import searches as retriever_searches
 from study.kinds.vlm_dejavu.text_retriever import train_job as retriever_job
+from study.kinds.vlm_dejavu import text_model
 from study.frame.validate import one_of
 from study.kinds.vlm_dejavu.measure import headline_k, run_measure
 from study.kinds.vlm_dejavu.report_html import render_body
@@ -42,9 +43,17 @@ def check(cfg: StudyConfig) -> None:
     if cfg.train.checkpoint or cfg.train.crop_classifier:
         raise ConfigError("train.checkpoint / train.crop_classifier: the vlm_dejavu study trains its CLIP models itself "
                           "and has no crop classifier (its one-model test is train.text_retriever)")
-    if not cfg.train.pair and not cfg.train.text_retriever:
+    if not cfg.train.pair and not cfg.train.text_retriever and not cfg.measure.text_model:
         raise ConfigError("train.pair: false leaves the vlm_dejavu study without a reference; set "
-                          "train.text_retriever: true for the one-model test")
+                          "train.text_retriever: true or measure.text_model (a sentence-transformers model folder) "
+                          "for the one-model test")
+    if cfg.measure.text_model:
+        import importlib.util
+
+        if importlib.util.find_spec("sentence_transformers") is None:
+            raise ConfigError("measure.text_model: needs the sentence-transformers package (pip install sentence-transformers)")
+        if not storage.exists(cfg.measure.text_model):
+            raise ConfigError(f"measure.text_model: nothing at {cfg.measure.text_model}")
     if max(cfg.measure.ks) > cfg.search.k:
         raise ConfigError(f"measure.ks: {max(cfg.measure.ks)} exceeds search.k = {cfg.search.k} (neighbours retrieved)")
 
@@ -59,8 +68,10 @@ def run_embed(ctx: RunContext) -> dict:
     cfg = ctx.cfg
     attacked = KIND.attacked_sets(cfg)
     split_plan = ctx.split_plan()
-    # One counting pass plans both: the models' queries, and the text retriever's public captions.
-    planned = attacked + ((PUBLIC_CAPTIONS,) if cfg.train.text_retriever else ())
+    # One counting pass plans both: the models' queries, and the public captions (the text
+    # retriever's and the text model's one-model tests search them).
+    captions = cfg.train.text_retriever or bool(cfg.measure.text_model)
+    planned = attacked + ((PUBLIC_CAPTIONS,) if captions else ())
     public_n, plan = count_plan(ctx.data_root, ["id", "caption", "objects"], plan_with_public_captions, planned,
                                 split_plan)
     public_captions = plan.pop(PUBLIC_CAPTIONS, None)
@@ -69,8 +80,12 @@ def run_embed(ctx: RunContext) -> dict:
     columns = list(dict.fromkeys(["id", "image", "caption", "objects", *split_plan.columns()]))
     sets = embed_planned(ctx, KIND.models_for(cfg), public_n, plan, "captions", columns, prepare, ClipEmbedder,
                          {s: (v,) for s, v in modes.items()})
+    if public_captions is not None and cfg.train.text_retriever:
+        embed_captions(ctx, public_captions, plan, attacked)
+    if public_captions is not None and cfg.measure.text_model:
+        text_model.embed_captions(ctx, public_captions, plan, attacked)
     if public_captions is not None:
-        sets[PUBLIC_CAPTIONS] = embed_captions(ctx, public_captions, plan, attacked)
+        sets[PUBLIC_CAPTIONS] = public_captions
     return {"sets": sets}
 
 
@@ -157,7 +172,8 @@ KIND = StudyKind(
     gallery=gallery,
     html=render_body,
     record_columns=("caption", "objects"),
-    extra_searches=retriever_searches,
+    extra_searches=lambda cfg: {**retriever_searches(cfg), **text_model.searches(cfg)},
+    extra_reads=text_model.reads,
     # Training pairs need a caption; attacked records a caption to query with and objects to recover;
     # the public set's objects are what neighbours contribute.
     needs={"target": ("caption", "objects"), "reference": ("caption", "objects"), "holdout": ("caption", "objects"),

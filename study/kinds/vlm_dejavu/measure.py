@@ -60,7 +60,7 @@ def control_results(ctx: RunContext, where: dict, controls: dict, label: str, bl
 
 
 def run_measure(ctx: RunContext) -> dict:
-    from study.kinds.vlm_dejavu import text_retriever
+    from study.kinds.vlm_dejavu import text_model, text_retriever
 
     cfg = ctx.cfg
     kind = get_kind(cfg.study)
@@ -71,8 +71,9 @@ def run_measure(ctx: RunContext) -> dict:
     retriever = text_retriever.searches(cfg)  # {(model, space): views}, empty when it is off
     per_space = {space: {**{model: space for model in kind.models_for(cfg)}, **{model: sp for model, sp in retriever}}
                  for space in kind.spaces_for(cfg)}
+    published = text_model.searches(cfg)  # {(model, space)}, empty when measure.text_model is off
     keys = sorted({(model, split, sp) for searches in per_space.values() for model, sp in searches.items()
-                   for split in attacked})
+                   for split in attacked} | {(model, split, sp) for model, sp in published for split in attacked})
     counts = score_searches(ctx, outcomes.score_part, tables, keys, tuple(cfg.measure.ks), cfg.measure.top_n)
     first = {split: next(key for key in keys if key[1] == split) for split in attacked}  # every model: the same counts
     skipped = {f"{split}/{v}": int(counts[first[split]].get(f"no_gt/{v}", 0)) for split in attacked for v in outcomes.VARIANTS}
@@ -80,7 +81,13 @@ def run_measure(ctx: RunContext) -> dict:
     # splits, at most every attacked record of one model and space.
     records = sum(counts[first[split]].get("records", 0) for split in attacked)
     blocks = blocks_for(ctx, [outcome_dir(ctx, *first[split]) for split in attacked], records)
-    results, one_model = {}, {}
+    results, one_model, by_text_model = {}, {}, {}
+    if published:  # the published one-model test: target text towers and the text model, captions -> captions
+        where = {(model, split): (outcome_dir(ctx, model, split, sp), ctx.search_results(model, split, sp))
+                 for model, sp in published for split in attacked}
+        by_text_model[text_model.SPACE] = control_results(ctx, where, text_model.CONTROLS,
+                                                          f"{text_model.SPACE} vs. {text_model.TEXT_MODEL}", blocks,
+                                                          records, one_sided=True)
     for space, searches in per_space.items():
         where = {(model, split): (outcome_dir(ctx, model, split, sp), ctx.search_results(model, split, sp))
                  for model, sp in searches.items() for split in attacked}
@@ -98,8 +105,10 @@ def run_measure(ctx: RunContext) -> dict:
                                              "vocabulary": vocabulary, "headline_key": headline_key(cfg.measure)})
     public_captions = ((read_marker(ctx.stage_dir("embed")) or {}).get("summary", {}).get("sets", {})
                        .get("public_captions"))
-    text_retriever.write_results(ctx, one_model if retriever else None, public_captions)
-    return {"spaces": list(results), "utility": utility, "one_model": sorted(one_model)}
+    predictors = {**({text_retriever.RETRIEVER: one_model} if retriever else {}),
+                  **({text_model.TEXT_MODEL: by_text_model} if published else {})}
+    text_retriever.write_results(ctx, predictors, public_captions)
+    return {"spaces": list(results), "utility": utility, "one_model": sorted(predictors)}
 
 
 def _names(tables) -> list[str]:

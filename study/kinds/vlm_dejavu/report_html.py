@@ -142,16 +142,24 @@ def one_model_html(one_model: dict | None, results: dict, key: str) -> str:
                     items = ", ".join(f"{html.escape(r['id'])} ({r['score']:+.0f})" for r in top)
                     memorized.append(f"<li>{html.escape(space)} vs. {html.escape(name)}: {items}</li>")
     head = ["space/control", "reference", "records", *(f"two-model {g.upper()}" for g in GAPS),
-            *(f"one-model {g.upper()}" for g in GAPS), "precision: target / model B / retriever"]
+            *(f"one-model {g.upper()}" for g in GAPS), "precision: target / model B / one-model reference"]
     listed = (f"<p>Most memorized by the one-model test (target hits minus retriever hits), positive control:</p>"
               f"<ul>{''.join(memorized)}</ul>") if memorized else ""
     per_space = {"spaces": {f"{space} vs. {name}": controls for name, spaces in one_model["predictors"].items()
                             for space, controls in spaces.items()}}
     pc = one_model.get("public_captions") or {}
-    return (f"<h2>One-model test (no reference model): {html.escape(key)}</h2><p>The reference is a text-only "
-            f"retriever: the text tower of a CLIP model trained on the public set only embeds each record's caption "
-            f"and retrieves its k nearest public captions ({pc.get('embedded', '?')} public records with a caption; "
-            f"skipped: {html.escape(str(pc.get('skipped', {})))}); the objects of those captions' images are its "
+    refs = []
+    if "text_retriever" in one_model["predictors"]:
+        refs.append("<b>text_retriever</b>: the text tower of a CLIP model trained on the public set only embeds each "
+                    "record's caption and retrieves its k nearest public captions, while the target retrieves public "
+                    "images")
+    if "text_model" in one_model["predictors"]:
+        refs.append("<b>text_model</b> (as published): a pretrained text model (measure.text_model) retrieves each "
+                    "caption's k nearest public captions, and the target retrieves them too, with its text tower "
+                    "(space caption_to_caption)")
+    return (f"<h2>One-model test (no reference model): {html.escape(key)}</h2><p>The reference is text only: "
+            f"{'; '.join(refs)} ({pc.get('embedded', '?')} public records with a caption; skipped: "
+            f"{html.escape(str(pc.get('skipped', {})))}). The objects of the retrieved records' images are the "
             f"prediction. Each model is the target on the records it trained on (model A on its own; model B on its "
             f"own when the pair exists) and the holdout halves are the null control, as in the two-model test. "
             f"Beside it, the two-model numbers.</p>" + table(head, rows) + listed

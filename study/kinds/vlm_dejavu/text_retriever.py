@@ -54,14 +54,15 @@ def embed_captions(ctx: RunContext, public_captions: dict, plan: dict, attacked:
     return public_captions
 
 
-def write_results(ctx: RunContext, per_space: dict | None, public_captions: dict | None) -> None:
-    """``measure/one_model.json``: the retriever's results per space and control, with what its
-    database held; a note when the retriever is off (so a rerun without it leaves no stale test)."""
-    if per_space is None:
-        write_one_model(ctx, {"note": "no one-model test: train.text_retriever is off"})
+def write_results(ctx: RunContext, predictors: dict, public_captions: dict | None) -> None:
+    """``measure/one_model.json``: each one-model reference's results per space and control (the
+    text retriever's, the text model's), with what their caption database held; a note when both
+    are off (so a rerun without them leaves no stale test)."""
+    if not predictors:
+        write_one_model(ctx, {"note": "no one-model test: train.text_retriever and measure.text_model are off"})
         return
-    write_one_model(ctx, {"reference": RETRIEVER, "space": SPACE, "trained_on": ["public"],
-                          "public_captions": public_captions or {}, "predictors": {RETRIEVER: per_space}})
+    write_one_model(ctx, {"reference": RETRIEVER if RETRIEVER in predictors else next(iter(predictors)), "space": SPACE,
+                          "trained_on": ["public"], "public_captions": public_captions or {}, "predictors": predictors})
 
 
 def train_job(ctx: RunContext, manifest: dict, digest: str, summary: dict):
