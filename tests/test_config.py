@@ -136,6 +136,12 @@ def test_wrong_type_names_the_key(override, key):
         ("train.augment.pipeline=kornia", "train.augment.pipeline"),
         ("train.augment.blur_prob=[1.0, 1.5]", "train.augment.blur_prob"),
         ("train.snapshot=3", "train.snapshot"),
+        ("measure.sample_rankings=[closest]", "measure.sample_rankings"),
+        ("measure.sample_rankings=[]", "measure.sample_rankings"),
+        ("measure.sample_sides=reference", "measure.sample_sides"),
+        ("measure.sample_f=mean", "measure.sample_f"),
+        ("measure.top_q_size=round", "measure.top_q_size"),
+        ("data.resize=imagenet", "data.resize"),
     ],
 )
 def test_bad_value_names_the_key(override, key):
