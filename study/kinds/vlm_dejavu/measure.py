@@ -5,7 +5,8 @@ and the top-n by neighbour frequency) are scored against the record's objects, a
 those its caption does not name. Sides and controls are the frame's (``kinds.CONTROLS``):
 positive on each model's own split, null on the holdout. With the text retriever, its nearest
 public captions are scored the same way and the one-model test (``text_retriever.CONTROLS``) is
-measured beside the two-model test. Utility (``vlm_utility``) is measured beside memorization.
+measured beside the two-model test; with ``measure.text_model``, the published one-model test
+(``text_model.CONTROLS``: the targets' and the text model's nearest public captions). Utility (``vlm_utility``) is measured beside memorization.
 """
 from __future__ import annotations
 
