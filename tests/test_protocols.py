@@ -45,6 +45,9 @@ def test_the_deviations_of_a_default_run_and_of_a_published_one():
     published = load_config(None, ["protocol=dejavu-2023"])
     assert [d["choice"] for d in deviations(published.study, published.protocol, config_to_dict(published))] == \
         [c for c, _, _ in FIXED["dejavu-2023"]]  # only what no key sets yet
+    oss = load_config(None, ["protocol=dejavu-oss-2024"])
+    assert [d["choice"] for d in deviations(oss.study, oss.protocol, config_to_dict(oss))] == \
+        ["label vote ties", "naive-Bayes ties"]  # its own ties, beside the vote's
     vlm = load_config(None, ["study=vlm_dejavu", "train.method=clip"])
     found = deviations(vlm.study, vlm.protocol, config_to_dict(vlm))
     assert {"choice": "measure.headline_rule", "published": "union", "this run": "top_n"} in found

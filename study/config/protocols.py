@@ -50,10 +50,13 @@ PROTOCOLS: dict[str, Callable[[dict], dict[str, Any]]] = {
 PUBLISHED = {"ssl_dejavu": "dejavu-2023", "vlm_dejavu": "vlm-dejavu-2024", "sslmem": "sslmem-2024"}
 
 # Published choices no config key sets yet: (choice, published, the product's).
+_VOTE_TIES = ("label vote ties", "whichever label torch.topk returns first (arbitrary)",
+              "the smallest label (kept: a stable rule)")
 FIXED = {
-    "dejavu-2023": [
-        ("label vote ties", "whichever label torch.topk returns first (arbitrary)", "the smallest label (kept: a stable rule)"),
-    ],
+    "dejavu-2023": [_VOTE_TIES],
+    "dejavu-oss-2024": [_VOTE_TIES,
+                        ("naive-Bayes ties", "the class its comparison of class names puts last",
+                         "the lower label (kept: a stable rule)")],
 }
 
 # Published choices a preset cannot set because they name the user's own files: (key, choice,
