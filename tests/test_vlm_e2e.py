@@ -302,7 +302,9 @@ def test_one_model_numbers_beside_the_two_model_numbers(study_run, capsys):
     assert e["precision"]["reference"]["value"] == pytest.approx(np.mean(per_side))
     assert set(one["headline"][RETRIEVER]) == set(report["headline"])
     page = open(ctx.report_html, encoding="utf-8").read()
-    assert "One-model test (no reference model)" in page and "precision: target / model B / retriever" in page
+    assert "One-model test (no reference model)" in page and "precision: target / model B / one-model reference" in page
+    assert "<b>text_retriever</b>: the text tower of a CLIP model trained on the public set only" in page
+    assert "<b>text_model</b>" not in page  # no pretrained text model given
     capsys.readouterr()
     assert main(["report", ctx.run_dir]) == 0
     out = capsys.readouterr().out

@@ -64,7 +64,7 @@ class SentenceEmbedder:
     """Sentence-transformers models, loaded once per replica: every row is a caption, embedded
     unit-normalised (``<model>/text``)."""
 
-    def __init__(self, model_uris: Mapping[str, str], threads: int):
+    def __init__(self, model_uris: Mapping[str, str], threads: int | None):
         for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):  # a hub lookup would hang without a network
             os.environ.setdefault(name, "1")
         try:
@@ -74,7 +74,8 @@ class SentenceEmbedder:
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()  # its weight-loading bars would fill a replica's console
-        torch.set_num_threads(threads)
+        if threads is not None:  # a replica's share of its node; None: the caller's process as it is
+            torch.set_num_threads(threads)
         device = "cuda" if torch.cuda.is_available() else "cpu"
         self.models, self._folders = {}, []
         for name, uri in model_uris.items():
@@ -102,7 +103,7 @@ def embed_captions(ctx: RunContext, public_captions: dict, plan: dict, attacked:
     from study.stages.embed import embed_planned
 
     cfg, split_plan = ctx.cfg, ctx.split_plan()
-    SentenceEmbedder({TEXT_MODEL: cfg.measure.text_model}, 1)  # a folder that does not load stops here, in one line
+    SentenceEmbedder({TEXT_MODEL: cfg.measure.text_model}, None)  # a folder that does not load stops here, in one line
     columns = list(dict.fromkeys(["id", "caption", "objects", *split_plan.columns()]))  # no image bytes read
     inputs = ModelInput.of(cfg.data)
     public_only = {PUBLIC: CAPTION}
