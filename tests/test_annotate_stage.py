@@ -3,7 +3,9 @@ of several sizes, shards of different lengths finishing in any order. What it wr
 model run directly on the same images (in the same batches: a detector pads a batch to its
 largest image) with the thresholds applied by hand (tests/test_annotators.py's oracle); the
 records carry the annotator's objects; its agreement with the input's own objects is counted by
-hand; a stage stopped half-way resumes with the shards it had not finished."""
+hand; a stage stopped half-way resumes with the shards it had not finished. The open-vocabulary
+detector (transformers) and the open_clip tagger go through the same pool and equal their models
+run directly too."""
 from __future__ import annotations
 
 import io
@@ -209,3 +211,68 @@ def test_weights_that_do_not_load_stop_the_stage_with_one_line(setup, tmp_path, 
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("error: annotate.weights: ") and "is not a PyTorch state dict" in err[-1]
     assert "retries" not in "\n".join(err)  # a user's mistake, not a lost worker: not retried
+
+
+def _transformers(folder, th):
+    """OWL-ViT of a few layers with random weights (tests/test_hf_detectors.py), saved as a folder."""
+    from test_hf_detectors import TEMPLATES, _by_hand as hf_by_hand, small_model
+
+    model, path = small_model("owlvit", folder)
+    sets = [f"annotate.weights={path}", "annotate.architecture=", f"annotate.templates={list(TEMPLATES)}"]
+    return sets, lambda images, vocabulary: hf_by_hand("owlvit", model, path, images, vocabulary, th)
+
+
+def _open_clip(folder, th):
+    """The product's tiny open_clip model with random weights, saved as a state dict."""
+    import open_clip
+    from test_annotators import _tags_by_hand
+
+    from study.train.clip import register_model_configs
+
+    register_model_configs()
+    torch.manual_seed(5)
+    model = open_clip.create_model("dejavu-tiny").eval()
+    torch.save(model.state_dict(), folder / "clip.pt")
+    templates = ("a photo of a {}.", "a picture of the {}")
+    sets = [f"annotate.weights={folder / 'clip.pt'}", "annotate.architecture=dejavu-tiny",
+            f"annotate.templates={list(templates)}", "annotate.max_tags=3"]
+
+    def oracle(images, vocabulary):  # tags as (score, object, no box)
+        return [[(p, o, None) for o, p in tags] for tags in _tags_by_hand(model, images, vocabulary, templates, th, 3)]
+    return sets, oracle
+
+
+@pytest.mark.parametrize("annotator, build", [("transformers", _transformers), ("open_clip", _open_clip)])
+def test_every_annotator_writes_what_its_model_gives_through_two_replicas(setup, annotator, build, tmp_path):
+    """The open-vocabulary detector and the tagger through the same pool of two replicas over the
+    same shards: each record's row equals its model run directly in the same batches."""
+    from study.annotate.detections import Thresholds
+
+    base, _ = setup
+    th = Thresholds(score=0.0, nms_iou=0.3, max_per_image=20)
+    sets, oracle = build(tmp_path, th)
+    keep = [f"{k}={v}" for k, v in _flat(base) if k not in ("annotate.weights", "annotate.architecture")]
+    cfg = load_config(None, [*keep, f"annotate.annotator={annotator}", *sets, "annotate.score=0.0",
+                             "annotate.nms_iou=0.3", "annotate.max_per_image=20"], str(tmp_path / "runs"))
+    ctx = RunContext.create(cfg)
+    summary = _run(ctx)["summary"]
+    vocabulary = parse(WORDS, "test")
+    sizes, first, want = [s for sh in SHARDS for s in sh], 0, []
+    for shard in SHARDS:
+        images = [Image.open(io.BytesIO(_png(first + j, size))).convert("RGB") for j, size in enumerate(shard)]
+        for b in range(0, len(images), BATCH):
+            want += oracle(images[b:b + BATCH], vocabulary)
+        first += len(shard)
+    assert len(want) == len(sizes) == summary["images"] and sum(len(w) for w in want) >= len(sizes)
+    side = {r["key"]: r for r in pq.read_table(ctx.annotations).to_pylist()}
+    for i, kept in enumerate(want):
+        row = side[f"r{i}"]
+        assert row["objects"] == sorted({vocabulary.names[k[1]] for k in kept})
+        np.testing.assert_allclose(row["scores"], [k[0] for k in kept], rtol=1e-4, atol=1e-6)
+        if annotator == "open_clip":  # tags: no boxes, the most probable tag labels the image
+            assert row["boxes"] == [] and row["label"] == kept[0][1]
+        else:
+            got = np.array([[b["x0"], b["y0"], b["x1"], b["y1"]] for b in row["boxes"]]).reshape(-1, 4)
+            np.testing.assert_allclose(got, np.array([k[2] for k in kept]).reshape(-1, 4), atol=1e-2)
+            assert [b["label"] for b in row["boxes"]] == [k[1] for k in kept]
+    assert summary["annotator"] == annotator and summary["fingerprint"] and ", " not in summary["fingerprint"]  # one model
