@@ -133,7 +133,7 @@ def cluster_reports():
 # file's tier, here in one table so that a new file must be given one (collection fails without);
 # a test marked with another tier in its file keeps its own.
 TIERS = {
-    "unit": """augment augment_tv calibration checkpoints config crops frame input_checks layout lookup
+    "unit": """augment augment_tv calibration checkpoints clip_import config crops frame input_checks layout lookup
                losses measure_batches measure_checks metrics model_input models naive_bayes objects
                probe purity repeats retries clip search_blas search_plan splits sslmem storage_atomic
                synthetic tars text_random topk views vlm_one_model object_storage quality pvalues

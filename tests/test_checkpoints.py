@@ -75,17 +75,73 @@ def test_another_architecture_or_not_a_checkpoint_is_a_clear_error():
         _import(_bytes({"epoch": 3}))
 
 
-def test_a_checkpoint_on_object_storage_is_read_and_fingerprinted(s3_env):
-    from study import storage
-    from study.config_load import load_config
-    from study.frame.runner import _checkpoint_file
+def test_a_checkpoint_on_object_storage_is_copied_once_and_fingerprinted(s3_env, tmp_path, monkeypatch):
+    """A remote file is read into the machine's cache once (the import and every later look at it
+    read the copy); its fingerprint is the sha256 of its bytes and goes into the train stage's
+    hash; a new file at the same URI is a new copy and a new fingerprint."""
+    import hashlib
+    import os
 
+    from study import model_cache, storage
+    from study.config_load import load_config
+    from study.train.imports import file_identities
+
+    monkeypatch.setenv("DEJAVU_CACHE", str(tmp_path / "cache"))
     enc = _encoder(3)
     uri = f"s3://{BUCKET}/models/elsewhere.pt"
     storage.write_bytes(uri, _bytes({"state_dict": enc.state_dict()}))
-    size, _ = _checkpoint_file(load_config(None, [f"train.checkpoint={uri}"]))
-    assert size == len(storage.read_bytes(uri))  # part of the train stage's hash
-    got, info = import_checkpoint(storage.read_bytes(uri), CFG, "simclr", {}, 4, 32, uri)
+    first = storage.read_bytes(uri)
+    cfg = load_config(None, [f"train.checkpoint={uri}"])
+    assert file_identities(cfg) == [("train.checkpoint", hashlib.sha256(first).hexdigest())]
+    path = model_cache.local_path(uri, "train.checkpoint")
+    assert path.startswith(str(tmp_path / "cache")) and open(path, "rb").read() == first
+    os.chmod(path, 0o444)
+    stamp = os.stat(path).st_mtime_ns
+    assert model_cache.local_path(uri, "train.checkpoint") == path and os.stat(path).st_mtime_ns == stamp  # no new copy
+    got, info = import_checkpoint(open(path, "rb").read(), CFG, "simclr", {}, 4, 32, uri)
     assert info["projector"] and load_model(got)[1]["checkpoint"] == uri
     _same(enc, load_model(got)[0], 1)
-    assert _checkpoint_file(load_config(None, [f"train.checkpoint=s3://{BUCKET}/models/missing.pt"])) is None
+    storage.write_bytes(uri, _bytes({"state_dict": _encoder(4).state_dict()}))  # replaced at the same place
+    second = storage.read_bytes(uri)
+    assert file_identities(cfg) == [("train.checkpoint", hashlib.sha256(second).hexdigest())]
+    assert open(model_cache.local_path(uri, "train.checkpoint"), "rb").read() == second
+    assert file_identities(load_config(None, [f"train.checkpoint=s3://{BUCKET}/models/missing.pt"])) is None
+
+
+def test_an_unreadable_remote_file_is_one_line(s3_env, tmp_path, monkeypatch):
+    from study import model_cache
+
+    monkeypatch.setenv("DEJAVU_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(ConfigError, match=rf"^train\.checkpoint_b: nothing at s3://{BUCKET}/models/none\.pt$"):
+        model_cache.local_path(f"s3://{BUCKET}/models/none.pt", "train.checkpoint_b")
+    with pytest.raises(ConfigError, match=r"^train\.checkpoint: nothing at s3://no-such-bucket-here/m\.pt$"):
+        model_cache.local_path("s3://no-such-bucket-here/m.pt", "train.checkpoint")
+
+
+def test_config_checks_of_imported_models(tmp_path):
+    import os
+
+    from study.config_load import load_config
+    from study.frame.validate import check_registries
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    vlm = os.path.join(root, "configs", "quickstart-vlm.yaml")
+    a, b = tmp_path / "a.pt", tmp_path / "b.pt"
+    for f in (a, b):
+        torch.save(_encoder().state_dict(), f)
+    check_registries(load_config(None, [f"train.checkpoint={a}", f"train.checkpoint_b={b}"]))
+    cases = [
+        (None, [f"train.checkpoint_b={tmp_path / 'none.pt'}"], r"^train\.checkpoint_b: .*none\.pt does not exist$"),
+        (None, [f"train.checkpoint_b={b}", "train.pair=false"], r"^train\.checkpoint_b: model B is the reference"),
+        (None, [f"train.checkpoint_b={b}", "train.epochs=4", "train.checkpoint_every=2", "train.snapshot=2"],
+         r"^train\.snapshot: a model from train\.checkpoint has no snapshots"),
+        (vlm, [f"train.checkpoint={a}", f"train.checkpoint_b={b}", "train.text_randomization.p=0.5"],
+         r"^train\.text_randomization: .*every model of this study is imported"),
+        (None, ["model.image_std=[0.2, 0, 0.2]"], r"^model\.image_std: must be three positive values"),
+        (None, ["model.image_mean=[0.5]"], r"^model\.image_mean: must be three values"),
+    ]
+    for config, overrides, message in cases:
+        with pytest.raises(ConfigError, match=message):
+            check_registries(load_config(config, overrides))
+    # One model imported, the other trained: text randomization still has a model to act on.
+    check_registries(load_config(vlm, [f"train.checkpoint={a}", "train.text_randomization.p=0.5"]))

@@ -155,9 +155,10 @@ def test_config_text_retriever_and_pair_false():
     assert list(get_kind(cfg.study).searches(cfg)) == [("model_a", "caption_to_image"), (RETRIEVER, "caption_to_caption")]
     with pytest.raises(ConfigError, match=r"^train\.pair: false .*train\.text_retriever: true"):
         check_registries(load_config(VLM, ["train.pair=false"]))
-    for bad in ("train.crop_classifier=true", "train.checkpoint=model.pt"):
-        with pytest.raises(ConfigError, match=r"^train\.checkpoint / train\.crop_classifier: .*train\.text_retriever"):
-            check_registries(load_config(VLM, ["train.text_retriever=true", bad]))
+    with pytest.raises(ConfigError, match=r"^train\.crop_classifier: .*train\.text_retriever or measure\.text_model"):
+        check_registries(load_config(VLM, ["train.text_retriever=true", "train.crop_classifier=true"]))
+    with pytest.raises(ConfigError, match=r"^train\.checkpoint: model\.pt does not exist"):
+        check_registries(load_config(VLM, ["train.text_retriever=true", "train.checkpoint=model.pt"]))
     with pytest.raises(ConfigError, match=r"^train\.text_retriever: the ssl_dejavu study has no text retriever"):
         check_registries(load_config(SSL, ["train.text_retriever=true"]))
 

@@ -12,14 +12,24 @@ from study.config.checks import ADDED, check as _check
 class ModelConfig:
     """SSL: backbone and projector (for the supervised method the projector is the classifier head).
     VLM: ``clip``, an open_clip model name (the product's own tiny CPU configs or a standard one
-    such as ``ViT-B-32``), always built from scratch."""
+    such as ``ViT-B-32``), built from scratch or, with ``train.checkpoint``, the architecture of
+    weights trained elsewhere.
+
+    ``image_mean`` / ``image_std``: the per-channel normalisation an imported model was trained
+    with (empty: its own config's where it has one, else open_clip's default for CLIP models and
+    ImageNet's for SSL encoders). Models this product trains keep their own (0.5 / 0.25)."""
 
     backbone: str = "small_cnn"
     projector_dims: tuple[int, ...] = (256, 128)
     clip: str = "dejavu-tiny"
+    image_mean: tuple[float, ...] = field(default=(), metadata=ADDED)
+    image_std: tuple[float, ...] = field(default=(), metadata=ADDED)
 
     def __post_init__(self) -> None:
         _check(len(self.projector_dims) >= 1, "model.projector_dims", "needs at least one size")
+        _check(len(self.image_mean) in (0, 3), "model.image_mean", "must be three values (R, G, B) or empty")
+        _check(len(self.image_std) in (0, 3) and all(s > 0 for s in self.image_std), "model.image_std",
+               "must be three positive values (R, G, B) or empty")
 
 
 @dataclass(frozen=True)
@@ -114,10 +124,13 @@ class TrainConfig:
     # False trains (or loads) model A only, the attacked model: the one-model test alone (SSL; VLM
     # with text_retriever).
     pair: bool = True
-    # SSL: a model file to measure as model A instead of training it (local path or any fsspec URI):
-    # a file this product saved, or a state dict of the encoder model.backbone / projector_dims /
-    # method describe (the backbone's weights alone: search.representations=[backbone]).
+    # A model trained elsewhere, measured as model A instead of training it (local path or any
+    # fsspec URI), and likewise model B: formats in study.train.imports (SSL: a file this product
+    # saved, or a state dict of the encoder model.backbone / projector_dims / method describe;
+    # VLM: open_clip_train's epoch_N.pt, a folder with open_clip_config.json, or a state dict of
+    # model.clip's architecture).
     checkpoint: str = ""
+    checkpoint_b: str = field(default="", metadata=ADDED)
 
     def __post_init__(self) -> None:
         _check(self.epochs >= 1, "train.epochs", "must be >= 1")

@@ -31,7 +31,7 @@ from study.config import EmbedConfig
 from study.data import records
 from study.embed.shards import ShardWriter
 from study.errors import ConfigError
-from study.train.models import load_model, normalize
+from study.train.models import input_scaling, load_model
 
 WRITE_CPUS = 0.25  # a write task mostly waits on I/O and Parquet encoding; the replicas need the CPUs
 PROGRESS_SECONDS = 10.0  # between progress lines (an interactive terminal redraws its bar)
@@ -44,14 +44,17 @@ class Embedder:
     def __init__(self, model_uris: Mapping[str, str], threads: int):
         torch.set_num_threads(threads)
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.models = {name: load_model(storage.read_bytes(uri))[0].to(self.device) for name, uri in model_uris.items()}
+        self.models = {}
+        for name, uri in model_uris.items():
+            model, meta = load_model(storage.read_bytes(uri))
+            self.models[name] = (model.to(self.device), input_scaling(meta))  # a model trained elsewhere: its own scaling
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        x = normalize(torch.from_numpy(np.ascontiguousarray(batch["pixels"])).permute(0, 3, 1, 2)).to(self.device)
+        pixels = torch.from_numpy(np.ascontiguousarray(batch["pixels"])).permute(0, 3, 1, 2).to(self.device)
         out = {"id": batch["id"], "set": batch["set"]}
         with torch.inference_mode():
-            for name, model in self.models.items():
-                h, z = model(x)
+            for name, (model, scale) in self.models.items():
+                h, z = model(scale(pixels))
                 out[f"{name}/backbone"] = h.float().cpu().numpy()
                 out[f"{name}/projector"] = z.float().cpu().numpy()
         return out

@@ -61,15 +61,6 @@ def _annotator_files(cfg: StudyConfig):
     return _file_identity(a.weights), None if a.vocabulary in SHIPPED else _file_identity(a.vocabulary)
 
 
-def _checkpoint_file(cfg: StudyConfig):
-    """(size, modified) of ``train.checkpoint``, so that a new file at the same place is imported
-    again; None without one (or when it is missing: the train stage says so)."""
-    if not cfg.train.checkpoint or not storage.exists(cfg.train.checkpoint):
-        return None
-    (info,) = storage.list_info(cfg.train.checkpoint)[:1] or [None]
-    return (info.size, str(info.modified)) if info else None
-
-
 def stages() -> list[Stage]:
     """The stages in run order. Imported lazily so `dejavu report` does not pay for torch and Ray."""
     from study.frame.kinds import get_kind
@@ -81,6 +72,7 @@ def stages() -> list[Stage]:
     from study.stages.search import run_search
     from study.stages.splits import run_splits
     from study.stages.train import run_train
+    from study.train.imports import file_identities
 
     return [
         Stage("data", lambda c: (c.data, _inputs(c)), (), run_data, needs_ray=True),
@@ -90,7 +82,7 @@ def stages() -> list[Stage]:
         Stage("splits", lambda c: (c.splits,), ("data", "annotate"), run_splits, needs_ray=True),
         # Which snapshot is measured does not change the training: the stages after train read it.
         Stage("train", lambda c: (c.study, c.model, dataclasses.replace(c.train, snapshot=0), c.data.input_key(),
-                                  get_kind(c.study).train_extra(c), _checkpoint_file(c)),
+                                  get_kind(c.study).train_extra(c), file_identities(c)),
               ("data", "annotate", "splits"), run_train, needs_ray=True, takes_digest=True),
         Stage("embed", lambda c: (c.study, c.embed, c.splits, c.data.input_key(), c.train.snapshot,
                                   *get_kind(c.study).extra_reads(c)),

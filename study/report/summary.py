@@ -32,6 +32,7 @@ def summary_lines(report: dict) -> list[str]:
     from study.frame.kinds import get_kind
     from study.report.annotation_html import annotation_lines
     from study.report.calibration_html import calibration_lines
+    from study.report.models_html import models_lines
     from study.report.protocol_html import protocol_lines
 
     counts = ", ".join(f"{k} {v}" for k, v in report["splits"]["counts"].items() if v)
@@ -40,4 +41,4 @@ def summary_lines(report: dict) -> list[str]:
     except StudyError:
         raise StudyError(f"report of unknown study kind {report.get('study')!r}") from None
     return [f"study {report['name']} ({report['study']})", f"splits: {counts}", *kind.summary_lines(report),
-            *calibration_lines(report), *annotation_lines(report), *protocol_lines(report)]
+            *calibration_lines(report), *annotation_lines(report), *models_lines(report), *protocol_lines(report)]

@@ -16,6 +16,7 @@ from study.frame.context import STAGE_NAMES, RunContext, read_marker
 from study.frame.kinds import get_kind
 from study.report.annotation_html import annotation_section
 from study.report.calibration_html import calibration_section
+from study.report.models_html import models_section
 from study.report.protocol_html import protocol_section
 from study.stages.annotate import ANNOTATED_SHOWN, annotated_figures
 from study.report.page import render_page
@@ -157,7 +158,7 @@ def run_report(ctx: RunContext) -> dict:
     _, gallery_ctx = (list(ctx.settings) or [("", ctx)])[0]
     figures = annotated_figures(ctx, ANNOTATED_SHOWN) if report.get("annotation") else []
     page = render_page(report, kind.html(report, kind.gallery(gallery_ctx, report)) + calibration_section(report)
-                       + annotation_section(report, figures) + protocol_section(report))
+                       + annotation_section(report, figures) + models_section(report) + protocol_section(report))
     storage.write_bytes(ctx.report_html, page.encode())
     storage.write_json(ctx.report_json, report)
     ctx.log("report", f"wrote {ctx.report_json} and report.html")

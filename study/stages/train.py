@@ -83,6 +83,8 @@ def _room_for_streams(ctx: RunContext, jobs: list[TrainJob]) -> bool:
 
 
 def run_train(ctx: RunContext, digest: str) -> dict:
+    from study.train.imports import checkpoint_of
+
     cfg = ctx.cfg
     kind = get_kind(cfg.study)
     manifest = verify_splits(ctx.splits_dir)
@@ -93,8 +95,8 @@ def run_train(ctx: RunContext, digest: str) -> dict:
         out_dir = ctx.model_dir(model)
         if reused(ctx, model, digest, summary):
             continue
-        if model == "model_a" and cfg.train.checkpoint:
-            summary[model] = _import_checkpoint(ctx, digest, manifest, out_dir)
+        if checkpoint_of(cfg, model):
+            summary[model] = _import_checkpoint(ctx, digest, manifest, out_dir, model)
             continue
         job, skipped[model] = new_job(ctx, kind.recipe, model, splits_of[model], manifest, digest)
         jobs.append(job)
@@ -189,21 +191,22 @@ def start_attempt(ctx: RunContext, model: str, digest: str) -> None:
     storage.write_json(started, {"hash": digest})
 
 
-def _import_checkpoint(ctx: RunContext, digest: str, manifest: dict, out_dir: str) -> dict:
-    """Model A from ``train.checkpoint`` (a model trained elsewhere) instead of training it."""
-    from study.train.checkpoints import check_spaces, import_checkpoint
+def _import_checkpoint(ctx: RunContext, digest: str, manifest: dict, out_dir: str, model: str) -> dict:
+    """A model from ``train.checkpoint`` / ``train.checkpoint_b`` (trained elsewhere) instead of
+    training it."""
+    from study.train.checkpoints import check_spaces
+    from study.train.imports import KEYS, import_model
 
-    cfg = ctx.cfg
-    uri = cfg.train.checkpoint
-    if not storage.exists(uri):
-        raise ConfigError(f"train.checkpoint: {uri} does not exist")
+    cfg, kind = ctx.cfg, get_kind(ctx.cfg.study)
     start = time.perf_counter()
-    data, info = import_checkpoint(storage.read_bytes(uri), cfg.model, cfg.train.method, cfg.train.params,
-                                   manifest["num_classes"], cfg.data.image_size, uri)
-    check_spaces(info, get_kind(cfg.study).spaces_for(cfg))
+    data, info = import_model(cfg, kind.recipe, model, manifest["num_classes"])
+    if "projector" in info:
+        check_spaces(info, kind.spaces_for(cfg))
     storage.remove(out_dir)
     storage.write_bytes(storage.join(out_dir, "model.pt"), data)
-    ctx.log("train", f"model_a: imported {uri} ({info['format']}; projector weights: {'yes' if info['projector'] else 'no'})")
+    what = f"projector weights: {'yes' if info['projector'] else 'no'}" if "projector" in info else \
+        f"{info['clip']}, saved as {info.get('saved_as', 'float32')}"
+    ctx.log("train", f"{model}: imported {info['checkpoint']} ({info['format']}; {what}) from {KEYS[model]}")
     write_marker(out_dir, digest, info, time.perf_counter() - start)
     return info
 

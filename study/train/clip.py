@@ -11,7 +11,9 @@ import contextlib
 
 import difflib
 import glob
+import hashlib
 import io
+import json
 import logging
 import math
 import os
@@ -23,7 +25,7 @@ import torch
 from torch import nn
 
 from study.errors import ConfigError
-from study.train.models import normalize
+from study.train.models import PRODUCT_MEAN, PRODUCT_STD, normalize
 
 # open_clip imports Hugging Face libraries; a hub lookup without network hangs or fails.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -60,6 +62,28 @@ def register_model_configs() -> None:
         _registered = True
 
 
+def registered_name(model_cfg: dict) -> str:
+    """A name for a folder's architecture, registered with open_clip (its public add_model_config
+    reads configs from files), so that the model and its tokenizer build as a named model's do."""
+    import open_clip
+
+    text = json.dumps(model_cfg, sort_keys=True)
+    name = "imported-" + hashlib.sha256(text.encode()).hexdigest()[:16]
+    if name not in open_clip.list_models():
+        from study.model_cache import cache_root
+
+        folder = os.path.join(cache_root(), "open_clip_configs")
+        os.makedirs(folder, exist_ok=True)
+        path = os.path.join(folder, f"{name}.json")
+        if not os.path.exists(path):
+            tmp = f"{path}.{os.getpid()}.tmp"
+            with open(tmp, "w") as fh:
+                fh.write(text)
+            os.replace(tmp, path)
+        open_clip.add_model_config(path)
+    return name
+
+
 def check_model_name(name: str) -> None:
     import open_clip
 
@@ -89,14 +113,31 @@ def _without_pretrained_warning():
         root.removeFilter(drop)
 
 
+def set_input_scaling(model, mean, std) -> None:
+    """The per-channel mean and std the model's image tower takes its pixels in, kept where
+    open_clip keeps a model's preprocessing (``model.visual.preprocess_cfg``)."""
+    from open_clip.model import set_model_preprocess_cfg
+
+    set_model_preprocess_cfg(model, {**model.visual.preprocess_cfg, "mean": tuple(mean), "std": tuple(std)})
+
+
+def model_pixels(model, images_uint8: torch.Tensor) -> torch.Tensor:
+    """(N, 3, H, W) uint8 -> the float input the model's image tower was trained on."""
+    mean = torch.tensor(model.visual.image_mean, device=images_uint8.device).view(1, -1, 1, 1)
+    std = torch.tensor(model.visual.image_std, device=images_uint8.device).view(1, -1, 1, 1)
+    return (images_uint8.float() / 255.0 - mean) / std
+
+
 def build_clip(name: str, image_size: int, params: ClipParams = ClipParams()):
-    """(model, tokenizer) for an open_clip model name, randomly initialised at ``image_size``."""
+    """(model, tokenizer) for an open_clip model name, randomly initialised at ``image_size``,
+    taking its pixels scaled as this product trains (``normalize``)."""
     import open_clip
 
     check_model_name(name)
     with _without_pretrained_warning():
         model = open_clip.create_model(name, pretrained=None, force_image_size=image_size)
         tokenizer = open_clip.get_tokenizer(name)
+    set_input_scaling(model, PRODUCT_MEAN, PRODUCT_STD)
     with torch.no_grad():
         model.logit_scale.fill_(math.log(1.0 / params.init_temperature))
     model.logit_scale.requires_grad_(params.learn_temperature)
@@ -167,7 +208,7 @@ def encode_images(model, images: torch.Tensor, batch_size: int = 512) -> torch.T
     """(n, 3, H, W) uint8 -> (n, D) L2-normalised image embeddings."""
     model.eval()
     device = next(model.parameters()).device
-    parts = [model.encode_image(normalize(images[i : i + batch_size].to(device)), normalize=True)
+    parts = [model.encode_image(model_pixels(model, images[i : i + batch_size].to(device)), normalize=True)
              for i in range(0, len(images), batch_size)]
     return torch.cat(parts) if parts else torch.zeros(0, model.text_projection.shape[-1])
 
@@ -212,9 +253,14 @@ def save_clip(model: nn.Module, meta: dict) -> bytes:
 
 
 def load_clip(data: bytes):
-    """(model in eval mode, tokenizer, meta) from ``save_clip``'s bytes."""
+    """(model in eval mode, tokenizer, meta) from ``save_clip``'s bytes. An imported model's
+    metadata holds its architecture's config (a folder's) and its input's mean and std."""
     blob = torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
     meta = blob["meta"]
+    if "model_cfg" in meta:
+        registered_name(meta["model_cfg"])
     model, tokenizer = build_clip(meta["clip"], meta["image_size"])
     model.load_state_dict(blob["state_dict"])
+    if "image_mean" in meta:
+        set_input_scaling(model, meta["image_mean"], meta["image_std"])
     return model.eval(), tokenizer, meta

@@ -79,9 +79,23 @@ def build_encoder(model_cfg: ModelConfig, method_name: str, params, num_classes:
     return Encoder(backbone, projector)
 
 
+PRODUCT_MEAN, PRODUCT_STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)  # what models this product trains take
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # torchvision's, timm's, most SSL code's
+
+
 def normalize(images_uint8: torch.Tensor) -> torch.Tensor:
-    """(N, 3, H, W) uint8 -> float in roughly [-2, 2]; the one input scaling for train and embed."""
+    """(N, 3, H, W) uint8 -> float in roughly [-2, 2]; the input scaling of the models this product trains."""
     return (images_uint8.float() / 255.0 - 0.5) / 0.25
+
+
+def input_scaling(meta: dict):
+    """The function from (N, 3, H, W) uint8 to a saved model's input: its metadata's mean and std
+    (a model trained elsewhere), else this product's ``normalize``."""
+    if "image_mean" not in meta:
+        return normalize
+    mean = torch.tensor(meta["image_mean"], dtype=torch.float32).view(1, -1, 1, 1)
+    std = torch.tensor(meta["image_std"], dtype=torch.float32).view(1, -1, 1, 1)
+    return lambda images: (images.float() / 255.0 - mean.to(images.device)) / std.to(images.device)
 
 
 def save_model(encoder: Encoder, meta: dict) -> bytes:

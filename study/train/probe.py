@@ -17,12 +17,13 @@ from study.train.models import Encoder, normalize
 
 
 @torch.inference_mode()
-def features(encoder: Encoder, images: np.ndarray, batch: int = 256) -> dict[str, np.ndarray]:
-    """{"backbone": (n, d_h), "projector": (n, d_z)} of model inputs (n, S, S, 3) uint8."""
+def features(encoder: Encoder, images: np.ndarray, batch: int = 256, scale=normalize) -> dict[str, np.ndarray]:
+    """{"backbone": (n, d_h), "projector": (n, d_z)} of model inputs (n, S, S, 3) uint8, scaled by
+    ``scale`` (the model's own: ``models.input_scaling``)."""
     encoder.eval()
     hs, zs = [], []
     for start in range(0, len(images), batch):
-        h, z = encoder(normalize(torch.from_numpy(channels_first(images[start:start + batch]))))
+        h, z = encoder(scale(torch.from_numpy(channels_first(images[start:start + batch]))))
         hs.append(h.float().numpy())
         zs.append(z.float().numpy())
     return {"backbone": np.concatenate(hs), "projector": np.concatenate(zs)}

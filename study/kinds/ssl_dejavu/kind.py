@@ -33,6 +33,7 @@ def check(cfg: StudyConfig) -> None:
     from study.frame.validate import one_of
     from study.errors import ConfigError
     from study.train.methods import METHODS, method_params
+    from study.train.imports import check_imports
     from study.train.models import BACKBONES
 
     one_of(cfg.model.backbone, BACKBONES, "model.backbone")
@@ -45,13 +46,7 @@ def check(cfg: StudyConfig) -> None:
         if cfg.measure.one_model_tagger == "crop_tags" and not (cfg.annotate.on and cfg.annotate.crop_tags):
             raise ConfigError("measure.one_model_tagger: crop_tags are what an annotator finds in the crops; "
                               "set annotate.annotator and annotate.crop_tags: true")
-    if cfg.train.checkpoint:
-        from study import storage
-
-        if not storage.exists(cfg.train.checkpoint):
-            raise ConfigError(f"train.checkpoint: {cfg.train.checkpoint} does not exist")
-    if cfg.train.checkpoint and cfg.train.snapshot:
-        raise ConfigError("train.snapshot: a model from train.checkpoint has no snapshots; leave it at 0")
+    check_imports(cfg, "ssl_dejavu")
     if cfg.train.precision == "fp16" and not cfg.ray.use_gpu:
         raise ConfigError("train.precision: fp16 needs a GPU (ray.use_gpu=true); on CPU use bf16")
     most = METHODS[cfg.train.method].max_projector_sizes

@@ -32,7 +32,7 @@ def measure_utility(ctx: RunContext, models) -> dict:
 
 
 def _probe(ctx: RunContext, models) -> dict:
-    from study.train.models import load_model
+    from study.train.models import input_scaling, load_model
     from study.train.probe import accuracy_with_interval, features, fit_predict
 
     cfg = ctx.cfg
@@ -53,9 +53,9 @@ def _probe(ctx: RunContext, models) -> dict:
     train_im, test_im = inputs.stack([images[i] for i in train_ids]), inputs.stack([images[i] for i in test_ids])
     probe: dict = {}
     for model in models:
-        encoder, _ = load_model(storage.read_bytes(ctx.model_file(model)))
-        f_train = features(encoder, train_im)
-        f_test = features(encoder, test_im)
+        encoder, meta = load_model(storage.read_bytes(ctx.model_file(model)))
+        f_train = features(encoder, train_im, scale=input_scaling(meta))
+        f_test = features(encoder, test_im, scale=input_scaling(meta))
         for rep in f_train:
             predicted = fit_predict(f_train[rep], train_y, f_test[rep], num_classes)
             probe.setdefault(rep, {})[model] = accuracy_with_interval(

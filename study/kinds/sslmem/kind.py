@@ -35,8 +35,8 @@ def check(cfg: StudyConfig) -> None:
         raise ConfigError("train.method: SSLMem measures self-supervised encoders; choose one of "
                           f"{sorted(m for m in METHODS if m != 'supervised')}")
     params = method_params(cfg.train.method, cfg.train.params)
-    if not cfg.train.pair or cfg.train.checkpoint or cfg.train.crop_classifier:
-        raise ConfigError("train.pair / train.checkpoint / train.crop_classifier: SSLMem compares two encoders it "
+    if not cfg.train.pair or cfg.train.checkpoint or cfg.train.checkpoint_b or cfg.train.crop_classifier:
+        raise ConfigError("train.pair / train.checkpoint / train.checkpoint_b / train.crop_classifier: SSLMem compares two encoders it "
                           "trains itself (f on shared + candidates, g on shared + independent)")
     if cfg.train.precision == "fp16" and not cfg.ray.use_gpu:
         raise ConfigError("train.precision: fp16 needs a GPU (ray.use_gpu=true); on CPU use bf16")

@@ -34,15 +34,17 @@ SPACE = "caption_to_image"
 
 def check(cfg: StudyConfig) -> None:
     from study.train.clip import check_model_name, clip_params
+    from study.train.imports import check_imports
 
     if cfg.train.method != "clip":
         raise ConfigError(f"train.method: the vlm_dejavu study trains 'clip' models, got '{cfg.train.method}'")
     check_model_name(cfg.model.clip)
     clip_params(cfg.train.params)
     one_of(cfg.measure.headline_rule, PREDICTION_RULES, "measure.headline_rule")
-    if cfg.train.checkpoint or cfg.train.crop_classifier:
-        raise ConfigError("train.checkpoint / train.crop_classifier: the vlm_dejavu study trains its CLIP models itself "
-                          "and has no crop classifier (its one-model test is train.text_retriever)")
+    if cfg.train.crop_classifier:
+        raise ConfigError("train.crop_classifier: the vlm_dejavu study has no crop classifier (its one-model test is "
+                          "train.text_retriever or measure.text_model)")
+    check_imports(cfg, "vlm_dejavu")
     if not cfg.train.pair and not cfg.train.text_retriever and not cfg.measure.text_model:
         raise ConfigError("train.pair: false leaves the vlm_dejavu study without a reference; set "
                           "train.text_retriever: true or measure.text_model (a sentence-transformers model folder) "
