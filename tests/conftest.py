@@ -137,12 +137,12 @@ TIERS = {
                losses measure_batches measure_checks metrics model_input models naive_bayes objects
                probe purity repeats retries clip search_blas search_plan splits sslmem storage_atomic
                synthetic tars text_random topk views vlm_one_model object_storage quality pvalues
-               annotate_parts annotators hf_detectors protocols sample_level""",
+               annotate_parts annotators hf_detectors protocols sample_level assignments text_encoders""",
     "ray": """balance coco embed_pipeline hf near_dups search_ivfpq search_restart search_shards
               search_stage splits_stage train_faults train_stream voc faults inspect laion_inputs
               report_pull vlm_measure_tasks ssl_measure_tasks annotate_stage""",
     "e2e": """api console console_clean reproduce pipeline_e2e photos_e2e vlm_e2e sslmem_e2e ssl_sweeps new_kind
-              wheel store_outage preflight cli_errors annotate_e2e protocol_run text_model""",
+              wheel store_outage preflight cli_errors annotate_e2e protocol_run text_model own_models_e2e""",
     "cluster": """ray_up ray_up_nodes cluster_yaml""",
 }
 FILE_TIER = {f"test_{name}.py": tier for tier, names in TIERS.items() for name in names.split()}

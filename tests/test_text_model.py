@@ -7,7 +7,6 @@ the records, not from the product's outcome files. The same study with both CLIP
 from __future__ import annotations
 
 import os
-import string
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -23,6 +22,7 @@ from study.data.loading import read_split
 from study.frame.context import RunContext
 from study.kinds.vlm_dejavu.text_model import SPACE, TEXT_MODEL
 from study.train.clip import encode_texts, load_clip, tokenize
+from test_text_encoders import encoder_folder
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(ROOT, "configs/quickstart-vlm.yaml")
@@ -38,22 +38,10 @@ OVERRIDES = [
 def save_text_model(folder: str) -> None:
     """A sentence-transformers model of a one-layer BERT with random weights over a character
     vocabulary (any caption tokenizes), mean-pooled: what ``SentenceTransformer.save`` writes."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.sentence_transformer.modules import Pooling, Transformer
-    from transformers import BertConfig, BertModel, BertTokenizerFast
 
-    base = os.path.join(folder, "base")
-    os.makedirs(base)
-    chars = list(string.ascii_lowercase + string.digits)
-    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *chars, *(f"##{c}" for c in chars)]
-    with open(os.path.join(base, "vocab.txt"), "w") as fh:
-        fh.write("\n".join(words))
-    torch.manual_seed(0)
-    BertModel(BertConfig(vocab_size=len(words), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                         intermediate_size=64, max_position_embeddings=128)).save_pretrained(base)
-    BertTokenizerFast(vocab_file=os.path.join(base, "vocab.txt"), do_lower_case=True).save_pretrained(base)
+    base = encoder_folder(os.path.join(folder, "base"), layers=1, seed=0)
     bert = Transformer(base, max_seq_length=128)
     SentenceTransformer(modules=[bert, Pooling(32, "mean")], device="cpu").save(os.path.join(folder, "st"))
 
@@ -173,19 +161,23 @@ def _as_open_clip_train(model_file: str, path: str) -> None:
 
 def test_both_models_imported_from_open_clip_train_give_the_same_report(study_run, tmp_path, capsys):
     """Model A and model B from open_clip_train checkpoints (their input scaling stated, as a user
-    states the mean and std they trained with), the one-model test with the imported
-    sentence-transformers reference: nothing trains, and every measured number equals the run
-    that trained those weights."""
+    states the mean and std they trained with), the splits they trained on from per-split text
+    files, the one-model test with the imported sentence-transformers reference: nothing trains,
+    and every measured number equals the run that trained those weights."""
     import hashlib
 
     ctx, report, folder = study_run
+    lists = tmp_path / "splits"  # the records each model saw, as one text file of ids per split
+    lists.mkdir()
+    for split in ("target", "reference", "public", "holdout"):
+        (lists / f"{split}.txt").write_text("\n".join(read_split(ctx.splits_dir, split)[0]) + "\n")
     files = {}
     for model in ("model_a", "model_b"):
         files[model] = str(tmp_path / f"{model}-epoch_20.pt")
         _as_open_clip_train(ctx.model_file(model), files[model])
     overrides = OVERRIDES + [f"measure.text_model={folder}", f"train.checkpoint={files['model_a']}",
                              f"train.checkpoint_b={files['model_b']}", "model.image_mean=[0.5, 0.5, 0.5]",
-                             "model.image_std=[0.25, 0.25, 0.25]"]
+                             "model.image_std=[0.25, 0.25, 0.25]", f"splits.assignments={lists}"]
     args = ["run", CONFIG, "--output", str(tmp_path / "runs")]
     for o in overrides:
         args += ["--set", o]
@@ -199,12 +191,13 @@ def test_both_models_imported_from_open_clip_train_give_the_same_report(study_ru
     again = storage.read_json(imported.stage_dir("report", "report.json"))
     for part in ("results", "one_model", "utility"):
         assert again[part] == report[part] and report[part]
+    assert again["splits"]["counts"] == report["splits"]["counts"] and again["splits"]["assignments"]["uri"] == str(lists)
     for model in ("model_a", "model_b"):
         info = again["training"][model]
         assert info["fingerprint"] == hashlib.sha256(open(files[model], "rb").read()).hexdigest()
         assert info["format"] == "open_clip_train" and info["image_mean"] == [0.5] * 3
     page = storage.read_bytes(imported.stage_dir("report", "report.html")).decode()
-    assert "Models trained elsewhere" in page and again["training"]["model_b"]["fingerprint"] in page
+    assert "Models and splits from elsewhere" in page and again["training"]["model_b"]["fingerprint"] in page
     from study.report.summary import summary_lines
 
     lines = "\n".join(summary_lines(again))

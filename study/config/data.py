@@ -148,7 +148,13 @@ class NearDuplicateConfig:
 @dataclass(frozen=True)
 class SplitConfig:
     """Keyed-hash split plan: fractions of records per split (the rest stays unused), or with
-    ``per_class`` a number of records of every class per split (fractions are then not used)."""
+    ``per_class`` a number of records of every class per split (fractions are then not used), or
+    with ``assignments`` the splits the user gives (fractions are then not used).
+
+    ``assignments``: a Parquet table (``id`` or ``key``, ``split``) or a folder of ``<split>.txt``
+    files, one id per line, at a local path or any fsspec URI: the records each model trained
+    elsewhere saw (``study.data.assignments``). ``min_assigned``: the fewest records a split
+    listed there may keep once missing and unusable records are left out; fewer stop the study."""
 
     seed: int = 0
     fractions: Mapping[str, float] = field(
@@ -156,8 +162,13 @@ class SplitConfig:
     )
     per_class: Mapping[str, int] = field(default_factory=dict)
     near_duplicates: NearDuplicateConfig = field(default_factory=NearDuplicateConfig)
+    assignments: str = field(default="", metadata=ADDED)
+    min_assigned: int = field(default=1, metadata=ADDED)
 
     def __post_init__(self) -> None:
+        _check(self.min_assigned >= 1, "splits.min_assigned", "must be >= 1")
+        _check(not (self.assignments and self.per_class), "splits.per_class",
+               "cannot be used with splits.assignments (the splits come from the file)")
         bad = sorted(set(self.per_class) - set(SPLIT_NAMES))
         _check(not bad, "splits.per_class", f"unknown split(s) {bad}; expected {list(SPLIT_NAMES)}")
         _check(all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in self.per_class.values()),
@@ -178,5 +189,8 @@ class SplitConfig:
         object.__setattr__(self, "fractions", full)
 
     def uses(self, split: str) -> bool:
-        """Whether the plan puts any record in ``split``."""
+        """Whether the plan puts any record in ``split``. With ``assignments`` only the split
+        manifest knows (``RunContext.uses``); here every split may be used."""
+        if self.assignments:
+            return True
         return (self.per_class.get(split, 0) if self.per_class else self.fractions.get(split, 0)) > 0

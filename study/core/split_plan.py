@@ -10,12 +10,14 @@ join with the manifest. ``SplitPlan`` is that one rule, shared by all of them:
 - per-class quotas (``quotas``: split -> records per class, with the per-class ``thresholds`` the
   splits stage computed, ``core.balance``): a record with an unusable box or label, or without a
   label, is quarantined; the others go to the first split whose needs they meet and whose class
-  threshold their hash draw is under, or stay unassigned.
+  threshold their hash draw is under, or stay unassigned;
+- given splits (``assigned``: a function from a batch's ids to their splits, the user's own,
+  ``study.data.assignments``), then quarantine as for fractions.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Mapping
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -41,6 +43,7 @@ class SplitPlan:
     quotas: Mapping[str, int] = field(default_factory=dict)
     thresholds: Mapping[int, Mapping[str, float]] = field(default_factory=dict)
     excluded: frozenset = frozenset()  # ids quarantined as near-duplicates of a record in another split
+    assigned: Callable[[Sequence[str]], np.ndarray] | None = None  # ids -> their given splits
 
     def columns(self) -> list[str]:
         """The columns a batch must carry (besides ``id``) for ``assign``."""
@@ -77,7 +80,8 @@ class SplitPlan:
             split = assign_balanced(u, labels, eligible, self.thresholds, list(self.quotas))
         else:
             cols = self._columns_of(batch)
-            split = assign_splits(batch.column("id").to_pylist(), self.fractions, self.seed)
+            ids = batch.column("id")
+            split = self.assigned(ids) if self.assigned else assign_splits(ids.to_pylist(), self.fractions, self.seed)
             reasons = record_reasons(cols, split, self.needs)
         if self.excluded:
             for i, rid in enumerate(batch.column("id").to_pylist()):

@@ -136,8 +136,20 @@ class RunContext:
             manifest = storage.read_json(self.manifest)
             thresholds = read_thresholds(manifest)
             excluded = frozenset((manifest.get("near_duplicates") or {}).get("dropped", []))
+        assigned = None
+        if cfg.assignments:  # the user's splits, as the splits stage wrote them
+            from study.data.assignments import Assigned, assigned_uri, version
+
+            assigned = Assigned(assigned_uri(self.splits_dir), version(cfg.assignments))
         return SplitPlan(dict(cfg.fractions), cfg.seed, dict(needs), tuple(names), dict(cfg.per_class),
-                         thresholds or {}, excluded)
+                         thresholds or {}, excluded, assigned)
+
+    def uses(self, split: str) -> bool:
+        """Whether the study's splits put any record in ``split``: the config's plan, or with
+        ``splits.assignments`` the split manifest (the stages after ``splits`` ask)."""
+        if not self.cfg.splits.assignments:
+            return self.cfg.splits.uses(split)
+        return storage.read_json(self.manifest)["counts"].get(split, 0) > 0
 
     @property
     def splits_dir(self) -> str:

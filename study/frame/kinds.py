@@ -132,8 +132,10 @@ class StudyKind:
         own = {(m, s): self.spaces[s] for m in self.models_for(cfg) for s in self.spaces_for(cfg)}
         return {**own, **self.extra_searches(cfg)}
 
-    def attacked_sets(self, cfg: StudyConfig) -> tuple[str, ...]:
-        return tuple(s for s in self.attacked if cfg.splits.uses(s))
+    def attacked_sets(self, cfg: StudyConfig, uses: Callable[[str], bool] | None = None) -> tuple[str, ...]:
+        """The attacked splits the study has: ``uses`` (``RunContext.uses``, which knows the
+        user's splits) or the config's plan."""
+        return tuple(s for s in self.attacked if (uses or cfg.splits.uses)(s))
 
 
 def kind_modules() -> dict[str, str]:

@@ -61,6 +61,16 @@ def _annotator_files(cfg: StudyConfig):
     return _file_identity(a.weights), None if a.vocabulary in SHIPPED else _file_identity(a.vocabulary)
 
 
+def _given_splits(cfg: StudyConfig):
+    """The fingerprint of ``splits.assignments`` (new contents plan the splits again); None without
+    one, or when it is missing (the stage says so)."""
+    from study.data.assignments import version
+
+    if not cfg.splits.assignments or not storage.exists(cfg.splits.assignments):
+        return None
+    return version(cfg.splits.assignments)
+
+
 def stages() -> list[Stage]:
     """The stages in run order. Imported lazily so `dejavu report` does not pay for torch and Ray."""
     from study.frame.kinds import get_kind
@@ -79,7 +89,7 @@ def stages() -> list[Stage]:
         Stage("annotate", lambda c: (c.annotate, _annotator_files(c), c.embed.crop if c.annotate.crop_tags else None),
               ("data",), run_annotate, needs_ray=True,
               takes_digest=True, enabled=lambda c: c.annotate.on),
-        Stage("splits", lambda c: (c.splits,), ("data", "annotate"), run_splits, needs_ray=True),
+        Stage("splits", lambda c: (c.splits, _given_splits(c)), ("data", "annotate"), run_splits, needs_ray=True),
         # Which snapshot is measured does not change the training: the stages after train read it.
         Stage("train", lambda c: (c.study, c.model, dataclasses.replace(c.train, snapshot=0), c.data.input_key(),
                                   get_kind(c.study).train_extra(c), file_identities(c)),

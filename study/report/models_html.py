@@ -1,6 +1,8 @@
-"""The report's part on models trained elsewhere: for each imported model, the file it came from,
+"""The report's part on what came from elsewhere: for each imported model, the file it came from,
 its format, its fingerprint (sha256 of the file or folder) and the input scaling it was measured
-with. Takes plain data (the train stage's summary in ``report["training"]``)."""
+with; and the splits when the user gave them (``splits.assignments``): the file, its fingerprint,
+what it listed and what the data lacked. Takes plain data (the train stage's summary in
+``report["training"]``, the split manifest in ``report["splits"]``)."""
 from __future__ import annotations
 
 import html
@@ -20,18 +22,37 @@ def _scaling(info: dict) -> str:
     return f"mean {info['image_mean']}, std {info['image_std']}"
 
 
+def splits_sentence(report: dict) -> str:
+    """How the user's splits came in, in one sentence ('' when the product planned them)."""
+    given = (report.get("splits") or {}).get("assignments")
+    if not given:
+        return ""
+    listed = ", ".join(f"{s} {n}" for s, n in given["listed"].items())
+    missing = sum(given["missing"].values())
+    out = (f"The splits came from the user: {given['uri']} (sha256 {given['fingerprint'][:16]}…) listed {listed}; "
+           + (f"{missing} listed record(s) are not in the data ({', '.join(f'{s} {n}' for s, n in given['missing'].items() if n)}; "
+              f"ids in {given['missing_ids']})" if missing else "every listed record is in the data")
+           + (f"; {given['repeated_rows']} repeated row(s) counted once" if given["repeated_rows"] else "")
+           + f"; {report['splits'].get('unassigned', 0)} record(s) of the data in no split.")
+    if "holdout" not in given["listed"]:
+        out += " No holdout split was given: no null control was possible."
+    return out
+
+
 def models_lines(report: dict) -> list[str]:
     """The same, as text lines for ``dejavu report``."""
+    given = splits_sentence(report)
     return [f"{m} ({MODELS[m]}): imported from {i['checkpoint']} ({i['format']}, sha256 {i.get('fingerprint', '?')[:16]}…)"
-            for m, i in _imported(report)]
+            for m, i in _imported(report)] + ([given] if given else [])
 
 
 def models_section(report: dict) -> str:
-    imported = _imported(report)
-    if not imported:
+    imported, given = _imported(report), splits_sentence(report)
+    if not imported and not given:
         return ""
     rows = [[f"{m} ({MODELS[m]})", html.escape(i["checkpoint"]), html.escape(i["format"]),
              f"<code>{html.escape(i.get('fingerprint', ''))}</code>", html.escape(_scaling(i))] for m, i in imported]
-    return ("<h2>Models trained elsewhere</h2><p>These models were imported, not trained by this run; their "
-            "weights are identified by the sha256 of their file (or of a folder's files, names and contents).</p>"
-            + table(["model", "from", "format", "sha256", "input scaling"], rows))
+    models = ("<p>These models were imported, not trained by this run; their weights are identified by the sha256 "
+              "of their file (or of a folder's files, names and contents).</p>"
+              + table(["model", "from", "format", "sha256", "input scaling"], rows)) if imported else ""
+    return "<h2>Models and splits from elsewhere</h2>" + models + (f"<p>{html.escape(given)}</p>" if given else "")

@@ -78,7 +78,7 @@ def rows_per_part(cfg: SearchConfig) -> int:
 def run_search(ctx: RunContext) -> dict:
     cfg = ctx.cfg.search
     kind = get_kind(ctx.cfg.study)
-    attacked = kind.attacked_sets(ctx.cfg)
+    attacked = kind.attacked_sets(ctx.cfg, ctx.uses)
     summary: dict = {"indexes": {}}
     for (model, space), (db_view, query_view) in kind.searches(ctx.cfg).items():
         log = lambda msg, where=f"{model}/{space}": ctx.log("search", f"{where}: {msg}")  # noqa: E731

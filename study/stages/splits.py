@@ -89,8 +89,54 @@ def write_members(ctx: RunContext, plan: SplitPlan) -> None:
     planned.write_parquet(out_path, filesystem=out_fs, partition_cols=["split"])
 
 
+@ray.remote(num_cpus=TASK_CPUS)
+def _normalise(uri: str, shards: list[str], out: str, missing: str):
+    """The user's splits read, checked and written in a task (the driver holds their counts only);
+    a user's mistake comes back as (error class name, message) to be raised in the driver."""
+    from study.data.assignments import normalise
+
+    try:
+        return normalise(uri, shards, out, missing)
+    except StudyError as e:
+        return {"error": (type(e).__name__, str(e))}
+
+
+def given_splits(ctx: RunContext) -> dict:
+    """Read and check ``splits.assignments``; what it lists, what the data lacks, its fingerprint."""
+    from study import errors
+    from study.data.assignments import assigned_uri, missing_uri, version
+
+    uri = ctx.cfg.splits.assignments
+    fingerprint = version(uri)
+    out = ray.get(_normalise.remote(uri, records.shard_uris(ctx.data_root), assigned_uri(ctx.splits_dir),
+                                    missing_uri(ctx.splits_dir)))
+    if "error" in out:
+        name, message = out["error"]
+        raise getattr(errors, name, StudyError)(message)
+    missing = sum(out["missing"].values())
+    ctx.log("splits", f"splits from {uri}: " + ", ".join(f"{s} {n}" for s, n in out["listed"].items())
+            + (f"; {missing} listed id(s) not in the data ({missing_uri(ctx.splits_dir)})" if missing else ""))
+    return {"uri": uri, "fingerprint": fingerprint, **out, "missing_ids": missing_uri(ctx.splits_dir)}
+
+
+def _check_given(given: dict, counts: dict, quarantined: dict, least: int, needed: list[str]) -> None:
+    """Stop when the user's splits leave a split the study needs too small to measure."""
+    for name in needed:
+        if name not in given["listed"]:
+            raise StudyError(f"splits.assignments: lists no {name} records ({given['uri']}); this study needs "
+                             f"{', '.join(needed)} (model A's training records are the target split, model B's "
+                             "the reference split)")
+    for name, listed in given["listed"].items():
+        if counts.get(name, 0) < least:
+            raise StudyError(f"split '{name}' keeps {counts.get(name, 0)} of the {listed} records "
+                             f"{given['uri']} lists ({given['missing'][name]} not in the data, the rest "
+                             f"quarantined: {quarantined or 'none'}); splits.min_assigned is {least}")
+
+
 def run_splits(ctx: RunContext) -> dict:
     cfg = ctx.cfg.splits
+    storage.remove(ctx.splits_dir)  # no stray member files from an earlier plan
+    given = given_splits(ctx) if cfg.assignments else None
     plan = ctx.split_plan(thresholds={})
     per_class = None
     if cfg.per_class:  # the per-class thresholds first: the plan below applies them
@@ -100,7 +146,6 @@ def run_splits(ctx: RunContext) -> dict:
         short = {s: len(c) for s, c in per_class["short"].items() if c}
         ctx.log("splits", f"per-class quotas {dict(cfg.per_class)} over {len(thresholds)} classes"
                           + (f"; classes short of their quota: {short}" if short else ""))
-    storage.remove(ctx.splits_dir)  # no stray member files from an earlier plan
     write_members(ctx, plan)
     near = None
     if cfg.near_duplicates.detect:
@@ -116,7 +161,12 @@ def run_splits(ctx: RunContext) -> dict:
     names = list(cfg.per_class) if cfg.per_class else list(cfg.fractions)
     counts = {name: agg.get(name, {}).get("count", 0) for name in names}
     quarantined = dict(sorted(agg.get(QUARANTINED, {}).get("reasons", {}).items()))
-    for name in names:
+    if given:
+        from study.frame.kinds import get_kind
+
+        needed = ["target", "reference"] + (["public"] if "public" in get_kind(ctx.cfg.study).needs else [])
+        _check_given(given, counts, quarantined, cfg.min_assigned, needed)
+    for name in [] if given else names:
         want = cfg.per_class.get(name) or cfg.fractions.get(name, 0)
         if want > 0 and counts[name] == 0:
             total = sum(a["count"] for a in agg.values())
@@ -129,6 +179,7 @@ def run_splits(ctx: RunContext) -> dict:
         "fractions": dict(cfg.fractions),
         **({"per_class": per_class} if per_class else {}),
         **({"near_duplicates": near} if near else {}),
+        **({"assignments": given} if given else {}),
         "counts": counts,
         "unassigned": agg.get(UNASSIGNED, {}).get("count", 0),
         "quarantined": quarantined,

@@ -62,7 +62,7 @@ def run_embed(ctx: RunContext) -> dict:
     from study.stages.embed_plan import count_plan
 
     cfg = ctx.cfg
-    attacked = KIND.attacked_sets(cfg)
+    attacked = KIND.attacked_sets(cfg, ctx.uses)
     planner = partial(_crop_summary, crop_cfg=cfg.embed.crop)
     plan = ctx.split_plan()
     public_n, crops = count_plan(ctx.data_root, ["id", "width", "height", "label", "boxes"], planner, attacked, plan)

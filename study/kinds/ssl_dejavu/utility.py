@@ -36,7 +36,7 @@ def _probe(ctx: RunContext, models) -> dict:
     from study.train.probe import accuracy_with_interval, features, fit_predict
 
     cfg = ctx.cfg
-    if not cfg.splits.uses("holdout"):
+    if not ctx.uses("holdout"):
         return {"note": "no holdout split: the linear probe needs held-out labelled records"}
     import ray
 

@@ -53,7 +53,7 @@ def run_embed(ctx: RunContext) -> dict:
     from study.stages.embed_plan import count_plan
 
     cfg = ctx.cfg
-    sets = KIND.attacked_sets(cfg)
+    sets = KIND.attacked_sets(cfg, ctx.uses)
     plan = ctx.split_plan()
     _, counted = count_plan(ctx.data_root, ["id"], _whole, sets, plan)
     prepare = partial(prepare_batch, plan=plan, modes={s: WHOLE for s in sets}, crop_cfg=cfg.embed.crop,

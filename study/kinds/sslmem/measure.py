@@ -32,7 +32,7 @@ def kinds(cfg) -> tuple[str, ...]:
 
 def run_measure(ctx: RunContext) -> dict:
     cfg, m = ctx.cfg, ctx.cfg.measure
-    scored = [s for s in SETS if cfg.splits.uses(s)]
+    scored = [s for s in SETS if ctx.uses(s)]
     spaces = cfg.sslmem.spaces()
     task = ray.remote(num_cpus=1)
     counts = dict(zip(scored, ray.get([task(score_set).remote(ctx, s, spaces) for s in scored])))

@@ -68,7 +68,7 @@ def run_embed(ctx: RunContext) -> dict:
     from study.kinds.vlm_dejavu.text_retriever import embed_captions
 
     cfg = ctx.cfg
-    attacked = KIND.attacked_sets(cfg)
+    attacked = KIND.attacked_sets(cfg, ctx.uses)
     split_plan = ctx.split_plan()
     # One counting pass plans both: the models' queries, and the public captions (the text
     # retriever's and the text model's one-model tests search them).

@@ -65,7 +65,7 @@ def run_measure(ctx: RunContext) -> dict:
 
     cfg = ctx.cfg
     kind = get_kind(cfg.study)
-    attacked = kind.attacked_sets(cfg)
+    attacked = kind.attacked_sets(cfg, ctx.uses)
     # The object tables are built by a task and stay in the object store: the scoring tasks read
     # them there, the driver gets the vocabulary and the utility's few records.
     tables = ray.remote(num_cpus=1)(object_tables).remote(ctx.data_root, ctx.splits_dir, attacked)

@@ -2,7 +2,9 @@
 tower and a pretrained text model search the same public captions.
 
 With ``measure.text_model`` (a sentence-transformers model folder, ``SentenceTransformer.save``'s
-output, local or at any fsspec URI; nothing is downloaded), each attacked caption retrieves its
+output, or a Hugging Face transformers encoder folder, ``save_pretrained``'s output, which
+sentence-transformers loads with mean pooling over the tokens; local or at any fsspec URI, copied
+once per machine; nothing is downloaded), each attacked caption retrieves its
 k nearest public captions twice: by the target's text tower (model A on the records it trained
 on, model B on its own when the pair exists), and by the text model, which saw none of the splits,
 as the reference. Both searches run in space ``caption_to_caption`` on the same sharded FAISS
@@ -25,7 +27,7 @@ from study.config import StudyConfig
 from study.data.model_input import ModelInput
 from study.errors import ConfigError, DataError
 from study.frame.context import RunContext
-from study.model_folders import local_folder
+from study import model_cache
 from study.stages.measure import ONE_MODEL_CONTROLS
 
 TEXT_MODEL = "text_model"  # the model name in embed/ and search/
@@ -42,15 +44,22 @@ def targets(cfg: StudyConfig) -> tuple[str, ...]:
 
 def reads(cfg: StudyConfig) -> tuple:
     """What the embed and measure stages read of the text model (``StudyKind.extra_reads``): its
-    location and its files' (uri, size, modified), so that new weights at the same place count as
-    a change; nothing when the test is off (the runs without it keep their ids)."""
-    from study import storage
+    location and its files' sha256 (``model_cache.fingerprint``, computed once per listing), so
+    that new weights count as a change; nothing when the test is off (the runs without it keep
+    their ids)."""
+    from study import model_cache, storage
 
     uri = cfg.measure.text_model
     if not uri:
         return ()
-    there = storage.exists(uri)
-    return (uri, sorted((i.uri, i.size, str(i.modified)) for i in storage.list_info(uri)) if there else None)
+    return (uri, model_cache.fingerprint(uri, KEY) if storage.exists(uri) else None)
+
+
+def model_form(folder: str) -> str:
+    """How the folder is read: a sentence-transformers model, or a transformers encoder that
+    sentence-transformers mean-pools."""
+    return "sentence-transformers" if os.path.isfile(os.path.join(folder, "modules.json")) else \
+        "transformers encoder, mean pooling"
 
 
 def searches(cfg: StudyConfig) -> dict[tuple[str, str], tuple[str, str]]:
@@ -77,15 +86,17 @@ class SentenceEmbedder:
         if threads is not None:  # a replica's share of its node; None: the caller's process as it is
             torch.set_num_threads(threads)
         device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.models, self._folders = {}, []
+        self.models, self.forms = {}, {}
         for name, uri in model_uris.items():
-            folder, tmp = local_folder(uri, KEY, "a sentence-transformers model (SentenceTransformer.save's output)")
-            self._folders.append(tmp)
+            folder = model_cache.local_path(uri, KEY)  # a remote folder: copied once per machine
             try:
+                if not os.path.isdir(folder):
+                    raise ValueError("not a folder")
                 self.models[name] = SentenceTransformer(folder, device=device, local_files_only=True)
             except (OSError, ValueError, KeyError) as e:
-                raise DataError(f"{KEY}: {uri} does not load as a sentence-transformers model "
-                                f"({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+                raise DataError(f"{KEY}: {uri} does not load as a sentence-transformers model or a transformers "
+                                f"encoder ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+            self.forms[name] = model_form(folder)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         out = {"id": batch["id"], "set": batch["set"]}
@@ -103,7 +114,8 @@ def embed_captions(ctx: RunContext, public_captions: dict, plan: dict, attacked:
     from study.stages.embed import embed_planned
 
     cfg, split_plan = ctx.cfg, ctx.split_plan()
-    SentenceEmbedder({TEXT_MODEL: cfg.measure.text_model}, None)  # a folder that does not load stops here, in one line
+    check = SentenceEmbedder({TEXT_MODEL: cfg.measure.text_model}, None)  # a folder that does not load stops here
+    ctx.log("embed", f"{TEXT_MODEL}: {cfg.measure.text_model} ({check.forms[TEXT_MODEL]})")
     columns = list(dict.fromkeys(["id", "caption", "objects", *split_plan.columns()]))  # no image bytes read
     inputs = ModelInput.of(cfg.data)
     public_only = {PUBLIC: CAPTION}

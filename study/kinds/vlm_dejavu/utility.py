@@ -42,7 +42,7 @@ def measure_utility(ctx: RunContext, rows: list[tuple[str, list[str], str]]) -> 
     from study.train.clip import load_clip, retrieval_recall, tokenize, zero_shot_accuracy
 
     cfg = ctx.cfg
-    if not cfg.splits.uses("holdout"):
+    if not ctx.uses("holdout"):
         return {"note": "no holdout split: utility not measured"}
     ids = [i for i, _, _ in rows]
     table = {i: (objects, caption) for i, objects, caption in rows}
