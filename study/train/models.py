@@ -56,6 +56,32 @@ BACKBONES: dict[str, Callable[[], tuple[nn.Module, int]]] = {
 }
 
 
+def timm_backbone(name: str, image_size: int | None) -> tuple[nn.Module, int]:
+    """A timm model (``model.backbone: timm/<name>``), from scratch, without its classifier; a model
+    with a fixed input size (a ViT) is built at ``image_size``, so its position embedding is the
+    one a checkpoint of that size holds."""
+    import timm
+
+    if name not in timm.list_models():
+        raise KeyError(f"timm/{name}")
+    try:
+        net = timm.create_model(name, pretrained=False, num_classes=0, **({"img_size": image_size} if image_size else {}))
+    except TypeError:  # a model without an input size of its own (a CNN) takes no img_size
+        net = timm.create_model(name, pretrained=False, num_classes=0)
+    return net, int(net.num_features)
+
+
+def is_backbone(name: str) -> bool:
+    """Whether ``model.backbone`` names a backbone: one of ``BACKBONES`` or ``timm/<a timm model>``."""
+    if name in BACKBONES:
+        return True
+    if name.startswith("timm/"):
+        import timm
+
+        return name[len("timm/"):] in timm.list_models()
+    return False
+
+
 class Encoder(nn.Module):
     """backbone -> h (N, dim_h); projector(h) -> z (N, dim_z). Both are embedding representations."""
 
@@ -69,12 +95,16 @@ class Encoder(nn.Module):
         return h, self.projector(h)
 
 
-def build_encoder(model_cfg: ModelConfig, method_name: str, params, num_classes: int) -> Encoder:
+def build_encoder(model_cfg: ModelConfig, method_name: str, params, num_classes: int,
+                  image_size: int | None = None) -> Encoder:
     from study.train.methods import METHODS  # methods build projectors from this module's parts
 
-    if model_cfg.backbone not in BACKBONES:
+    if model_cfg.backbone.startswith("timm/"):
+        backbone, dim = timm_backbone(model_cfg.backbone[len("timm/"):], image_size)
+    elif model_cfg.backbone in BACKBONES:
+        backbone, dim = BACKBONES[model_cfg.backbone]()
+    else:
         raise KeyError(model_cfg.backbone)
-    backbone, dim = BACKBONES[model_cfg.backbone]()
     projector = METHODS[method_name].build_projector(dim, model_cfg.projector_dims, num_classes, params)
     return Encoder(backbone, projector)
 
@@ -113,6 +143,7 @@ def load_model(data: bytes) -> tuple[Encoder, dict]:
     blob = torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
     meta = blob["meta"]
     params = method_params(meta["method"], meta["params"])
-    encoder = build_encoder(build(ModelConfig, meta["model"], "model"), meta["method"], params, meta["num_classes"])
+    encoder = build_encoder(build(ModelConfig, meta["model"], "model"), meta["method"], params, meta["num_classes"],
+                            meta.get("image_size"))
     encoder.load_state_dict(blob["state_dict"])
     return encoder.eval(), meta

@@ -58,7 +58,8 @@ def ssl_fit(config: dict, rank: int, world: int, stream: Callable | None = None,
             return ((torch.from_numpy(b["image"]), torch.from_numpy(b["label"]))
                     for b in stream(epoch, batch_size_per_worker))
 
-    learner = method.learner(lambda: build_encoder(model_cfg, cfg.method, params, config["num_classes"]),
+    learner = method.learner(lambda: build_encoder(model_cfg, cfg.method, params, config["num_classes"],
+                                                   config["inputs"].size),
                              model_cfg.projector_dims, params)
     optimizer = loop.make_optimizer(learner, cfg)
     steps = loop.steps_per_epoch(n_local, batch_size_per_worker)

@@ -34,9 +34,11 @@ def check(cfg: StudyConfig) -> None:
     from study.errors import ConfigError
     from study.train.methods import METHODS, method_params
     from study.train.imports import check_imports
-    from study.train.models import BACKBONES
+    from study.train.models import BACKBONES, is_backbone
 
-    one_of(cfg.model.backbone, BACKBONES, "model.backbone")
+    if not is_backbone(cfg.model.backbone):
+        raise ConfigError(f"model.backbone: unknown value '{cfg.model.backbone}'; choose from {sorted(BACKBONES)} "
+                          "or timm/<a timm model name>")
     one_of(cfg.embed.crop.rule, CROP_RULES, "embed.crop.rule")
     method_params(cfg.train.method, cfg.train.params)
     if cfg.measure.one_model_tagger:
