@@ -142,7 +142,7 @@ TIERS = {
               search_stage splits_stage train_faults train_stream voc faults inspect laion_inputs
               report_pull vlm_measure_tasks ssl_measure_tasks annotate_stage""",
     "e2e": """api console console_clean reproduce pipeline_e2e photos_e2e vlm_e2e sslmem_e2e ssl_sweeps new_kind
-              wheel store_outage preflight cli_errors annotate_e2e protocol_run text_model own_models_e2e""",
+              wheel store_outage preflight cli_errors annotate_e2e protocol_run text_model own_models_e2e paper_configs""",
     "cluster": """ray_up ray_up_nodes cluster_yaml""",
 }
 FILE_TIER = {f"test_{name}.py": tier for tier, names in TIERS.items() for name in names.split()}
