@@ -93,3 +93,21 @@ def test_the_listed_ids_the_data_lacks_are_counted_and_written(tmp_path):
     want = [QUARANTINED if truth.get(i) == "target" and c is None else truth.get(i, UNASSIGNED)
             for i, c in zip(batch.column("id").to_pylist(), batch.column("caption").to_pylist())]
     assert got == want and QUARANTINED in got
+
+
+def test_a_split_the_data_leaves_empty_or_too_small_stops_the_study():
+    from study.errors import StudyError
+    from study.stages.splits import _check_given
+
+    given = {"uri": "s3://b/splits.parquet", "listed": {"target": 3, "reference": 2, "public": 5},
+             "missing": {"target": 3, "reference": 0, "public": 1}}
+    counts = {"target": 0, "reference": 2, "public": 4, "holdout": 0, "shared": 0}
+    needed = ["target", "reference", "public"]
+    with pytest.raises(StudyError, match=r"^split 'target' keeps 0 of the 3 records s3://b/splits\.parquet lists "
+                                         r"\(3 not in the data, the rest quarantined: none\); splits\.min_assigned is 1$"):
+        _check_given(given, counts, {}, 1, needed)
+    with pytest.raises(StudyError, match=r"^split 'public' keeps 4 of the 5 records .*splits\.min_assigned is 5$"):
+        _check_given(given, {**counts, "target": 5, "reference": 5}, {}, 5, ["reference", "public"])
+    with pytest.raises(StudyError, match=r"^splits\.assignments: lists no public records \(s3://b/splits\.parquet\)"):
+        _check_given({**given, "listed": {"target": 3, "reference": 2}}, counts, {}, 1, needed)
+    _check_given(given, {**counts, "target": 1}, {}, 1, needed)  # no holdout listed: allowed (no null control)

@@ -61,6 +61,7 @@ def test_a_bare_backbone_measures_the_backbone_only():
     assert not info["projector"]
     _same(enc, load_model(got)[0], 0)
     check_spaces(info, ("backbone",))
+    check_spaces(info, ())  # no space named: the backbone's alone is measured
     with pytest.raises(ConfigError, match=r"^search\.representations: .*no projector weights"):
         check_spaces(info, ("backbone", "projector"))
 

@@ -155,7 +155,8 @@ def _tags(ctx, ids) -> list[list[str]]:
 
 def test_a_model_trained_elsewhere_alone_gets_the_one_model_test(ray_local, tmp_path, capsys):
     """train.pair=false with train.checkpoint: model A is a backbone's state dict from elsewhere,
-    nothing trains, and the report holds the one-model test alone (model A's side of each control)."""
+    nothing trains, and the report holds the one-model test alone (model A's side of each control),
+    in the backbone space alone (no projector weights), and says why."""
     from study.config import ModelConfig
     from study.train.methods import method_params
     from study.train.models import build_encoder
@@ -164,7 +165,7 @@ def test_a_model_trained_elsewhere_alone_gets_the_one_model_test(ray_local, tmp_
     backbone = build_encoder(ModelConfig(), "supervised", method_params("supervised", {}), 10).backbone
     uri = str(tmp_path / "elsewhere.pt")
     torch.save({"model": backbone.state_dict()}, uri)
-    overrides = ["name=elsewhere", "train.pair=false", f"train.checkpoint={uri}", "search.representations=[backbone]",
+    overrides = ["name=elsewhere", "train.pair=false", f"train.checkpoint={uri}",
                  "measure.bootstrap=50", "measure.permutations=50", "measure.utility_records=40"]
     args = ["run", CONFIG, "--output", str(tmp_path / "runs")]
     for o in overrides:
@@ -180,8 +181,10 @@ def test_a_model_trained_elsewhere_alone_gets_the_one_model_test(ray_local, tmp_
     target = report["embedded"]["sets"]["target"]["embedded"]
     assert one["positive"]["top1"]["n"] == [target]  # model A's side only
     assert set(report["utility"]["linear_probe"]["backbone"]) == {"model_a"}
+    assert set(report["one_model"]["predictors"]["naive_bayes"]) == set(report["utility"]["linear_probe"]) == {"backbone"}
     from study.report.summary import summary_lines
 
     text = "\n".join(summary_lines(report))  # what `dejavu report` prints
     assert "(no reference model: no two-model test)" in text
     assert "one-model test, k-NN minus the naive_bayes predictor:" in text and "backbone/positive" in text
+    assert "The projector space was not measured: model_a came without projector weights" in text

@@ -178,3 +178,38 @@ def test_statistics_in_several_tasks_give_the_same_results(sslmem_run, monkeypat
         assert got["tests"][control] == want
     for k, (name, values) in enumerate(by_set.items()):
         assert got["sets"][name] == sslmem.describe(values, m.bootstrap, m.confidence_level, m.seed, k)
+
+
+def test_imported_encoders_on_the_users_splits_give_the_same_scores(sslmem_run, tmp_path, capsys):
+    """f and g as a user brings them (DDP state dicts under "state_dict", the mean and std they
+    trained with stated), the sets as per-split text files: nothing trains, and every record's
+    alignments and scores are the trained run's (the views, drawn as for the product's models, are
+    mapped to the stated scaling, which here is the product's own)."""
+    ctx, report = sslmem_run
+    lists = tmp_path / "splits"
+    lists.mkdir()
+    for split in ("shared", "target", "reference", "holdout"):
+        (lists / f"{split}.txt").write_text("\n".join(read_split(ctx.splits_dir, split)[0]) + "\n")
+    files = {}
+    for model in ("model_a", "model_b"):
+        blob = torch.load(ctx.model_file(model), map_location="cpu", weights_only=False)
+        files[model] = str(tmp_path / f"{model}.pt")
+        torch.save({"state_dict": {f"module.{k}": v for k, v in blob["state_dict"].items()}}, files[model])
+    overrides = OVERRIDES + [f"train.checkpoint={files['model_a']}", f"train.checkpoint_b={files['model_b']}",
+                             "model.image_mean=[0.5, 0.5, 0.5]", "model.image_std=[0.25, 0.25, 0.25]",
+                             f"splits.assignments={lists}"]
+    args = ["run", os.path.join(ROOT, "configs/sslmem.yaml"), "--output", str(tmp_path / "runs")]
+    for o in overrides:
+        args += ["--set", o]
+    capsys.readouterr()
+    assert main(args) == 0
+    assert "fitting" not in capsys.readouterr().out
+    imported = RunContext.create(load_config(os.path.join(ROOT, "configs/sslmem.yaml"), overrides, str(tmp_path / "runs")))
+    before = pq.read_table(ctx.stage_dir("measure", SCORES_FILE)).to_pandas().set_index("id").sort_index()
+    after = pq.read_table(imported.stage_dir("measure", SCORES_FILE)).to_pandas().set_index("id").sort_index()
+    assert list(after.index) == list(before.index) and list(after["set"]) == list(before["set"])
+    for column in [c for c in before.columns if c != "set"]:
+        np.testing.assert_allclose(after[column], before[column], rtol=1e-4, atol=1e-6)
+    again = storage.read_json(imported.report_json)
+    assert again["splits"]["counts"] == report["splits"]["counts"]
+    assert again["training"]["model_a"]["format"] == "state dict"

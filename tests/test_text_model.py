@@ -108,6 +108,7 @@ def test_one_model_precision_from_the_retrieved_captions_images(study_run):
     retrieves (model A on the target split, model B on the reference split) and when the text
     model does; PPG from them, from the persisted neighbours and the records' objects."""
     ctx, report, _ = study_run
+    assert report["one_model"]["trained_on"] == {TEXT_MODEL: ["elsewhere"]}  # pretrained, none of the splits
     entry = report["one_model"]["predictors"][TEXT_MODEL][SPACE]["positive"][f"k={K}/union/all"]
     ids = [i for s in ("public", "target", "reference") for i in read_split(ctx.splits_dir, s)[0]]
     table = records.read_records(ctx.data_root, ids, ["id", "objects"])

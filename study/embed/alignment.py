@@ -75,6 +75,16 @@ class Representations:
         return {s: found[s].detach().float().cpu().numpy() for s in spaces}
 
 
+def _rescale(meta: dict):
+    """The views are drawn on images scaled as this product's models take them (``normalize``); a
+    model trained elsewhere takes its own mean and std: the same view, mapped affinely to them."""
+    if "image_mean" not in meta:
+        return lambda t: t
+    mean = torch.tensor(meta["image_mean"], dtype=torch.float32).view(1, -1, 1, 1)
+    std = torch.tensor(meta["image_std"], dtype=torch.float32).view(1, -1, 1, 1)
+    return lambda t: ((t * 0.25 + 0.5) - mean.to(t.device)) / std.to(t.device)
+
+
 class AlignmentScorer:
     """Ray Data embedder of the SSLMem kind: ``model_uris`` {model: file}; ``spaces`` the scored
     representations and layers; ``views`` per record, drawn with ``augment``."""
@@ -84,8 +94,10 @@ class AlignmentScorer:
         torch.set_num_threads(threads)
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         layers = [s for s in spaces if s not in REPRESENTATIONS]
-        self.models = {name: Representations(load_model(storage.read_bytes(uri))[0].to(self.device), layers)
-                       for name, uri in model_uris.items()}
+        self.models = {}
+        for name, uri in model_uris.items():
+            encoder, meta = load_model(storage.read_bytes(uri))
+            self.models[name] = (Representations(encoder.to(self.device), layers), _rescale(meta))
         self.spaces, self.views, self.augment, self.seed = list(spaces), views, augment, seed
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -96,9 +108,9 @@ class AlignmentScorer:
         views = record_views(x, batch["id"], self.views, self.augment, self.seed).to(self.device)
         x = x.to(self.device)
         with torch.inference_mode():
-            for name, reps in self.models.items():
-                own = reps(x, self.spaces)
-                seen = [reps(v, self.spaces) for v in views]  # the same views for every model
+            for name, (reps, rescale) in self.models.items():
+                own = reps(rescale(x), self.spaces)
+                seen = [reps(rescale(v), self.spaces) for v in views]  # the same views for every model
                 for s in self.spaces:
                     align = alignment(own[s], np.stack([r[s] for r in seen]))
                     out[f"{name}/{view_name(s)}"] = align.astype(np.float32)[:, None]

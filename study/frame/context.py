@@ -144,6 +144,20 @@ class RunContext:
         return SplitPlan(dict(cfg.fractions), cfg.seed, dict(needs), tuple(names), dict(cfg.per_class),
                          thresholds or {}, excluded, assigned)
 
+    def spaces(self) -> tuple[str, ...]:
+        """The search spaces measured: the kind's ``spaces_for`` the config, less ``projector``
+        when the config left ``search.representations`` empty and a model imported without
+        projector weights has none (the train stage's summary says so; the stages after it ask)."""
+        from study.frame.kinds import get_kind
+
+        wanted = get_kind(self.cfg.study).spaces_for(self.cfg)
+        if self.cfg.search.representations or "projector" not in wanted:
+            return wanted
+        summary = (read_marker(self.stage_dir("train")) or {}).get("summary", {})
+        if any(isinstance(v, dict) and v.get("projector") is False for v in summary.values()):
+            return tuple(s for s in wanted if s != "projector")
+        return wanted
+
     def uses(self, split: str) -> bool:
         """Whether the study's splits put any record in ``split``: the config's plan, or with
         ``splits.assignments`` the split manifest (the stages after ``splits`` ask)."""

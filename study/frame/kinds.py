@@ -127,9 +127,10 @@ class StudyKind:
         (the attacked model without a reference: the one-model test only)."""
         return self.models if cfg.train.pair else {"model_a": self.models["model_a"]}
 
-    def searches(self, cfg: StudyConfig) -> dict[tuple[str, str], tuple[str, str]]:
-        """Every search the search stage runs: (model, space) -> (public view, query view)."""
-        own = {(m, s): self.spaces[s] for m in self.models_for(cfg) for s in self.spaces_for(cfg)}
+    def searches(self, cfg: StudyConfig, spaces: tuple[str, ...] | None = None) -> dict[tuple[str, str], tuple[str, str]]:
+        """Every search the search stage runs: (model, space) -> (public view, query view), in
+        ``spaces`` (``RunContext.spaces``) or the config's."""
+        own = {(m, s): self.spaces[s] for m in self.models_for(cfg) for s in (spaces or self.spaces_for(cfg))}
         return {**own, **self.extra_searches(cfg)}
 
     def attacked_sets(self, cfg: StudyConfig, uses: Callable[[str], bool] | None = None) -> tuple[str, ...]:

@@ -39,11 +39,20 @@ def splits_sentence(report: dict) -> str:
     return out
 
 
+def spaces_sentence(report: dict) -> str:
+    """Why a space was not measured ('' when every space was)."""
+    bare = [m for m, i in _imported(report) if i.get("projector") is False]
+    if not bare:
+        return ""
+    return (f"The projector space was not measured: {' and '.join(bare)} came without projector weights "
+            "(the backbone space alone).")
+
+
 def models_lines(report: dict) -> list[str]:
     """The same, as text lines for ``dejavu report``."""
-    given = splits_sentence(report)
+    notes = [n for n in (spaces_sentence(report), splits_sentence(report)) if n]
     return [f"{m} ({MODELS[m]}): imported from {i['checkpoint']} ({i['format']}, sha256 {i.get('fingerprint', '?')[:16]}…)"
-            for m, i in _imported(report)] + ([given] if given else [])
+            for m, i in _imported(report)] + notes
 
 
 def models_section(report: dict) -> str:
@@ -55,4 +64,6 @@ def models_section(report: dict) -> str:
     models = ("<p>These models were imported, not trained by this run; their weights are identified by the sha256 "
               "of their file (or of a folder's files, names and contents).</p>"
               + table(["model", "from", "format", "sha256", "input scaling"], rows)) if imported else ""
-    return "<h2>Models and splits from elsewhere</h2>" + models + (f"<p>{html.escape(given)}</p>" if given else "")
+    spaces = spaces_sentence(report)
+    return ("<h2>Models and splits from elsewhere</h2>" + models + (f"<p>{html.escape(spaces)}</p>" if spaces else "")
+            + (f"<p>{html.escape(given)}</p>" if given else ""))

@@ -80,7 +80,7 @@ def run_search(ctx: RunContext) -> dict:
     kind = get_kind(ctx.cfg.study)
     attacked = kind.attacked_sets(ctx.cfg, ctx.uses)
     summary: dict = {"indexes": {}}
-    for (model, space), (db_view, query_view) in kind.searches(ctx.cfg).items():
+    for (model, space), (db_view, query_view) in kind.searches(ctx.cfg, ctx.spaces()).items():
         log = lambda msg, where=f"{model}/{space}": ctx.log("search", f"{where}: {msg}")  # noqa: E731
         public = layout.describe(ctx.embeddings(model, PUBLIC, db_view))
         queries = {s: layout.describe(ctx.embeddings(model, s, query_view)) for s in attacked}

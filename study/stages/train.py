@@ -201,7 +201,7 @@ def _import_checkpoint(ctx: RunContext, digest: str, manifest: dict, out_dir: st
     start = time.perf_counter()
     data, info = import_model(cfg, kind.recipe, model, manifest["num_classes"])
     if "projector" in info:
-        check_spaces(info, kind.spaces_for(cfg))
+        check_spaces(info, tuple(cfg.search.representations))
     storage.remove(out_dir)
     storage.write_bytes(storage.join(out_dir, "model.pt"), data)
     what = f"projector weights: {'yes' if info['projector'] else 'no'}" if "projector" in info else \

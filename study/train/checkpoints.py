@@ -70,7 +70,9 @@ def import_checkpoint(data: bytes, model_cfg: ModelConfig, method: str, params: 
                                        "projector": has_projector, "image_mean": mean, "image_std": std}
 
 
-def check_spaces(info: dict, spaces) -> None:
-    if not info["projector"] and "projector" in spaces:
+def check_spaces(info: dict, explicit: tuple[str, ...]) -> None:
+    """A checkpoint without projector weights measures the backbone space alone; asking for the
+    projector space by name (``search.representations``) is then a mistake."""
+    if not info["projector"] and "projector" in explicit:
         raise ConfigError(f"search.representations: the checkpoint {info['checkpoint']} holds no projector weights "
                           "for the configured model; set search.representations=[backbone]")

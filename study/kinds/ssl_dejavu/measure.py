@@ -67,7 +67,7 @@ def run_measure(ctx: RunContext) -> dict:
     kind = get_kind(cfg.study)
     num_classes = storage.read_json(ctx.manifest)["num_classes"]
     attacked = sorted({s for rows in CONTROLS.values() for _, s, _, _ in rows if ctx.uses(s)})
-    models, spaces = kind.models_for(cfg), kind.spaces_for(cfg)
+    models, spaces = kind.models_for(cfg), ctx.spaces()
     tables = ray.remote(num_cpus=1)(outcomes.label_tables).remote(ctx.splits_dir, attacked, num_classes)
     predicted = ray.remote(num_cpus=1)(predictors).remote(ctx, attacked, num_classes)
     keys = [(model, split, rep) for rep in spaces for split in attacked for model in models]

@@ -56,7 +56,7 @@ def _probe(ctx: RunContext, models) -> dict:
         encoder, meta = load_model(storage.read_bytes(ctx.model_file(model)))
         f_train = features(encoder, train_im, scale=input_scaling(meta))
         f_test = features(encoder, test_im, scale=input_scaling(meta))
-        for rep in f_train:
+        for rep in ctx.spaces():  # a model imported without projector weights: its backbone alone
             predicted = fit_predict(f_train[rep], train_y, f_test[rep], num_classes)
             probe.setdefault(rep, {})[model] = accuracy_with_interval(
                 predicted == test_y, cfg.measure.bootstrap, cfg.measure.confidence_level, cfg.measure.seed)

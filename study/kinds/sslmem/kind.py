@@ -35,9 +35,12 @@ def check(cfg: StudyConfig) -> None:
         raise ConfigError("train.method: SSLMem measures self-supervised encoders; choose one of "
                           f"{sorted(m for m in METHODS if m != 'supervised')}")
     params = method_params(cfg.train.method, cfg.train.params)
-    if not cfg.train.pair or cfg.train.checkpoint or cfg.train.checkpoint_b or cfg.train.crop_classifier:
-        raise ConfigError("train.pair / train.checkpoint / train.checkpoint_b / train.crop_classifier: SSLMem compares two encoders it "
-                          "trains itself (f on shared + candidates, g on shared + independent)")
+    if not cfg.train.pair or cfg.train.crop_classifier:
+        raise ConfigError("train.pair / train.crop_classifier: SSLMem compares two encoders (f on shared + "
+                          "candidates, g on shared + independent) and has no crop classifier")
+    from study.train.imports import check_imports
+
+    check_imports(cfg, "sslmem")  # f from train.checkpoint, g from train.checkpoint_b, where given
     if cfg.train.precision == "fp16" and not cfg.ray.use_gpu:
         raise ConfigError("train.precision: fp16 needs a GPU (ray.use_gpu=true); on CPU use bf16")
     if cfg.sslmem.layers:  # building the (untrained) encoder is cheap and names its modules

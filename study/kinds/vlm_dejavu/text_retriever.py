@@ -61,8 +61,10 @@ def write_results(ctx: RunContext, predictors: dict, public_captions: dict | Non
     if not predictors:
         write_one_model(ctx, {"note": "no one-model test: train.text_retriever and measure.text_model are off"})
         return
+    # What each reference saw: the retriever trained on the public split; the text model elsewhere.
+    trained_on = {p: ["public"] if p == RETRIEVER else ["elsewhere"] for p in predictors}
     write_one_model(ctx, {"reference": RETRIEVER if RETRIEVER in predictors else next(iter(predictors)), "space": SPACE,
-                          "trained_on": ["public"], "public_captions": public_captions or {}, "predictors": predictors})
+                          "trained_on": trained_on, "public_captions": public_captions or {}, "predictors": predictors})
 
 
 def train_job(ctx: RunContext, manifest: dict, digest: str, summary: dict):
