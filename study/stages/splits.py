@@ -176,7 +176,7 @@ def run_splits(ctx: RunContext) -> dict:
     max_label = max((a["max_label"] for s, a in agg.items() if s != QUARANTINED), default=-1)
     manifest = {
         "seed": cfg.seed,
-        "fractions": dict(cfg.fractions),
+        "fractions": {} if given else dict(cfg.fractions),  # the user's splits: no fractions
         **({"per_class": per_class} if per_class else {}),
         **({"near_duplicates": near} if near else {}),
         **({"assignments": given} if given else {}),
