@@ -63,6 +63,21 @@ def test_center_crop_equals_torchvision_resize_then_center_crop():
         np.testing.assert_array_equal(ModelInput(16, "center_crop").of_array(image), want)
 
 
+def test_the_open_clip_rule_equals_open_clips_own_evaluation_transform():
+    import open_clip
+    import torch
+    from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
+    from torchvision.transforms import Normalize
+
+    transform = open_clip.image_transform(16, is_train=False)
+    for w, h in [(64, 40), (33, 90), (12, 9)]:
+        image = _photo(w, h, seed=w)
+        want = transform(Image.fromarray(image))
+        ours = torch.from_numpy(ModelInput(16, "open_clip").of_array(image)).permute(2, 0, 1).float() / 255
+        torch.testing.assert_close(Normalize(OPENAI_DATASET_MEAN, OPENAI_DATASET_STD)(ours), want, atol=1e-6, rtol=0)
+        assert not np.array_equal(ModelInput(16, "open_clip").of_array(image), ModelInput(16, "center_crop").of_array(image))
+
+
 def test_the_published_rule_keeps_the_central_224_of_256():
     """Resize(256) then CenterCrop(224), scaled to the input: at S = 224 exactly torchvision's
     pipeline; a 3 x 1 crop at S = 7 (shorter side to 8) keeps the central 7 x 7 of its 24 x 8."""

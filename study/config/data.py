@@ -13,7 +13,7 @@ HF_FIELDS = ("id", "image", "label", "caption", "objects", "boxes", "box_labels"
 HF_BOX_FORMATS = ("xyxy", "xywh")  # study.data.hf.BOX_FORMATS
 COCO_LABEL_RULES = ("largest", "most_frequent", "none")  # study.data.coco.LABEL_RULES
 COCO_CAPTION_MODES = ("first", "each")  # study.data.coco.CAPTION_MODES
-RESIZE_RULES = ("squash", "center_crop", "imagenet_center_crop")  # study.data.model_input.RESIZE_RULES
+RESIZE_RULES = ("squash", "center_crop", "imagenet_center_crop", "open_clip")  # study.data.model_input.RESIZE_RULES
 
 
 @dataclass(frozen=True)
@@ -73,7 +73,8 @@ class DataConfig:
     ``image_size`` is the side S of every model input and ``resize`` how a record's image (or crop)
     of any size becomes one (``study.data.model_input``: ``squash`` to S x S; ``center_crop``:
     shorter side to S, then the central square; ``imagenet_center_crop``: shorter side to
-    floor(S * 256 / 224), then the central S x S, the published SSL rule). ``size_range`` makes the synthetic generator's
+    floor(S * 256 / 224), then the central S x S, the published SSL rule; ``open_clip``:
+    center_crop resampled bicubically, open_clip's evaluation transform). ``size_range`` makes the synthetic generator's
     images of several sizes and aspect ratios: width and height each scaled by a factor drawn
     log-uniformly in [min, max] (``[1, 1]``: every image S x S).
     """

@@ -29,7 +29,7 @@ def _dejavu_2023(raw: dict) -> dict[str, Any]:
 
 
 def _vlm_dejavu_2024(raw: dict) -> dict[str, Any]:
-    return {"measure.headline_rule": "union", "data.resize": "center_crop", "measure.top_q_size": "floor",
+    return {"measure.headline_rule": "union", "data.resize": "open_clip", "measure.top_q_size": "floor",
             "measure.sample_rankings": ["max_pred_gap", "crct_pred", "min_dist"], "measure.sample_sides": "target",
             "measure.sample_f": "from_means"}
 

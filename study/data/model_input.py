@@ -17,6 +17,8 @@ Three resize rules (``RESIZE_RULES``, ``data.resize``):
 - ``imagenet_center_crop``: the shorter side resized to floor(S * 256 / 224) (256 at S = 224),
   then the central S x S square: ``Resize(256)`` followed by ``CenterCrop(224)`` at ImageNet's
   scale, the published SSL protocol's rule; a margin of 1/8 of the shorter side is cut off too.
+- ``open_clip``: ``center_crop`` with bicubic resampling, open_clip's evaluation transform
+  (resize mode "shortest"), as the published VLM study and CLIP models trained elsewhere see images.
 
 Decoding: any mode Pillow reads becomes RGB (16-bit greyscale scaled to 8 bits, not clipped); a
 large JPEG whose whole image is wanted is decoded at the smallest DCT scale that still gives at
@@ -67,10 +69,22 @@ def _imagenet_center_crop(image: Image.Image, size: int) -> Image.Image:
     return F.center_crop(image, size)
 
 
+def _open_clip(image: Image.Image, size: int) -> Image.Image:
+    # open_clip's evaluation transform (resize mode "shortest", bicubic): center_crop's geometry,
+    # resampled as open_clip models are evaluated.
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms import functional as F
+
+    if min(image.size) != size:
+        image = F.resize(image, size, interpolation=InterpolationMode.BICUBIC)
+    return F.center_crop(image, size) if image.size != (size, size) else image
+
+
 RESIZE_RULES: dict[str, Callable[[Image.Image, int], Image.Image]] = {
     "squash": _squash,
     "center_crop": _center_crop,
     "imagenet_center_crop": _imagenet_center_crop,
+    "open_clip": _open_clip,
 }
 
 
