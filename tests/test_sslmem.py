@@ -180,3 +180,22 @@ def test_the_published_normalisation_by_hand():
     assert got["candidates"].mean() == pytest.approx(0.75)
     same = range_normalised({"candidates": np.array([0.3, 0.3]), "independent": np.array([0.1])})
     np.testing.assert_allclose(same["independent"], [0.1])  # no range: left as they are
+
+
+def test_the_resampled_auc_is_the_auc_of_the_resamples_exactly():
+    """The linear-time AUC of a bootstrap draw (one sort of the control, counts per draw) against
+    ``auc`` on the resampled arrays, on scores with many ties: the same float, every draw."""
+    from study.core import stats
+    from study.core.sslmem import ResampledAuc, auc, compare_draws
+
+    rng = np.random.default_rng(11)
+    a, b = np.round(rng.normal(0.2, 1, 700), 1), np.round(rng.normal(0, 1, 900), 1)  # ties within and across
+    fast = ResampledAuc(a, b)
+    for d in range(25):
+        ia = stats.resample_indices(len(a), stats.draw_rng(3, stats.BOOTSTRAP, 0, d))
+        ib = stats.resample_indices(len(b), stats.draw_rng(3, stats.BOOTSTRAP, 1, d))
+        assert fast(ia, ib) == auc(a[ia], b[ib])
+    boot, _ = compare_draws(a, b, range(25), range(0), 3, 0.9)
+    by_loop = [auc(a[stats.resample_indices(len(a), stats.draw_rng(3, stats.BOOTSTRAP, 0, d))],
+                   b[stats.resample_indices(len(b), stats.draw_rng(3, stats.BOOTSTRAP, 1, d))]) for d in range(25)]
+    assert boot[:, 1].tolist() == by_loop
