@@ -156,6 +156,9 @@ def test_files_that_do_not_fit_are_one_line(tmp_path):
                                         r"\(2, 512\) in the file, \(1, 512\) here\); .*set data\.image_size to the size "
                                         r"it was trained at$"):
         _import(tmp_path / "epoch_1.pt", size=16)
+    with pytest.raises(DataError, match=r"is a 'open_clip_train' checkpoint, not 'open_clip folder' \(train\.checkpoint_format\)$"):
+        path = str(tmp_path / "epoch_1.pt")
+        import_clip(path, "train.checkpoint", path, "dejavu-tiny", 32, (), (), "open_clip folder")
     with pytest.raises(ConfigError, match=r"^model\.clip: unknown open_clip model 'ViT-Q-99'"):
         _import(tmp_path / "epoch_1.pt", model_clip="ViT-Q-99")
     (tmp_path / "notes.pt").write_text("not weights")

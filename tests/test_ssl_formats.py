@@ -198,3 +198,24 @@ def test_a_checkpoint_with_objects_besides_tensors_says_how_to_save_it():
     torch.save({"state_dict": {}, "cfg": TrainingConfig()}, buf)
     with pytest.raises(DataError, match=r"holds objects besides tensors .* torch\.save\(checkpoint\['state_dict'\], PATH\)$"):
         import_checkpoint(buf.getvalue(), ModelConfig(), "simclr", {}, 4, SIZE, "file:///c.pt")
+
+
+def test_a_lightly_backbone_without_its_head_needs_its_format_named():
+    """Sequential-numbered backbone keys alone are what the product's own small_cnn has too: told
+    apart by train.checkpoint_format only."""
+    torch.manual_seed(6)
+    resnet = torchvision.models.resnet18(weights=None)
+    backbone = nn.Sequential(*list(resnet.children())[:-1])
+    _eval(backbone)
+    buf = io.BytesIO()
+    torch.save({f"backbone.{k}": v for k, v in backbone.state_dict().items()}, buf)
+    cfg = ModelConfig(backbone="resnet18-imagenet", projector_dims=(16, 8))
+    with pytest.raises(DataError, match=r"does not hold a resnet18-imagenet backbone"):
+        import_checkpoint(buf.getvalue(), cfg, "simclr", {}, 4, SIZE, "file:///l.pt")
+    data, info = import_checkpoint(buf.getvalue(), cfg, "simclr", {}, 4, SIZE, "file:///l.pt", fmt="lightly")
+    encoder, meta = load_model(data)
+    assert (info["format"], info["projector"]) == ("lightly", False)
+    with torch.inference_mode():
+        _close(encoder(input_scaling(meta)(_pixels()))[0], backbone(_direct_input()).flatten(1))
+    with pytest.raises(DataError, match=r"is not a 'dino' checkpoint \(train\.checkpoint_format\)$"):
+        import_checkpoint(buf.getvalue(), cfg, "simclr", {}, 4, SIZE, "file:///l.pt", fmt="dino")

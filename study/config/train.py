@@ -8,6 +8,10 @@ from typing import Any, Mapping
 from study.config.checks import ADDED, check as _check
 
 
+# study.train.ssl_formats.FORMATS and study.train.clip_import's formats, and "auto".
+CHECKPOINT_FORMATS = ("auto", "dino", "lightning", "lightly", "state dict", "open_clip_train", "open_clip folder")
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """SSL: backbone and projector (for the supervised method the projector is the classifier head).
@@ -131,6 +135,11 @@ class TrainConfig:
     # model.clip's architecture).
     checkpoint: str = ""
     checkpoint_b: str = field(default="", metadata=ADDED)
+    # The layout of both files (auto: told from the contents); a name where that is ambiguous, such
+    # as a lightly backbone saved without its head (``backbone.N`` keys, as a Sequential of the
+    # product's own small_cnn has them): dino, lightning, lightly, state dict (SSL encoders), or
+    # open_clip_train, open_clip folder (CLIP models).
+    checkpoint_format: str = field(default="auto", metadata=ADDED)
 
     def __post_init__(self) -> None:
         _check(self.epochs >= 1, "train.epochs", "must be >= 1")
@@ -150,3 +159,5 @@ class TrainConfig:
         _check(self.stream in ("auto", "always", "never"), "train.stream", "must be 'auto', 'always' or 'never'")
         _check(self.in_memory_gb > 0, "train.in_memory_gb", "must be > 0")
         _check(self.precision in ("fp32", "bf16", "fp16"), "train.precision", "must be 'fp32', 'bf16' or 'fp16'")
+        _check(self.checkpoint_format in CHECKPOINT_FORMATS, "train.checkpoint_format",
+               f"must be one of {list(CHECKPOINT_FORMATS)}")

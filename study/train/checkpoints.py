@@ -26,9 +26,9 @@ from study.train.ssl_formats import encoder_state, reconcile_projector
 
 
 def import_checkpoint(data: bytes, model_cfg: ModelConfig, method: str, params: dict, num_classes: int,
-                      image_size: int, uri: str, key: str = "train.checkpoint") -> tuple[bytes, dict]:
+                      image_size: int, uri: str, key: str = "train.checkpoint", fmt: str = "auto") -> tuple[bytes, dict]:
     """(this product's model file, what was imported) from a checkpoint file's bytes; ``key``
-    names the config key in errors."""
+    names the config key in errors, ``fmt`` the layout where it is not told from the contents."""
     try:
         encoder, meta = load_model(data)  # a file this product saved
         return data, {"checkpoint": uri, "format": "dejavu-study", "method": meta["method"], "projector": True}
@@ -43,8 +43,10 @@ def import_checkpoint(data: bytes, model_cfg: ModelConfig, method: str, params: 
         held = "; it holds objects besides tensors (a training script's config?): save the state dict alone, " \
             "torch.save(checkpoint['state_dict'], PATH)" if "Unsupported global" in str(e) else " (save a state dict of tensors)"
         raise DataError(f"{key}: {uri} is not a PyTorch checkpoint that loads as weights only{held}") from None
-    found = encoder_state(blob)
+    found = encoder_state(blob, fmt)
     if found is None:
+        if fmt != "auto":
+            raise DataError(f"{key}: {uri} is not a '{fmt}' checkpoint (train.checkpoint_format)")
         raise DataError(f"{key}: not a state dict (nor one under 'state_dict', 'model', 'encoder' or 'teacher')")
     fmt, state = found
     encoder = build_encoder(model_cfg, method, method_params(method, params), num_classes, image_size)

@@ -104,15 +104,18 @@ def _load(model, state: dict, key: str, uri: str, what: str) -> None:
     model.load_state_dict(state)  # fp16/bf16 tensors are copied into the fp32 parameters
 
 
-def import_clip(path: str, key: str, uri: str, model_clip: str, image_size: int, mean: tuple, std: tuple
-                ) -> tuple[bytes, dict]:
-    """(this product's model file, what was imported) from a local copy of a CLIP checkpoint."""
+def import_clip(path: str, key: str, uri: str, model_clip: str, image_size: int, mean: tuple, std: tuple,
+                expected: str = "auto") -> tuple[bytes, dict]:
+    """(this product's model file, what was imported) from a local copy of a CLIP checkpoint;
+    ``expected`` (``train.checkpoint_format``) is the format the user says it is, or auto."""
     from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 
     if os.path.isdir(path):
         fmt, state, model_cfg, preprocess = _from_folder(path, key, uri)
     else:
         fmt, state, model_cfg, preprocess = _from_file(path, key, uri)
+    if expected not in ("auto", fmt):
+        raise DataError(f"{key}: {uri} is a '{fmt}' checkpoint, not '{expected}' (train.checkpoint_format)")
     if fmt == "dejavu-study":
         meta = state["meta"]
         if meta["image_size"] != image_size:

@@ -24,13 +24,14 @@ def _ssl(cfg: StudyConfig, path: str, key: str, uri: str, num_classes: int) -> t
     with open(path, "rb") as fh:
         data = fh.read()
     return import_checkpoint(data, cfg.model, cfg.train.method, cfg.train.params, num_classes, cfg.data.image_size,
-                             uri, key)
+                             uri, key, cfg.train.checkpoint_format)
 
 
 def _clip(cfg: StudyConfig, path: str, key: str, uri: str, num_classes: int) -> tuple[bytes, dict]:
     from study.train.clip_import import import_clip
 
-    return import_clip(path, key, uri, cfg.model.clip, cfg.data.image_size, cfg.model.image_mean, cfg.model.image_std)
+    return import_clip(path, key, uri, cfg.model.clip, cfg.data.image_size, cfg.model.image_mean, cfg.model.image_std,
+                       cfg.train.checkpoint_format)
 
 
 IMPORTERS: dict[str, Callable[..., tuple[bytes, dict]]] = {"ssl": _ssl, "clip": _clip}

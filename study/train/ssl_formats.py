@@ -88,6 +88,8 @@ FORMATS: list[tuple[str, Callable[[dict], bool], Callable[[dict], dict]]] = [
     ("dino", lambda b: isinstance(b, dict) and _tensors(b.get("teacher")), _dino),
     ("lightning", lambda b: isinstance(b, dict) and "pytorch-lightning_version" in b and _tensors(b.get("state_dict")),
      lambda b: _sequential_projector(_strip(b["state_dict"]))),
+    # A lightly backbone saved without its head is told from the product's own small_cnn (a
+    # Sequential too) by train.checkpoint_format only.
     ("lightly", lambda b: _under(b) is not None and any(re.match(r"^(module\.)?backbone\.\d+\.", k) for k in _under(b))
      and any(k.startswith("projection_head.") or k.startswith("module.projection_head.") for k in _under(b)),
      lambda b: _lightly(_strip(_under(b)))),
@@ -95,15 +97,20 @@ FORMATS: list[tuple[str, Callable[[dict], bool], Callable[[dict], dict]]] = [
 ]
 
 
-def encoder_state(blob) -> tuple[str, dict] | None:
+def encoder_state(blob, forced: str = "auto") -> tuple[str, dict] | None:
     """(format, state dict in the encoder's names) of a loaded checkpoint, or None when it is none
-    of the formats. A backbone's weights alone come back with the ``backbone.`` prefix."""
+    of the formats. A backbone's weights alone come back with the ``backbone.`` prefix. ``forced``
+    names the format where telling it from the contents is ambiguous (``train.checkpoint_format``)."""
     for name, detect, state_of in FORMATS:
-        if detect(blob):
+        if name != forced if forced != "auto" else not detect(blob):
+            continue
+        try:
             state = state_of(blob)
-            if not any(k.startswith("backbone.") for k in state):  # a bare backbone
-                state = {f"backbone.{k}": v for k, v in state.items() if not k.startswith(DROPPED)}
-            return name, {k: v for k, v in state.items() if not k.startswith(DROPPED)}
+        except (KeyError, TypeError, AttributeError):  # a named format the file is not in
+            return None
+        if not any(k.startswith("backbone.") for k in state):  # a bare backbone
+            state = {f"backbone.{k}": v for k, v in state.items() if not k.startswith(DROPPED)}
+        return name, {k: v for k, v in state.items() if not k.startswith(DROPPED)}
     return None
 
 
