@@ -151,12 +151,14 @@ class RunContext:
         from study.frame.kinds import get_kind
 
         wanted = get_kind(self.cfg.study).spaces_for(self.cfg)
-        if self.cfg.search.representations or "projector" not in wanted:
+        if self.cfg.search.representations or "projector" not in wanted or not self.without_projector():
             return wanted
+        return tuple(s for s in wanted if s != "projector")
+
+    def without_projector(self) -> set[str]:
+        """The models imported without projector weights (the train stage's summary says so)."""
         summary = (read_marker(self.stage_dir("train")) or {}).get("summary", {})
-        if any(isinstance(v, dict) and v.get("projector") is False for v in summary.values()):
-            return tuple(s for s in wanted if s != "projector")
-        return wanted
+        return {m for m, v in summary.items() if isinstance(v, dict) and v.get("projector") is False}
 
     def uses(self, split: str) -> bool:
         """Whether the study's splits put any record in ``split``: the config's plan, or with

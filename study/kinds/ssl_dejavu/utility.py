@@ -52,11 +52,12 @@ def _probe(ctx: RunContext, models) -> dict:
     images = load_inputs(ctx.data_root, train_ids + test_ids, inputs)
     train_im, test_im = inputs.stack([images[i] for i in train_ids]), inputs.stack([images[i] for i in test_ids])
     probe: dict = {}
+    bare = ctx.without_projector()  # imported without projector weights: the backbone alone
     for model in models:
         encoder, meta = load_model(storage.read_bytes(ctx.model_file(model)))
         f_train = features(encoder, train_im, scale=input_scaling(meta))
         f_test = features(encoder, test_im, scale=input_scaling(meta))
-        for rep in ctx.spaces():  # a model imported without projector weights: its backbone alone
+        for rep in [r for r in f_train if r != "projector" or model not in bare]:
             predicted = fit_predict(f_train[rep], train_y, f_test[rep], num_classes)
             probe.setdefault(rep, {})[model] = accuracy_with_interval(
                 predicted == test_y, cfg.measure.bootstrap, cfg.measure.confidence_level, cfg.measure.seed)
