@@ -25,7 +25,7 @@ from study.annotate.detections import Detections, Thresholds, keep
 from study.annotate.on_device import OnDevice
 from study.annotate.vocabulary import Vocabulary
 from study.errors import ConfigError, DataError
-from study.model_folders import fingerprint, local_folder
+from study import model_cache, storage
 
 MODEL_TYPES = ("owlvit", "owlv2", "grounding-dino")
 
@@ -44,7 +44,10 @@ class TransformersDetector(OnDevice):
 
         hf_logging.disable_progress_bar()  # its weight-loading bars would fill a replica's console
 
-        folder, self._tmp = local_folder(weights, "annotate.weights")
+        if not storage.exists(weights):
+            raise ConfigError(f"annotate.weights: {weights} is not a folder of a Hugging Face model "
+                              "(save_pretrained's output)")
+        folder = model_cache.local_path(weights, "annotate.weights")  # a remote folder: copied once per machine
         try:
             model_type = AutoConfig.from_pretrained(folder, local_files_only=True).model_type
         except (OSError, ValueError) as e:
@@ -64,7 +67,7 @@ class TransformersDetector(OnDevice):
         self.query_object = np.array([o for _, o in queries], dtype=np.int64)
         if model_type == "grounding-dino":
             self.chunks = phrase_chunks(self.processor.tokenizer, self.texts, self.model.config.max_text_len)
-        self.fingerprint = hashlib.sha256(f"transformers/{model_type}/{list(templates)}/{fingerprint(folder)}".encode()).hexdigest()
+        self.fingerprint = hashlib.sha256(f"transformers/{model_type}/{list(templates)}/{model_cache.fingerprint(weights, 'annotate.weights')}".encode()).hexdigest()
 
     @classmethod
     def from_config(cls, cfg, vocabulary: Vocabulary, thresholds: Thresholds) -> "TransformersDetector":

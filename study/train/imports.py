@@ -59,10 +59,11 @@ def file_identities(cfg: StudyConfig) -> list | None:
     for model, key in KEYS.items():
         uri = checkpoint_of(cfg, model)
         try:
-            out.append((key, model_cache.fingerprint(uri, key)) if uri else None)
+            if uri:
+                out.append((key, model_cache.fingerprint(uri, key)))
         except ConfigError:  # nothing there
             pass
-    return [o for o in out if o] or None
+    return out or None
 
 
 def check_imports(cfg: StudyConfig, kind: str) -> None:
