@@ -137,7 +137,7 @@ TIERS = {
                losses measure_batches measure_checks metrics model_input models naive_bayes objects
                probe purity repeats retries clip search_blas search_plan splits sslmem storage_atomic
                synthetic tars text_random topk views vlm_one_model object_storage quality pvalues
-               annotate_parts annotators hf_detectors protocols sample_level assignments text_encoders ssl_formats""",
+               annotate_parts annotators hf_detectors protocols sample_level assignments text_encoders ssl_formats byol_release""",
     "ray": """balance coco embed_pipeline hf near_dups search_ivfpq search_restart search_shards
               search_stage splits_stage train_faults train_stream voc faults inspect laion_inputs
               report_pull vlm_measure_tasks ssl_measure_tasks annotate_stage""",

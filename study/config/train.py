@@ -9,7 +9,7 @@ from study.config.checks import ADDED, check as _check
 
 
 # study.train.ssl_formats.FORMATS and study.train.clip_import's formats, and "auto".
-CHECKPOINT_FORMATS = ("auto", "dino", "lightning", "lightly", "state dict", "open_clip_train", "open_clip folder")
+CHECKPOINT_FORMATS = ("auto", "byol", "dino", "lightning", "lightly", "state dict", "open_clip_train", "open_clip folder")
 
 
 @dataclass(frozen=True)
@@ -130,14 +130,14 @@ class TrainConfig:
     pair: bool = True
     # A model trained elsewhere, measured as model A instead of training it (local path or any
     # fsspec URI), and likewise model B: formats in study.train.imports (SSL: a file this product
-    # saved, or a state dict of the encoder model.backbone / projector_dims / method describe;
-    # VLM: open_clip_train's epoch_N.pt, a folder with open_clip_config.json, or a state dict of
-    # model.clip's architecture).
+    # saved, a state dict of the encoder model.backbone / projector_dims / method describe, or the
+    # official BYOL release's pickle with model.backbone: resnet50-haiku; VLM: open_clip_train's
+    # epoch_N.pt, a folder with open_clip_config.json, or a state dict of model.clip's architecture).
     checkpoint: str = ""
     checkpoint_b: str = field(default="", metadata=ADDED)
     # The layout of both files (auto: told from the contents); a name where that is ambiguous, such
     # as a lightly backbone saved without its head (``backbone.N`` keys, as a Sequential of the
-    # product's own small_cnn has them): dino, lightning, lightly, state dict (SSL encoders), or
+    # product's own small_cnn has them): byol, dino, lightning, lightly, state dict (SSL encoders), or
     # open_clip_train, open_clip folder (CLIP models).
     checkpoint_format: str = field(default="auto", metadata=ADDED)
 

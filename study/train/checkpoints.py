@@ -20,6 +20,7 @@ import torch
 from study.config import ModelConfig
 from study.config_load import config_to_dict
 from study.errors import ConfigError, DataError
+from study.train import byol_release
 from study.train.methods import method_params
 from study.train.models import IMAGENET_MEAN, IMAGENET_STD, build_encoder, load_model, save_model
 from study.train.ssl_formats import encoder_state, reconcile_projector
@@ -34,16 +35,9 @@ def import_checkpoint(data: bytes, model_cfg: ModelConfig, method: str, params: 
         return data, {"checkpoint": uri, "format": "dejavu-study", "method": meta["method"], "projector": True}
     except Exception:
         pass
-    try:
-        # A training script's arguments (DINO's argparse.Namespace) may sit beside the weights.
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            blob = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    except Exception as e:
-        # Only tensors and plain containers load (torch.load's weights_only): no code runs from the file.
-        held = "; it holds objects besides tensors (a training script's config?): save the state dict alone, " \
-            "torch.save(checkpoint['state_dict'], PATH)" if "Unsupported global" in str(e) else " (save a state dict of tensors)"
-        raise DataError(f"{key}: {uri} is not a PyTorch checkpoint that loads as weights only{held}") from None
-    found = encoder_state(blob, fmt)
+    found = _byol(data, model_cfg, uri, key, fmt)
+    if found is None:
+        found = encoder_state(_torch_load(data, uri, key), fmt)
     if found is None:
         if fmt != "auto":
             raise DataError(f"{key}: {uri} is not a '{fmt}' checkpoint (train.checkpoint_format)")
@@ -70,6 +64,40 @@ def import_checkpoint(data: bytes, model_cfg: ModelConfig, method: str, params: 
             "image_std": std}
     return save_model(encoder, meta), {"checkpoint": uri, "format": fmt, "method": method,
                                        "projector": has_projector, "image_mean": mean, "image_std": std}
+
+
+def _byol(data: bytes, model_cfg: ModelConfig, uri: str, key: str, fmt: str) -> tuple[str, dict] | None:
+    """("byol", state) of the official BYOL release; None for any other file (``fmt`` auto)."""
+    if fmt not in ("auto", "byol"):
+        return None
+    try:
+        state = byol_release.encoder_state(data) if data[:1] == b"\x80" else None  # a pickle, not torch's zip
+    except byol_release.Refused as e:
+        if fmt == "auto":
+            return None  # some other pickle: torch.load says what it is
+        raise DataError(f"{key}: {uri} names {e}, which is not read from a file (the BYOL release holds numpy arrays, "
+                        "dicts and named tuples only)") from None
+    if state is None:
+        if fmt == "byol":
+            raise DataError(f"{key}: {uri} is not the official BYOL release (a dill pickle with 'experiment_state' "
+                            "holding a Haiku ResNet's parameters)")
+        return None
+    if model_cfg.backbone != "resnet50-haiku":
+        raise ConfigError(f"{key}: {uri} is the official BYOL release (a Haiku ResNet-50): set model.backbone: "
+                          f"resnet50-haiku, not {model_cfg.backbone} (its padding differs: the same weights give other features)")
+    return "byol", state
+
+
+def _torch_load(data: bytes, uri: str, key: str):
+    try:
+        # A training script's arguments (DINO's argparse.Namespace) may sit beside the weights.
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as e:
+        # Only tensors and plain containers load (torch.load's weights_only): no code runs from the file.
+        held = "; it holds objects besides tensors (a training script's config?): save the state dict alone, " \
+            "torch.save(checkpoint['state_dict'], PATH)" if "Unsupported global" in str(e) else " (save a state dict of tensors)"
+        raise DataError(f"{key}: {uri} is not a PyTorch checkpoint that loads as weights only{held}") from None
 
 
 def check_spaces(info: dict, explicit: tuple[str, ...]) -> None:

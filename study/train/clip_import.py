@@ -67,7 +67,7 @@ def _from_file(path: str, key: str, uri: str):
     blob = _tensors(path, key, uri) if path.endswith(".safetensors") else None
     if blob is None:
         try:
-            blob = torch.load(path, map_location="cpu", weights_only=False)  # the product's form holds metadata
+            blob = torch.load(path, map_location="cpu", weights_only=True)  # metadata of plain types; no code runs
             product = isinstance(blob, dict) and isinstance(blob.get("meta"), dict) and "clip" in blob["meta"]
         except Exception:
             product = False

@@ -12,6 +12,7 @@ import torchvision
 from torch import nn
 
 from study.config import ModelConfig
+from study.train.haiku_resnet import resnet50_haiku
 
 
 def small_cnn() -> tuple[nn.Module, int]:
@@ -53,6 +54,7 @@ BACKBONES: dict[str, Callable[[], tuple[nn.Module, int]]] = {
     "resnet50": _resnet("resnet50", small_images=True),
     "resnet18-imagenet": _resnet("resnet18", small_images=False),
     "resnet50-imagenet": _resnet("resnet50", small_images=False),
+    "resnet50-haiku": resnet50_haiku,  # the official BYOL release's encoder: TensorFlow's SAME padding
 }
 
 
@@ -140,7 +142,7 @@ def load_model(data: bytes) -> tuple[Encoder, dict]:
     from study.config_load import build
     from study.train.methods import method_params
 
-    blob = torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
+    blob = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)  # a user's file too: no code runs
     meta = blob["meta"]
     params = method_params(meta["method"], meta["params"])
     encoder = build_encoder(build(ModelConfig, meta["model"], "model"), meta["method"], params, meta["num_classes"],
