@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import os
 import pickle
+from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 import dill
@@ -188,3 +189,38 @@ def test_a_pickle_naming_code_is_refused_and_never_run(tmp_path):
     with pytest.raises(DataError, match=r"not a PyTorch checkpoint that loads as weights only"):
         _import(data, 32)  # auto: neither the BYOL release nor torch's weights-only load runs it
     assert not marker.exists()
+
+
+class frozendict(Mapping):  # noqa: N801  Haiku's parameter container of 2020 (dm-haiku 0.0.2), as it pickles
+    def __init__(self, *args, **kwargs):
+        self._storage = dict(*args, **kwargs)
+
+    def __getitem__(self, key):
+        return self._storage[key]
+
+    def __iter__(self):
+        return iter(self._storage)
+
+    def __len__(self):
+        return len(self._storage)
+
+    def __reduce__(self):
+        return frozendict, (self._storage,)
+
+
+def test_parameters_in_haikus_frozendicts_of_2020_read_the_same(release, monkeypatch):
+    """The release predates Haiku's plain-dict parameters: its containers were frozendicts, pickled
+    by reference to Haiku's module (recorded here, never imported)."""
+    import haiku._src.data_structures as structures
+
+    frozendict.__module__ = structures.__name__
+    monkeypatch.setattr(structures, "frozendict", frozendict, raising=False)  # where pickle finds it by name
+    data, (params, state) = release
+    freeze = lambda tree: frozendict({m: frozendict(v) for m, v in tree.items()})  # noqa: E731
+    blob = {"experiment_state": _ByolExperimentState(freeze(params), freeze(params), freeze(state), freeze(state), None),
+            "step": 5, "rng": np.zeros(2, np.uint32)}
+    old = io.BytesIO()
+    dill.dump(blob, old, protocol=2)
+    assert b"haiku._src.data_structures" in old.getvalue()
+    got, want = (load_model(_import(d, 32)[0])[0].state_dict() for d in (old.getvalue(), data))
+    assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
