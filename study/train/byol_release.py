@@ -87,6 +87,8 @@ class _Unpickler(pickle.Unpickler):
                 return getattr(np._core.multiarray, name)
             if name in ("ndarray", "dtype"):
                 return getattr(np, name)
+        if (module, name) in (("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer")):
+            return np._core.numeric._frombuffer  # an array under pickle protocol 5 (a file saved again since)
         if (module, name) in RESOLVED:
             return RESOLVED[(module, name)]
         if module.split(".")[0] in STAND_IN:
@@ -152,7 +154,7 @@ def _tensor(name: str, value) -> torch.Tensor:
         a = a.transpose(3, 2, 0, 1) if a.ndim == 4 else a.T  # HWIO -> OIHW; (in, out) -> (out, in)
     else:
         a = a.reshape(-1)  # BatchNorm's (1, 1, 1, C) / (1, C); a bias
-    return torch.from_numpy(np.ascontiguousarray(a))
+    return torch.from_numpy(np.array(a, order="C"))  # a copy: arrays rebuilt from a file's bytes are read-only
 
 
 def encoder_state(data: bytes) -> dict | None:

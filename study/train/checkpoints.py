@@ -30,11 +30,12 @@ def import_checkpoint(data: bytes, model_cfg: ModelConfig, method: str, params: 
                       image_size: int, uri: str, key: str = "train.checkpoint", fmt: str = "auto") -> tuple[bytes, dict]:
     """(this product's model file, what was imported) from a checkpoint file's bytes; ``key``
     names the config key in errors, ``fmt`` the layout where it is not told from the contents."""
-    try:
-        encoder, meta = load_model(data)  # a file this product saved
-        return data, {"checkpoint": uri, "format": "dejavu-study", "method": meta["method"], "projector": True}
-    except Exception:
-        pass
+    if data[:2] == b"PK":  # torch's zip format, which the product's files have
+        try:
+            encoder, meta = load_model(data)  # a file this product saved
+            return data, {"checkpoint": uri, "format": "dejavu-study", "method": meta["method"], "projector": True}
+        except Exception:
+            pass
     found = _byol(data, model_cfg, uri, key, fmt)
     if found is None:
         found = encoder_state(_torch_load(data, uri, key), fmt)
