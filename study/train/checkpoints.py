@@ -1,9 +1,10 @@
 """An SSL encoder trained elsewhere, measured as model A (``train.checkpoint``) or B
 (``train.checkpoint_b``): its file, read from any fsspec URI, turned into this product's saved form.
 
-Accepted: a file this product saved (weights and metadata), or a checkpoint in one of the layouts
-of ``study.train.ssl_formats`` (DINO's, Lightning's/solo-learn's, lightly's, a state dict of the
-encoder or of its backbone alone) of the encoder that ``model.backbone``,
+Accepted: a file this product saved (weights and metadata), the official BYOL release
+(``study.train.byol_release``: a pickle read without running anything it names), or a checkpoint
+in one of the layouts of ``study.train.ssl_formats`` (DINO's, Lightning's/solo-learn's, lightly's,
+a state dict of the encoder or of its backbone alone) of the encoder that ``model.backbone``,
 ``model.projector_dims`` and ``train.method`` describe. A checkpoint with the backbone's weights
 alone has no projector: only the backbone space can be measured. Every weight
 of the backbone must be there with its shape, or the import stops and says what is missing. The encoder
