@@ -102,9 +102,8 @@ def _mapping(obj) -> dict | None:
         return obj
     if isinstance(obj, _Recorded):
         for part in (*obj.args, obj.state, *(obj.state if isinstance(obj.state, tuple) else ())):
-            if isinstance(part, dict):
-                inner = next((part[k] for k in ("_storage", "_mapping", "_dict") if isinstance(part.get(k), dict)), part)
-                return inner
+            if isinstance(part, dict):  # the mapping, or the instance's attributes holding it
+                return next((part[k] for k in ("_storage", "_mapping", "_dict") if isinstance(part.get(k), dict)), part)
     return None
 
 
@@ -123,7 +122,8 @@ def _experiment(blob) -> tuple[dict, dict] | None:
 
 
 BLOCK = re.compile(r"^block_group_(\d+)/block_(\d+)/(conv|batchnorm)_(\d+)$")
-SHORTCUT = {"shortcut_conv": "downsample.0", "shortcut_batchnorm": "downsample.1"}
+SHORTCUT = re.compile(r"^block_group_(\d+)/block_(\d+)/(shortcut_conv|shortcut_batchnorm)$")
+DOWNSAMPLE = {"shortcut_conv": "downsample.0", "shortcut_batchnorm": "downsample.1"}
 PROJECTOR = {"projector/linear": "projector.layers.0", "projector/batch_norm": "projector.layers.1",
              "projector/linear_1": "projector.layers.3"}
 
@@ -144,8 +144,8 @@ def _module(path: str, encoder: str) -> str | None:
     if m:
         g, b, kind, i = m.groups()
         return f"backbone.layer{int(g) + 1}.{b}.{'conv' if kind == 'conv' else 'bn'}{int(i) + 1}"
-    m = re.match(r"^block_group_(\d+)/block_(\d+)/(shortcut_conv|shortcut_batchnorm)$", rel)
-    return f"backbone.layer{int(m.group(1)) + 1}.{m.group(2)}.{SHORTCUT[m.group(3)]}" if m else None
+    m = SHORTCUT.match(rel)
+    return f"backbone.layer{int(m.group(1)) + 1}.{m.group(2)}.{DOWNSAMPLE[m.group(3)]}" if m else None
 
 
 def _tensor(name: str, value) -> torch.Tensor:
@@ -181,7 +181,7 @@ def encoder_state(data: bytes) -> dict | None:
             out[f"{module}.{names.get(leaf, leaf)}"] = _tensor(leaf, value)
     for path, leaves in stats.items():
         m = re.match(r"^(.*)/(mean|var)_ema$", path.replace("/~/", "/"))
-        module = _module(m.group(1), encoders[0]) if m else None
-        if module and "average" in (_mapping(leaves) or {}):
-            out[f"{module}.running_{m.group(2)}"] = _tensor("average", _mapping(leaves)["average"])
+        module, ema = (_module(m.group(1), encoders[0]) if m else None), _mapping(leaves) or {}
+        if module and "average" in ema:  # what Haiku's BatchNorm normalises with in evaluation
+            out[f"{module}.running_{m.group(2)}"] = _tensor("average", ema["average"])
     return out

@@ -86,7 +86,8 @@ def _byol(data: bytes, model_cfg: ModelConfig, uri: str, key: str, fmt: str) -> 
         return None
     if model_cfg.backbone != "resnet50-haiku":
         raise ConfigError(f"{key}: {uri} is the official BYOL release (a Haiku ResNet-50): set model.backbone: "
-                          f"resnet50-haiku, not {model_cfg.backbone} (its padding differs: the same weights give other features)")
+                          f"resnet50-haiku, not {model_cfg.backbone} (its padding differs: the same weights give "
+                          "other features)")
     return "byol", state
 
 
