@@ -36,7 +36,7 @@ photos: install
 test: install
 	$(BIN)/python -m pytest -q --durations=25
 
-# The unit tier alone: no Ray, about a minute.
+# The unit tier alone: no Ray, within 3 minutes.
 test-fast: install
 	$(BIN)/python -m pytest -q -m unit --durations=10
 

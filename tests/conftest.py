@@ -179,7 +179,14 @@ def pytest_collection_modifyitems(config, items):
         return rank[tier], item.path not in on_ray, file_first[item.path], first[id(item)]
 
     items.sort(key=key)
-    if not config.option.collectonly and any("tiny_pair" in getattr(item, "fixturenames", ()) for item in items):
+
+
+def pytest_collection_finish(session):
+    """Start the tiny pair once the ``-m`` / ``-k`` selection is made (this conftest's
+    ``pytest_collection_modifyitems`` runs before pytest's own deselects): only when a selected test
+    reads it, so that ``make test-fast`` runs no study beside the unit tier."""
+    if not session.config.option.collectonly and any("tiny_pair" in getattr(item, "fixturenames", ())
+                                                     for item in session.items):
         _start_tiny_pair()
 
 
