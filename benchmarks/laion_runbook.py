@@ -39,11 +39,16 @@ DECODE_224_S = 1 / 800  # the same, decoded and resized to 224 px as training an
 # 362.4 s on a host ~1.4x slower than on 2026-12-06 (scoring 245.1 s, statistics 117.3 s), driver
 # 300 MiB flat, tasks' peak 2.4 GiB (the object tables' task; scoring 1.7 GiB, a statistics task
 # 1.2 GiB); the same with measure.records_per_task = 250,000 (4 id ranges): statistics 126.3 s, a
-# statistics task 0.66 GiB. C barely matters with sparse sets.
+# statistics task 0.66 GiB. C barely matters with sparse sets. Again on 2026-12-07 (a host ~1.8x
+# slower than on 2026-12-06) with the per-record tables in blocks of id ranges: a block's task
+# peaked at 2341 MiB with the public side's 4x10^6 records in one block and at 951 MiB with blocks
+# of 10^6 records (measure.records_per_table_block); a scoring task at 1467 and 1112 MiB.
 MEASURE_BENCH = {"records": 1_000_000, "cpus": 2, "stage_s": 362.4, "scoring_s": 245.1, "statistics_s": 117.3,
-                 "tasks_gib": {"tables": 2481 / 1024, "score": 1773 / 1024, "statistics": 1211 / 1024}, "driver_mib": 300,
-                 "ranged": {"records_per_task": 250_000, "statistics_gib": 679 / 1024}}
+                 "tasks_gib": {"tables": 2341 / 1024, "score": 1467 / 1024, "statistics": 1211 / 1024}, "driver_mib": 300,
+                 "ranged": {"records_per_task": 250_000, "statistics_gib": 679 / 1024},
+                 "blocks": {"records": (1_000_000, 4_000_000), "gib": (951 / 1024, 2341 / 1024)}}
 RECORDS_PER_TASK = 1_000_000  # measure.records_per_task's default: the records a statistics task holds
+RECORDS_PER_TABLE_BLOCK = 5_000_000  # measure.records_per_table_block's default: a table block's records
 RESULT_ROWS_PER_PART = 100_000  # search.rows_per_file: a scoring task's queries
 # counted by this script (--measure) with torch.utils.flop_counter; open_clip's model table gives
 # 4.41 / 2.96 "GFLOPs" for ViT-B-32, which are multiply-accumulates (half these figures)
@@ -102,7 +107,8 @@ def measure_cost(n: int, cpus: int) -> tuple[float, str]:
     CPU-seconds per attacked record (they grew 10.9x for 10x the records on 2026-12-06), the scoring
     spread over at most one task per part of search results, the statistics over at most one task
     per CPU (each reads one id range of at most measure.records_per_task records); the tasks' peaks:
-    the tables' task scaled with every record, a statistics task's set by the records of its id
+    a table block's task set by its records (linear through the bench's blocks of 10^6 and 4x10^6
+    records, at most measure.records_per_table_block), a statistics task's set by the records of its id
     range (linear through the bench's two runs, 10^6 and 250,000 records a task), a scoring task's
     by one part of search results, plus the tables it reads from the object store, shared by a
     node's tasks."""
@@ -111,11 +117,14 @@ def measure_cost(n: int, cpus: int) -> tuple[float, str]:
     parts = 2 * -(-attacked // RESULT_ROWS_PER_PART)  # two models' result parts (splits rounded up ignored)
     seconds = (b["scoring_s"] * b["cpus"] * scale / min(cpus, parts)
                + b["statistics_s"] * b["cpus"] * scale / cpus)
-    tables = b["tasks_gib"]["tables"] * n / (5 * b["records"])  # the bench's public + attacked: 5x its records
+    (r0, r1), (g0, g1) = b["blocks"]["records"], b["blocks"]["gib"]
+    block = min(FRACTIONS["public"] * n, RECORDS_PER_TABLE_BLOCK)  # the larger side's blocks
+    tables = g0 + (g1 - g0) / (r1 - r0) * (block - r0)
     r = b["ranged"]
     slope = (b["tasks_gib"]["statistics"] - r["statistics_gib"]) / (b["records"] - r["records_per_task"])
     statistics = r["statistics_gib"] + slope * (min(attacked, RECORDS_PER_TASK) - r["records_per_task"])
-    text = (f"driver {b['driver_mib'] / 1024:.2f} GiB; tasks: tables ~{tables:.1f} GiB (kept in the object store), "
+    text = (f"driver {b['driver_mib'] / 1024:.2f} GiB; tasks: a table block's ~{tables:.1f} GiB (blocks of <= "
+            f"{RECORDS_PER_TABLE_BLOCK / 1e6:g}M records a side, kept in the object store), "
             f"statistics ~{statistics:.1f} GiB (one id range each), scoring {b['tasks_gib']['score']:.1f} GiB "
             f"at the bench's 10^6 records, the tables it reads included")
     return seconds, text

@@ -11,7 +11,8 @@ about 5 distinct objects drawn from a Zipf-like law (p ∝ 1 / (rank + 1)^1.1) o
 caption naming one of them; record shards, split members and both models' search results (k
 random public neighbours per query, the product's result layout) as the stages write them. Then
 the measure stage's work runs as the stage runs it, on a local Ray instance of ``--cpus`` CPUs:
-the object tables in a task, the scoring tasks (outcome files), and the statistics tasks of both
+the object tables' tasks (one per id range of a side, ``--records-per-block``), the scoring tasks
+(outcome files), and the statistics tasks of both
 controls with the default draws (``--bootstrap``/``--permutations`` to change them). The driver's
 peak is its VmHWM over that work; the tasks' peak is the largest RSS a Ray worker reached
 (sampled every 0.2 s); the statistics run on a fresh Ray instance, so their workers' peaks are
@@ -19,6 +20,8 @@ theirs alone. ``--check`` also computes every entry in one process from the same
 files (what the statistics were before they ran in tasks) and fails unless the two are equal.
 ``--records-per-task N`` (VLM) splits the statistics tasks' records into id ranges of about N
 (``measure.records_per_task``): then the check allows the rounding of sums in another order (1e-12).
+``--records-per-block N`` builds the per-record tables in id ranges of about N records a side
+(``measure.records_per_table_block``), which bounds the tables' tasks and what a scoring task maps.
 
 ``--kind ssl``: the same records and search results with a label (one of 10 classes) per record in
 the split members instead of objects (no record shards: the SSL stage reads labels from the
@@ -67,7 +70,8 @@ def _context(out: str, args):
     config = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", CONFIGS[args.kind])
     cfg = load_config(config, [f"search.k={args.k}"] + ([f"measure.ks=[1, 10, {args.k}]"] if args.kind == "vlm" else []),
                       out)
-    m = {"bootstrap": args.bootstrap, "permutations": args.permutations, "records_per_task": args.records_per_task}
+    m = {"bootstrap": args.bootstrap, "permutations": args.permutations, "records_per_task": args.records_per_task,
+         "records_per_table_block": args.records_per_block}
     cfg = dataclasses.replace(cfg, measure=dataclasses.replace(cfg.measure, **{k: v for k, v in m.items() if v}))
     return RunContext.create(cfg)
 
@@ -173,33 +177,29 @@ def generate(out: str, args) -> None:
 
 def _vlm_stage(ctx, keys):
     """The VLM stage's work: (counts, where, results, the entries in one process)."""
-    import ray
-
     from study.frame.kinds import CONTROLS
     from study.kinds.vlm_dejavu import entries, measure, outcomes
     from study.kinds.vlm_dejavu.objects import object_tables
 
     m = ctx.cfg.measure
-    tables = ray.remote(num_cpus=1)(object_tables).remote(ctx.data_root, ctx.splits_dir, tuple(SPLITS))
+    tables = object_tables(ctx.data_root, ctx.splits_dir, tuple(SPLITS), m.records_per_table_block)
     counts = measure.score_searches(ctx, outcomes.score_part, tables, keys, tuple(m.ks), m.top_n)
     where = {(mo, s): (measure.outcome_dir(ctx, mo, s, sp), ctx.search_results(mo, s, sp)) for mo, s, sp in keys}
     yield counts
     a_keys = [key for key in keys if key[0] == "model_a"]
-    blocks = measure.blocks_for(ctx, [measure.outcome_dir(ctx, *key) for key in a_keys],
-                                sum(counts[key]["records"] for key in a_keys))
-    yield where, measure.control_results(ctx, where, CONTROLS, "bench", blocks), len(blocks)
+    records = sum(counts[key]["records"] for key in a_keys)
+    blocks = measure.blocks_for(ctx, [measure.outcome_dir(ctx, *key) for key in a_keys], records)
+    yield where, measure.control_results(ctx, where, CONTROLS, "bench", blocks, records), len(blocks)
     yield {c: entries.local(where, rows, c, outcomes.VARIANTS, m, ctx.cfg.splits.seed, ctx.cfg.report.gallery_size)
            for c, rows in CONTROLS.items()}
 
 
 def _ssl_stage(ctx, keys):
     """The SSL stage's work, as ``_vlm_stage``."""
-    import ray
-
     from study.frame.kinds import CONTROLS
     from study.kinds.ssl_dejavu import entries, measure, outcomes
 
-    tables = ray.remote(num_cpus=1)(outcomes.label_tables).remote(ctx.splits_dir, tuple(SPLITS), CLASSES)
+    tables = outcomes.label_tables(ctx.splits_dir, tuple(SPLITS), CLASSES, ctx.cfg.measure.records_per_table_block)
     counts = measure.score_searches(ctx, outcomes.score_part, tables, keys, per_key=lambda key: (key[1],))
     where = {(mo, s): (measure.outcome_dir(ctx, mo, s, sp), ctx.search_results(mo, s, sp)) for mo, s, sp in keys}
     yield counts
@@ -284,6 +284,8 @@ def main() -> None:
     ap.add_argument("--permutations", type=int, default=0, help="draws (default: the config's)")
     ap.add_argument("--records-per-task", type=int, default=1_000_000,
                     help="measure.records_per_task: the VLM statistics tasks' id ranges")
+    ap.add_argument("--records-per-block", type=int, default=5_000_000,
+                    help="measure.records_per_table_block: the id ranges of the per-record tables (VLM)")
     ap.add_argument("--check", action="store_true", help="also compute the entries in one process and compare (VLM, SSL)")
     ap.add_argument("--dir", default=None, help="where to write (default: a temporary directory)")
     args = ap.parse_args()

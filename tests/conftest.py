@@ -140,7 +140,7 @@ TIERS = {
                annotate_parts annotators hf_detectors protocols sample_level assignments text_encoders ssl_formats byol_release""",
     "ray": """balance coco embed_pipeline hf near_dups search_ivfpq search_restart search_shards
               search_stage splits_stage train_faults train_stream voc faults inspect laion_inputs
-              report_pull vlm_measure_tasks ssl_measure_tasks annotate_stage""",
+              report_pull vlm_measure_tasks ssl_measure_tasks annotate_stage id_tables""",
     "e2e": """api console console_clean reproduce pipeline_e2e photos_e2e vlm_e2e sslmem_e2e ssl_sweeps new_kind
               wheel store_outage preflight cli_errors annotate_e2e protocol_run text_model own_models_e2e paper_configs""",
     "cluster": """ray_up ray_up_nodes cluster_yaml""",

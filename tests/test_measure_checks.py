@@ -33,7 +33,7 @@ def write_results(uri, query_ids, neighbours):
 def knn_outcomes(uri, public, truth, num_classes, batch_rows=65_536):
     """The SSL scoring of every part of one model's search results on the "target" split, as the
     measure stage's tasks run it: (Outcomes read back from the files, summed counts)."""
-    tables = LabelTables(num_classes, *public, {"target": truth})
+    tables = LabelTables.in_memory(num_classes, public, {"target": truth})
     out, counts = uri + "-outcomes", {}
     for part in range(storage.read_json(storage.join(uri, PARTS))["complete"]):
         for name, value in score_part(tables, uri, part, out, "target", batch_rows).items():
@@ -99,8 +99,8 @@ def vlm_tables() -> ObjectTables:
     public = ObjectSets.from_lists([[0], [1], [2], [0, 1], [1, 2], [0, 2], [], [0, 1, 2]], 3)
     attacked = ObjectSets.from_lists([[0, 1], [2], [0, 2], [1]], 3)
     captions = ["a cat", "a tree", "nothing named", "a dog"]
-    return ObjectTables(["cat", "dog", "tree"], IdIndex([PUBLIC]), public, IdIndex([QUERIES]), attacked,
-                        Texts.from_arrow(pa.array(captions)))
+    return ObjectTables.in_memory(["cat", "dog", "tree"], PUBLIC, public, QUERIES, attacked,
+                                  Texts.from_arrow(pa.array(captions)))
 
 
 def test_vlm_neighbours_must_be_public(tmp_path):

@@ -524,7 +524,6 @@ def test_scores_in_batches_of_queries_equal_one_pass(monkeypatch, tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from study.data.lookup import IdIndex
     from study.kinds.vlm_dejavu import outcomes
     from study.kinds.vlm_dejavu.objects import ObjectTables, Texts
     from study.search.results import ResultWriter
@@ -536,7 +535,7 @@ def test_scores_in_batches_of_queries_equal_one_pass(monkeypatch, tmp_path):
     attacked = ObjectSets.from_lists([rng.integers(0, C, size=rng.integers(0, 5)) for _ in range(nq)], C)
     captions = [" ".join(names[o] for o in attacked.row(i)[: i % 3]) for i in range(nq)]  # names some objects
     pub_ids, q_ids = [f"p{i}" for i in range(nb)], [f"q{i}" for i in range(nq)]
-    tables = ObjectTables(names, IdIndex([pub_ids]), public, IdIndex([q_ids]), attacked, Texts.from_arrow(pa.array(captions)))
+    tables = ObjectTables.in_memory(names, pub_ids, public, q_ids, attacked, Texts.from_arrow(pa.array(captions)))
     I = rng.integers(-1, nb, size=(nq, K))
     writer = ResultWriter(str(tmp_path / "results"), "key", rows_per_part=1000)
     writer.write(q_ids, np.array([[pub_ids[j] if j >= 0 else None for j in row] for row in I], dtype=object),
@@ -544,7 +543,8 @@ def test_scores_in_batches_of_queries_equal_one_pass(monkeypatch, tmp_path):
     writer.close()
     ks = (1, 5, K)
     want = {}
-    for variant, gt in outcomes.ground_truth(tables, np.arange(nq)).items():
+    _, att = tables.attacked.gather(q_ids)
+    for variant, gt in outcomes.ground_truth(names, att, np.arange(nq)).items():
         keep = np.flatnonzero(gt.sizes() > 0)
         for k in ks:
             for rule in PREDICTION_RULES:

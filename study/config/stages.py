@@ -129,6 +129,11 @@ class MeasureConfig:
     # ranges of about this many, one task each (memory per task ~1 KiB a record); the numbers do
     # not depend on it, up to the rounding of sums in another order (~1e-16).
     records_per_task: int = field(default=1_000_000, metadata=ADDED)
+    # The most records of a side (public, attacked) one block of the measure stage's per-record
+    # tables holds (VLM: object sets and captions; SSL: labels): a larger side is built and read
+    # in id ranges of about this many, one task each (a VLM block's task peaks at ~0.5 KiB a record
+    # over its worker's ~0.5 GiB: ~2.8 GiB at the default); the numbers do not depend on it.
+    records_per_table_block: int = field(default=5_000_000, metadata=ADDED)
     # How many records a top fraction q of n holds (the SSL test's top q, the VLM sample level's
     # top fractions): ceil, max(1, ceil(q n)); floor, the published int(q n) (at least 1).
     top_q_size: str = field(default="ceil", metadata=ADDED)
@@ -150,6 +155,7 @@ class MeasureConfig:
         _check(self.one_model_naive_bayes in ("smoothed", "published"), "measure.one_model_naive_bayes",
                "must be smoothed or published")
         _check(self.records_per_task >= 1, "measure.records_per_task", "must be >= 1")
+        _check(self.records_per_table_block >= 1, "measure.records_per_table_block", "must be >= 1")
         _check(self.top_q_size in ("ceil", "floor"), "measure.top_q_size", "must be ceil or floor")
         _check(bool(self.sample_rankings) and set(self.sample_rankings) <= {"max_pred_gap", "crct_pred", "min_dist"},
                "measure.sample_rankings", "choose from max_pred_gap, crct_pred, min_dist")

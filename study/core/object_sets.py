@@ -46,6 +46,20 @@ class ObjectSets:
         return ObjectSets(np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64),
                           self.indices[_gather(starts, sizes)], self.vocab_size)
 
+    def remap(self, to: np.ndarray, vocab_size: int) -> "ObjectSets":
+        """The same sets over another vocabulary: object j becomes ``to[j]``. ``to`` must be
+        increasing (a sub-vocabulary placed in a larger sorted one), so each row stays sorted."""
+        return ObjectSets(self.indptr, np.asarray(to, dtype=np.int64)[self.indices], vocab_size)
+
+    @classmethod
+    def concat(cls, parts: Sequence["ObjectSets"], vocab_size: int) -> "ObjectSets":
+        """The rows of ``parts`` one after the other (all over the same vocabulary)."""
+        if not parts:
+            return cls(np.zeros(1, np.int64), np.zeros(0, np.int64), vocab_size)
+        sizes = np.concatenate([p.sizes() for p in parts])
+        return cls(np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64),
+                   np.concatenate([p.indices[p.indptr[0] : p.indptr[-1]] for p in parts]).astype(np.int64), vocab_size)
+
     @classmethod
     def from_lists(cls, rows: Iterable[Sequence[int]], vocab_size: int) -> "ObjectSets":
         """From each record's object ids (any order, repeats allowed)."""

@@ -55,18 +55,27 @@ class IdIndex:
     def rows(self, ids) -> np.ndarray:
         """(n,) int64 row number of each id (a sequence or an Arrow string array); -1 for ids not
         indexed (and for None / null)."""
+        present, q = keys_of(ids)
         out = np.full(len(ids), -1, dtype=np.int64)
-        if not len(self.keys) or not len(ids):
-            return out
-        if isinstance(ids, (pa.Array, pa.ChunkedArray)):
-            present = pc.is_valid(ids).to_numpy(zero_copy_only=False)
-            q = _arrow_bytes(ids.filter(pc.is_valid(ids)))
-        else:
-            present = np.fromiter((i is not None for i in ids), bool, len(ids))
-            q = _as_bytes([i for i in ids if i is not None])
+        out[present] = self.rows_of_keys(q)
+        return out
+
+    def rows_of_keys(self, q: np.ndarray) -> np.ndarray:
+        """(m,) int64 row of each id given as bytes (``keys_of``); -1 for ids not indexed."""
+        found = np.full(len(q), -1, dtype=np.int64)
+        if not len(self.keys) or not len(q):
+            return found
         pos = np.minimum(np.searchsorted(self.keys, q), len(self.keys) - 1)
         hit = self.keys[pos] == q
-        found = np.full(len(q), -1, dtype=np.int64)
         found[hit] = self.order[pos[hit]]
-        out[present] = found
-        return out
+        return found
+
+
+def keys_of(ids) -> tuple[np.ndarray, np.ndarray]:
+    """(n,) bool: which ids are given (not None / null); the given ones as fixed-width bytes, in
+    order: what ``IdIndex.rows_of_keys`` looks up."""
+    if isinstance(ids, (pa.Array, pa.ChunkedArray)):
+        valid = pc.is_valid(ids)
+        return valid.to_numpy(zero_copy_only=False), _arrow_bytes(ids.filter(valid))
+    present = np.fromiter((i is not None for i in ids), bool, len(ids))
+    return present, _as_bytes([i for i in ids if i is not None])

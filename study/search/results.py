@@ -154,10 +154,11 @@ def first_ids(ids) -> str:
     return ", ".join(shown[:FIRST_IDS]) + (", ..." if len(shown) > FIRST_IDS else "")
 
 
-def public_rows(neighbor_ids: pa.Array, public: IdIndex, uri: str) -> np.ndarray:
-    """(nq, k) rows of one batch's neighbours in the public set, -1 where a query has fewer than k
+def public_rows(neighbor_ids: pa.Array, public, uri: str) -> np.ndarray:
+    """(nq, k) rows of one batch's neighbours in the public set (``public``: an ``IdIndex``, or a
+    function of an Arrow array of ids giving their rows), -1 where a query has fewer than k
     neighbours; a StudyError if any neighbour is not a public record of this run."""
-    rows, unknown = neighbour_matrix(neighbor_ids, public.rows)
+    rows, unknown = neighbour_matrix(neighbor_ids, public.rows if isinstance(public, IdIndex) else public)
     if len(unknown):
         raise StudyError(f"search results under {uri} name {len(unknown)} neighbour(s) in a batch of {len(rows)} "
                          f"queries that are not records of this run's public split (first: {first_ids(unknown)}): "

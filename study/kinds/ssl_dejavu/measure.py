@@ -4,8 +4,8 @@ Positive control: side a = target split (A is target, B reference), side b = ref
 (roles swapped). Null control: the holdout split, split in two halves by a keyed hash, plays the
 same two roles; neither model saw it, so its gap should cover 0.
 
-Everything per record happens in Ray tasks: one task puts the splits' labels in the object store
-(``outcomes.label_tables``), one task per part of the search results scores its queries and
+Everything per record happens in Ray tasks: tasks put the splits' labels in the object store in
+blocks of id ranges (``outcomes.label_tables``), one task per part of the search results scores its queries and
 writes their outcomes (``outcomes.score_part``), one task runs the one-model test's predictors
 and writes theirs, and per control one task ranks the records and a few draw the bootstrap and
 swap samples (``entries``). The driver holds counts and per-side aggregates.
@@ -23,6 +23,7 @@ from study.kinds.ssl_dejavu.one_model import predictor_dir, predictors
 from study.kinds.ssl_dejavu.utility import measure_utility
 from study.report.pvalues import p_is
 from study.stages.measure import ONE_MODEL_CONTROLS, PREDICTOR, write_one_model
+from study.stages.id_tables import log_blocks
 from study.stages.measure_tasks import cpus, draw_pieces, outcome_dir, rank_and_draw, score_searches, sides_present
 
 
@@ -68,7 +69,8 @@ def run_measure(ctx: RunContext) -> dict:
     num_classes = storage.read_json(ctx.manifest)["num_classes"]
     attacked = sorted({s for rows in CONTROLS.values() for _, s, _, _ in rows if ctx.uses(s)})
     models, spaces = kind.models_for(cfg), ctx.spaces()
-    tables = ray.remote(num_cpus=1)(outcomes.label_tables).remote(ctx.splits_dir, attacked, num_classes)
+    tables = outcomes.label_tables(ctx.splits_dir, attacked, num_classes, cfg.measure.records_per_table_block)
+    log_blocks(ctx, "label tables", {"public": tables.public, **tables.attacked})
     predicted = ray.remote(num_cpus=1)(predictors).remote(ctx, attacked, num_classes)
     keys = [(model, split, rep) for rep in spaces for split in attacked for model in models]
     # Each query's ground truth comes from its own split's labels.

@@ -8,8 +8,8 @@ Layout of ``measure/outcomes/<model>/<split>/<space>/``::
                               (the record's own: the per-class breakdown)
 
 Queries without a label have no ground truth and are left out (counted); a neighbour without one
-casts no vote (counted). The labels of the public and attacked records (``LabelTables``) come
-from the object store, where one task put them. A predictor of the one-model test writes its
+casts no vote (counted). The labels of the public and attacked records (``LabelTables``) are
+gathered batch by batch from the object store, where tasks put them in blocks of id ranges. A predictor of the one-model test writes its
 outcomes in the same columns under ``measure/outcomes/<predictor>/<split>/`` (``write_predicted``).
 """
 from __future__ import annotations
@@ -18,10 +18,12 @@ from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
+import ray
 
 from study.core.topk import label_votes, predict_from_votes
-from study.data.loading import iter_split
 from study.data.lookup import IdIndex
+from study.stages.id_tables import Blocks, build, plan_bounds, split_batches
+from study.stages.outcome_files import WHOLE
 from study.search.results import check_queries, public_rows
 from study.stages.outcome_files import read_outcomes, score_part_file, write_outcomes
 
@@ -30,22 +32,53 @@ COUNTS = ("neighbours", "unlabelled_neighbours", "unlabelled_queries")
 
 
 @dataclass(frozen=True)
+class Labels:
+    """Labels gathered from a side's blocks (-1 where missing)."""
+
+    values: np.ndarray
+
+    @classmethod
+    def concat(cls, parts: list["Labels"], context=None) -> "Labels":
+        return cls(np.concatenate([p.values for p in parts]))
+
+
+@dataclass(frozen=True)
+class LabelBlock:
+    """One id range of a split's members (``id_tables``): their ids and labels."""
+
+    index: IdIndex
+    labels: np.ndarray
+
+    def whole(self, context=None) -> Labels:
+        return Labels(self.labels)
+
+    def take(self, rows: np.ndarray, context=None) -> Labels:
+        return Labels(self.labels[rows])
+
+
+@dataclass(frozen=True)
 class LabelTables:
-    """The labels (-1 where missing) of the public and the attacked splits' records, by row of an
-    ``IdIndex`` of their ids: what a scoring task joins the neighbours and the queries with."""
+    """The labels (-1 where missing) of the public and the attacked splits' records, in blocks of
+    id ranges (``id_tables.Blocks``): what a scoring task gathers a batch's neighbours and queries
+    from."""
 
     num_classes: int
-    public: IdIndex
-    public_labels: np.ndarray
-    attacked: dict  # split -> (IdIndex, labels)
+    public: Blocks
+    attacked: dict  # split -> Blocks
+
+    @classmethod
+    def in_memory(cls, num_classes: int, public: tuple, attacked: dict) -> "LabelTables":
+        """From (IdIndex, labels) pairs held whole (tests, small inputs)."""
+        return cls(num_classes, Blocks.one(LabelBlock(*public)), {s: Blocks.one(LabelBlock(*t)) for s, t in attacked.items()})
 
 
-def split_labels(splits_dir: str, split: str) -> tuple[IdIndex, np.ndarray]:
-    """Ids of a split as an ``IdIndex`` and their labels (-1 where missing), in the same rows."""
+def split_labels(splits_dir: str, split: str, block=WHOLE) -> tuple[IdIndex, np.ndarray]:
+    """Ids of a split's members (those in the id range ``block``) as an ``IdIndex`` and their
+    labels (-1 where missing), in the same rows."""
     labels = []
 
     def ids():
-        for batch in iter_split(splits_dir, split):
+        for batch in split_batches(splits_dir, (split,), block):
             labels.append(batch.column("label").fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64))
             yield batch.column("id")
 
@@ -53,9 +86,19 @@ def split_labels(splits_dir: str, split: str) -> tuple[IdIndex, np.ndarray]:
     return index, np.concatenate(labels) if labels else np.zeros(0, np.int64)
 
 
-def label_tables(splits_dir: str, attacked, num_classes: int) -> LabelTables:
-    public, labels = split_labels(splits_dir, "public")
-    return LabelTables(num_classes, public, labels, {split: split_labels(splits_dir, split) for split in attacked})
+def label_block(block, splits_dir: str, split: str) -> tuple[None, LabelBlock]:
+    """One id range of a split's labels; runs in a task (``id_tables.build``)."""
+    return None, LabelBlock(*split_labels(splits_dir, split, block))
+
+
+def label_tables(splits_dir: str, attacked, num_classes: int, per_block: int) -> LabelTables:
+    """Each split's labels in id ranges of about ``per_block`` members, one task a range; the
+    driver holds the blocks' refs."""
+    plan = ray.remote(num_cpus=1)(plan_bounds)
+    splits = ["public", *attacked]
+    bounds = ray.get([plan.remote(splits_dir, (split,), per_block) for split in splits])
+    blocks = {split: build(label_block, b, splits_dir, split)[0] for split, b in zip(splits, bounds)}
+    return LabelTables(num_classes, blocks.pop("public"), blocks)
 
 
 def outcome_table(ids: np.ndarray, top1: np.ndarray, top5: np.ndarray, confidence: np.ndarray,
@@ -71,17 +114,23 @@ def score_part(tables: LabelTables, results_uri: str, part: int, out_uri: str, s
     search results on ``split``, from its neighbours' labels, written to its outcome file; returns
     counts ({"records", "neighbours", "unlabelled_neighbours", "unlabelled_queries"}). Neighbours
     and queries must be records of the public and the attacked split (a StudyError otherwise)."""
-    truth_index, truth_labels = tables.attacked[split]
+    truth = tables.attacked[split]
 
     def score(q_ids: np.ndarray, neighbor_ids: pa.Array) -> tuple[pa.Table, dict]:
         if not len(q_ids):
             return outcome_table(q_ids, np.zeros(0, bool), np.zeros(0, bool), np.zeros(0), np.zeros(0, np.int32)), {}
-        rows = public_rows(neighbor_ids, tables.public, results_uri)
-        nl = np.where(rows >= 0, tables.public_labels[np.clip(rows, 0, None)], -1)
+        gathered = {}
+
+        def rows_of(ids):
+            rows, gathered["public"] = tables.public.gather(ids)
+            return rows
+
+        rows = public_rows(neighbor_ids, rows_of, results_uri)
+        nl = np.where(rows >= 0, gathered["public"].values[np.clip(rows, 0, None)], -1)
         pred, top5, conf = predict_from_votes(label_votes(nl, tables.num_classes), top=5)
-        t_rows = truth_index.rows(q_ids)
+        t_rows, got = truth.gather(q_ids)
         check_queries(q_ids, t_rows, results_uri)
-        labels = truth_labels[t_rows]
+        labels = got.values[t_rows]
         keep = labels >= 0  # an unlabelled query would count as right when no neighbour votes (-1 == -1)
         table = outcome_table(q_ids[keep], (pred == labels)[keep], (top5 == labels[:, None]).any(axis=1)[keep],
                               conf[keep], labels[keep])

@@ -19,6 +19,7 @@ from study.frame.kinds import CONTROLS, get_kind
 from study.kinds.vlm_dejavu import entries, outcomes
 from study.kinds.vlm_dejavu.objects import object_tables
 from study.kinds.vlm_dejavu.utility import utility_rows
+from study.stages.id_tables import log_blocks
 from study.stages.measure_tasks import (blocks_for, cpus, draw_pieces, outcome_dir, score_searches, sides_present,
                                         summarise_and_draw)
 
@@ -66,9 +67,11 @@ def run_measure(ctx: RunContext) -> dict:
     cfg = ctx.cfg
     kind = get_kind(cfg.study)
     attacked = kind.attacked_sets(cfg, ctx.uses)
-    # The object tables are built by a task and stay in the object store: the scoring tasks read
-    # them there, the driver gets the vocabulary and the utility's few records.
-    tables = ray.remote(num_cpus=1)(object_tables).remote(ctx.data_root, ctx.splits_dir, attacked)
+    # The object tables are built by tasks, one per id range of a side, and stay in the object
+    # store: the scoring tasks gather from them there; the driver gets the vocabulary and the
+    # utility's few records.
+    tables = object_tables(ctx.data_root, ctx.splits_dir, attacked, cfg.measure.records_per_table_block)
+    log_blocks(ctx, "object tables", {"public": tables.public, "attacked": tables.attacked})
     retriever = text_retriever.searches(cfg)  # {(model, space): views}, empty when it is off
     per_space = {space: {**{model: space for model in kind.models_for(cfg)}, **{model: sp for model, sp in retriever}}
                  for space in kind.spaces_for(cfg)}
@@ -101,7 +104,7 @@ def run_measure(ctx: RunContext) -> dict:
     rows = ray.get(ray.remote(num_cpus=1)(utility_rows).remote(tables, ctx.splits_dir, cfg.measure.utility_records))
     utility = measure_utility(ctx, rows)
     ctx.log("measure", "utility: " + ", ".join(f"{k} {v:.3f}" for k, v in utility.items() if isinstance(v, float)))
-    vocabulary = ray.get(ray.remote(num_cpus=1)(_names).remote(tables))
+    vocabulary = list(tables.names)
     storage.write_json(ctx.measure_results, {"spaces": results, "utility": utility, "skipped_no_gt": skipped,
                                              "vocabulary": vocabulary, "headline_key": headline_key(cfg.measure)})
     public_captions = ((read_marker(ctx.stage_dir("embed")) or {}).get("summary", {}).get("sets", {})
@@ -110,10 +113,6 @@ def run_measure(ctx: RunContext) -> dict:
                   **({text_model.TEXT_MODEL: by_text_model} if published else {})}
     text_retriever.write_results(ctx, predictors, public_captions)
     return {"spaces": list(results), "utility": utility, "one_model": sorted(predictors)}
-
-
-def _names(tables) -> list[str]:
-    return list(tables.names)
 
 
 def headline_k(ks) -> int:

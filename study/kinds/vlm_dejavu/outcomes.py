@@ -9,9 +9,10 @@ Layout of ``measure/outcomes/<model>/<split>/<space>/`` (the search results' own
                               rule and variant ``k=<k>/<rule>/<variant>/hits`` and ``.../pred``
 
 Counts only (int32): precision, recall and F follow from them (``object_sets.scores``) exactly as
-the scoring computed them. A task reads the object tables (``objects.ObjectTables``: the public
-and attacked records' object sets and the attacked captions) from the object store, where one
-task put them; no per-record table passes through the driver.
+the scoring computed them. A task gathers what each batch needs of the object tables
+(``objects.ObjectTables``: the public and attacked records' object sets and the attacked
+captions, in blocks of id ranges in the object store); no per-record table passes through the
+driver.
 """
 from __future__ import annotations
 
@@ -33,16 +34,16 @@ def column(k: int, rule: str, variant: str, field: str) -> str:
     return f"k={k}/{rule}/{variant}/{field}"
 
 
-def ground_truth(tables, rows: np.ndarray) -> dict[str, ObjectSets]:
-    """{variant: object sets of the given attacked rows}; the unnamed variant drops the objects
-    the record's caption names."""
-    all_sets = tables.attacked_objects.take(rows)
+def ground_truth(names: list, records, rows: np.ndarray) -> dict[str, ObjectSets]:
+    """{variant: object sets of the given rows of the attacked ``records`` (``ObjectRecords``)};
+    the unnamed variant drops the objects the record's caption names."""
+    all_sets = records.objects.take(rows)
     unnamed = []
     for j, r in enumerate(rows):
         ids = all_sets.row(j)
-        names = [tables.names[o] for o in ids]
-        named = set(named_objects(tables.attacked_captions[int(r)], names))
-        unnamed.append([o for o, name in zip(ids, names) if name not in named])
+        objs = [names[o] for o in ids]
+        named = set(named_objects(records.captions[int(r)], objs))
+        unnamed.append([o for o, name in zip(ids, objs) if name not in named])
     return {"all": all_sets, "unnamed": ObjectSets.from_lists(unnamed, all_sets.vocab_size)}
 
 
@@ -53,17 +54,18 @@ def nearest_distance(distances: pa.Array) -> np.ndarray:
     return first.to_numpy(zero_copy_only=False).astype(np.float32)
 
 
-def score_table(tables, q_ids: np.ndarray, I: np.ndarray, ks, top_n: int, nearest: np.ndarray | None = None) -> pa.Table:
-    """The outcome columns of one batch of queries (ids (n,), public rows of their neighbours
-    (n, K), the nearest neighbour's distance (n,)). A query's votes and predictions depend on its neighbours alone, so each k's votes
-    are counted once for the batch and each rule's prediction serves both variants."""
-    truths = ground_truth(tables, tables.attacked.rows(q_ids))
+def score_table(names: list, truths: dict, public_objects: ObjectSets, q_ids: np.ndarray, I: np.ndarray, ks,
+                top_n: int, nearest: np.ndarray | None = None) -> pa.Table:
+    """The outcome columns of one batch of queries (ids (n,); their ground truth, ``ground_truth``;
+    their neighbours' rows (n, K) in ``public_objects``; the nearest neighbour's distance (n,)). A
+    query's votes and predictions depend on its neighbours alone, so each k's votes are counted
+    once for the batch and each rule's prediction serves both variants."""
     cols = {"id": pa.array(q_ids, pa.string())}
     cols.update({f"gt/{v}": pa.array(gt.sizes().astype(np.int32)) for v, gt in truths.items()})
     cols["nearest"] = pa.array(np.full(len(q_ids), np.nan, np.float32) if nearest is None else nearest, pa.float32())
     kept = {v: np.flatnonzero(gt.sizes() > 0) for v, gt in truths.items()}
     for k in ks:
-        votes = neighbour_votes(tables.public_objects, I, min(k, I.shape[1])) if len(q_ids) else None
+        votes = neighbour_votes(public_objects, I, min(k, I.shape[1])) if len(q_ids) else None
         for rule, predict in PREDICTION_RULES.items():
             pred = predict(votes, top_n) if votes is not None else None
             for variant, gt in truths.items():
@@ -79,14 +81,26 @@ def score_table(tables, q_ids: np.ndarray, I: np.ndarray, ks, top_n: int, neares
 def score_part(tables, results_uri: str, part: int, out_uri: str, ks: tuple, top_n: int) -> dict:
     """Score one part of a model's search results, SCORE_ROWS queries at a time (a part holds up
     to ``search.rows_per_file`` queries, each with k neighbour ids), and write its outcomes;
-    returns counts ({"records", "no_gt/<variant>"}). A neighbour that is not a public record, or a
-    query that is not an attacked record, stops the run (``search.results`` checks)."""
+    returns counts ({"records", "no_gt/<variant>"}). Each batch gathers its neighbours' and its
+    queries' records from the tables' blocks (``objects.ObjectTables``). A neighbour that is not a
+    public record, or a query that is not an attacked record, stops the run (``search.results``
+    checks)."""
     def score(q_ids: np.ndarray, neighbor_ids: pa.Array, distances: pa.Array) -> tuple[pa.Table, dict]:
         if not len(q_ids):
-            return score_table(tables, q_ids, np.zeros((0, 0), np.int64), ks, top_n), {}
-        I = public_rows(neighbor_ids, tables.public, results_uri)
-        check_queries(q_ids, tables.attacked.rows(q_ids), results_uri)
-        table = score_table(tables, q_ids, I, ks, top_n, nearest_distance(distances))
+            empty = ObjectSets.from_lists([], len(tables.names))
+            return score_table(tables.names, {v: empty for v in VARIANTS}, empty, q_ids, np.zeros((0, 0), np.int64),
+                               ks, top_n), {}
+        gathered = {}
+
+        def rows_of(ids):
+            rows, gathered["public"] = tables.public.gather(ids)
+            return rows
+
+        I = public_rows(neighbor_ids, rows_of, results_uri)
+        rows, attacked = tables.attacked.gather(q_ids)
+        check_queries(q_ids, rows, results_uri)
+        table = score_table(tables.names, ground_truth(tables.names, attacked, rows), gathered["public"].objects,
+                            q_ids, I, ks, top_n, nearest_distance(distances))
         return table, {f"no_gt/{v}": (table.column(f"gt/{v}").to_numpy() == 0).sum() for v in VARIANTS}
 
     return {**{f"no_gt/{v}": 0 for v in VARIANTS}, **score_part_file(results_uri, part, out_uri, SCORE_ROWS, score,

@@ -21,7 +21,6 @@ from functools import partial
 from typing import Mapping
 
 import numpy as np
-import torch
 
 from study.config import StudyConfig
 from study.data.model_input import ModelInput
@@ -80,6 +79,7 @@ class SentenceEmbedder:
             from sentence_transformers import SentenceTransformer
         except ImportError:
             raise ConfigError(f"{KEY}: needs the sentence-transformers package (pip install sentence-transformers)") from None
+        import torch  # here, not at the top: the measure stage's driver and tasks import this module too
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()  # its weight-loading bars would fill a replica's console

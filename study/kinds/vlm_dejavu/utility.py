@@ -14,16 +14,17 @@ from study.kinds.vlm_dejavu.objects import ObjectTables, object_sets
 
 def utility_rows(tables: ObjectTables, splits_dir: str, limit: int) -> list[tuple[str, list[str], str]]:
     """(id, objects, caption) of the first ``limit`` holdout records in id order that have a
-    caption (retrieval needs it); runs where the tables are (a task), returns ``limit`` rows at most."""
+    caption (retrieval needs it); runs in a task, gathering each holdout batch's captions from the
+    attacked side's blocks, and returns ``limit`` rows at most."""
     candidates = []
     for batch in iter_split(splits_dir, "holdout"):
+        rows, got = tables.attacked.gather(batch.column("id"))
         ids = np.asarray(batch.column("id").to_pylist(), dtype=str)
-        rows = tables.attacked.rows(ids)
-        ids = ids[[r >= 0 and records.has_text(tables.attacked_captions[int(r)]) for r in rows]]
+        ids = ids[[r >= 0 and records.has_text(got.captions[int(r)]) for r in rows]]
         candidates.append(np.sort(ids)[:limit])  # the batch's candidates for the first `limit`
     ids = np.sort(np.concatenate(candidates))[:limit].tolist() if candidates else []
-    rows = tables.attacked.rows(ids)
-    return [(i, tables.objects_of(int(r)), tables.attacked_captions[int(r)]) for i, r in zip(ids, rows)]
+    rows, got = tables.attacked.gather(ids)
+    return [(i, [tables.names[j] for j in got.objects.row(int(r))], got.captions[int(r)]) for i, r in zip(ids, rows)]
 
 
 def measure_utility(ctx: RunContext, rows: list[tuple[str, list[str], str]]) -> dict:
