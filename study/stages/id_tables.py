@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 import ray
 
 from study import storage
-from study.data.loading import split_uri
+from study.data.loading import iter_split, split_uri
 from study.data.lookup import keys_of
 from study.stages.outcome_files import WHOLE, Block, id_blocks
 
@@ -113,8 +113,6 @@ def in_block(column: pa.Array, block: Block) -> pa.Array:
 def split_batches(splits_dir: str, splits, block: Block, batch_rows: int = 65_536) -> Iterator[pa.RecordBatch]:
     """Record batches (id, label) of the members of ``splits`` whose ids lie in ``block``, in file
     order."""
-    from study.data.loading import iter_split
-
     for split in splits:
         for batch in iter_split(splits_dir, split, batch_rows):
             yield batch if block == WHOLE else batch.filter(in_block(batch.column("id"), block))
