@@ -8,7 +8,7 @@ Known names:
   (a job that fails midway; its finished stages stay reusable).
 - ``kill_train_worker=EPOCH``: a training worker of rank 0 exits abruptly midway through epoch
   EPOCH (1-based) unless it resumed from a checkpoint (so it fires once per fit); Ray Train
-  restarts the worker group from the last checkpoint.
+  restarts the worker group (Ray reruns a fit's own task) from the last checkpoint.
 - ``pause_train_epoch=EPOCH:SECONDS``: every training worker waits SECONDS before epoch EPOCH
   (1-based) unless it resumed from a checkpoint: a window in which a test can take a node away
   while training is under way.

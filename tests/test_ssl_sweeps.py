@@ -1,7 +1,7 @@
 """An SSL study over training length, end to end on the tiny config: a sweep over train.snapshot
-trains each model once (BYOL, through Ray Train) and measures the model as it was after each chosen
+trains each model once (BYOL) and measures the model as it was after each chosen
 epoch, with each model's linear probe beside the gaps and the one-model test (naive Bayes over
-crop tags, and a crop classifier trained by Ray Train) checked against predictions computed here."""
+crop tags, and a crop classifier trained as the pair is) checked against predictions computed here."""
 from __future__ import annotations
 
 import os
@@ -126,7 +126,7 @@ def test_snapshot_sweep_trains_once_and_measures_each_epoch(swept, capsys):
         np.testing.assert_allclose(scores[i], want, rtol=1e-9)
         assert confidence[i] == pytest.approx(want.max())
     assert nb["target"] == pytest.approx(report["headline"]["projector/positive"]["target"])
-    # The crop classifier, trained by Ray Train on the public set's crops, answers for the same records.
+    # The crop classifier, trained on the public set's crops, answers for the same records.
     cc = one["headline"]["crop_classifier"]["projector/positive"]
     model, meta = load_model(storage.read_bytes(a.stage_dir("train", "crop_classifier", "model.pt")))
     assert meta["method"] == "supervised" and meta["trained_on"] == ["public"]

@@ -1,7 +1,9 @@
-"""Training under faults, on the real Ray: a worker killed midway through an epoch (Ray Train
-restarts the group from the last checkpoint and the run finishes, its resumed epochs marked), and
-concurrent fits where one fails or the user presses Ctrl-C (every trainer is stopped, the error
-names the failed model, a KeyboardInterrupt reaches the caller)."""
+"""Training under faults, on the real Ray, with each runner (``train.runner``: Ray Train, and a
+one-worker fit's loop in its own task): a worker killed midway through an epoch (Ray Train
+restarts the group, Ray the task, from the last checkpoint and the run finishes, its resumed
+epochs marked), and concurrent fits where one fails or the user presses Ctrl-C (every fit is
+stopped and its CPUs freed, the error names the failed model, a KeyboardInterrupt reaches the
+caller)."""
 from __future__ import annotations
 
 import _thread
@@ -35,6 +37,14 @@ MODEL = ModelConfig(backbone="small_cnn", projector_dims=(32, 16))
 TRAIN = TrainConfig(method="supervised", epochs=4, global_batch_size=16, num_workers=1, cpus_per_worker=1,
                     checkpoint_every=1, concurrent=True)
 RAY_TRAIN_ACTORS = ("TrainController", "RayTrainWorker", "PlacementGroupCleaner")
+
+
+@pytest.fixture(params=["ray_train", "auto"])
+def train(request) -> TrainConfig:
+    """TRAIN on Ray Train, and (auto) in the fit's own task, as a one-worker fit from memory runs."""
+    cfg = dataclasses.replace(TRAIN, runner=request.param)
+    assert driver.in_task(cfg, TrainJob("m", ("target",), "")) == (request.param == "auto")
+    return cfg
 
 
 @pytest.fixture(scope="module")
@@ -72,10 +82,11 @@ def live_train_actors() -> list[str]:
 
 
 def assert_all_stopped(within_s: float = 15.0) -> None:
-    """No Ray Train actor left alive and no placement group held (the next test needs the CPUs)."""
+    """No Ray Train actor left alive, no placement group held and every CPU free again (a fit's
+    task ended): the next test needs the CPUs."""
     deadline = time.monotonic() + within_s
-    while live_train_actors() or _live_placement_groups():
-        assert time.monotonic() < deadline, (live_train_actors(), _live_placement_groups())
+    while live_train_actors() or _live_placement_groups() or ray.available_resources().get("CPU", 0) < 2:
+        assert time.monotonic() < deadline, (live_train_actors(), _live_placement_groups(), ray.available_resources())
         time.sleep(0.2)
 
 
@@ -98,40 +109,42 @@ def uninterrupted(context: dict, cfg: TrainConfig) -> tuple[list[float], dict]:
     return losses, one.model.encoder.state_dict()  # the learner's encoder: what model.pt holds
 
 
-def test_killed_worker_resumes_from_the_last_checkpoint(context, tmp_path, monkeypatch):
+def test_killed_worker_resumes_from_the_last_checkpoint(context, train, tmp_path, monkeypatch):
     out = str(tmp_path / "m")
     monkeypatch.setenv("DEJAVU_FAULTS", "kill_train_worker=2")
-    fit(TrainJob("m", ("target",), out), TRAIN, MODEL, context, use_gpu=False)
+    fit(TrainJob("m", ("target",), out), train, MODEL, context, use_gpu=False)
 
-    # Killed in epoch 2, restarted by Ray Train from epoch 1's checkpoint: every epoch once, in
-    # order, and those trained after the restore marked by their attempt.
+    # Killed in epoch 2, restarted (by Ray Train, or Ray reruns the task) from epoch 1's
+    # checkpoint: every epoch once, in order, and those trained after the restore marked by their attempt.
     got = history(out)
     assert [h["epoch"] for h in got] == [1, 2, 3, 4]
     assert [h["attempt"] for h in got] == [0, 1, 1, 1]
     # Per-epoch seeding and the restored optimiser and schedule: as if never interrupted.
-    losses, weights = uninterrupted(context, TRAIN)
+    losses, weights = uninterrupted(context, train)
     assert [h["loss"] for h in got] == losses
     saved = torch.load(os.path.join(out, "model.pt"), weights_only=False)["state_dict"]
     assert saved.keys() == weights.keys() and all(torch.equal(saved[k], weights[k]) for k in saved)
     assert_all_stopped()
 
 
-def test_a_failed_fit_stops_the_other_and_is_named(context, tmp_path, monkeypatch, hang_guard):
+def test_a_failed_fit_stops_the_other_and_is_named(context, train, tmp_path, monkeypatch, hang_guard):
     # Ray Train would restart the failing worker twice first (max_failures=2): spare the test that.
+    # (A task is retried only when its process or node is lost, not for an error of its own.)
     monkeypatch.setattr(driver, "FailureConfig", lambda max_failures: FailureConfig(max_failures=0))
-    long = dataclasses.replace(TRAIN, epochs=100_000, checkpoint_every=1000)  # model_a alone: an hour
+    long = dataclasses.replace(train, epochs=100_000, checkpoint_every=1000)  # model_a alone: an hour
     good = TrainJob("model_a", ("target",), str(tmp_path / "a"))
     bad = TrainJob("model_b", ("no_such_split",), str(tmp_path / "b"))  # its worker fails loading
     with pytest.raises(RuntimeError, match="training failed for model_b") as info:
         fit_all([good, bad], long, MODEL, context, use_gpu=False)
-    assert "model_a" not in str(info.value) and "model_b: rank 0: " in str(info.value)
+    said = "model_b: rank 0: ValueError" if train.runner == "ray_train" else "model_b: ValueError"
+    assert "model_a" not in str(info.value) and said in str(info.value), str(info.value)
     assert info.value.__cause__ is not None  # the failure itself, with its traceback
     assert not os.path.exists(os.path.join(good.out_dir, "model.pt"))  # stopped, not finished
     assert_all_stopped()
 
 
-def test_ctrl_c_stops_both_trainers(context, tmp_path, hang_guard):
-    long = dataclasses.replace(TRAIN, epochs=100_000)
+def test_ctrl_c_stops_both_trainers(context, train, tmp_path, hang_guard):
+    long = dataclasses.replace(train, epochs=100_000)
     jobs = [TrainJob(name, ("target",), str(tmp_path / name)) for name in ("model_a", "model_b")]
 
     def press_ctrl_c_once_both_train() -> None:

@@ -109,6 +109,12 @@ class TrainConfig:
     # noticed within this. Ray's own default is 2 s, which adds seconds to every small fit; polling
     # is one cheap call per worker, so raise this only for fits of hundreds of workers.
     poll_s: float = field(default=0.5, metadata=ADDED)
+    # Where a fit runs. auto: a fit of one worker from memory runs its loop in one Ray task (retried
+    # from its last checkpoint if the process or node is lost), without Ray Train's controller,
+    # worker group and their helper actors, five processes a fit that cost a small study seconds;
+    # a fit of several workers, or one that streams its records, runs on Ray Train. ray_train: every
+    # fit on Ray Train. The loop, and so the model, is the same either way.
+    runner: str = field(default="auto", metadata=ADDED)
     seed: int = 0
     stream: str = "auto"  # auto: stream a training set whose decoded size exceeds in_memory_gb
     in_memory_gb: float = 2.0
@@ -156,6 +162,7 @@ class TrainConfig:
         _check(self.torch_threads >= 1, "train.torch_threads", "must be >= 1")
         _check(self.checkpoint_every >= 1, "train.checkpoint_every", "must be >= 1")
         _check(self.poll_s > 0, "train.poll_s", "must be > 0")
+        _check(self.runner in ("auto", "ray_train"), "train.runner", "must be 'auto' or 'ray_train'")
         _check(self.stream in ("auto", "always", "never"), "train.stream", "must be 'auto', 'always' or 'never'")
         _check(self.in_memory_gb > 0, "train.in_memory_gb", "must be > 0")
         _check(self.precision in ("fp32", "bf16", "fp16"), "train.precision", "must be 'fp32', 'bf16' or 'fp16'")

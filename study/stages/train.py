@@ -3,7 +3,7 @@
 Both use the same recipe and seed policy (the kind's recipe: SSL encoders or CLIP-style
 image–text models); with a ``shared`` split, both also train on it. A model whose own marker
 matches is reused, so an interrupted stage retrains only what is missing, and a model interrupted
-mid-training resumes from its last Ray Train checkpoint. The one-model tests' models train on the
+mid-training resumes from its last checkpoint. The one-model tests' models train on the
 public split alone, reused and resumed alike: the SSL crop classifier (``train.crop_classifier``,
 after the pair) and the VLM text retriever (``train.text_retriever``, the pair's recipe; beside the
 pair when the cluster holds all three trainers' workers at once, else after it).

@@ -1,42 +1,38 @@
-"""Ray Train edge: fit each model of the study with a ``TorchTrainer``.
+"""Ray edge of training: fit each model of the study with a ``TorchTrainer``, or, for a fit of one
+worker from memory (``train.runner: auto``), in a Ray task that is its worker.
 
-``train_func`` runs on every worker: its recipe (``study.train.recipes``) loads this worker's share
-of the training records (or takes this worker's shard of a Ray Data stream, for large sets; see
-``study.train.stream``) and builds the model; the driver restores the last checkpoint if Ray Train
-hands one back (a rerun with the same ``RunConfig(name, storage_path)`` resumes) and runs the
-recipe's plain-PyTorch epochs. Rank 0 keeps the per-epoch
-metrics in ``metrics.jsonl`` and writes the final ``model.pt`` beside it.
+Either way each worker runs ``fit_loop.run_loop``: its recipe (``study.train.recipes``) loads this
+worker's share of the training records (or takes this worker's shard of a Ray Data stream, for
+large sets; see ``study.train.stream``) and builds the model, the last checkpoint is restored if
+there is one (Ray Train hands it back to a rerun with the same ``RunConfig(name, storage_path)``;
+a fit's task reads its own file, ``sessions``) and the recipe's plain-PyTorch epochs run. Rank 0
+keeps the per-epoch metrics in ``metrics.jsonl`` and writes the final ``model.pt`` beside it.
 
-Concurrent fits (``fit_all``) run each model's ``TorchTrainer.fit`` in a Ray task of its own; the
-first failure, or a Ctrl-C, cancels the other tasks (``ray.cancel``: Ray Train's own Ctrl-C
-handling aborts the run; a task that does not end is then ended with its process, and with it,
-by Ray's ownership rules, the controller it started) before the error is raised. Every model resumes from its last checkpoint
-on a rerun. Only Ray's public APIs are used.
+Concurrent fits (``fit_all``) run each model's fit in a Ray task of its own (``TorchTrainer.fit``,
+or the loop itself); the first failure, or a Ctrl-C, cancels the other tasks (``ray.cancel``: Ray
+Train's own Ctrl-C handling aborts the run; a task that does not end is then ended with its
+process, and with it, by Ray's ownership rules, the controller it started) before the error is
+raised. Every model resumes from its last checkpoint on a rerun. Only Ray's public APIs are used.
 """
 from __future__ import annotations
 
 import contextlib
-import json
-import logging
 import os
 import signal
-import sys
-import tempfile
 import threading
-import time
 from dataclasses import dataclass
 
 import ray
 import ray.train
-import torch
-from ray.train import Checkpoint, CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
+from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
 from study import storage
 from study.config import ModelConfig, TrainConfig
 from study.faults import fault
-from study.train import layout
-from study.train.recipes import RECIPES, Fit
+from study.train.fit_loop import run_loop
+from study.train.recipes import RECIPES
+from study.train.sessions import RayTrainSession, TaskSession
 
 
 @dataclass(frozen=True)
@@ -50,130 +46,30 @@ class TrainJob:
     stream: bool = False  # through Ray Data (large sets) rather than loaded by every worker
 
 
-def _progress(message: str) -> None:
-    # Ray Train tees print() into its logger as well, so each line would show twice.
-    sys.stdout.write(message + "\n")
-    sys.stdout.flush()
-
-
-def _quiet_checkpoint_logs() -> None:
-    """Ray Train narrates every checkpoint at INFO, partly from loggers ``LoggingConfig`` does not
-    reach (one is named after its source file); in this worker, every logger of Ray Train's
-    (``ray.train.*``, or named after a file of its package) keeps to warnings."""
-    package = os.path.dirname(ray.train.__file__)
-    for name in list(logging.root.manager.loggerDict):
-        if name.startswith("ray.train.") or name.startswith(package):
-            logging.getLogger(name).setLevel(logging.WARNING)
-
-
 def train_func(config: dict) -> None:
-    cfg: TrainConfig = config["train"]
-    _quiet_checkpoint_logs()
-    torch.set_num_threads(cfg.torch_threads)
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    torch.manual_seed(cfg.seed)  # same initial weights on every worker and for every rerun
-    stream = None
-    if config.get("stream"):  # a large set: this worker's equal share of the Ray Data stream
-        from study.train.stream import shard_batches
-
-        stream = shard_batches(ray.train.get_dataset_shard("train"), cfg.seed, rank)
-    fit = RECIPES[config["recipe"]].fit(config, rank, world, stream)
-    model = ray.train.torch.prepare_model(fit.model)  # to this worker's device; DDP when world > 1
-
-    # Restore: weights, optimiser, schedule and metrics history of the last finished epoch. Ray
-    # Train hands the last checkpoint back both to a rerun and to a worker group it restarted.
-    start_epoch, history, attempt = 0, [], 0
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint:
-        with checkpoint.as_directory() as d:
-            state = torch.load(os.path.join(d, "state.pt"), map_location="cpu", weights_only=False)
-        _unwrap(model).load_state_dict(state["model"])
-        fit.optimizer.load_state_dict(state["optimizer"])
-        fit.scheduler.load_state_dict(state["scheduler"])
-        start_epoch, history = state["epoch"], state["history"]
-        attempt = state.get("attempt", 0) + 1  # restores so far; marks the epochs trained after this one
-        if rank == 0:
-            _progress(f"[train {config['name']}] resuming after epoch {start_epoch}/{cfg.epochs}")
-
-    if start_epoch >= cfg.epochs and rank == 0:  # finished before; only the export was lost
-        _export(config, fit, model, history, final=True)
-    for epoch in range(start_epoch, cfg.epochs):
-        # Per-epoch seeding makes a resumed run draw the same views as an uninterrupted one.
-        gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch * 101 + rank)
-        if rank == 0 and not checkpoint and config.get("kill_at_epoch") == epoch + 1:
-            fit.optimizer.register_step_post_hook(_kill_worker(config["name"], epoch + 1))
-        pause = config.get("pause_at_epoch")
-        if not checkpoint and pause and pause[0] == epoch + 1:  # fault pause_train_epoch (study.faults)
-            _progress(f"[train {config['name']}] fault injected: pausing {pause[1]:g} s before epoch {epoch + 1}")
-            time.sleep(pause[1])
-        metrics = fit.run_epoch(model, epoch, gen)
-        history.append({"epoch": epoch + 1, "attempt": attempt, **metrics})
-        done = epoch + 1 == cfg.epochs
-        if (epoch + 1) % cfg.checkpoint_every and not done:
-            continue
-        # Checkpoint phase: state for resuming, metrics so far, and at the end the model itself.
-        with tempfile.TemporaryDirectory() as d:
-            state = {
-                "model": _unwrap(model).state_dict(),
-                "optimizer": fit.optimizer.state_dict(),
-                "scheduler": fit.scheduler.state_dict(),
-                "epoch": epoch + 1,
-                "history": history,
-                "attempt": attempt,
-            }
-            torch.save(state, os.path.join(d, "state.pt"))
-            if rank == 0:
-                _export(config, fit, model, history, final=done)
-                _progress(
-                    f"[train {config['name']}] epoch {epoch + 1}/{cfg.epochs} loss {metrics['loss']:.4f} "
-                    f"({metrics['seconds']:.2f} s/epoch)"
-                )
-            ray.train.report({"epoch": epoch + 1, "loss": metrics["loss"]}, checkpoint=Checkpoint.from_directory(d))
+    """Ray Train's worker entry."""
+    run_loop(config, RayTrainSession())
 
 
-def _kill_worker(name: str, epoch: int):
-    """Fault ``kill_train_worker`` (``study.faults``): an optimiser hook that ends this worker's
-    process abruptly after the first step of ``epoch``, midway through it."""
-
-    def hook(optimizer, args, kwargs) -> None:
-        # Ray Train commits a reported checkpoint when its controller next polls the worker (every
-        # train.poll_s); a death before that resumes from the one before. Model a death after the
-        # commit: several polls later.
-        time.sleep(COMMIT_WAIT_S)
-        _progress(f"[train {name}] fault injected: worker exits midway through epoch {epoch}")
-        os._exit(1)
-
-    return hook
-
-
-COMMIT_WAIT_S = 3.0
-
-
-def _export(config: dict, fit: Fit, model: torch.nn.Module, history: list, final: bool) -> None:
-    """Rank 0, at a checkpoint: metrics so far to ``metrics.jsonl`` and the model as it is now to
-    ``snapshots/`` (what a ``train.snapshot`` setting measures); at the end also to ``model.pt``."""
-    out_dir = config["out_dir"]
-    lines = "".join(json.dumps(h) + "\n" for h in history)
-    storage.write_bytes(storage.join(out_dir, layout.METRICS), lines.encode())
-    blob = fit.export(_unwrap(model), history)
-    if not final:
-        storage.write_bytes(storage.join(out_dir, layout.SNAPSHOTS, layout.snapshot_name(history[-1]["epoch"])), blob)
-    else:
-        storage.write_bytes(storage.join(out_dir, layout.MODEL), blob)
-
-
-def _unwrap(module: torch.nn.Module) -> torch.nn.Module:
-    return getattr(module, "module", module)
+def in_task(cfg: TrainConfig, job: TrainJob) -> bool:
+    """Whether the job's loop runs in its Ray task rather than on Ray Train (``train.runner``)."""
+    return cfg.runner == "auto" and cfg.num_workers == 1 and not job.stream
 
 
 def fit(job: TrainJob, cfg: TrainConfig, model_cfg: ModelConfig, context: dict, use_gpu: bool) -> None:
-    """Fit one model in this process (Ray Train's own Ctrl-C handling aborts it); rerunning with
-    the same ``job.out_dir`` resumes from its last checkpoint."""
-    _fit(_trainer_args(job, cfg, model_cfg, context, use_gpu))
+    """Fit one model (Ray Train's own Ctrl-C handling aborts a fit on Ray Train; a fit in a task
+    is cancelled); rerunning with the same ``job.out_dir`` resumes from its last checkpoint."""
+    if in_task(cfg, job):
+        ref = _submit(job, cfg, model_cfg, context, use_gpu)
+        _wait([ref], {ref: job.name})
+    else:
+        _fit(_trainer_args(job, cfg, model_cfg, context, use_gpu))
 
 
 def _fit(args: dict) -> None:
+    if "task" in args:  # this process is the fit's one worker
+        run_loop(args["train_loop_config"], TaskSession(args["train_loop_config"]["out_dir"], args["task"]["use_gpu"]))
+        return
     # In the main thread Ray Train installs a Ctrl-C handler that holds its controller's handle;
     # left installed, it would keep the finished controller alive. The caller's comes back.
     main = threading.current_thread() is threading.main_thread()
@@ -253,14 +149,34 @@ def _trainer_args(job: TrainJob, cfg: TrainConfig, model_cfg: ModelConfig, conte
     )
 
 
+def _task_args(job: TrainJob, cfg: TrainConfig, model_cfg: ModelConfig, context: dict, use_gpu: bool) -> dict:
+    """What a fit in a task needs: the loop's config (as Ray Train's workers get it)."""
+    args = _trainer_args(job, cfg, model_cfg, context, use_gpu)
+    return {"train_loop_config": args["train_loop_config"], "task": {"use_gpu": use_gpu}}
+
+
 @ray.remote(num_cpus=0, max_retries=0)
 def _fit_task(args: dict) -> None:
-    """One model's fit, in a task the driver can cancel (``_cancel``)."""
+    """One model's fit, in a task the driver can cancel (``_cancel``): Ray Train's, whose workers
+    hold the resources, or the fit's own loop (``in_task``)."""
     _fit(args)
 
 
+# A fit in a task is retried as often as Ray Train restarts a failed worker group (FailureConfig).
+TASK_RETRIES = 2
+
+
+def _submit(job: TrainJob, cfg: TrainConfig, model_cfg: ModelConfig, context: dict, use_gpu: bool):
+    if not in_task(cfg, job):
+        return _fit_task.remote(_trainer_args(job, cfg, model_cfg, context, use_gpu))
+    # The task is the worker: it holds the worker's resources, and a lost process or node reruns
+    # it, resuming from its last checkpoint (an error of its own is not retried).
+    return _fit_task.options(num_cpus=cfg.cpus_per_worker, num_gpus=1 if use_gpu else 0, max_retries=TASK_RETRIES,
+                             retry_exceptions=False).remote(_task_args(job, cfg, model_cfg, context, use_gpu))
+
+
 def fit_all(jobs: list[TrainJob], cfg: TrainConfig, model_cfg: ModelConfig, context: dict, use_gpu: bool) -> None:
-    """Fit the jobs, concurrently when ``cfg.concurrent`` (each trainer holds its own workers).
+    """Fit the jobs, concurrently when ``cfg.concurrent`` (each fit holds its own workers).
 
     Concurrently, the first failure cancels the other fits and a KeyboardInterrupt cancels them
     all (each resumes from its last checkpoint on a rerun); the error raised names every model
@@ -270,11 +186,16 @@ def fit_all(jobs: list[TrainJob], cfg: TrainConfig, model_cfg: ModelConfig, cont
         for job in jobs:
             fit(job, cfg, model_cfg, context, use_gpu)
         return
-    running = {_fit_task.remote(_trainer_args(job, cfg, model_cfg, context, use_gpu)): job.name for job in jobs}
+    running = {_submit(job, cfg, model_cfg, context, use_gpu): job.name for job in jobs}
+    _wait(list(running), running)
+
+
+def _wait(refs: list, names: dict) -> None:
+    """Wait for the fits ``refs`` (model names by reference in ``names``); see ``fit_all``."""
     failed: dict[str, BaseException] = {}
     try:
         with _ctrl_c_raises():
-            pending = list(running)
+            pending = list(refs)
             while pending:
                 done, pending = ray.wait(pending, num_returns=1, timeout=0.5)  # a KeyboardInterrupt gets through
                 for ref in done:
@@ -283,10 +204,10 @@ def fit_all(jobs: list[TrainJob], cfg: TrainConfig, model_cfg: ModelConfig, cont
                     except ray.exceptions.TaskCancelledError:
                         pass  # cancelled below, after another's failure
                     except Exception as exc:
-                        failed[running[ref]] = exc
+                        failed[names[ref]] = exc
                         _cancel(pending)
     except KeyboardInterrupt:
-        _cancel(list(running))
+        _cancel(list(refs))
         raise
     if failed:
         lines = "; ".join(f"{name}: {_summary(exc)}" for name, exc in failed.items())

@@ -1,6 +1,6 @@
 """Encoders: a backbone from ``BACKBONES`` plus a method's projector, and their saved form.
 
-Plain PyTorch, no Ray: the same classes train under Ray Train and embed under Ray Data.
+Plain PyTorch, no Ray: the same classes train in Ray workers and embed under Ray Data.
 """
 from __future__ import annotations
 

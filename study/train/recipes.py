@@ -4,7 +4,7 @@ A recipe turns the driver's config into a ``Fit`` for this worker (its shard of 
 records, the model, optimiser, schedule, one epoch's function and the model's export). Its records
 come from memory (the worker loads its share of a small set) or from ``stream``, a function
 ``(epoch, batch size) -> numpy batches`` of this worker's shard of a streamed set (see
-``study.train.stream``). Plain PyTorch, no Ray: the Ray Train edge (``study.train.driver``) does
+``study.train.stream``). Plain PyTorch, no Ray: the Ray edge (``study.train.driver``) does
 checkpoints, resumption, distribution and progress the same way for every recipe.
 """
 from __future__ import annotations

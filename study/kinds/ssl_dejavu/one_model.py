@@ -127,7 +127,7 @@ def _public_tag_counts(ctx: RunContext, num_classes: int) -> TagCounts:
 
 def train_crop_classifier(ctx: RunContext, manifest: dict, digest: str, summary: dict) -> None:
     """``StudyKind.train_after``: the one-model test's crop classifier (``train.crop_classifier``),
-    on the public set's crops, through Ray Train (``recipes.crop_fit``), after the pair; reused
+    on the public set's crops, as the pair trains (``recipes.crop_fit``), after the pair; reused
     and resumed like a model of the pair."""
     import dataclasses
     import time
