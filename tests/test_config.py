@@ -319,3 +319,16 @@ def test_the_report_says_why_there_is_no_one_model_test():
     assert "measure.one_model_tagger is off" in off and "data.source=coco" in off and "foreground" in off
     untagged = no_predictor_note(load_config(None, []))
     assert "no public record has a tag of measure.one_model_tagger (synthetic_background)" in untagged
+
+
+def test_the_runner_is_auto_or_ray_train_and_leaves_the_config_hash_alone():
+    from study.config_load import config_hash
+
+    with pytest.raises(ConfigError, match=r"^train\.runner: must be 'auto' or 'ray_train'$"):
+        load_config(None, ["train.runner=tasks"])
+    default = load_config(None)
+    assert default.train.runner == "auto"
+    # Where a fit runs changes no number: existing runs keep their ids, and a run with the other
+    # runner gets its own directory only because the key is then named.
+    assert config_hash(default) == config_hash(load_config(None, ["train.runner=auto"]))
+    assert config_hash(default) != config_hash(load_config(None, ["train.runner=ray_train"]))

@@ -163,14 +163,13 @@ def test_the_autoscaler_adds_nodes_a_node_is_lost_and_nothing_changes(cluster, c
             return
 
         def kill() -> None:
-            # The first worker node that runs a training worker: a fit's own task (train.runner
-            # auto, one worker from memory) or Ray Train's worker (the autoscaler adds nodes as the
+            # The first worker node that runs a training worker (the autoscaler adds nodes as the
             # study asks for them, so wait for one).
             time.sleep(6)  # Ray Train commits a reported checkpoint at its controller's next poll (train.poll_s)
             deadline = time.time() + 180
             while time.time() < deadline:
                 for node, pids in sorted(_worker_nodes(cluster).items()):
-                    if any(b"RayTrainWorker" in _cmdline(pid) or b"ray::_fit_task" in _cmdline(pid) for pid in pids):
+                    if any(b"RayTrainWorker" in _cmdline(pid) for pid in pids):
                         _kill(pids)
                         killed.append(node)
                         return
@@ -183,9 +182,8 @@ def test_the_autoscaler_adds_nodes_a_node_is_lost_and_nothing_changes(cluster, c
     log = open(os.path.join(cluster["temp"], "session_latest", "logs", "monitor.log")).read()
     assert re.search(r"Adding \d+ node\(s\) of type cpu_worker", log), "the autoscaler added no worker node"
     assert killed, "no worker node ran a training worker"
-    # Recovered, not merely finished: Ray reran a model's fit task (or Ray Train restored its worker
-    # group) from its last checkpoint (epochs trained after a restore carry attempt >= 1), or the
-    # stage ran again.
+    # Recovered, not merely finished: Ray Train restored a model's worker group from its last
+    # checkpoint (epochs trained after a restore carry attempt >= 1), or the stage ran again.
     runs = os.path.join(cluster["tmp"], "runs", "disturbed")
     (run,) = os.listdir(runs)
     attempts = [json.loads(line)["attempt"] for model in ("model_a", "model_b")

@@ -43,7 +43,7 @@ RAY_TRAIN_ACTORS = ("TrainController", "RayTrainWorker", "PlacementGroupCleaner"
 def train(request) -> TrainConfig:
     """TRAIN on Ray Train, and (auto) in the fit's own task, as a one-worker fit from memory runs."""
     cfg = dataclasses.replace(TRAIN, runner=request.param)
-    assert driver.in_task(cfg, TrainJob("m", ("target",), "")) == (request.param == "auto")
+    assert driver.in_task(cfg, TrainJob("m", ("target",), ""), {"one_machine": True}) == (request.param == "auto")
     return cfg
 
 
@@ -59,7 +59,7 @@ def context(ray_local, tmp_path_factory):
         pq.write_table(pa.table({"id": rows["id"], "label": rows["label"]}),
                        os.path.join(split_uri(splits_dir, "target"), f"part-{shard:05d}.parquet"))
     return {"recipe": "ssl", "data_root": data_root, "splits_dir": splits_dir, "num_classes": 4,
-            "inputs": ModelInput(16)}
+            "inputs": ModelInput(16), "one_machine": True}
 
 
 @pytest.fixture()

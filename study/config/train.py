@@ -109,11 +109,12 @@ class TrainConfig:
     # noticed within this. Ray's own default is 2 s, which adds seconds to every small fit; polling
     # is one cheap call per worker, so raise this only for fits of hundreds of workers.
     poll_s: float = field(default=0.5, metadata=ADDED)
-    # Where a fit runs. auto: a fit of one worker from memory runs its loop in one Ray task (retried
-    # from its last checkpoint if the process or node is lost), without Ray Train's controller,
-    # worker group and their helper actors, five processes a fit that cost a small study seconds;
-    # a fit of several workers, or one that streams its records, runs on Ray Train. ray_train: every
-    # fit on Ray Train. The loop, and so the model, is the same either way.
+    # Where a fit runs. auto: on the study's own instance (no ray.address), a fit of one worker from
+    # memory runs its loop in one Ray task (retried from its last checkpoint if its process is
+    # lost), without Ray Train's controller, worker group and their helper actors, five processes a
+    # fit that cost a small study seconds; fits of several workers, streamed fits and every fit on
+    # a cluster run on Ray Train. ray_train: every fit on Ray Train. The loop, and so the model, is
+    # the same either way.
     runner: str = field(default="auto", metadata=ADDED)
     seed: int = 0
     stream: str = "auto"  # auto: stream a training set whose decoded size exceeds in_memory_gb

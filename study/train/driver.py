@@ -51,15 +51,18 @@ def train_func(config: dict) -> None:
     run_loop(config, RayTrainSession())
 
 
-def in_task(cfg: TrainConfig, job: TrainJob) -> bool:
-    """Whether the job's loop runs in its Ray task rather than on Ray Train (``train.runner``)."""
-    return cfg.runner == "auto" and cfg.num_workers == 1 and not job.stream
+def in_task(cfg: TrainConfig, job: TrainJob, context: dict) -> bool:
+    """Whether the job's loop runs in its Ray task rather than on Ray Train (``train.runner``): a
+    fit of one worker from memory on the study's own instance. On a cluster every fit stays on Ray
+    Train, whose worker group fails its start after a bounded wait where a task would wait for a
+    lost node's CPUs as long as the autoscaler takes to bring them back."""
+    return cfg.runner == "auto" and cfg.num_workers == 1 and not job.stream and bool(context.get("one_machine"))
 
 
 def fit(job: TrainJob, cfg: TrainConfig, model_cfg: ModelConfig, context: dict, use_gpu: bool) -> None:
     """Fit one model (Ray Train's own Ctrl-C handling aborts a fit on Ray Train; a fit in a task
     is cancelled); rerunning with the same ``job.out_dir`` resumes from its last checkpoint."""
-    if in_task(cfg, job):
+    if in_task(cfg, job, context):
         ref = _submit(job, cfg, model_cfg, context, use_gpu)
         _wait([ref], {ref: job.name})
     else:
@@ -167,9 +170,9 @@ TASK_RETRIES = 2
 
 
 def _submit(job: TrainJob, cfg: TrainConfig, model_cfg: ModelConfig, context: dict, use_gpu: bool):
-    if not in_task(cfg, job):
+    if not in_task(cfg, job, context):
         return _fit_task.remote(_trainer_args(job, cfg, model_cfg, context, use_gpu))
-    # The task is the worker: it holds the worker's resources, and a lost process or node reruns
+    # The task is the worker: it holds the worker's resources, and a lost process reruns
     # it, resuming from its last checkpoint (an error of its own is not retried).
     return _fit_task.options(num_cpus=cfg.cpus_per_worker, num_gpus=1 if use_gpu else 0, max_retries=TASK_RETRIES,
                              retry_exceptions=False).remote(_task_args(job, cfg, model_cfg, context, use_gpu))

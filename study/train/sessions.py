@@ -5,12 +5,12 @@ checkpoint, and a way to report a new one.
 * ``RayTrainSession``: a worker of Ray Train's worker group (``TorchTrainer``): checkpoints are
   Ray Train's, so a rerun with the same ``RunConfig`` and a worker group Ray Train restarted
   both resume from the last one.
-* ``TaskSession``: the one worker of a fit from memory, running in the Ray task that fits the
-  model (``train.runner: auto``). Ray Train would start a controller, a worker group and three
-  helper actors for it, five processes whose start costs a small study more than its training;
-  here the task itself is the worker. Its checkpoint is one file under the model's directory,
-  written atomically; the task is retried when its process or node is lost (as Ray Train restarts
-  a failed worker group) and a rerun resumes from the file.
+* ``TaskSession``: the one worker of a fit from memory on the study's own instance, running in the
+  Ray task that fits the model (``train.runner: auto``). Ray Train would start a controller, a
+  worker group and three helper actors for it, five processes whose start costs a small study
+  more than its training; here the task itself is the worker. Its checkpoint is one file under the
+  model's directory, written atomically; the task is retried when its process is lost (as Ray
+  Train restarts a failed worker group) and a rerun resumes from the file.
 
 Both sessions give the loop the same state dict, so a fit's numbers do not depend on where it ran.
 """
