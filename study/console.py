@@ -122,22 +122,27 @@ class RunLog(logging.Handler):
 
 
 _stage_sinks: list[Callable[[str, str], None]] = []
+_last_sink: list[Callable[[str, str], None]] = []  # the run's most recent stage's, once it ended
 
 
 @contextlib.contextmanager
 def stage_lines(sink: Callable[[str, str], None]) -> Iterator[None]:
     """While a stage runs, the lines its workers write for the console (``[train model_a] ...``,
-    which Ray forwards and ``study.console_streams`` picks out) go to ``sink(stage, text)``."""
+    which Ray forwards and ``study.console_streams`` picks out) go to ``sink(stage, text)``; a
+    line Ray forwards after the stage ended (a task returns before its last lines reach the
+    driver) goes there too, until the next stage starts."""
     _stage_sinks.append(sink)
     try:
         yield
     finally:
         _stage_sinks.remove(sink)
+        _last_sink[:] = [sink]
 
 
 def forwarded(stage: str, text: str) -> None:
-    """A worker's line for the console: the running stage's own line, else a plain one."""
-    if _stage_sinks:
-        _stage_sinks[-1](stage, text)
+    """A worker's line for the console: the running (or the last) stage's own line, else a plain one."""
+    sinks = _stage_sinks or _last_sink
+    if sinks:
+        sinks[-1](stage, text)
     else:
         logging.getLogger(f"{ROOT}.worker").info(f"[{stage}] {text}")

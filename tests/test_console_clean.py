@@ -57,3 +57,18 @@ def test_sorting_of_lines():
                 "error: data.path: no such input", "  projector/positive     target 0.062  reference 0.049",
                 "report: /tmp/x/report.html", "(a note in parentheses) from the product"):
         assert sort_line(own + "\n") is None, own
+
+
+def test_a_line_forwarded_after_its_stage_ended_is_still_that_stages():
+    """Ray forwards a task's last lines after the task returned (a one-worker fit runs in a task):
+    they go to the stage that just ended, as its own lines, until the next stage starts."""
+    from study import console
+
+    got = []
+    with console.stage_lines(lambda stage, text: got.append(("first", stage, text))):
+        console.forwarded("train", "model_a epoch 3/4 loss 1.0")
+    console.forwarded("train", "model_b epoch 4/4 loss 0.9")  # late: between two stages
+    with console.stage_lines(lambda stage, text: got.append(("second", stage, text))):
+        console.forwarded("train", "model_a epoch 4/4 loss 0.8")  # late, the next stage under way
+    assert got == [("first", "train", "model_a epoch 3/4 loss 1.0"), ("first", "train", "model_b epoch 4/4 loss 0.9"),
+                   ("second", "train", "model_a epoch 4/4 loss 0.8")]
